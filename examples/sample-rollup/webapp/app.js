@@ -1,0 +1,1 @@
+console.log("demo web app 1.1.0");

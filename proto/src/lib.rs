@@ -1,0 +1,20 @@
+//! fleetup-proto: everything the coordinator and the agent must agree on.
+//!
+//! The phase ids, the engine event, decisions, the rollup manifest and the signed
+//! package format are defined here once, so the API, the dashboard, logs and tests all
+//! speak the same words. This crate is deliberately free of async runtimes and web
+//! frameworks: it is plain data plus the package verifier, which must be usable from
+//! any context (CLI, agent, coordinator upload path).
+
+pub mod decision;
+pub mod event;
+pub mod keys;
+pub mod manifest;
+pub mod package;
+pub mod phase;
+
+pub use decision::{DecisionAnswer, DecisionKind, DecisionRequest, HoldingProcess};
+pub use event::{EngineEvent, InstallOutcome, InstallSummary};
+pub use keys::{KeyError, PublicKey, SecretKey};
+pub use manifest::Manifest;
+pub use phase::{Cancellability, PhaseId, PhaseStatus};

@@ -1,0 +1,1 @@
+//! fleetup-server: the coordinator. (Being built: see the coordinator issue.)

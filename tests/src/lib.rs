@@ -1,0 +1,78 @@
+//! Helpers shared by the end-to-end tests: finding the workspace's binaries, waiting on
+//! conditions with deadlines, and the loud skip rule for optional infrastructure.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// True when `FLEETUP_TEST_REQUIRE_ALL=1`: optional infrastructure (Postgres, Chromium)
+/// must be there, and a test that would skip fails instead.
+pub fn require_all() -> bool {
+    std::env::var("FLEETUP_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+/// Skips loudly, or panics under `FLEETUP_TEST_REQUIRE_ALL=1`.
+pub fn skip_or_fail(test: &str, missing: &str) {
+    assert!(!require_all(), "{test}: {missing}, and FLEETUP_TEST_REQUIRE_ALL=1 forbids skipping");
+    eprintln!("\n*** SKIPPED {test}: {missing} (set FLEETUP_TEST_REQUIRE_ALL=1 to make this a failure) ***\n");
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Path of a binary of this workspace (`fleetup-agent`, `fleetup-server`,
+/// `fleetup-demo-service`), built on first use if `cargo test` did not build it.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|b| b == name) {
+        // Always ask cargo (cheap when fresh): a stale binary would test old code.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let profile_release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(workspace_root()).args(["build", "--quiet", "--bin", name]);
+        if profile_release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "cargo build --bin {name} failed");
+        built.push(name.to_owned());
+    }
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// Copies a directory tree (files, directories, symlinks as links).
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
