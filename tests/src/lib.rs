@@ -34,26 +34,25 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
 }
 
 /// Path of a binary of this workspace (`fleetup-agent`, `fleetup-server`,
-/// `fleetup-demo-service`), built on first use if `cargo test` did not build it.
+/// `fleetup-demo-service`). `cargo test --workspace` builds them all (every package with
+/// a binary also has integration tests); if one is missing (a `-p` run), it is built
+/// here. It is not rebuilt when present: cargo holds the build lock while tests run.
 pub fn binary(name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir.join(name);
-    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !built.iter().any(|b| b == name) {
-        // Always ask cargo (cheap when fresh): a stale binary would test old code.
+    let _guard = BUILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let profile_release = dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = std::process::Command::new(cargo);
         cmd.current_dir(workspace_root()).args(["build", "--quiet", "--bin", name]);
-        if profile_release {
+        if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("running cargo build");
         assert!(status.success(), "cargo build --bin {name} failed");
-        built.push(name.to_owned());
     }
     assert!(path.exists(), "{} was not built", path.display());
     path
