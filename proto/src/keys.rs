@@ -28,7 +28,9 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The text is not a fleetup key of the expected kind.
-    #[error("{path}: not a fleetup {kind} key (expected a line starting with '{tag}'); create one with `fleetup-agent keygen --out KEY`")]
+    #[error(
+        "{path}: not a fleetup {kind} key (expected a line starting with '{tag}'); create one with `fleetup-agent keygen --out KEY`"
+    )]
     Format {
         /// Where it came from.
         path: String,
@@ -102,9 +104,15 @@ impl PublicKey {
 
     /// Parses key file text; `origin` names it in errors.
     pub fn from_text(text: &str, origin: &str) -> Result<Self, KeyError> {
-        let format_error = || KeyError::Format { path: origin.to_owned(), kind: "public", tag: PUBLIC_TAG };
+        let format_error = || KeyError::Format {
+            path: origin.to_owned(),
+            kind: "public",
+            tag: PUBLIC_TAG,
+        };
         let bytes = parse_tagged(text, PUBLIC_TAG).ok_or_else(format_error)?;
-        ed25519_dalek::VerifyingKey::from_bytes(&bytes).map(Self).map_err(|_| format_error())
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map(Self)
+            .map_err(|_| format_error())
     }
 
     /// Reads a key file.
@@ -137,7 +145,10 @@ fn parse_tagged(text: &str, tag: &str) -> Option<[u8; 32]> {
 }
 
 fn read_text(path: &Path) -> Result<String, KeyError> {
-    std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Writes a new key pair: `path` (mode 0600) and `path.pub`. Refuses to overwrite.
@@ -151,7 +162,9 @@ pub fn write_keypair(path: &Path) -> Result<PublicKey, KeyError> {
     };
     let pub_path = path.with_file_name(format!(
         "{}.pub",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -159,7 +172,9 @@ pub fn write_keypair(path: &Path) -> Result<PublicKey, KeyError> {
         .mode(0o600)
         .open(path)
         .map_err(io(path))?;
-    f.write_all(key.to_text().as_bytes()).and_then(|()| f.sync_all()).map_err(io(path))?;
+    f.write_all(key.to_text().as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io(path))?;
     let public = key.public();
     std::fs::write(&pub_path, public.to_text()).map_err(io(&pub_path))?;
     Ok(public)
@@ -178,7 +193,9 @@ mod tests {
         assert!(p.verify(b"hello", &sig));
         assert!(!p.verify(b"hellp", &sig));
         assert!(!format!("{k:?}").contains(&k.to_text()[25..40]));
-        let err = PublicKey::from_text(&k.to_text(), "k").unwrap_err().to_string();
+        let err = PublicKey::from_text(&k.to_text(), "k")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a fleetup public key"), "{err}");
     }
 
@@ -190,7 +207,10 @@ mod tests {
         let public = write_keypair(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(PublicKey::read(&dir.path().join("signing.key.pub")).unwrap(), public);
+        assert_eq!(
+            PublicKey::read(&dir.path().join("signing.key.pub")).unwrap(),
+            public
+        );
         assert!(write_keypair(&path).is_err());
     }
 }

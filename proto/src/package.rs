@@ -47,7 +47,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_total_bytes: 4 << 30, max_entries: 200_000, max_index_bytes: 16 << 20 }
+        Self {
+            max_total_bytes: 4 << 30,
+            max_entries: 200_000,
+            max_index_bytes: 16 << 20,
+        }
     }
 }
 
@@ -66,10 +70,14 @@ pub enum PackageError {
     #[error("not a fleetup package: {0}")]
     Layout(String),
     /// No signature member.
-    #[error("package is not signed: {SIGNATURE_MEMBER} is missing; sign it with `fleetup-agent pack --key KEY`")]
+    #[error(
+        "package is not signed: {SIGNATURE_MEMBER} is missing; sign it with `fleetup-agent pack --key KEY`"
+    )]
     Unsigned,
     /// Signed by a key that is not trusted here.
-    #[error("package is signed by key {key_id}, which is not trusted here (trusted: {trusted}); add its .pub with --trust")]
+    #[error(
+        "package is signed by key {key_id}, which is not trusted here (trusted: {trusted}); add its .pub with --trust"
+    )]
     UntrustedKey {
         /// The signer's key id.
         key_id: String,
@@ -77,13 +85,17 @@ pub enum PackageError {
         trusted: String,
     },
     /// The signature does not match the index.
-    #[error("signature check failed: {INDEX_MEMBER} was not signed by key {key_id} (tampered index or wrong signature)")]
+    #[error(
+        "signature check failed: {INDEX_MEMBER} was not signed by key {key_id} (tampered index or wrong signature)"
+    )]
     BadSignature {
         /// The key id the signature claims.
         key_id: String,
     },
     /// The content archive is not the one the index describes.
-    #[error("integrity check failed: {CONTENT_MEMBER} has {what} {actual}, the signed index says {expected} (the package was altered after signing)")]
+    #[error(
+        "integrity check failed: {CONTENT_MEMBER} has {what} {actual}, the signed index says {expected} (the package was altered after signing)"
+    )]
     ContentMismatch {
         /// `sha256` or `size`.
         what: &'static str,
@@ -118,6 +130,9 @@ impl PackageError {
     }
 
     pub(crate) fn entry(path: impl Into<String>, problem: impl Into<String>) -> PackageError {
-        PackageError::Entry { path: path.into(), problem: problem.into() }
+        PackageError::Entry {
+            path: path.into(),
+            problem: problem.into(),
+        }
     }
 }

@@ -110,7 +110,10 @@ impl PhaseId {
 
     /// 1-based position in the install sequence; `None` for `rollback`.
     pub fn number(self) -> Option<usize> {
-        PhaseId::INSTALL.iter().position(|p| *p == self).map(|i| i + 1)
+        PhaseId::INSTALL
+            .iter()
+            .position(|p| *p == self)
+            .map(|i| i + 1)
     }
 
     /// Short operator-facing title, in the words of the seeds' installer.
@@ -319,7 +322,13 @@ mod tests {
 
     #[test]
     fn unknown_phase_error_lists_the_valid_ids() {
-        let err = "stop-everything".parse::<PhaseId>().unwrap_err().to_string();
-        assert!(err.contains("stop-everything") && err.contains("check-system"), "{err}");
+        let err = "stop-everything"
+            .parse::<PhaseId>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("stop-everything") && err.contains("check-system"),
+            "{err}"
+        );
     }
 }

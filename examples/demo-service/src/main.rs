@@ -37,14 +37,21 @@ fn main() {
     }
     let listen = listen.unwrap_or_else(|| fail("--listen 127.0.0.1:PORT is required"));
     let root = root.unwrap_or_else(|| fail("--root INSTALL_ROOT is required"));
-    let version = std::fs::read_to_string(root.join("lib/demo/VERSION"))
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", root.join("lib/demo/VERSION").display())));
+    let version_file = root.join("lib/demo/VERSION");
+    let version = match std::fs::read_to_string(&version_file) {
+        Ok(v) => v.trim().to_owned(),
+        Err(e) => fail(&format!("cannot read {}: {e}", version_file.display())),
+    };
     let config = read_config(&root.join("etc/demo.conf"));
-    let listener = TcpListener::bind(&listen).unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));
+    let listener = TcpListener::bind(&listen)
+        .unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));
     let bound = listener.local_addr().map_or(listen, |a| a.to_string());
     eprintln!("demo-service {version} listening on {bound}");
-    let state = std::sync::Arc::new(State { root, version, config });
+    let state = std::sync::Arc::new(State {
+        root,
+        version,
+        config,
+    });
     for stream in listener.incoming().flatten() {
         let state = state.clone();
         std::thread::spawn(move || {
@@ -85,7 +92,11 @@ fn serve(state: &State, stream: TcpStream) -> std::io::Result<()> {
                 .config
                 .get("unhealthy_versions")
                 .is_some_and(|list| list.split(',').any(|v| v.trim() == state.version));
-            let status = if unhealthy { "503 Service Unavailable" } else { "200 OK" };
+            let status = if unhealthy {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
             let health = if unhealthy { "failing" } else { "ok" };
             let body = format!(
                 "{{\"status\":\"{health}\",\"version\":\"{}\",\"pid\":{}}}\n",
@@ -94,10 +105,18 @@ fn serve(state: &State, stream: TcpStream) -> std::io::Result<()> {
             );
             (status, "application/json", body.into_bytes())
         }
-        "/version" => ("200 OK", "text/plain", format!("{}\n", state.version).into_bytes()),
+        "/version" => (
+            "200 OK",
+            "text/plain",
+            format!("{}\n", state.version).into_bytes(),
+        ),
         "/" | "/index.html" => match std::fs::read(state.root.join("www/current/index.html")) {
             Ok(b) => ("200 OK", "text/html", b),
-            Err(_) => ("404 Not Found", "text/plain", b"no web app deployed\n".to_vec()),
+            Err(_) => (
+                "404 Not Found",
+                "text/plain",
+                b"no web app deployed\n".to_vec(),
+            ),
         },
         _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
     };
