@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 /// Reads every `--trust` key file, naming the one that fails.
 pub fn read_trusted(paths: &[PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
     if paths.is_empty() {
-        anyhow::bail!("no trusted key given: pass --trust KEY.pub (the public half of the key the package was signed with)");
+        anyhow::bail!(
+            "no trusted key given: pass --trust KEY.pub (the public half of the key the package was signed with)"
+        );
     }
     paths.iter().map(|p| PublicKey::read(p).map_err(anyhow::Error::from)).collect()
 }

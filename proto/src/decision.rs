@@ -54,9 +54,7 @@ impl std::str::FromStr for DecisionAnswer {
         ]
         .into_iter()
         .find(|a| a.as_str() == s)
-        .ok_or_else(|| {
-            format!("unknown decision '{s}'; expected continue, cancel, retry, ignore or exit")
-        })
+        .ok_or_else(|| format!("unknown decision '{s}'; expected continue, cancel, retry, ignore or exit"))
     }
 }
 
@@ -113,11 +111,7 @@ impl DecisionRequest {
         match kind {
             DecisionKind::Warning { .. } => vec![DecisionAnswer::Continue, DecisionAnswer::Cancel],
             DecisionKind::FilesInUse { .. } => {
-                vec![
-                    DecisionAnswer::Retry,
-                    DecisionAnswer::Ignore,
-                    DecisionAnswer::Exit,
-                ]
+                vec![DecisionAnswer::Retry, DecisionAnswer::Ignore, DecisionAnswer::Exit]
             }
         }
     }
@@ -130,11 +124,7 @@ mod tests {
     #[test]
     fn decision_request_wire_shape() {
         let kind = DecisionKind::FilesInUse {
-            processes: vec![HoldingProcess {
-                pid: 42,
-                name: "tail".into(),
-                files: vec!["lib/a".into()],
-            }],
+            processes: vec![HoldingProcess { pid: 42, name: "tail".into(), files: vec!["lib/a".into()] }],
         };
         let req = DecisionRequest {
             id: 1,
@@ -149,11 +139,6 @@ mod tests {
         assert_eq!(v["processes"][0]["pid"], 42);
         let back: DecisionRequest = serde_json::from_value(v).unwrap();
         assert_eq!(back, req);
-        assert!(
-            "maybe"
-                .parse::<DecisionAnswer>()
-                .unwrap_err()
-                .contains("continue")
-        );
+        assert!("maybe".parse::<DecisionAnswer>().unwrap_err().contains("continue"));
     }
 }

@@ -103,9 +103,7 @@ mod tests {
 
     #[test]
     fn event_wire_shape_is_stable() {
-        let at = DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z")
-            .unwrap()
-            .to_utc();
+        let at = DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").unwrap().to_utc();
         let ev = EngineEvent {
             seq: 3,
             phase: PhaseId::StopServices,

@@ -104,15 +104,9 @@ impl PublicKey {
 
     /// Parses key file text; `origin` names it in errors.
     pub fn from_text(text: &str, origin: &str) -> Result<Self, KeyError> {
-        let format_error = || KeyError::Format {
-            path: origin.to_owned(),
-            kind: "public",
-            tag: PUBLIC_TAG,
-        };
+        let format_error = || KeyError::Format { path: origin.to_owned(), kind: "public", tag: PUBLIC_TAG };
         let bytes = parse_tagged(text, PUBLIC_TAG).ok_or_else(format_error)?;
-        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-            .map(Self)
-            .map_err(|_| format_error())
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes).map(Self).map_err(|_| format_error())
     }
 
     /// Reads a key file.
@@ -145,10 +139,7 @@ fn parse_tagged(text: &str, tag: &str) -> Option<[u8; 32]> {
 }
 
 fn read_text(path: &Path) -> Result<String, KeyError> {
-    std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.display().to_string(), source })
 }
 
 /// Writes a new key pair: `path` (mode 0600) and `path.pub`. Refuses to overwrite.
@@ -162,19 +153,10 @@ pub fn write_keypair(path: &Path) -> Result<PublicKey, KeyError> {
     };
     let pub_path = path.with_file_name(format!(
         "{}.pub",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(key.to_text().as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io(path))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
+    f.write_all(key.to_text().as_bytes()).and_then(|()| f.sync_all()).map_err(io(path))?;
     let public = key.public();
     std::fs::write(&pub_path, public.to_text()).map_err(io(&pub_path))?;
     Ok(public)
@@ -193,9 +175,7 @@ mod tests {
         assert!(p.verify(b"hello", &sig));
         assert!(!p.verify(b"hellp", &sig));
         assert!(!format!("{k:?}").contains(&k.to_text()[25..40]));
-        let err = PublicKey::from_text(&k.to_text(), "k")
-            .unwrap_err()
-            .to_string();
+        let err = PublicKey::from_text(&k.to_text(), "k").unwrap_err().to_string();
         assert!(err.contains("not a fleetup public key"), "{err}");
     }
 
@@ -207,10 +187,7 @@ mod tests {
         let public = write_keypair(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(
-            PublicKey::read(&dir.path().join("signing.key.pub")).unwrap(),
-            public
-        );
+        assert_eq!(PublicKey::read(&dir.path().join("signing.key.pub")).unwrap(), public);
         assert!(write_keypair(&path).is_err());
     }
 }

@@ -86,9 +86,7 @@ pub struct CheckSettings {
 
 impl Default for CheckSettings {
     fn default() -> Self {
-        Self {
-            free_space_margin_mb: default_margin_mb(),
-        }
+        Self { free_space_margin_mb: default_margin_mb() }
     }
 }
 
@@ -127,9 +125,7 @@ pub struct FileChange {
 impl FileChange {
     /// The path inside the package that holds this file's new content.
     pub fn source_path(&self) -> String {
-        self.source
-            .clone()
-            .unwrap_or_else(|| format!("payload/{}", self.path))
+        self.source.clone().unwrap_or_else(|| format!("payload/{}", self.path))
     }
 }
 
@@ -374,10 +370,7 @@ pub enum ManifestError {
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ManifestError {
-    ManifestError::Invalid {
-        field: field.into(),
-        problem: problem.into(),
-    }
+    ManifestError::Invalid { field: field.into(), problem: problem.into() }
 }
 
 impl Manifest {
@@ -407,10 +400,7 @@ impl Manifest {
             check_relative(&format!("files[{i}].path"), &f.path)?;
             check_relative(&format!("files[{i}].source"), &f.source_path())?;
             if !seen.insert(f.path.as_str()) {
-                return Err(invalid(
-                    format!("files[{i}].path"),
-                    format!("'{}' is listed twice", f.path),
-                ));
+                return Err(invalid(format!("files[{i}].path"), format!("'{}' is listed twice", f.path)));
             }
             if let Some(mode) = &f.mode {
                 parse_mode(mode).map_err(|p| invalid(format!("files[{i}].mode"), p))?;
@@ -419,10 +409,7 @@ impl Manifest {
         let mut names = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             if !names.insert(s.name.as_str()) {
-                return Err(invalid(
-                    format!("services[{i}].name"),
-                    format!("'{}' is listed twice", s.name),
-                ));
+                return Err(invalid(format!("services[{i}].name"), format!("'{}' is listed twice", s.name)));
             }
             if let Some(exec) = &s.exec {
                 check_relative(&format!("services[{i}].exec.pidfile"), &exec.pidfile)?;
@@ -430,39 +417,22 @@ impl Manifest {
             if let Some(h) = &s.health
                 && h.http.is_some() == h.command.is_some()
             {
-                return Err(invalid(
-                    format!("services[{i}].health"),
-                    "give exactly one of `http` or `command`",
-                ));
+                return Err(invalid(format!("services[{i}].health"), "give exactly one of `http` or `command`"));
             }
         }
         if let Some(crl) = &self.crl {
             for (i, url) in crl.endpoints.iter().enumerate() {
                 // A placeholder may supply the scheme; the engine checks again after expansion.
-                if !(url.starts_with("http://")
-                    || url.starts_with("https://")
-                    || url.starts_with("${"))
-                {
-                    return Err(invalid(
-                        format!("crl.endpoints[{i}]"),
-                        format!("'{url}' is not an http(s) URL"),
-                    ));
+                if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("${")) {
+                    return Err(invalid(format!("crl.endpoints[{i}]"), format!("'{url}' is not an http(s) URL")));
                 }
             }
             if crl.probe_deadline_secs == 0 || crl.probe_deadline_secs > 60 {
-                return Err(invalid(
-                    "crl.probe_deadline_secs",
-                    "must be between 1 and 60 seconds",
-                ));
+                return Err(invalid("crl.probe_deadline_secs", "must be between 1 and 60 seconds"));
             }
         }
-        for (i, s) in self
-            .scripts
-            .pre_install
-            .iter()
-            .chain(&self.scripts.post_install)
-            .chain(&self.scripts.rollback)
-            .enumerate()
+        for (i, s) in
+            self.scripts.pre_install.iter().chain(&self.scripts.post_install).chain(&self.scripts.rollback).enumerate()
         {
             check_relative(&format!("scripts[{i}]"), s)?;
         }
@@ -471,10 +441,7 @@ impl Manifest {
             if let PatchEdit::Json { pointer } = &p.edit
                 && !pointer.starts_with('/')
             {
-                return Err(invalid(
-                    format!("config_patches[{i}].pointer"),
-                    "a JSON pointer starts with '/'",
-                ));
+                return Err(invalid(format!("config_patches[{i}].pointer"), "a JSON pointer starts with '/'"));
             }
         }
         if let Some(w) = &self.webapp {
@@ -487,12 +454,8 @@ impl Manifest {
     /// Every path inside the package that the manifest refers to (payload sources,
     /// scripts, the web app directory prefix is not included).
     pub fn referenced_package_files(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .files
-            .iter()
-            .filter(|f| f.action != FileAction::Remove)
-            .map(FileChange::source_path)
-            .collect();
+        let mut out: Vec<String> =
+            self.files.iter().filter(|f| f.action != FileAction::Remove).map(FileChange::source_path).collect();
         out.extend(self.scripts.pre_install.iter().cloned());
         out.extend(self.scripts.post_install.iter().cloned());
         out.extend(self.scripts.rollback.iter().cloned());
@@ -505,9 +468,7 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
     let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
         .map_err(|_| format!("'{text}' is not an octal mode such as 0644"))?;
     if mode > 0o777 {
-        return Err(format!(
-            "'{text}': only permission bits (up to 0777) are allowed, no setuid/setgid/sticky"
-        ));
+        return Err(format!("'{text}': only permission bits (up to 0777) are allowed, no setuid/setgid/sticky"));
     }
     Ok(mode)
 }
@@ -522,10 +483,7 @@ pub fn check_relative(field: &str, path: &str) -> Result<(), ManifestError> {
         match c {
             Component::Normal(_) | Component::CurDir => {}
             _ => {
-                return Err(invalid(
-                    field,
-                    format!("'{path}' must be a relative path without '..'"),
-                ));
+                return Err(invalid(field, format!("'{path}' must be a relative path without '..'")));
             }
         }
     }
@@ -540,9 +498,7 @@ pub fn expand(template: &str, vars: &BTreeMap<String, String>) -> Result<String,
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed '${{' in '{template}'"))?;
+        let end = after.find('}').ok_or_else(|| format!("unclosed '${{' in '{template}'"))?;
         let name = &after[..end];
         let value = vars.get(name).ok_or_else(|| {
             format!(
@@ -570,11 +526,7 @@ mod tests {
         assert!(m.files.iter().any(|f| f.action == FileAction::Replace));
         assert!(m.files.iter().any(|f| f.action == FileAction::Remove));
         assert!(!m.services.is_empty() && m.services[0].health.is_some());
-        assert!(
-            m.prerequisites
-                .iter()
-                .any(|p| p.severity == Severity::Warning)
-        );
+        assert!(m.prerequisites.iter().any(|p| p.severity == Severity::Warning));
         assert!(!m.crl.as_ref().unwrap().endpoints.is_empty());
         assert!(!m.precompile.before.is_empty() && !m.precompile.after.is_empty());
         let formats: BTreeSet<_> = m
@@ -597,10 +549,7 @@ mod tests {
     fn unsafe_paths_are_refused_with_the_field_named() {
         let bad = SAMPLE.replacen("path = \"lib/demo/VERSION\"", "path = \"../etc/passwd\"", 1);
         let err = Manifest::from_toml(&bad).unwrap_err().to_string();
-        assert!(
-            err.contains("files[") && err.contains("../etc/passwd"),
-            "{err}"
-        );
+        assert!(err.contains("files[") && err.contains("../etc/passwd"), "{err}");
         let bad = SAMPLE.replacen("path = \"lib/demo/VERSION\"", "path = \"/etc/passwd\"", 1);
         assert!(Manifest::from_toml(&bad).is_err());
     }
@@ -621,10 +570,7 @@ mod tests {
     #[test]
     fn expand_fills_and_names_unknown_variables() {
         let vars = BTreeMap::from([("port".to_owned(), "8081".to_owned())]);
-        assert_eq!(
-            expand("http://127.0.0.1:${port}/health", &vars).unwrap(),
-            "http://127.0.0.1:8081/health"
-        );
+        assert_eq!(expand("http://127.0.0.1:${port}/health", &vars).unwrap(), "http://127.0.0.1:8081/health");
         let err = expand("x ${prot}", &vars).unwrap_err();
         assert!(err.contains("prot") && err.contains("--var"), "{err}");
         assert!(expand("x ${port", &vars).is_err());

@@ -47,11 +47,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_total_bytes: 4 << 30,
-            max_entries: 200_000,
-            max_index_bytes: 16 << 20,
-        }
+        Self { max_total_bytes: 4 << 30, max_entries: 200_000, max_index_bytes: 16 << 20 }
     }
 }
 
@@ -70,9 +66,7 @@ pub enum PackageError {
     #[error("not a fleetup package: {0}")]
     Layout(String),
     /// No signature member.
-    #[error(
-        "package is not signed: {SIGNATURE_MEMBER} is missing; sign it with `fleetup-agent pack --key KEY`"
-    )]
+    #[error("package is not signed: {SIGNATURE_MEMBER} is missing; sign it with `fleetup-agent pack --key KEY`")]
     Unsigned,
     /// Signed by a key that is not trusted here.
     #[error(
@@ -130,9 +124,6 @@ impl PackageError {
     }
 
     pub(crate) fn entry(path: impl Into<String>, problem: impl Into<String>) -> PackageError {
-        PackageError::Entry {
-            path: path.into(),
-            problem: problem.into(),
-        }
+        PackageError::Entry { path: path.into(), problem: problem.into() }
     }
 }

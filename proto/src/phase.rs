@@ -110,10 +110,7 @@ impl PhaseId {
 
     /// 1-based position in the install sequence; `None` for `rollback`.
     pub fn number(self) -> Option<usize> {
-        PhaseId::INSTALL
-            .iter()
-            .position(|p| *p == self)
-            .map(|i| i + 1)
+        PhaseId::INSTALL.iter().position(|p| *p == self).map(|i| i + 1)
     }
 
     /// Short operator-facing title, in the words of the seeds' installer.
@@ -138,9 +135,7 @@ impl PhaseId {
     /// What a cancel does while this phase runs.
     pub const fn cancellability(self) -> Cancellability {
         match self {
-            PhaseId::CheckSystem | PhaseId::PrePrecompile | PhaseId::PreHooks => {
-                Cancellability::Immediate
-            }
+            PhaseId::CheckSystem | PhaseId::PrePrecompile | PhaseId::PreHooks => Cancellability::Immediate,
             PhaseId::StopServices => Cancellability::AfterStopping,
             PhaseId::ValidateFiles => Cancellability::RestartServices,
             PhaseId::UpdateFiles => Cancellability::Rollback,
@@ -179,14 +174,11 @@ pub struct UnknownId {
 impl FromStr for PhaseId {
     type Err = UnknownId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        PhaseId::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownId {
-                what: "phase",
-                value: s.to_owned(),
-                expected: PhaseId::ALL.map(PhaseId::as_str).join(", "),
-            })
+        PhaseId::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownId {
+            what: "phase",
+            value: s.to_owned(),
+            expected: PhaseId::ALL.map(PhaseId::as_str).join(", "),
+        })
     }
 }
 
@@ -237,13 +229,7 @@ impl PhaseStatus {
 
     /// True once the phase will not change any more.
     pub const fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            PhaseStatus::Succeeded
-                | PhaseStatus::Failed
-                | PhaseStatus::Skipped
-                | PhaseStatus::Cancelled
-        )
+        matches!(self, PhaseStatus::Succeeded | PhaseStatus::Failed | PhaseStatus::Skipped | PhaseStatus::Cancelled)
     }
 }
 
@@ -256,14 +242,11 @@ impl fmt::Display for PhaseStatus {
 impl FromStr for PhaseStatus {
     type Err = UnknownId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        PhaseStatus::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownId {
-                what: "phase status",
-                value: s.to_owned(),
-                expected: PhaseStatus::ALL.map(PhaseStatus::as_str).join(", "),
-            })
+        PhaseStatus::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownId {
+            what: "phase status",
+            value: s.to_owned(),
+            expected: PhaseStatus::ALL.map(PhaseStatus::as_str).join(", "),
+        })
     }
 }
 
@@ -322,13 +305,7 @@ mod tests {
 
     #[test]
     fn unknown_phase_error_lists_the_valid_ids() {
-        let err = "stop-everything"
-            .parse::<PhaseId>()
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("stop-everything") && err.contains("check-system"),
-            "{err}"
-        );
+        let err = "stop-everything".parse::<PhaseId>().unwrap_err().to_string();
+        assert!(err.contains("stop-everything") && err.contains("check-system"), "{err}");
     }
 }

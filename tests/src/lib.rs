@@ -6,10 +6,7 @@ use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// True when `FLEETUP_TEST_REQUIRE_ALL=1`: optional infrastructure (Postgres, Chromium)
@@ -20,13 +17,8 @@ pub fn require_all() -> bool {
 
 /// Skips loudly, or panics under `FLEETUP_TEST_REQUIRE_ALL=1`.
 pub fn skip_or_fail(test: &str, missing: &str) {
-    assert!(
-        !require_all(),
-        "{test}: {missing}, and FLEETUP_TEST_REQUIRE_ALL=1 forbids skipping"
-    );
-    eprintln!(
-        "\n*** SKIPPED {test}: {missing} (set FLEETUP_TEST_REQUIRE_ALL=1 to make this a failure) ***\n"
-    );
+    assert!(!require_all(), "{test}: {missing}, and FLEETUP_TEST_REQUIRE_ALL=1 forbids skipping");
+    eprintln!("\n*** SKIPPED {test}: {missing} (set FLEETUP_TEST_REQUIRE_ALL=1 to make this a failure) ***\n");
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
@@ -36,10 +28,7 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
         if let Some(v) = check() {
             return v;
         }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -54,14 +43,11 @@ pub fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir.join(name);
-    let _guard = BUILD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _guard = BUILD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "--bin", name]);
+        cmd.current_dir(workspace_root()).args(["build", "--quiet", "--bin", name]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

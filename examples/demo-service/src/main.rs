@@ -43,15 +43,10 @@ fn main() {
         Err(e) => fail(&format!("cannot read {}: {e}", version_file.display())),
     };
     let config = read_config(&root.join("etc/demo.conf"));
-    let listener = TcpListener::bind(&listen)
-        .unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));
+    let listener = TcpListener::bind(&listen).unwrap_or_else(|e| fail(&format!("cannot listen on {listen}: {e}")));
     let bound = listener.local_addr().map_or(listen, |a| a.to_string());
     eprintln!("demo-service {version} listening on {bound}");
-    let state = std::sync::Arc::new(State {
-        root,
-        version,
-        config,
-    });
+    let state = std::sync::Arc::new(State { root, version, config });
     for stream in listener.incoming().flatten() {
         let state = state.clone();
         std::thread::spawn(move || {
@@ -92,11 +87,7 @@ fn serve(state: &State, stream: TcpStream) -> std::io::Result<()> {
                 .config
                 .get("unhealthy_versions")
                 .is_some_and(|list| list.split(',').any(|v| v.trim() == state.version));
-            let status = if unhealthy {
-                "503 Service Unavailable"
-            } else {
-                "200 OK"
-            };
+            let status = if unhealthy { "503 Service Unavailable" } else { "200 OK" };
             let health = if unhealthy { "failing" } else { "ok" };
             let body = format!(
                 "{{\"status\":\"{health}\",\"version\":\"{}\",\"pid\":{}}}\n",
@@ -105,18 +96,10 @@ fn serve(state: &State, stream: TcpStream) -> std::io::Result<()> {
             );
             (status, "application/json", body.into_bytes())
         }
-        "/version" => (
-            "200 OK",
-            "text/plain",
-            format!("{}\n", state.version).into_bytes(),
-        ),
+        "/version" => ("200 OK", "text/plain", format!("{}\n", state.version).into_bytes()),
         "/" | "/index.html" => match std::fs::read(state.root.join("www/current/index.html")) {
             Ok(b) => ("200 OK", "text/html", b),
-            Err(_) => (
-                "404 Not Found",
-                "text/plain",
-                b"no web app deployed\n".to_vec(),
-            ),
+            Err(_) => ("404 Not Found", "text/plain", b"no web app deployed\n".to_vec()),
         },
         _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
     };

@@ -31,9 +31,7 @@ fn health_reports_version_and_unhealthy_versions_fail() {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
         let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
         let health = get(&addr, "/health");
         let index = get(&addr, "/");

@@ -22,9 +22,7 @@ impl<R: Read> Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
-            io::Error::other(
-                "decompressed content exceeds what the index declares (decompression bomb?)",
-            )
+            io::Error::other("decompressed content exceeds what the index declares (decompression bomb?)")
         })?;
         Ok(n)
     }
@@ -39,11 +37,7 @@ pub(crate) struct Hashing<R> {
 
 impl<R> Hashing<R> {
     pub fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
+        Self { inner, hasher: Sha256::new(), count: 0 }
     }
 
     pub fn finish(self) -> (String, u64) {
@@ -72,10 +66,7 @@ pub(crate) fn walk(
     // plus the end-of-archive blocks and record padding.
     let overhead = 2048 * (index.entries.len() as u64 + 2) + 20 * 512;
     let cap = index.total_size().min(limits.max_total_bytes) + overhead;
-    let decoder = Capped {
-        inner: flate2::read::GzDecoder::new(compressed),
-        left: cap,
-    };
+    let decoder = Capped { inner: flate2::read::GzDecoder::new(compressed), left: cap };
     let mut archive = tar::Archive::new(decoder);
     let mut expected = index.entries.iter();
     let entries = archive.entries().map_err(content_error)?;
@@ -98,40 +89,26 @@ pub(crate) fn walk(
                 return Err(PackageError::entry(&path, "fifos are not allowed"));
             }
             other => {
-                return Err(PackageError::entry(
-                    &path,
-                    format!("entry type {other:?} is not allowed"),
-                ));
+                return Err(PackageError::entry(&path, format!("entry type {other:?} is not allowed")));
             }
         };
         let mode = item.header().mode().map_err(content_error)?;
         if mode & 0o7000 != 0 {
-            return Err(PackageError::entry(
-                &path,
-                "setuid, setgid or sticky bit set",
-            ));
+            return Err(PackageError::entry(&path, "setuid, setgid or sticky bit set"));
         }
-        let want = expected.next().ok_or_else(|| {
-            PackageError::entry(&path, "is in the archive but not in the signed index")
-        })?;
+        let want = expected
+            .next()
+            .ok_or_else(|| PackageError::entry(&path, "is in the archive but not in the signed index"))?;
         if want.path != path || want.kind != kind {
             return Err(PackageError::entry(
                 &path,
-                format!(
-                    "archive has {kind:?} '{path}' where the signed index has {:?} '{}'",
-                    want.kind, want.path
-                ),
+                format!("archive has {kind:?} '{path}' where the signed index has {:?} '{}'", want.kind, want.path),
             ));
         }
         if kind == EntryKind::Symlink {
-            let target = item
-                .link_name_bytes()
-                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            let target = item.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned());
             if target.as_deref() != want.target.as_deref() {
-                return Err(PackageError::entry(
-                    &path,
-                    "link target differs from the signed index",
-                ));
+                return Err(PackageError::entry(&path, "link target differs from the signed index"));
             }
         }
         let size = item.header().size().map_err(content_error)?;
@@ -148,18 +125,12 @@ pub(crate) fn walk(
         if kind == EntryKind::File {
             let (digest, count) = hashing.finish();
             if count != want.size || Some(digest.as_str()) != want.sha256.as_deref() {
-                return Err(PackageError::entry(
-                    &path,
-                    "content sha256 differs from the signed index",
-                ));
+                return Err(PackageError::entry(&path, "content sha256 differs from the signed index"));
             }
         }
     }
     if let Some(missing) = expected.next() {
-        return Err(PackageError::entry(
-            &missing.path,
-            "is in the signed index but missing from the archive",
-        ));
+        return Err(PackageError::entry(&missing.path, "is in the signed index but missing from the archive"));
     }
     Ok(())
 }

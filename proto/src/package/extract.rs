@@ -36,8 +36,7 @@ impl EntrySink for Writer {
                     .open(&path)
                     .map_err(PackageError::io(ctx()))?;
                 io::copy(data, &mut f).map_err(PackageError::io(ctx()))?;
-                f.set_permissions(fs::Permissions::from_mode(entry.mode))
-                    .map_err(PackageError::io(ctx()))?;
+                f.set_permissions(fs::Permissions::from_mode(entry.mode)).map_err(PackageError::io(ctx()))?;
             }
             EntryKind::Symlink => {
                 let target = entry.target.as_deref().unwrap_or_default();
@@ -67,30 +66,15 @@ pub fn extract_file(
     }
 }
 
-fn extract_into(
-    package: &Path,
-    trusted: &[PublicKey],
-    limits: &Limits,
-    dest: &Path,
-) -> Result<(), PackageError> {
+fn extract_into(package: &Path, trusted: &[PublicKey], limits: &Limits, dest: &Path) -> Result<(), PackageError> {
     // Read everything again: the file may have changed since it was verified, so every
     // check is repeated on the bytes that are actually written.
-    let file =
-        File::open(package).map_err(PackageError::io(format!("opening {}", package.display())))?;
+    let file = File::open(package).map_err(PackageError::io(format!("opening {}", package.display())))?;
     let (located, mut reader) = locate(BufReader::new(file), trusted, limits)?;
     check_content_digest(&mut reader, &located)?;
-    reader
-        .seek(SeekFrom::Start(located.content_offset))
-        .map_err(PackageError::io("seeking to the content"))?;
+    reader.seek(SeekFrom::Start(located.content_offset)).map_err(PackageError::io("seeking to the content"))?;
     let mut compressed = Hashing::new((&mut reader).take(located.content_size));
-    walk(
-        &mut compressed,
-        &located.index,
-        limits,
-        &mut Writer {
-            root: dest.to_path_buf(),
-        },
-    )?;
+    walk(&mut compressed, &located.index, limits, &mut Writer { root: dest.to_path_buf() })?;
     io::copy(&mut compressed, &mut io::sink()).map_err(PackageError::io("reading the content"))?;
     let (digest, _) = compressed.finish();
     if digest != located.index.content.sha256 {

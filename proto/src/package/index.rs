@@ -88,10 +88,7 @@ impl PackageIndex {
             )));
         }
         if self.content.compression != "gzip" {
-            return Err(PackageError::Layout(format!(
-                "unsupported compression '{}'",
-                self.content.compression
-            )));
+            return Err(PackageError::Layout(format!("unsupported compression '{}'", self.content.compression)));
         }
         if self.entries.len() > limits.max_entries {
             return Err(PackageError::TooLarge(format!(
@@ -113,10 +110,7 @@ impl PackageIndex {
             if e.mode > 0o777 {
                 return Err(PackageError::entry(
                     &e.path,
-                    format!(
-                        "mode {:o} has setuid, setgid or sticky bits; only permission bits are allowed",
-                        e.mode
-                    ),
+                    format!("mode {:o} has setuid, setgid or sticky bits; only permission bits are allowed", e.mode),
                 ));
             }
             if let Some(parent) = parent_of(&e.path) {
@@ -125,9 +119,7 @@ impl PackageIndex {
                     Some(_) => {
                         return Err(PackageError::entry(
                             &e.path,
-                            format!(
-                                "its parent '{parent}' is not a directory (a link or file cannot hold entries)"
-                            ),
+                            format!("its parent '{parent}' is not a directory (a link or file cannot hold entries)"),
                         ));
                     }
                     None => {
@@ -140,51 +132,35 @@ impl PackageIndex {
             }
             match e.kind {
                 EntryKind::File => {
-                    let ok = e
-                        .sha256
-                        .as_deref()
-                        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                    let ok =
+                        e.sha256.as_deref().is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
                     if !ok || e.target.is_some() {
-                        return Err(PackageError::entry(
-                            &e.path,
-                            "a file needs a sha256 and no link target",
-                        ));
+                        return Err(PackageError::entry(&e.path, "a file needs a sha256 and no link target"));
                     }
                 }
                 EntryKind::Dir => {
                     if e.size != 0 || e.sha256.is_some() || e.target.is_some() {
-                        return Err(PackageError::entry(
-                            &e.path,
-                            "a directory has no size, digest or target",
-                        ));
+                        return Err(PackageError::entry(&e.path, "a directory has no size, digest or target"));
                     }
                 }
                 EntryKind::Symlink => {
-                    let target = e
-                        .target
-                        .as_deref()
-                        .ok_or_else(|| PackageError::entry(&e.path, "a link needs a target"))?;
-                    check_link_target(&e.path, target)
-                        .map_err(|p| PackageError::entry(&e.path, p))?;
+                    let target =
+                        e.target.as_deref().ok_or_else(|| PackageError::entry(&e.path, "a link needs a target"))?;
+                    check_link_target(&e.path, target).map_err(|p| PackageError::entry(&e.path, p))?;
                     if e.size != 0 || e.sha256.is_some() {
                         return Err(PackageError::entry(&e.path, "a link has no size or digest"));
                     }
                 }
             }
             if kinds.insert(&e.path, e.kind).is_some() {
-                return Err(PackageError::entry(
-                    &e.path,
-                    "appears twice (one name cannot be two entries)",
-                ));
+                return Err(PackageError::entry(&e.path, "appears twice (one name cannot be two entries)"));
             }
         }
         let manifest = Manifest::from_toml(&self.manifest)?;
         match kinds.get("manifest.toml") {
             Some(EntryKind::File) => {}
             _ => {
-                return Err(PackageError::Layout(
-                    "manifest.toml is missing from the content".into(),
-                ));
+                return Err(PackageError::Layout("manifest.toml is missing from the content".into()));
             }
         }
         for path in manifest.referenced_package_files() {
@@ -253,9 +229,7 @@ pub fn check_link_target(link: &str, target: &str) -> Result<(), String> {
         }
     }
     if ups > depth {
-        return Err(format!(
-            "link target '{target}' leaves the target directory"
-        ));
+        return Err(format!("link target '{target}' leaves the target directory"));
     }
     Ok(())
 }

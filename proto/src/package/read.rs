@@ -52,9 +52,7 @@ pub(crate) struct Frame {
 
 fn member_header(name: &str, size: u64) -> [u8; 512] {
     let mut header = tar::Header::new_gnu();
-    header
-        .set_path(name)
-        .expect("member names are short and relative");
+    header.set_path(name).expect("member names are short and relative");
     header.set_size(size);
     header.set_mode(0o644);
     header.set_mtime(0);
@@ -89,32 +87,20 @@ impl Frame {
 }
 
 /// Reads one member (header + data) of the expected name, refusing more than `max` bytes.
-fn read_member<R: Read>(
-    reader: &mut R,
-    name: &str,
-    max: u64,
-) -> Result<Option<Vec<u8>>, PackageError> {
+fn read_member<R: Read>(reader: &mut R, name: &str, max: u64) -> Result<Option<Vec<u8>>, PackageError> {
     let mut block = [0u8; 512];
-    reader
-        .read_exact(&mut block)
-        .map_err(|_| PackageError::Layout(format!("the file ends before {name}")))?;
+    reader.read_exact(&mut block).map_err(|_| PackageError::Layout(format!("the file ends before {name}")))?;
     let header = tar::Header::from_byte_slice(&block);
     let found = String::from_utf8_lossy(&header.path_bytes()).into_owned();
     if found != name {
         return Ok(None);
     }
-    let size = header
-        .size()
-        .map_err(|e| PackageError::Layout(format!("{name}: bad header: {e}")))?;
+    let size = header.size().map_err(|e| PackageError::Layout(format!("{name}: bad header: {e}")))?;
     if size > max {
-        return Err(PackageError::TooLarge(format!(
-            "{name} is {size} bytes, the limit is {max}"
-        )));
+        return Err(PackageError::TooLarge(format!("{name} is {size} bytes, the limit is {max}")));
     }
     let mut data = vec![0u8; size as usize];
-    reader
-        .read_exact(&mut data)
-        .map_err(|_| PackageError::Layout(format!("the file ends inside {name}")))?;
+    reader.read_exact(&mut data).map_err(|_| PackageError::Layout(format!("the file ends inside {name}")))?;
     let rem = size % 512;
     if rem != 0 {
         io::copy(&mut reader.take(512 - rem), &mut io::sink()).map_err(layout_io)?;
@@ -134,35 +120,25 @@ pub(crate) fn locate<R: Read + Seek>(
             "expected the members {INDEX_MEMBER}, {SIGNATURE_MEMBER}, {CONTENT_MEMBER} in that order"
         ))
     };
-    let index_bytes =
-        read_member(&mut reader, INDEX_MEMBER, limits.max_index_bytes)?.ok_or_else(not_package)?;
+    let index_bytes = read_member(&mut reader, INDEX_MEMBER, limits.max_index_bytes)?.ok_or_else(not_package)?;
     let Some(sig_bytes) = read_member(&mut reader, SIGNATURE_MEMBER, MAX_SIGNATURE_BYTES)? else {
         return Err(PackageError::Unsigned);
     };
     let sig: SignatureFile = serde_json::from_slice(&sig_bytes)
         .map_err(|e| PackageError::Layout(format!("{SIGNATURE_MEMBER} is not readable: {e}")))?;
-    let key = trusted
-        .iter()
-        .find(|k| k.key_id() == sig.key_id)
-        .ok_or_else(|| PackageError::UntrustedKey {
-            key_id: sig.key_id.clone(),
-            trusted: if trusted.is_empty() {
-                "none".into()
-            } else {
-                trusted
-                    .iter()
-                    .map(PublicKey::key_id)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
-        })?;
+    let key = trusted.iter().find(|k| k.key_id() == sig.key_id).ok_or_else(|| PackageError::UntrustedKey {
+        key_id: sig.key_id.clone(),
+        trusted: if trusted.is_empty() {
+            "none".into()
+        } else {
+            trusted.iter().map(PublicKey::key_id).collect::<Vec<_>>().join(", ")
+        },
+    })?;
     let signature: [u8; 64] = base64::engine::general_purpose::STANDARD
         .decode(sig.signature.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| PackageError::BadSignature {
-            key_id: sig.key_id.clone(),
-        })?;
+        .ok_or_else(|| PackageError::BadSignature { key_id: sig.key_id.clone() })?;
     if !key.verify(&index_bytes, &signature) {
         return Err(PackageError::BadSignature { key_id: sig.key_id });
     }
@@ -173,9 +149,7 @@ pub(crate) fn locate<R: Read + Seek>(
 
     // The frame around the content must be exactly the canonical one.
     let frame = Frame::new(&index_bytes, &sig_bytes, index.content.size);
-    let file_len = reader
-        .seek(SeekFrom::End(0))
-        .map_err(PackageError::io("reading the package size"))?;
+    let file_len = reader.seek(SeekFrom::End(0)).map_err(PackageError::io("reading the package size"))?;
     let expected_len = frame.prefix.len() as u64 + index.content.size + frame.suffix.len() as u64;
     if file_len != expected_len {
         return Err(PackageError::ContentMismatch {
@@ -185,35 +159,21 @@ pub(crate) fn locate<R: Read + Seek>(
         });
     }
     let mut found = vec![0u8; frame.prefix.len()];
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(PackageError::io("rewinding"))?;
+    reader.seek(SeekFrom::Start(0)).map_err(PackageError::io("rewinding"))?;
     reader.read_exact(&mut found).map_err(layout_io)?;
     let content_offset = frame.prefix.len() as u64;
     let mut tail = vec![0u8; frame.suffix.len()];
-    reader
-        .seek(SeekFrom::Start(content_offset + index.content.size))
-        .map_err(PackageError::io("seeking"))?;
+    reader.seek(SeekFrom::Start(content_offset + index.content.size)).map_err(PackageError::io("seeking"))?;
     reader.read_exact(&mut tail).map_err(layout_io)?;
-    if let Some(at) = first_difference(&found, &frame.prefix).or_else(|| {
-        first_difference(&tail, &frame.suffix)
-            .map(|i| i + (content_offset + index.content.size) as usize)
-    }) {
+    if let Some(at) = first_difference(&found, &frame.prefix)
+        .or_else(|| first_difference(&tail, &frame.suffix).map(|i| i + (content_offset + index.content.size) as usize))
+    {
         return Err(PackageError::Layout(format!(
             "byte {at} of the file differs from the signed layout (a header or padding was altered after signing)"
         )));
     }
     let content_size = index.content.size;
-    Ok((
-        Located {
-            index,
-            manifest,
-            key_id: sig.key_id,
-            content_offset,
-            content_size,
-        },
-        reader,
-    ))
+    Ok((Located { index, manifest, key_id: sig.key_id, content_offset, content_size }, reader))
 }
 
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
@@ -225,13 +185,8 @@ fn layout_io(e: io::Error) -> PackageError {
 }
 
 /// Hashes the compressed content member and compares it with the signed index.
-pub(crate) fn check_content_digest<R: Read + Seek>(
-    reader: &mut R,
-    located: &Located,
-) -> Result<(), PackageError> {
-    reader
-        .seek(SeekFrom::Start(located.content_offset))
-        .map_err(PackageError::io("seeking to the content"))?;
+pub(crate) fn check_content_digest<R: Read + Seek>(reader: &mut R, located: &Located) -> Result<(), PackageError> {
+    reader.seek(SeekFrom::Start(located.content_offset)).map_err(PackageError::io("seeking to the content"))?;
     let mut hashing = Hashing::new(reader.take(located.content_size));
     io::copy(&mut hashing, &mut io::sink()).map_err(PackageError::io("reading the content"))?;
     let (digest, _) = hashing.finish();
@@ -261,28 +216,13 @@ pub fn verify_reader<R: Read + Seek>(
 ) -> Result<VerifiedPackage, PackageError> {
     let (located, mut reader) = locate(reader, trusted, limits)?;
     check_content_digest(&mut reader, &located)?;
-    reader
-        .seek(SeekFrom::Start(located.content_offset))
-        .map_err(PackageError::io("seeking to the content"))?;
-    walk(
-        (&mut reader).take(located.content_size),
-        &located.index,
-        limits,
-        &mut Discard,
-    )?;
-    Ok(VerifiedPackage {
-        index: located.index,
-        manifest: located.manifest,
-        key_id: located.key_id,
-    })
+    reader.seek(SeekFrom::Start(located.content_offset)).map_err(PackageError::io("seeking to the content"))?;
+    walk((&mut reader).take(located.content_size), &located.index, limits, &mut Discard)?;
+    Ok(VerifiedPackage { index: located.index, manifest: located.manifest, key_id: located.key_id })
 }
 
 /// Verifies a package file. Writes nothing anywhere.
-pub fn verify_file(
-    path: &Path,
-    trusted: &[PublicKey],
-    limits: &Limits,
-) -> Result<VerifiedPackage, PackageError> {
+pub fn verify_file(path: &Path, trusted: &[PublicKey], limits: &Limits) -> Result<VerifiedPackage, PackageError> {
     let file = File::open(path).map_err(PackageError::io(format!("opening {}", path.display())))?;
     verify_reader(io::BufReader::new(file), trusted, limits)
 }
@@ -291,7 +231,6 @@ pub fn verify_file(
 pub fn file_sha256(path: &Path) -> Result<(String, u64), PackageError> {
     let file = File::open(path).map_err(PackageError::io(format!("opening {}", path.display())))?;
     let mut hashing = Hashing::new(io::BufReader::new(file));
-    io::copy(&mut hashing, &mut io::sink())
-        .map_err(PackageError::io(format!("reading {}", path.display())))?;
+    io::copy(&mut hashing, &mut io::sink()).map_err(PackageError::io(format!("reading {}", path.display())))?;
     Ok(hashing.finish())
 }

@@ -45,31 +45,18 @@ fn content(entries: &[Raw]) -> Vec<u8> {
         tar.extend_from_slice(data);
         tar.resize(tar.len().div_ceil(512) * 512, 0);
     };
-    push(
-        raw_header(
-            "manifest.toml",
-            tar::EntryType::Regular,
-            MANIFEST.len() as u64,
-            0o644,
-            "",
-        ),
-        MANIFEST.as_bytes(),
-    );
+    push(raw_header("manifest.toml", tar::EntryType::Regular, MANIFEST.len() as u64, 0o644, ""), MANIFEST.as_bytes());
     for e in entries {
         match e {
-            Raw::File(p, data, mode) => push(
-                raw_header(p, tar::EntryType::Regular, data.len() as u64, *mode, ""),
-                data,
-            ),
+            Raw::File(p, data, mode) => {
+                push(raw_header(p, tar::EntryType::Regular, data.len() as u64, *mode, ""), data)
+            }
             Raw::Dir(p) => push(raw_header(p, tar::EntryType::Directory, 0, 0o755, ""), &[]),
             Raw::Symlink(p, t) => push(raw_header(p, tar::EntryType::Symlink, 0, 0o777, t), &[]),
             Raw::Hardlink(p, t) => push(raw_header(p, tar::EntryType::Link, 0, 0o644, t), &[]),
             Raw::CharDevice(p) => push(raw_header(p, tar::EntryType::Char, 0, 0o644, ""), &[]),
             Raw::Fifo(p) => push(raw_header(p, tar::EntryType::Fifo, 0, 0o644, ""), &[]),
-            Raw::Pax(n) => push(
-                raw_header("PaxHeader", tar::EntryType::XHeader, *n as u64, 0o644, ""),
-                &vec![0u8; *n],
-            ),
+            Raw::Pax(n) => push(raw_header("PaxHeader", tar::EntryType::XHeader, *n as u64, 0o644, ""), &vec![0u8; *n]),
         }
     }
     tar.extend_from_slice(&[0u8; 1024]);
@@ -90,14 +77,7 @@ fn file(path: &str, data: &[u8], mode: u32) -> IndexEntry {
 }
 
 fn dir(path: &str) -> IndexEntry {
-    IndexEntry {
-        path: path.into(),
-        kind: EntryKind::Dir,
-        size: 0,
-        sha256: None,
-        mode: 0o755,
-        target: None,
-    }
+    IndexEntry { path: path.into(), kind: EntryKind::Dir, size: 0, sha256: None, mode: 0o755, target: None }
 }
 
 fn link(path: &str, target: &str) -> IndexEntry {
@@ -114,13 +94,7 @@ fn link(path: &str, target: &str) -> IndexEntry {
 /// Seals `archive` under `index` (plus the manifest) with a trusted key, then checks
 /// that verification and extraction both refuse it with `cause` in the message and that
 /// the sandbox holds nothing but the package file afterwards.
-fn assert_refused(
-    case: &str,
-    archive: &[Raw],
-    index: Vec<IndexEntry>,
-    limits: Limits,
-    cause: &str,
-) {
+fn assert_refused(case: &str, archive: &[Raw], index: Vec<IndexEntry>, limits: Limits, cause: &str) {
     let outer = tempfile::tempdir().unwrap();
     let sandbox = outer.path().join("s");
     std::fs::create_dir(&sandbox).unwrap();
@@ -130,36 +104,18 @@ fn assert_refused(
     let index = PackageIndex {
         format: 1,
         manifest: MANIFEST.into(),
-        content: ContentInfo {
-            sha256: String::new(),
-            size: 0,
-            compression: "gzip".into(),
-        },
+        content: ContentInfo { sha256: String::new(), size: 0, compression: "gzip".into() },
         entries,
     };
     let pkg = sandbox.join("pkg.fup");
     std::fs::write(&pkg, package::seal(index, &content(archive), &key).unwrap()).unwrap();
 
-    let err = package::verify_file(&pkg, &[key.public()], &limits)
-        .expect_err(case)
-        .to_string();
-    assert!(
-        err.contains(cause),
-        "{case}: verify said '{err}', expected it to mention '{cause}'"
-    );
+    let err = package::verify_file(&pkg, &[key.public()], &limits).expect_err(case).to_string();
+    assert!(err.contains(cause), "{case}: verify said '{err}', expected it to mention '{cause}'");
     let dest = sandbox.join("dest");
-    let err = package::extract_file(&pkg, &[key.public()], &limits, &dest)
-        .expect_err(case)
-        .to_string();
-    assert!(
-        err.contains(cause),
-        "{case}: extract said '{err}', expected '{cause}'"
-    );
-    assert_eq!(
-        listing(outer.path()),
-        ["s", "s/pkg.fup"],
-        "{case}: something was written"
-    );
+    let err = package::extract_file(&pkg, &[key.public()], &limits, &dest).expect_err(case).to_string();
+    assert!(err.contains(cause), "{case}: extract said '{err}', expected '{cause}'");
+    assert_eq!(listing(outer.path()), ["s", "s/pkg.fup"], "{case}: something was written");
 }
 
 fn listing(dir: &Path) -> Vec<String> {
@@ -190,10 +146,7 @@ fn path_traversal() {
     );
     assert_refused(
         "traversal, lying index",
-        &[
-            Raw::Dir("payload/"),
-            Raw::File("payload/../../evil", data.clone(), 0o644),
-        ],
+        &[Raw::Dir("payload/"), Raw::File("payload/../../evil", data.clone(), 0o644)],
         vec![dir("payload"), file("payload/evil", &data, 0o644)],
         Limits::default(),
         "'..'",
@@ -233,22 +186,14 @@ fn symlink_escape_then_write_through() {
     assert_refused(
         "escaping link, honest index",
         &archive,
-        vec![
-            dir("payload"),
-            link("payload/link", "../../.."),
-            file("payload/link/evil", &data, 0o644),
-        ],
+        vec![dir("payload"), link("payload/link", "../../.."), file("payload/link/evil", &data, 0o644)],
         Limits::default(),
         "leaves the target directory",
     );
     assert_refused(
         "escaping link, lying index",
         &archive,
-        vec![
-            dir("payload"),
-            link("payload/link", "x"),
-            file("payload/x", &data, 0o644),
-        ],
+        vec![dir("payload"), link("payload/link", "x"), file("payload/x", &data, 0o644)],
         Limits::default(),
         "link target differs",
     );
@@ -259,11 +204,7 @@ fn symlink_escape_then_write_through() {
             Raw::Symlink("payload/link", "..".into()),
             Raw::File("payload/link/evil", data.clone(), 0o644),
         ],
-        vec![
-            dir("payload"),
-            link("payload/link", ".."),
-            file("payload/link/evil", &data, 0o644),
-        ],
+        vec![dir("payload"), link("payload/link", ".."), file("payload/link/evil", &data, 0o644)],
         Limits::default(),
         "is not a directory",
     );
@@ -287,12 +228,7 @@ fn symlink_and_directory_with_one_name() {
             Raw::Symlink("payload/d", "..".into()),
             Raw::File("payload/d/x", data.clone(), 0o644),
         ],
-        vec![
-            dir("payload"),
-            dir("payload/d"),
-            link("payload/d", ".."),
-            file("payload/d/x", &data, 0o644),
-        ],
+        vec![dir("payload"), dir("payload/d"), link("payload/d", ".."), file("payload/d/x", &data, 0o644)],
         Limits::default(),
         "appears twice",
     );
@@ -304,11 +240,7 @@ fn symlink_and_directory_with_one_name() {
             Raw::Dir("payload/d/"),
             Raw::File("payload/d/x", data.clone(), 0o644),
         ],
-        vec![
-            dir("payload"),
-            dir("payload/d"),
-            file("payload/d/x", &data, 0o644),
-        ],
+        vec![dir("payload"), dir("payload/d"), file("payload/d/x", &data, 0o644)],
         Limits::default(),
         "where the signed index has",
     );
@@ -334,13 +266,7 @@ fn device_node_and_fifo() {
         Limits::default(),
         "device nodes",
     );
-    assert_refused(
-        "fifo",
-        &[Raw::Fifo("pipe")],
-        vec![file("pipe", b"", 0o644)],
-        Limits::default(),
-        "fifos",
-    );
+    assert_refused("fifo", &[Raw::Fifo("pipe")], vec![file("pipe", b"", 0o644)], Limits::default(), "fifos");
 }
 
 #[test]
@@ -365,10 +291,7 @@ fn setuid_bits() {
 #[test]
 fn oversize() {
     let big = vec![7u8; 2 << 20];
-    let small = Limits {
-        max_total_bytes: 1 << 20,
-        ..Limits::default()
-    };
+    let small = Limits { max_total_bytes: 1 << 20, ..Limits::default() };
     assert_refused(
         "over the total cap",
         &[Raw::File("big", big.clone(), 0o644)],
@@ -383,19 +306,8 @@ fn oversize() {
         Limits::default(),
         "differs from the signed index",
     );
-    let many: Vec<IndexEntry> = (0..10)
-        .map(|i| dir(Box::leak(format!("d{i}").into_boxed_str())))
-        .collect();
-    assert_refused(
-        "too many entries",
-        &[],
-        many,
-        Limits {
-            max_entries: 5,
-            ..Limits::default()
-        },
-        "entries",
-    );
+    let many: Vec<IndexEntry> = (0..10).map(|i| dir(Box::leak(format!("d{i}").into_boxed_str()))).collect();
+    assert_refused("too many entries", &[], many, Limits { max_entries: 5, ..Limits::default() }, "entries");
 }
 
 #[test]

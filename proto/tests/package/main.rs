@@ -27,10 +27,7 @@ pub fn packed_sample() -> (SecretKey, PathBuf, tempfile::TempDir) {
 pub fn tree(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap())
-            .collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
         entries.sort_by_key(std::fs::DirEntry::file_name);
         for e in entries {
             let rel = e.path().strip_prefix(base).unwrap().display().to_string();
@@ -39,23 +36,14 @@ pub fn tree(dir: &Path) -> Vec<(String, String)> {
             }
             let ft = e.file_type().unwrap();
             if ft.is_symlink() {
-                out.push((
-                    rel,
-                    format!("link {}", std::fs::read_link(e.path()).unwrap().display()),
-                ));
+                out.push((rel, format!("link {}", std::fs::read_link(e.path()).unwrap().display())));
             } else if ft.is_dir() {
                 out.push((rel.clone(), "dir".into()));
                 walk(base, &e.path(), out);
             } else {
                 use std::os::unix::fs::PermissionsExt as _;
                 let mode = e.metadata().unwrap().permissions().mode() & 0o777;
-                out.push((
-                    rel,
-                    format!(
-                        "{mode:o} {}",
-                        String::from_utf8_lossy(&std::fs::read(e.path()).unwrap())
-                    ),
-                ));
+                out.push((rel, format!("{mode:o} {}", String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()))));
             }
         }
     }
@@ -89,9 +77,5 @@ fn extract_refuses_an_existing_destination() {
     std::fs::create_dir(&dest).unwrap();
     std::fs::write(dest.join("keep"), "x").unwrap();
     assert!(package::extract_file(&pkg, &[key.public()], &Limits::default(), &dest).is_err());
-    assert_eq!(
-        std::fs::read_to_string(dest.join("keep")).unwrap(),
-        "x",
-        "existing content untouched"
-    );
+    assert_eq!(std::fs::read_to_string(dest.join("keep")).unwrap(), "x", "existing content untouched");
 }
