@@ -49,7 +49,7 @@ fn content(entries: &[Raw]) -> Vec<u8> {
     for e in entries {
         match e {
             Raw::File(p, data, mode) => {
-                push(raw_header(p, tar::EntryType::Regular, data.len() as u64, *mode, ""), data)
+                push(raw_header(p, tar::EntryType::Regular, data.len() as u64, *mode, ""), data);
             }
             Raw::Dir(p) => push(raw_header(p, tar::EntryType::Directory, 0, 0o755, ""), &[]),
             Raw::Symlink(p, t) => push(raw_header(p, tar::EntryType::Symlink, 0, 0o777, t), &[]),

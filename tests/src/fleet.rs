@@ -1,0 +1,300 @@
+//! A fleet on one machine for end-to-end tests: a real `fleetup-server` process, real
+//! `fleetup-agent run` processes, each with its own install root (a copy of
+//! `examples/base-1.0`) and the demo service running on its own loopback port.
+
+use crate::{binary, copy_tree, wait_for, workspace_root};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A child process killed when dropped, its output kept in a log file.
+#[derive(Debug)]
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with output to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        Self { child, log }
+    }
+
+    /// The process's output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// True while it runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running coordinator with an admin token.
+#[derive(Debug)]
+pub struct Server {
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// An admin API token.
+    pub token: String,
+    /// The process.
+    pub proc: Proc,
+    /// The signing key packages are made with (trusted by the server and the agents).
+    pub key: PathBuf,
+    /// Its public half.
+    pub key_pub: PathBuf,
+    /// The working directory (database, data dir, logs).
+    pub dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts `fleetup-server serve` on a free port with a fresh database (`database_url`,
+    /// or a SQLite file in `dir` when `None`) and short leases for tests.
+    pub async fn start(dir: &Path, database_url: Option<&str>, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let key = dir.join("release.key");
+        let key_pub = dir.join("release.key.pub");
+        if !key.exists() {
+            let ok = Command::new(binary("fleetup-agent")).args(["keygen", "--out"]).arg(&key).status().unwrap();
+            assert!(ok.success());
+        }
+        let db = database_url.map_or_else(|| format!("sqlite:{}", dir.join("fleetup.db").display()), str::to_owned);
+        let out = Command::new(binary("fleetup-server"))
+            .args(["token", "create", "--role", "admin", "--name", "e2e", "--database-url", &db])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().trim().to_owned();
+        let port = free_port();
+        let mut cmd = Command::new(binary("fleetup-server"));
+        cmd.current_dir(dir)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url", &db, "--trust"])
+            .arg(&key_pub)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(extra)
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn(cmd, dir.join("server.log"));
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let server = Self { url, token, proc, key, key_pub, dir: dir.to_path_buf(), http };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not become healthy:\n{}", self.proc.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A request to `/api/v1{path}` with the admin token; returns (status, JSON body).
+    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// GET, asserting 200.
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.api(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// POST, asserting 2xx.
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let (status, resp) = self.api(reqwest::Method::POST, path, Some(body)).await;
+        assert!((200..300).contains(&status), "POST {path}: {status} {resp}");
+        resp
+    }
+
+    /// Packs `src` (default: the sample rollup) with the server's key and uploads it;
+    /// returns the package id.
+    pub async fn upload(&self, src: Option<&Path>) -> String {
+        let src = src.map_or_else(|| workspace_root().join("examples/sample-rollup"), Path::to_path_buf);
+        let pkg = self.dir.join(format!("pkg-{}.fup", free_port()));
+        let out = Command::new(binary("fleetup-agent"))
+            .arg("pack")
+            .arg(&src)
+            .arg("--key")
+            .arg(&self.key)
+            .arg("--out")
+            .arg(&pkg)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pack: {}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::read(&pkg).unwrap();
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/packages", self.url))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(status, 201, "upload: {body}");
+        body["id"].as_str().expect("package id").to_owned()
+    }
+
+    /// A one-time enrollment token good for `uses` agents.
+    pub async fn enrollment_token(&self, uses: u32) -> String {
+        let body = self.post("/enrollment-tokens", json!({ "uses": uses, "labels": { "env": "test" } })).await;
+        body["token"].as_str().expect("token").to_owned()
+    }
+}
+
+/// A simulated server of the fleet: an install root at 1.0 with the demo service
+/// running, and a `fleetup-agent run` process managing it.
+#[derive(Debug)]
+pub struct Host {
+    /// The host's name (also its `--hostname`).
+    pub name: String,
+    /// Its directory: `root/`, `state/`, `hosts`, logs.
+    pub dir: PathBuf,
+    /// The install root.
+    pub root: PathBuf,
+    /// The agent's state dir.
+    pub state: PathBuf,
+    /// The demo service's port.
+    pub port: u16,
+    /// Host variables passed with `--var`.
+    pub vars: BTreeMap<String, String>,
+    /// The agent process, while it runs.
+    pub agent: Option<Proc>,
+}
+
+impl Host {
+    /// Prepares a host: root at 1.0, a sandbox hosts file, the demo service started
+    /// (as the exec backend would: detached, pid file in `run/demo.pid`).
+    pub fn new(base: &Path, name: &str, crl_base: &str) -> Self {
+        let dir = base.join(name);
+        let root = dir.join("root");
+        copy_tree(&workspace_root().join("examples/base-1.0"), &root).unwrap();
+        std::fs::write(dir.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let port = free_port();
+        let vars = BTreeMap::from([
+            ("port".to_owned(), port.to_string()),
+            ("demo_service_bin".to_owned(), binary("fleetup-demo-service").display().to_string()),
+            ("crl_base".to_owned(), crl_base.to_owned()),
+        ]);
+        let host = Self { name: name.to_owned(), state: dir.join("state"), dir, root, port, vars, agent: None };
+        host.start_service();
+        host
+    }
+
+    /// Starts the demo service the way the exec backend does and waits until it answers.
+    pub fn start_service(&self) {
+        let log = std::fs::File::create(self.dir.join("service.log")).unwrap();
+        let mut cmd = Command::new(binary("fleetup-demo-service"));
+        cmd.args(["--listen", &format!("127.0.0.1:{}", self.port), "--root"])
+            .arg(&self.root)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().unwrap();
+        std::fs::write(self.root.join("run/demo.pid"), format!("{}\n", child.id())).unwrap();
+        // Detached like a daemon: the exec backend stops it through its pid file.
+        std::mem::forget(child);
+        wait_for("the demo service", Duration::from_secs(10), || self.version());
+    }
+
+    /// The version the demo service answers on `/health`, if it answers.
+    pub fn version(&self) -> Option<String> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let body = out.split("\r\n\r\n").nth(1)?;
+        let v: Value = serde_json::from_str(body).ok()?;
+        v["version"].as_str().map(str::to_owned)
+    }
+
+    /// Starts (or restarts) `fleetup-agent run` for this host.
+    pub fn start_agent(&mut self, server: &Server, enroll_token: &str, labels: &[&str]) {
+        let mut cmd = Command::new(binary("fleetup-agent"));
+        cmd.args(["run", "--server", &server.url, "--enroll-token", enroll_token, "--hostname", &self.name])
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--trust")
+            .arg(&server.key_pub)
+            .arg("--hosts-file")
+            .arg(self.dir.join("hosts"))
+            .args(["--services-backend", "exec", "--poll-wait", "5"])
+            .env("RUST_LOG", "info");
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        for (k, v) in &self.vars {
+            cmd.args(["--var", &format!("{k}={v}")]);
+        }
+        let n = std::fs::read_dir(&self.dir).map_or(0, Iterator::count);
+        self.agent = Some(Proc::spawn(cmd, self.dir.join(format!("agent-{n}.log"))));
+    }
+
+    /// Stops the demo service (test cleanup).
+    pub fn stop_service(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.root.join("run/demo.pid"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(a) = &mut self.agent {
+            a.kill();
+        }
+        self.stop_service();
+    }
+}
