@@ -1,5 +1,8 @@
 //! Command-line interface of `fleetup-agent`.
 
+mod install;
+
+use crate::engine::{BackendKind, CrlRemediation};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,18 +43,98 @@ enum Command {
         #[arg(long, required = true)]
         trust: Vec<PathBuf>,
     },
+    /// Install a signed package into an install root, phase by phase (see docs/engine.md).
+    ///
+    /// An interrupted earlier install recorded in the state dir is finished first (rolled
+    /// back, or completed) and reported; the command then ends without installing.
+    Install {
+        /// The package file.
+        package: PathBuf,
+        /// The install root (holds the product's files).
+        #[arg(long, env = "FLEETUP_ROOT")]
+        root: PathBuf,
+        /// A trusted public key (repeatable).
+        #[arg(long, required = true)]
+        trust: Vec<PathBuf>,
+        /// The agent's state dir: journal, logs/<install-id>/, hooks/pre-install.d/, hooks/post-install.d/.
+        #[arg(long, env = "FLEETUP_STATE_DIR", default_value = "/var/lib/fleetup-agent")]
+        state_dir: PathBuf,
+        /// Answer decisions automatically: warnings -> continue; files in use -> retry 3 times (1 s apart), then exit.
+        #[arg(long)]
+        yes: bool,
+        /// Print one engine event per line as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// How services are stopped and started: exec (commands + pidfile) or systemd.
+        #[arg(long, default_value = "systemd", value_parser = parse_backend)]
+        services_backend: BackendKind,
+        /// Hosts file used to resolve CRL host names and, with --crl-remediation hosts-file, changed for the install only.
+        #[arg(long, default_value = "/etc/hosts")]
+        hosts_file: PathBuf,
+        /// none: an unreachable CRL endpoint is a warning (continue/cancel); hosts-file: map its host to 127.0.0.1 during the install, restored afterwards.
+        #[arg(long, default_value = "none", value_parser = parse_remediation)]
+        crl_remediation: CrlRemediation,
+        /// A host variable for ${name} in the manifest (repeatable): --var port=8080.
+        #[arg(long = "var", value_name = "NAME=VALUE")]
+        vars: Vec<String>,
+    },
+    /// Finish an interrupted install recorded in the state dir (roll back or complete it).
+    Recover {
+        /// The agent's state dir.
+        #[arg(long, env = "FLEETUP_STATE_DIR", default_value = "/var/lib/fleetup-agent")]
+        state_dir: PathBuf,
+        /// Print one engine event per line as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    BackendKind::parse(s)
+}
+
+fn parse_remediation(s: &str) -> Result<CrlRemediation, String> {
+    match s {
+        "none" => Ok(CrlRemediation::None),
+        "hosts-file" => Ok(CrlRemediation::HostsFile),
+        _ => Err(format!("unknown CRL remediation '{s}'; expected none or hosts-file")),
+    }
 }
 
 /// Runs the CLI; errors are printed with their whole cause chain.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Keygen { out } => crate::packaging::keygen(&out),
-        Command::Pack { dir, key, out } => crate::packaging::pack(&dir, &key, &out),
-        Command::Verify { file, trust } => crate::packaging::verify(&file, &trust),
+        Command::Keygen { out } => crate::packaging::keygen(&out).map(|()| ExitCode::SUCCESS),
+        Command::Pack { dir, key, out } => crate::packaging::pack(&dir, &key, &out).map(|()| ExitCode::SUCCESS),
+        Command::Verify { file, trust } => crate::packaging::verify(&file, &trust).map(|()| ExitCode::SUCCESS),
+        Command::Install {
+            package,
+            root,
+            trust,
+            state_dir,
+            yes,
+            json,
+            services_backend,
+            hosts_file,
+            crl_remediation,
+            vars,
+        } => install::install(install::InstallArgs {
+            package,
+            root,
+            trust,
+            state_dir,
+            yes,
+            json,
+            backend: services_backend,
+            hosts_file,
+            crl_remediation,
+            vars,
+        }),
+        Command::Recover { state_dir, json } => install::recover(&state_dir, json),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,6 +1,8 @@
 //! fleetup-agent: the install engine (a library) and the agent binary around it.
 //!
-//! The binary's subcommands live in [`cli`]; packagers use `keygen`, `pack` and `verify`.
+//! The engine is in [`engine`]; the binary's subcommands live in [`cli`] (`install`,
+//! `recover`) and [`packaging`] (`keygen`, `pack`, `verify`).
 
 pub mod cli;
+pub mod engine;
 pub mod packaging;

@@ -1,0 +1,269 @@
+//! `fleetup-agent install` and `fleetup-agent recover`: the engine on the command line.
+//!
+//! Output is either one JSON event per line (`--json`) or a progress line per phase in
+//! the seeds' wording, saying what a cancel would do right now. Decisions are asked on
+//! the terminal, answered by `--yes`, or (no terminal, no `--yes`) answered with the
+//! safe choice. On a terminal, typing `c` + Enter requests a cancel.
+
+use crate::engine::{
+    AutoDecider, BackendKind, CancelHandle, CrlRemediation, Decider, Engine, EventSink, InstallRequest, ScriptedDecider,
+};
+use anyhow::Context as _;
+use fleetup_proto::{
+    DecisionAnswer, DecisionKind, DecisionRequest, EngineEvent, InstallOutcome, InstallSummary, PhaseStatus,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Options of `install`, as parsed by clap.
+#[derive(Debug, Clone)]
+pub struct InstallArgs {
+    /// Package file.
+    pub package: PathBuf,
+    /// Install root.
+    pub root: PathBuf,
+    /// Trusted keys.
+    pub trust: Vec<PathBuf>,
+    /// State dir.
+    pub state_dir: PathBuf,
+    /// `--yes`.
+    pub yes: bool,
+    /// `--json`.
+    pub json: bool,
+    /// Backend.
+    pub backend: BackendKind,
+    /// Hosts file.
+    pub hosts_file: PathBuf,
+    /// CRL remediation.
+    pub crl_remediation: CrlRemediation,
+    /// `--var k=v`.
+    pub vars: Vec<String>,
+}
+
+/// Prints events as JSON lines.
+struct JsonSink;
+
+impl EventSink for JsonSink {
+    fn emit(&self, event: &EngineEvent) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", serde_json::to_string(event).expect("events serialise"));
+        let _ = out.flush();
+    }
+}
+
+/// A progress line per phase (a spinner on a terminal, plain lines otherwise).
+struct HumanSink {
+    bar: Mutex<Option<ProgressBar>>,
+    tty: bool,
+}
+
+impl EventSink for HumanSink {
+    fn emit(&self, ev: &EngineEvent) {
+        let mut bar = self.bar.lock().expect("lock");
+        let n = ev.phase.number().map_or_else(|| "--".to_owned(), |n| format!("{n:>2}/12"));
+        let line = format!("[{n}] {:<40} {:<9} {}", ev.phase.title(), ev.status.as_str(), ev.message);
+        if ev.status == PhaseStatus::Running && ev.data.get("number").is_some() {
+            let cancel = ev.data.get("cancel_effect").and_then(|v| v.as_str()).unwrap_or("");
+            if self.tty {
+                let pb = ProgressBar::new_spinner();
+                pb.set_style(ProgressStyle::with_template("{spinner} {prefix} {wide_msg}").expect("template"));
+                pb.set_prefix(format!("[{n}] {}", ev.phase.title()));
+                pb.set_message(format!("({cancel}; type c + Enter to cancel)"));
+                pb.enable_steady_tick(Duration::from_millis(120));
+                *bar = Some(pb);
+            } else {
+                println!("[{n}] {} ... ({cancel})", ev.phase.title());
+            }
+            return;
+        }
+        match bar.as_ref() {
+            Some(pb) if ev.status == PhaseStatus::Running => pb.set_message(ev.message.clone()),
+            Some(pb) if ev.status.is_terminal() => {
+                pb.finish_and_clear();
+                println!("{line}");
+                *bar = None;
+            }
+            Some(pb) => pb.println(line),
+            None => println!("{line}"),
+        }
+        if let Some(s) = ev.summary() {
+            print_summary(&s);
+        }
+    }
+}
+
+fn print_summary(s: &InstallSummary) {
+    println!("\noutcome: {}  (outage {} ms, total {} ms)", s.outcome, s.outage_ms, s.total_ms);
+    for (p, ms) in &s.phase_ms {
+        println!("  {:<16} {ms:>7} ms", p.as_str());
+    }
+    if s.restart_required {
+        println!("restart required: processes still hold replaced files");
+    }
+    if let Some(e) = &s.error {
+        println!("reason: {e}");
+    }
+}
+
+/// Asks on the terminal; shares stdin with the cancel watcher.
+struct TerminalDecider {
+    lines: Arc<Mutex<Receiver<String>>>,
+    bar_sink: Arc<HumanSink>,
+}
+
+impl Decider for TerminalDecider {
+    fn decide(&self, req: &DecisionRequest) -> DecisionAnswer {
+        let lines = self.lines.lock().expect("lock");
+        if let Some(pb) = self.bar_sink.bar.lock().expect("lock").as_ref() {
+            pb.suspend(|| {});
+        }
+        println!("\n{}", req.message);
+        match &req.kind {
+            DecisionKind::Warning { remediation: Some(r), .. } => {
+                println!("---- remediation (copy this) ----\n{r}\n---------------------------------");
+            }
+            DecisionKind::FilesInUse { processes } => {
+                for p in processes {
+                    println!("  pid {:>7}  {:<16} {}", p.pid, p.name, p.files.join(", "));
+                }
+            }
+            DecisionKind::Warning { .. } => {}
+        }
+        let opts: Vec<&str> = req.options.iter().map(|o| o.as_str()).collect();
+        loop {
+            print!("answer [{}]: ", opts.join("/"));
+            let _ = std::io::stdout().flush();
+            let Ok(line) = lines.recv() else { return *req.options.last().expect("options") };
+            let line = line.trim().to_lowercase();
+            if let Some(a) =
+                req.options.iter().find(|o| o.as_str() == line || o.as_str().starts_with(&line) && !line.is_empty())
+            {
+                return *a;
+            }
+        }
+    }
+}
+
+fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    vars.iter()
+        .map(|v| {
+            let (k, val) = v.split_once('=').with_context(|| format!("--var {v}: expected name=value"))?;
+            anyhow::ensure!(!k.is_empty(), "--var {v}: the name is empty");
+            anyhow::ensure!(
+                !["root", "staging", "state_dir", "version"].contains(&k),
+                "--var {k}: '{k}' is a built-in variable and cannot be set"
+            );
+            Ok((k.to_owned(), val.to_owned()))
+        })
+        .collect()
+}
+
+fn exit_for(s: &InstallSummary) -> ExitCode {
+    match s.outcome {
+        InstallOutcome::Succeeded => ExitCode::SUCCESS,
+        InstallOutcome::RecoveryRequired => ExitCode::from(3),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Lines typed on the terminal, shared by the prompt and the cancel watcher.
+type Lines = Arc<Mutex<Receiver<String>>>;
+
+fn engine_for(json: bool, yes: bool) -> (Engine, Option<Lines>) {
+    let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let human = Arc::new(HumanSink { bar: Mutex::new(None), tty: tty && !json });
+    let sink: Arc<dyn EventSink> = if json { Arc::new(JsonSink) } else { human.clone() };
+    if yes {
+        return (Engine::new(Arc::new(AutoDecider::default()), sink), None);
+    }
+    if !tty {
+        let d = ScriptedDecider::new(|req| {
+            eprintln!("no terminal to ask '{}' and no --yes: answering with the safe choice", req.message);
+            if req.options.contains(&DecisionAnswer::Exit) { DecisionAnswer::Exit } else { DecisionAnswer::Cancel }
+        });
+        return (Engine::new(Arc::new(d), sink), None);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let lines = Arc::new(Mutex::new(rx));
+    let decider = TerminalDecider { lines: lines.clone(), bar_sink: human };
+    (Engine::new(Arc::new(decider), sink), Some(lines))
+}
+
+/// Typing `c` + Enter (outside a prompt) asks for a cancel.
+fn watch_cancel(lines: Lines, cancel: CancelHandle) {
+    std::thread::spawn(move || {
+        loop {
+            let Ok(rx) = lines.try_lock() else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) if matches!(l.trim(), "c" | "cancel") => {
+                    let (Ok(m) | Err(m)) = cancel.cancel();
+                    println!("\n{m}");
+                }
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            drop(rx);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+}
+
+/// `fleetup-agent install`
+pub fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
+    let trusted = crate::packaging::read_trusted(&args.trust)?;
+    let vars = parse_vars(&args.vars)?;
+    let (engine, stdin) = engine_for(args.json, args.yes);
+    // An interrupted install is finished first, and reported as its own (one) outcome.
+    if let Some(s) = engine.recover(&args.state_dir)? {
+        eprintln!(
+            "an interrupted install of {} {} was found in {} and finished: {}. Run the command again to install.",
+            s.rollup,
+            s.version,
+            args.state_dir.display(),
+            s.outcome
+        );
+        return Ok(exit_for(&s));
+    }
+    if let Some(lines) = stdin {
+        watch_cancel(lines, engine.cancel_handle());
+    }
+    let req = InstallRequest {
+        package: args.package,
+        root: args.root,
+        state_dir: args.state_dir,
+        trusted,
+        vars,
+        backend: args.backend,
+        hosts_file: args.hosts_file,
+        crl_remediation: args.crl_remediation,
+    };
+    let summary = engine.install(&req)?;
+    Ok(exit_for(&summary))
+}
+
+/// `fleetup-agent recover`
+pub fn recover(state_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let (engine, _) = engine_for(json, true);
+    if let Some(s) = engine.recover(state_dir)? {
+        return Ok(exit_for(&s));
+    }
+    eprintln!("nothing to recover in {}", state_dir.display());
+    Ok(ExitCode::SUCCESS)
+}

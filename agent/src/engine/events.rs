@@ -1,0 +1,176 @@
+//! Event emission: numbering, persistence, the sink, per-phase logs and the summary.
+//!
+//! Every event is appended to `<logs>/events.jsonl` before the sink sees it, so a
+//! restarted engine continues the numbering (`seq` from 1, no gaps, across crashes) and
+//! can compute durations of phases that ran before the crash.
+
+use chrono::{DateTime, Utc};
+use fleetup_proto::{EngineEvent, InstallOutcome, InstallSummary, PhaseId, PhaseStatus};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Receives every engine event, in order. Implementations must not block for long: the
+/// engine calls it inline (a coordinator-backed sink queues and sends in the background).
+pub trait EventSink: Send + Sync {
+    /// One event.
+    fn emit(&self, event: &EngineEvent);
+}
+
+/// A sink that drops events (library users who only want the summary).
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+impl EventSink for NullSink {
+    fn emit(&self, _event: &EngineEvent) {}
+}
+
+/// A sink that keeps every event in memory (tests, the daemon's batching).
+#[derive(Debug, Default, Clone)]
+pub struct MemorySink(pub Arc<Mutex<Vec<EngineEvent>>>);
+
+impl EventSink for MemorySink {
+    fn emit(&self, event: &EngineEvent) {
+        self.0.lock().expect("sink lock").push(event.clone());
+    }
+}
+
+/// Numbers, persists and forwards the events of one install.
+pub(crate) struct Emitter {
+    file: File,
+    next_seq: u64,
+    history: Vec<EngineEvent>,
+    sink: Arc<dyn EventSink>,
+    pub(crate) logs: PathBuf,
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter").field("next_seq", &self.next_seq).field("logs", &self.logs).finish_non_exhaustive()
+    }
+}
+
+impl Emitter {
+    /// Opens (or continues) the event log in `logs`.
+    pub(crate) fn open(logs: &Path, sink: Arc<dyn EventSink>) -> std::io::Result<Self> {
+        fs::create_dir_all(logs)?;
+        let path = logs.join("events.jsonl");
+        let mut history = Vec::new();
+        if let Ok(f) = File::open(&path) {
+            for line in BufReader::new(f).lines() {
+                match serde_json::from_str::<EngineEvent>(&line?) {
+                    Ok(ev) => history.push(ev),
+                    Err(_) => break,
+                }
+            }
+            // Drop a torn tail so the file stays one event per line.
+            let mut text = String::new();
+            for ev in &history {
+                text.push_str(&serde_json::to_string(ev).expect("events serialise"));
+                text.push('\n');
+            }
+            fs::write(&path, text)?;
+        }
+        let file = OpenOptions::new().append(true).create(true).open(&path)?;
+        let next_seq = history.last().map_or(1, |e| e.seq + 1);
+        Ok(Self { file, next_seq, history, sink, logs: logs.to_path_buf() })
+    }
+
+    /// Emits one event.
+    pub(crate) fn emit(
+        &mut self,
+        phase: PhaseId,
+        status: PhaseStatus,
+        message: impl Into<String>,
+        data: serde_json::Value,
+    ) {
+        let ev = EngineEvent { seq: self.next_seq, phase, status, message: message.into(), data, at: Utc::now() };
+        self.next_seq += 1;
+        let mut line = serde_json::to_string(&ev).expect("events serialise");
+        line.push('\n');
+        // Persist first: the sink may be a network; the file is the record of truth.
+        if let Err(e) = self.file.write_all(line.as_bytes()).and_then(|()| self.file.sync_data()) {
+            eprintln!("fleetup-engine: cannot persist event {}: {e}", ev.seq);
+        }
+        self.log(phase, &format!("[{}] {}", status, ev.message));
+        self.sink.emit(&ev);
+        self.history.push(ev);
+    }
+
+    /// Appends a line to the phase's log file.
+    pub(crate) fn log(&self, phase: PhaseId, line: &str) {
+        append_log(&self.phase_log(phase), line);
+    }
+
+    /// `<logs>/<phase>.log`
+    pub(crate) fn phase_log(&self, phase: PhaseId) -> PathBuf {
+        self.logs.join(format!("{}.log", phase.as_str()))
+    }
+
+    /// The summary of this install, if its final event was already emitted.
+    pub(crate) fn history_summary(&self) -> Option<InstallSummary> {
+        self.history.iter().rev().find_map(EngineEvent::summary)
+    }
+
+    /// Builds the summary from every event of this install (including before a crash).
+    pub(crate) fn summary(
+        &self,
+        outcome: InstallOutcome,
+        rollup: &str,
+        version: &str,
+        restart_required: bool,
+        failed_phase: Option<PhaseId>,
+        error: Option<String>,
+    ) -> InstallSummary {
+        summarize(&self.history, outcome, rollup, version, restart_required, failed_phase, error)
+    }
+}
+
+/// Computes durations from an event history: each phase from its first `running` event
+/// to its last event; the outage from `stop-services` start to `start-services` end.
+pub(crate) fn summarize(
+    history: &[EngineEvent],
+    outcome: InstallOutcome,
+    rollup: &str,
+    version: &str,
+    restart_required: bool,
+    failed_phase: Option<PhaseId>,
+    error: Option<String>,
+) -> InstallSummary {
+    let mut spans: BTreeMap<PhaseId, (DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
+    for ev in history {
+        spans.entry(ev.phase).and_modify(|s| s.1 = ev.at).or_insert((ev.at, ev.at));
+    }
+    let now = Utc::now();
+    let ms = |a: DateTime<Utc>, b: DateTime<Utc>| (b - a).num_milliseconds().max(0) as u64;
+    let phase_ms = spans.iter().map(|(p, (a, b))| (*p, ms(*a, *b))).collect();
+    let outage_ms = match spans.get(&PhaseId::StopServices) {
+        Some((start, _)) => {
+            let end =
+                spans.get(&PhaseId::StartServices).map(|s| s.1).or_else(|| spans.get(&PhaseId::Rollback).map(|s| s.1));
+            ms(*start, end.unwrap_or(now))
+        }
+        None => 0,
+    };
+    let total_ms = history.first().map_or(0, |f| ms(f.at, now));
+    InstallSummary {
+        outcome,
+        rollup: rollup.to_owned(),
+        version: version.to_owned(),
+        outage_ms,
+        total_ms,
+        phase_ms,
+        restart_required,
+        failed_phase,
+        error,
+    }
+}
+
+/// Appends a timestamped line to a log file, creating it. Logging never fails the install.
+pub(crate) fn append_log(path: &Path, line: &str) {
+    if let Ok(mut f) = OpenOptions::new().append(true).create(true).open(path) {
+        let _ = writeln!(f, "{} {line}", Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+    }
+}

@@ -1,0 +1,144 @@
+//! Rollback: undo every journaled change, newest first, then run the rollback scripts
+//! and put services back as they were.
+//!
+//! Each undo step is idempotent and driven only by the journal and what is on disk, so
+//! the same code finishes a rollback that a crash interrupted.
+
+use super::journal::{Record, sync_dir};
+use super::run::{Run, Stop};
+use super::webapp;
+use fleetup_proto::{InstallOutcome, PhaseId, PhaseStatus};
+use serde_json::json;
+use std::fs;
+
+/// Rolls back everything the journal records. `Err` lists what could not be undone.
+pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome) -> Result<(), String> {
+    let p = PhaseId::Rollback;
+    if let Err(Stop::Failed(e) | Stop::Cancelled(e) | Stop::Exit(e)) =
+        run.record(Record::RollbackStarted { reason: reason.to_owned(), outcome })
+    {
+        return Err(e);
+    }
+    run.em.emit(p, PhaseStatus::Running, format!("{}: {reason}", p.title()), json!({ "reason": reason }));
+    let records = run.journal.records().to_vec();
+    let mut errors = Vec::new();
+    let started_new = records.iter().any(
+        |r| matches!(r, Record::Phase { phase } if *phase >= PhaseId::StartServices && *phase != PhaseId::Rollback),
+    );
+    let stopped = records.iter().any(|r| matches!(r, Record::ServicesStopping { .. }));
+    if started_new && let Some(m) = run.manifest.clone() {
+        for s in m.services.iter().rev() {
+            if let Err(e) = run.services.stop(s) {
+                errors.push(format!("stopping {}: {e}", s.name));
+            }
+        }
+    }
+    let mut files_changed = false;
+    for r in records.iter().rev() {
+        let result = match r {
+            Record::WebappSwitch { link, old_target } => {
+                let link = run.root.join(link);
+                match old_target {
+                    Some(t) => webapp::switch_link(&link, t),
+                    None => fs::remove_file(&link).or_else(not_found_ok),
+                }
+            }
+            Record::WebappDeploy { dir } => fs::remove_dir_all(run.root.join(dir)).or_else(not_found_ok),
+            Record::ConfigPatch { file } => {
+                let bak = run.backup().join("config").join(file);
+                if bak.exists() { fs::rename(&bak, run.root.join(file)) } else { Ok(()) }
+            }
+            Record::Place { path, added: true } => {
+                files_changed = true;
+                fs::remove_file(run.root.join(path)).or_else(not_found_ok)
+            }
+            Record::Backup { path } => {
+                files_changed = true;
+                let bak = run.backup().join(path);
+                if bak.exists() {
+                    let dst = run.root.join(path);
+                    fs::rename(&bak, &dst).and_then(|()| sync_dir(dst.parent().expect("has parent")))
+                } else {
+                    Ok(())
+                }
+            }
+            Record::MkDir { path } => match fs::remove_dir(run.root.join(path)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            errors.push(format!("undoing {r:?}: {e}"));
+        }
+    }
+    run.em.emit(p, PhaseStatus::Running, "files, config and web app restored", serde_json::Value::Null);
+    if files_changed && let Some(m) = run.manifest.clone() {
+        for s in &m.scripts.rollback {
+            let script = run.pkg().join(s);
+            let cmd = format!("sh '{}'", script.display());
+            match run.shell(p, &cmd, &run.root.clone(), m.scripts.deadline_secs) {
+                Ok(()) => {
+                    run.em.emit(p, PhaseStatus::Running, format!("rollback script {s} done"), serde_json::Value::Null);
+                }
+                Err(Stop::Failed(e) | Stop::Cancelled(e) | Stop::Exit(e)) => {
+                    errors.push(format!("rollback script {s}: {e}"));
+                }
+            }
+        }
+    }
+    if stopped && let Some(m) = run.manifest.clone() {
+        for s in m.services.iter().filter(|s| run.was_running.contains(&s.name)) {
+            let mut old = s.clone();
+            // The old version does not answer with the new version's text.
+            if let Some(h) = &mut old.health {
+                h.expect = None;
+            }
+            match run.services.start(&old).and_then(|()| run.services.wait_healthy(&old, &run.hosts_file.clone())) {
+                Ok(()) => run.em.emit(
+                    p,
+                    PhaseStatus::Running,
+                    format!("service {} running again", s.name),
+                    json!({ "service": s.name }),
+                ),
+                Err(e) => errors.push(format!("starting {} again: {e}", s.name)),
+            }
+        }
+    }
+    if errors.is_empty() {
+        run.em.emit(
+            p,
+            PhaseStatus::Succeeded,
+            "rolled back: the root holds the previous version, services are as they were",
+            serde_json::Value::Null,
+        );
+        Ok(())
+    } else {
+        let e = errors.join("; ");
+        run.em.emit(p, PhaseStatus::Failed, format!("rollback incomplete: {e}"), serde_json::Value::Null);
+        Err(e)
+    }
+}
+
+/// Puts the hosts file back byte for byte, if the journal says it was changed.
+pub(crate) fn restore_hosts(run: &Run<'_>) -> Result<(), String> {
+    for r in run.journal.records() {
+        if let Record::HostsFile { path, saved } = r {
+            match fs::read(saved) {
+                Ok(bytes) => {
+                    if fs::read(path).ok().as_deref() != Some(bytes.as_slice()) {
+                        super::crl::write_in_place(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
+                }
+                // Saved copy gone: it was removed only after a successful restore.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", saved.display())),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn not_found_ok(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
+}

@@ -1,0 +1,90 @@
+//! Failures before any change leave everything untouched; failures after roll back.
+
+use crate::support::{Fixture, crl_stub_ok, tree};
+use fleetup_agent::engine::{AutoDecider, ScriptedDecider};
+use fleetup_proto::{DecisionAnswer, DecisionKind, InstallOutcome, PhaseId, PhaseStatus};
+use std::sync::Arc;
+
+#[test]
+fn failing_pre_hook_leaves_everything_untouched() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    fx.host_hook("pre-install.d", "50-fail", "echo 'backup target unavailable' >&2; exit 7");
+    let before = tree(&fx.root);
+    let pid = fx.service_pid();
+    let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Failed, "{summary:?}");
+    assert_eq!(summary.failed_phase, Some(PhaseId::PreHooks));
+    assert!(summary.error.as_deref().unwrap().contains("50-fail"), "{summary:?}");
+    assert_eq!(tree(&fx.root), before);
+    assert_eq!(fx.service_pid(), pid, "the service was restarted");
+    assert!(fx.service_running());
+    assert!(!events.iter().any(|e| e.phase == PhaseId::StopServices || e.phase == PhaseId::Rollback));
+    assert!(fx.leftover_staging().is_empty());
+}
+
+#[test]
+fn failing_health_check_rolls_back() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| {
+        t.replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 2\n\n[[prerequisites]]")
+    });
+    // The new version is listed as unhealthy on this host: /health answers 503.
+    let conf = fx.root.join("etc/demo.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("unhealthy_versions = 1.1.0\n");
+    std::fs::write(&conf, text).unwrap();
+    let before = tree(&fx.root);
+    let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::RolledBack, "{summary:?}");
+    assert_eq!(summary.failed_phase, Some(PhaseId::StartServices));
+    assert!(summary.error.as_deref().unwrap().contains("503"), "{summary:?}");
+    assert!(events.iter().any(|e| e.phase == PhaseId::Rollback && e.status == PhaseStatus::Succeeded));
+    assert!(events.iter().any(|e| e.phase == PhaseId::Rollback && e.message.contains("rollback script")));
+    assert_eq!(tree(&fx.root), before);
+    assert!(fx.leftover_staging().is_empty());
+    fx.wait_version("1.0.0");
+}
+
+#[test]
+fn missing_fatal_prerequisite_stops_in_check_system() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    std::fs::remove_file(fx.root.join("etc/demo.conf")).unwrap();
+    let before = tree(&fx.root);
+    let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Failed);
+    assert_eq!(summary.failed_phase, Some(PhaseId::CheckSystem));
+    assert!(summary.error.as_deref().unwrap().contains("etc/demo.conf is missing"), "{summary:?}");
+    assert!(events.iter().all(|e| e.phase == PhaseId::CheckSystem), "a phase after check-system ran");
+    assert_eq!(tree(&fx.root), before);
+    assert!(fx.leftover_staging().is_empty());
+    fx.wait_version("1.0.0");
+}
+
+#[test]
+fn warning_prerequisite_asks_and_cancel_ends_untouched() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    std::fs::write(fx.root.join("etc/maintenance-mode"), "ops is on it\n").unwrap();
+    let before = tree(&fx.root);
+    let decider = Arc::new(ScriptedDecider::new(|_| DecisionAnswer::Cancel));
+    let (summary, events) = fx.install_lib(decider.clone(), |_, _| {});
+    let asked = decider.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].phase, PhaseId::CheckSystem);
+    assert!(matches!(&asked[0].kind, DecisionKind::Warning { code, .. } if code == "prerequisite"));
+    assert!(asked[0].message.contains("maintenance mode"));
+    assert_eq!(asked[0].options, vec![DecisionAnswer::Continue, DecisionAnswer::Cancel]);
+    assert!(events.iter().any(|e| e.data.get("decision").is_some()), "decision not in the event stream");
+    assert_eq!(summary.outcome, InstallOutcome::Cancelled);
+    assert_eq!(tree(&fx.root), before);
+    fx.wait_version("1.0.0");
+}
+
+#[test]
+fn warning_prerequisite_continue_installs() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    std::fs::write(fx.root.join("etc/maintenance-mode"), "done\n").unwrap();
+    let decider = Arc::new(ScriptedDecider::new(|_| DecisionAnswer::Continue));
+    let (summary, events) = fx.install_lib(decider, |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    assert!(events.iter().any(|e| e.phase == PhaseId::CheckSystem && e.status == PhaseStatus::Warning));
+    fx.wait_version("1.1.0");
+}

@@ -1,0 +1,123 @@
+//! The sample upgrade 1.0 -> 1.1 through the real CLI.
+
+use crate::support::{Fixture, crl_stub_ok, parse_events, tree};
+use fleetup_proto::{InstallOutcome, PhaseId, PhaseStatus};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+#[test]
+fn sample_upgrade_succeeds_end_to_end() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    // Record the inode of a staged file from a pre-install hook: after the install the
+    // same inode must be in the root (rename, not copy).
+    let inode_file = fx.tmp.path().join("staged-inode");
+    fx.host_hook(
+        "pre-install.d",
+        "10-inode",
+        &format!("stat -c %i \"$FLEETUP_STAGING/payload/lib/demo/messages.txt\" > '{}'", inode_file.display()),
+    );
+    let before = tree(&fx.root);
+    let out = fx.cli().output().unwrap();
+    assert!(
+        out.status.success(),
+        "install failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let events = parse_events(&out.stdout);
+
+    // Numbered from 1 without gaps; exactly one summary, last.
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1);
+    }
+    let summaries: Vec<_> = events.iter().filter_map(fleetup_proto::EngineEvent::summary).collect();
+    assert_eq!(summaries.len(), 1);
+    let s = &summaries[0];
+    assert_eq!(s.outcome, InstallOutcome::Succeeded, "{s:?}");
+    assert!(events.last().unwrap().summary().is_some());
+    // Every phase reported succeeded.
+    for p in PhaseId::INSTALL {
+        assert!(events.iter().any(|e| e.phase == p && e.status == PhaseStatus::Succeeded), "phase {p} not succeeded");
+        assert!(s.phase_ms.contains_key(&p), "no duration for {p}");
+    }
+    assert!(!events.iter().any(|e| e.phase == PhaseId::Rollback));
+
+    // Files.
+    let r = &fx.root;
+    assert_eq!(std::fs::read_to_string(r.join("lib/demo/VERSION")).unwrap().trim(), "1.1.0");
+    assert!(r.join("lib/demo/feature-x.txt").is_file());
+    assert!(!r.join("lib/demo/legacy.txt").exists());
+    let ws = fleetup_e2e::workspace_root();
+    assert_eq!(
+        std::fs::read(r.join("lib/demo/messages.txt")).unwrap(),
+        std::fs::read(ws.join("examples/sample-rollup/payload/lib/demo/messages.txt")).unwrap()
+    );
+    assert_eq!(std::fs::metadata(r.join("lib/demo/messages.txt")).unwrap().permissions().mode() & 0o777, 0o644);
+    let staged_inode: u64 = std::fs::read_to_string(&inode_file).unwrap().trim().parse().unwrap();
+    assert_eq!(
+        std::fs::metadata(r.join("lib/demo/messages.txt")).unwrap().ino(),
+        staged_inode,
+        "the file was copied, not renamed"
+    );
+    // Config patched.
+    assert!(std::fs::read_to_string(r.join("etc/demo.conf")).unwrap().contains("cache_mb = 256"));
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.join("etc/settings.json")).unwrap()).unwrap();
+    assert_eq!(settings["features"]["fast_start"], true);
+    assert!(
+        std::fs::read_to_string(r.join("etc/runtime.xml"))
+            .unwrap()
+            .contains("<generatePublisherEvidence enabled=\"false\"/>")
+    );
+    // Web app switched; the old release is kept.
+    assert_eq!(std::fs::read_link(r.join("www/current")).unwrap().to_str().unwrap(), "releases/1.1.0");
+    assert!(r.join("www/releases/1.0.0/index.html").is_file());
+    // Service answers 1.1 and serves the new web app.
+    fx.wait_version("1.1.0");
+    let (status, body) = fx.get("/").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body.as_bytes(), std::fs::read(ws.join("examples/sample-rollup/webapp/index.html")).unwrap());
+    // Backups and staging gone; journal closed; logs written.
+    assert!(fx.leftover_staging().is_empty(), "{:?}", fx.leftover_staging());
+    assert!(!fx.state.join("journal.jsonl").exists());
+    let logs: Vec<_> = std::fs::read_dir(fx.state.join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("events.jsonl").exists())
+        .collect();
+    assert_eq!(logs.len(), 1);
+    for f in [
+        "check-system.log",
+        "pre-hooks.log",
+        "service-control.log",
+        "patch-config.log",
+        "update-webapp.log",
+        "update-files.log",
+    ] {
+        assert!(logs[0].join(f).is_file(), "missing log {f}");
+    }
+    let svc_log = std::fs::read_to_string(logs[0].join("service-control.log")).unwrap();
+    assert!(svc_log.contains("stop demo") && svc_log.contains("start demo"), "{svc_log}");
+    // The tree changed exactly as the manifest says.
+    let after = tree(&fx.root);
+    assert_ne!(before, after);
+    assert!(after.contains_key("www/releases/1.1.0/app.js"));
+
+    // Outage: measured, shorter than the whole, and without staging or copying in it.
+    assert!(s.outage_ms > 0 && s.outage_ms < s.total_ms, "{s:?}");
+    let outage_phases: u64 = [
+        PhaseId::StopServices,
+        PhaseId::ValidateFiles,
+        PhaseId::UpdateFiles,
+        PhaseId::PostPrecompile,
+        PhaseId::StartServices,
+    ]
+    .iter()
+    .map(|p| s.phase_ms[p])
+    .sum();
+    assert!(s.outage_ms <= outage_phases + 50, "{s:?}");
+    assert!(s.phase_ms[&PhaseId::UpdateFiles] < 500, "update-files took {} ms", s.phase_ms[&PhaseId::UpdateFiles]);
+    let upd = events.iter().find(|e| e.phase == PhaseId::UpdateFiles && e.status == PhaseStatus::Succeeded).unwrap();
+    assert!(upd.message.contains("0 bytes copied"), "{}", upd.message);
+    eprintln!("sample install: outage {} ms of {} ms total; phases {:?}", s.outage_ms, s.total_ms, s.phase_ms);
+}

@@ -1,0 +1,9 @@
+//! Install engine integration tests: each runs on a temporary root made from
+//! examples/base-1.0 with the demo service really running under the exec backend.
+
+mod support;
+
+mod cancel;
+mod crl;
+mod failures;
+mod happy;
