@@ -106,8 +106,9 @@ pub fn get(addr: SocketAddr, url: &Url, deadline: Duration) -> Result<Response, 
     let mut stream =
         TcpStream::connect_timeout(&addr, left("connect")?).map_err(|e| format!("connect to {addr}: {e}"))?;
     stream.set_write_timeout(Some(left("send")?)).map_err(|e| e.to_string())?;
-    write!(stream, "GET {} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n", url.path, url.host)
-        .map_err(|e| format!("send to {addr}: {e}"))?;
+    // One write: a server may answer (and close) after the first bytes it sees.
+    let request = format!("GET {} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n", url.path, url.host);
+    let sent = stream.write_all(request.as_bytes());
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -123,6 +124,11 @@ pub fn get(addr: SocketAddr, url: &Url, deadline: Duration) -> Result<Response, 
             }
             Err(e) => return Err(format!("read from {addr}: {e}")),
         }
+    }
+    if buf.is_empty()
+        && let Err(e) = sent
+    {
+        return Err(format!("send to {addr}: {e}"));
     }
     let text = String::from_utf8_lossy(&buf);
     let status_line = text.lines().next().unwrap_or("");

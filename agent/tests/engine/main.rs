@@ -4,6 +4,8 @@
 mod support;
 
 mod cancel;
+mod crash;
 mod crl;
 mod failures;
 mod happy;
+mod inuse;

@@ -41,8 +41,15 @@ pub fn crl_stub_ok() -> String {
         for s in l.incoming().flatten() {
             let mut s = s;
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            // Read the whole request head before answering.
+            let mut head = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\ncrl");
         }
     });
@@ -127,7 +134,7 @@ impl Fixture {
         )
         .ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
         let status = text.split_whitespace().nth(1)?.parse().ok()?;
