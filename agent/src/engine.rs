@@ -7,14 +7,18 @@
 //! `tokio::task::spawn_blocking`. Decisions come from a [`Decider`], events go to an
 //! [`EventSink`], a [`CancelHandle`] asks it to stop. See `docs/engine.md`.
 
+mod check;
 mod config_patch;
 mod crl;
 mod decide;
 mod events;
 mod exec;
+mod files;
 mod http;
 mod inuse;
 mod journal;
+mod patch;
+mod recovery;
 mod rollback;
 mod run;
 mod services;
@@ -189,6 +193,6 @@ impl Engine {
     /// completes the remaining idempotent post-install steps) and returns its one
     /// outcome; `None` when there is nothing to recover.
     pub fn recover(&self, state_dir: &Path) -> Result<Option<InstallSummary>, EngineError> {
-        run::recover(self, state_dir)
+        recovery::recover(self, state_dir)
     }
 }

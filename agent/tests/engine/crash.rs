@@ -119,3 +119,78 @@ fn sigkill_at_every_journal_step_converges_shard_1() {
 fn sigkill_at_every_journal_step_converges_shard_2() {
     kill_steps(2, 3);
 }
+
+/// Spawns the CLI paused at `step`, waits for the pause, SIGKILLs it.
+fn spawn_and_kill(mut cmd: std::process::Command, step: usize) {
+    let mut child = cmd.env(PAUSE_ENV, step.to_string()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let want = format!("paused after journal step {step} ");
+    let mut paused = false;
+    for line in stderr.lines().map_while(Result::ok) {
+        if line.contains(&want) {
+            paused = true;
+            break;
+        }
+    }
+    assert!(paused, "engine never paused at step {step}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn sigkill_at_the_start_of_a_rollback_then_restart_finishes_it() {
+    let unhealthy = |fx: &Fixture| {
+        let conf = fx.root.join("etc/demo.conf");
+        let text = std::fs::read_to_string(&conf).unwrap() + "unhealthy_versions = 1.1.0\n";
+        std::fs::write(&conf, text).unwrap();
+    };
+    let short =
+        |t: String| t.replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 1\n\n[[prerequisites]]");
+    // Reference: where the rollback starts in the journal.
+    let reference = Fixture::new(&crl_stub_ok(), short);
+    unhealthy(&reference);
+    let out = reference.cli().output().unwrap();
+    assert!(!out.status.success());
+    let logs = std::fs::read_dir(reference.state.join("logs"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("journal.jsonl").exists())
+        .unwrap();
+    let journal = std::fs::read_to_string(logs.path().join("journal.jsonl")).unwrap();
+    let step = journal.lines().position(|l| l.contains("\"rollback-started\"")).unwrap() + 1;
+    drop(reference);
+
+    let fx = Fixture::new(&crl_stub_ok(), short);
+    unhealthy(&fx);
+    let before = tree(&fx.root);
+    spawn_and_kill(fx.cli(), step);
+    let out = fx.cli().output().unwrap();
+    assert!(!out.status.success());
+    let events = parse_events(&out.stdout);
+    let summary = events.last().and_then(EngineEvent::summary).expect("the restart reports the outcome");
+    assert_eq!(summary.outcome, InstallOutcome::RolledBack, "{summary:?}");
+    assert_eq!(persisted_events(&fx.state)[0].iter().filter_map(EngineEvent::summary).count(), 1);
+    assert_eq!(tree(&fx.root), before);
+    fx.wait_version("1.0.0");
+}
+
+#[test]
+fn sigkill_with_hosts_remediation_applied_restores_the_hosts_file_on_restart() {
+    let (_silent, port) = crate::support::crl_stub_silent("127.0.0.2");
+    let fx = Fixture::new(&format!("http://crl.fleetup.test:{port}"), |t| {
+        t.replace("probe_deadline_secs = 3", "probe_deadline_secs = 1")
+    });
+    let original = b"127.0.0.2 crl.fleetup.test\n".to_vec();
+    std::fs::write(&fx.hosts, &original).unwrap();
+    let before = tree(&fx.root);
+    let mut cmd = fx.cli();
+    cmd.args(["--crl-remediation", "hosts-file"]);
+    // Step 6: after the hosts file was changed (records: begin, phase, phase, hosts-file, staged, phase).
+    spawn_and_kill(cmd, 6);
+    assert_ne!(std::fs::read(&fx.hosts).unwrap(), original, "the hosts file was not changed before the kill");
+    let out = fx.cli().output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read(&fx.hosts).unwrap(), original, "hosts file not restored by recovery");
+    assert_eq!(tree(&fx.root), before);
+    fx.wait_version("1.0.0");
+}
