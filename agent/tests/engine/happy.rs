@@ -121,3 +121,40 @@ fn sample_upgrade_succeeds_end_to_end() {
     assert!(upd.message.contains("0 bytes copied"), "{}", upd.message);
     eprintln!("sample install: outage {} ms of {} ms total; phases {:?}", s.outage_ms, s.total_ms, s.phase_ms);
 }
+
+#[test]
+fn human_output_names_each_phase_and_what_a_cancel_would_do() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    let cmd = fx.cli();
+    let args: Vec<_> = cmd.get_args().filter(|a| *a != "--json").map(std::ffi::OsStr::to_owned).collect();
+    let mut cmd = std::process::Command::new(cmd.get_program());
+    cmd.args(args).stdin(std::process::Stdio::null());
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for p in PhaseId::INSTALL {
+        assert!(text.contains(p.title()), "no '{}' in:\n{text}", p.title());
+    }
+    assert!(text.contains("the install ends now; nothing has been changed"), "{text}");
+    assert!(text.contains("everything changed so far is rolled back"), "{text}");
+    assert!(text.contains("cancel not possible now"), "{text}");
+    assert!(text.contains("outcome: succeeded"), "{text}");
+    fx.wait_version("1.1.0");
+}
+
+#[test]
+fn untrusted_package_fails_in_check_system_without_touching_anything() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    let other = fleetup_proto::SecretKey::generate().unwrap();
+    std::fs::write(&fx.key_pub, other.public().to_text()).unwrap();
+    let before = tree(&fx.root);
+    let out = fx.cli().output().unwrap();
+    assert!(!out.status.success());
+    let events = parse_events(&out.stdout);
+    let s = events.last().unwrap().summary().unwrap();
+    assert_eq!(s.outcome, InstallOutcome::Failed);
+    assert_eq!(s.failed_phase, Some(PhaseId::CheckSystem));
+    assert!(s.error.as_deref().unwrap().contains("not trusted"), "{s:?}");
+    assert_eq!(tree(&fx.root), before);
+    fx.wait_version("1.0.0");
+}
