@@ -6,6 +6,7 @@
 //! frameworks: it is plain data plus the package verifier, which must be usable from
 //! any context (CLI, agent, coordinator upload path).
 
+pub mod agent_api;
 pub mod decision;
 pub mod event;
 pub mod keys;

@@ -1,1 +1,101 @@
-//! fleetup-server: the coordinator. (Being built: see the coordinator issue.)
+//! fleetup-server: the coordinator. It keeps rollout plans, hands jobs to agents over a
+//! long-poll protocol, records their progress, and runs the scheduler that opens waves.
+//!
+//! [`run`] takes a listener and a shutdown future so tests can bind port 0 and stop the
+//! server; `main.rs` only parses the command line.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod scheduler;
+pub mod store;
+
+use app::{App, AppState};
+use config::Config;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use tokio_util::sync::CancellationToken;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The database.
+    #[error("database: {0}")]
+    Store(#[from] store::StoreError),
+    /// A trusted key file.
+    #[error("trusted key {path}: {source}")]
+    Key {
+        /// The file.
+        path: String,
+        /// Why.
+        source: fleetup_proto::KeyError,
+    },
+    /// Files or the socket.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The process-wide Prometheus recorder (a process can install only one).
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Opens the store, starts the scheduler and serves until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store = store::connect(&config.database_url).await?;
+    let mut trusted = Vec::new();
+    for path in &config.trust {
+        trusted.push(
+            fleetup_proto::PublicKey::read(path)
+                .map_err(|source| ServerError::Key { path: path.display().to_string(), source })?,
+        );
+    }
+    std::fs::create_dir_all(config.data_dir.join("packages"))?;
+    let cancel = CancellationToken::new();
+    let app = Arc::new(App {
+        config,
+        store,
+        trusted,
+        wakers: std::sync::Mutex::default(),
+        last_seen: std::sync::Mutex::default(),
+        seen_cache: std::sync::Mutex::default(),
+        scheduler_kick: tokio::sync::Notify::new(),
+        shutdown: cancel.clone(),
+        metrics: metrics_handle(),
+    });
+    tracing::info!(addr = ?listener.local_addr().ok(), backend = app.store.backend(), "fleetup-server listening");
+    let tasks = [
+        tokio::spawn(scheduler::run(app.clone(), cancel.clone())),
+        tokio::spawn(app::heartbeat_flusher(app.clone(), cancel.clone())),
+        tokio::spawn(app::wakeup_forwarder(app.clone(), cancel.clone())),
+    ];
+    let router = api::router(AppState(app.clone()));
+    let stop = cancel.clone();
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await;
+    cancel.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    result.map_err(ServerError::Io)
+}

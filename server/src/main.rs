@@ -1,6 +1,31 @@
-//! The `fleetup-server` binary.
+//! The `fleetup-server` binary: parses the command line and hands over to the library.
 
-fn main() {
-    eprintln!("fleetup-server: not built yet");
-    std::process::exit(2);
+use clap::Parser as _;
+use fleetup_server::cli::{Cli, Command, TokenCommand};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FLEETUP_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(config) => {
+            let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+            let shutdown = async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            };
+            fleetup_server::run(config, listener, shutdown).await?;
+        }
+        Command::Token { command: TokenCommand::Create { role, name, database_url } } => {
+            let secret = fleetup_server::cli::create_token(&database_url, role, &name).await?;
+            println!("{secret}");
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,75 @@
+//! The HTTP surface: `/api/v1` (operator API, bearer API tokens), `/api/v1/agent` (agent
+//! protocol, agent tokens), `/healthz`, `/metrics`. Each resource has its own `router()`.
+
+mod agent;
+mod agents;
+mod audit;
+mod enrollment;
+mod jobs;
+mod openapi;
+mod packages;
+mod rollouts;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(packages::router())
+        .merge(enrollment::router())
+        .merge(agents::router())
+        .merge(rollouts::router())
+        .merge(jobs::router())
+        .merge(audit::router())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token));
+    Router::new()
+        .nest("/api/v1", api.merge(openapi::router()))
+        .nest("/api/v1/agent", agent::router())
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    state.store.api_token_by_hash("healthz").await?;
+    Ok(axum::Json(serde_json::json!({ "status": "ok", "backend": state.store.backend() })))
+}
+
+async fn metrics(State(state): State<AppState>) -> String {
+    state.metrics.render()
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {}; see /api/v1/openapi.json", uri.path()))
+}
+
+/// Paging parameters shared by listings.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// Items to skip.
+    #[serde(default)]
+    pub offset: u64,
+    /// Page size (default 500, at most 5000).
+    pub limit: Option<u64>,
+    /// Only this state (job listings).
+    pub state: Option<String>,
+    /// Only this wave (job listings).
+    pub wave: Option<u32>,
+    /// Items after this sequence number (events, logs).
+    #[serde(default)]
+    pub after: u64,
+}
+
+impl Page {
+    /// The page size.
+    pub fn limit(&self) -> u64 {
+        self.limit.unwrap_or(500).clamp(1, 5000)
+    }
+}

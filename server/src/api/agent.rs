@@ -1,0 +1,179 @@
+//! The agent protocol under `/api/v1/agent` (wire types in `fleetup_proto::agent_api`).
+//!
+//! `poll` is the heartbeat too: it records the agent as seen in memory only (flushed in
+//! batches) and, when no job is ready, performs reads only. A job the scheduler queues wakes
+//! the held poll through the agent's `Notify` (and, across replicas, Postgres NOTIFY).
+
+use crate::app::AppState;
+use crate::auth::{AgentCaller, hash_secret, new_secret};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::model::{JobState, now_ms};
+use crate::store::{NewAgent, StoreError};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fleetup_proto::agent_api::{
+    EnrollRequest, EnrollResponse, EventBatch, JobAssignment, JobPolicies, LogBatch, LogResponse, PackageRef,
+    ReportResponse,
+};
+use std::time::Duration;
+use tower::ServiceExt as _;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/enroll", post(enroll))
+        .route("/poll", get(poll))
+        .route("/jobs/{id}/events", post(events))
+        .route("/jobs/{id}/logs", post(logs))
+        .route("/packages/{id}", get(download))
+}
+
+async fn enroll(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
+    if req.hostname.trim().is_empty() {
+        return Err(ApiError::Unprocessable("hostname must not be empty".into()));
+    }
+    let secret = new_secret("fla");
+    let agent = NewAgent {
+        id: crate::store::sql::new_id(),
+        hostname: req.hostname.trim().to_owned(),
+        secret_hash: hash_secret(&secret),
+        labels: req.labels,
+        facts: req.facts,
+        version: req.version,
+    };
+    let enrolled = state.store.enroll_agent(&hash_secret(&req.token), &agent, now_ms()).await.map_err(|e| match e {
+        StoreError::Refused(m) => ApiError::Unauthorized(m),
+        other => other.into(),
+    })?;
+    Ok((StatusCode::CREATED, Json(EnrollResponse { agent_id: enrolled.id, agent_token: secret })))
+}
+
+/// `?wait=SECS`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wait {
+    #[serde(default)]
+    wait: u64,
+}
+
+async fn poll(State(state): State<AppState>, agent: AgentCaller, ApiQuery(q): ApiQuery<Wait>) -> ApiResult<Response> {
+    metrics::counter!("fleetup_polls_total").increment(1);
+    state.seen(&agent.id, now_ms());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(state.config.max_poll_wait_secs));
+    let notify = state.waker(&agent.id);
+    let gauge = metrics::gauge!("fleetup_long_polls_held");
+    gauge.increment(1.0);
+    let result = async {
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(c) = state.store.claim_job(&agent.id, now_ms()).await? {
+                metrics::counter!("fleetup_jobs_dispatched_total").increment(1);
+                let assignment = JobAssignment {
+                    job_id: c.job.id.clone(),
+                    rollout_id: c.job.rollout_id.clone(),
+                    fencing_token: c.job.fencing_token,
+                    lease_secs: (c.lease_ms / 1000).max(1) as u64,
+                    package: PackageRef {
+                        id: c.package.id.clone(),
+                        name: c.package.name.clone(),
+                        version: c.package.version.clone(),
+                        sha256: c.package.sha256.clone(),
+                        size: c.package.size,
+                        download_path: format!("/api/v1/agent/packages/{}", c.package.id),
+                    },
+                    policies: JobPolicies { ..c.spec.policies },
+                    phase_timeouts: c.spec.phase_timeouts.clone(),
+                };
+                return Ok::<_, ApiError>(Json(assignment).into_response());
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => break,
+                () = state.shutdown.cancelled() => break,
+            }
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    gauge.decrement(1.0);
+    state.seen(&agent.id, now_ms());
+    result
+}
+
+async fn events(
+    State(state): State<AppState>,
+    agent: AgentCaller,
+    ApiPath(job_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<Wait>,
+    ApiJson(batch): ApiJson<EventBatch>,
+) -> ApiResult<Json<ReportResponse>> {
+    let now = now_ms();
+    state.seen(&agent.id, now);
+    let out = state.store.report_events(&job_id, &agent.id, batch.fencing_token, &batch.events, now).await?;
+    metrics::counter!("fleetup_events_accepted_total").increment(u64::from(out.accepted));
+    metrics::counter!("fleetup_events_duplicate_total").increment(u64::from(out.duplicates));
+    if out.finished {
+        state.scheduler_kick.notify_one();
+    }
+    // With `wait`, hold while the job waits for an operator and no cancel is requested.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(state.config.max_poll_wait_secs));
+    let notify = state.waker(&agent.id);
+    let job = loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let job = state.store.get_job(&job_id).await?;
+        if job.state != JobState::Waiting || job.cancel_requested {
+            break job;
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(deadline) => break job,
+            () = state.shutdown.cancelled() => break job,
+        }
+    };
+    let msgs = state.store.job_messages(&job_id).await?;
+    let lease_secs = job.lease_expires_at.map_or(0, |at| ((at.timestamp_millis() - now) / 1000).max(0) as u64);
+    Ok(Json(ReportResponse {
+        accepted: out.accepted,
+        duplicates: out.duplicates,
+        cancel: msgs.cancel,
+        decisions: msgs.decisions,
+        lease_secs,
+    }))
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    agent: AgentCaller,
+    ApiPath(job_id): ApiPath<String>,
+    ApiJson(batch): ApiJson<LogBatch>,
+) -> ApiResult<Json<LogResponse>> {
+    state.seen(&agent.id, now_ms());
+    let (accepted, duplicates) = state.store.report_logs(&job_id, &agent.id, batch.fencing_token, &batch.lines).await?;
+    Ok(Json(LogResponse { accepted, duplicates }))
+}
+
+async fn download(
+    State(state): State<AppState>,
+    agent: AgentCaller,
+    ApiPath(id): ApiPath<String>,
+    req: Request,
+) -> ApiResult<Response> {
+    let package = state.store.get_package(&id).await?;
+    if !state.store.agent_may_download(&agent.id, &id).await? {
+        return Err(ApiError::Forbidden(format!("package {id} is not part of any job of this agent")));
+    }
+    let path = super::packages::package_path(&state, &package.sha256);
+    let res =
+        tower_http::services::ServeFile::new(path).oneshot(req).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(res.map(Body::new))
+}

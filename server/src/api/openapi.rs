@@ -1,0 +1,125 @@
+//! `GET /api/v1/openapi.json`: the API described from the route table below.
+//!
+//! The document is assembled with utoipa's builders rather than derived from handler
+//! annotations: the routes, methods, roles and summaries are listed once here (and the
+//! test suite checks every route it exercises appears). Bodies are described in
+//! docs/api.md and by the `fleetup_proto::agent_api` types.
+
+use crate::app::AppState;
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, PathsBuilder};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder, ResponseBuilder};
+
+/// (method, path, minimum role or `agent`/`public`, summary).
+pub const ROUTES: &[(&str, &str, &str, &str)] = &[
+    (
+        "post",
+        "/api/v1/packages",
+        "operator",
+        "Upload a signed package (body: the file); 422 with the reason if it fails verification",
+    ),
+    ("get", "/api/v1/packages", "viewer", "List packages"),
+    ("get", "/api/v1/packages/{id}", "viewer", "One package with its manifest"),
+    ("post", "/api/v1/enrollment-tokens", "admin", "Create an enrollment token (labels, expires_in_secs, max_uses)"),
+    ("get", "/api/v1/enrollment-tokens", "admin", "List enrollment tokens"),
+    ("get", "/api/v1/agents", "viewer", "List agents: labels, online, last seen, version, installed rollups"),
+    ("get", "/api/v1/agents/{id}", "viewer", "One agent"),
+    ("patch", "/api/v1/agents/{id}", "operator", "Replace an agent's labels"),
+    ("delete", "/api/v1/agents/{id}", "admin", "Revoke an agent"),
+    ("post", "/api/v1/rollouts", "operator", "Stage a rollout (draft)"),
+    ("get", "/api/v1/rollouts", "viewer", "List rollouts"),
+    ("get", "/api/v1/rollouts/{id}", "viewer", "A rollout: state, waves, counts per job state"),
+    ("get", "/api/v1/rollouts/{id}/jobs", "viewer", "A rollout's jobs (?state=&wave=&offset=&limit=)"),
+    ("post", "/api/v1/rollouts/{id}/start", "operator", "Start a draft rollout"),
+    ("post", "/api/v1/rollouts/{id}/pause", "operator", "Pause dispatching"),
+    ("post", "/api/v1/rollouts/{id}/resume", "operator", "Resume (accepting failures so far)"),
+    (
+        "post",
+        "/api/v1/rollouts/{id}/cancel",
+        "operator",
+        "Cancel: unstarted jobs cancelled, jobs in flight asked to cancel",
+    ),
+    ("post", "/api/v1/rollouts/{id}/approve", "operator", "Open the next wave of a rollout awaiting approval"),
+    (
+        "post",
+        "/api/v1/rollouts/{id}/retry-failed",
+        "operator",
+        "A new draft rollout of the failed, rolled-back and lost servers",
+    ),
+    (
+        "get",
+        "/api/v1/jobs/{id}",
+        "viewer",
+        "A job: wave, state, current phase, every phase's status, warnings, error, outage",
+    ),
+    ("get", "/api/v1/jobs/{id}/events", "viewer", "A job's engine events (?after=SEQ&limit=)"),
+    ("get", "/api/v1/jobs/{id}/logs", "viewer", "A job's phase log lines (?after=SEQ&limit=)"),
+    ("get", "/api/v1/jobs/{id}/decisions", "viewer", "A job's decisions and their answers"),
+    (
+        "post",
+        "/api/v1/jobs/{id}/decision",
+        "operator",
+        "Answer the open decision: {\"answer\": \"continue|cancel|retry|ignore|exit\"}",
+    ),
+    ("post", "/api/v1/jobs/{id}/cancel", "operator", "Cancel one job"),
+    ("get", "/api/v1/audit", "viewer", "Audit log (?limit=&object_id=)"),
+    ("post", "/api/v1/agent/enroll", "public", "Agent enrollment with an enrollment token"),
+    (
+        "get",
+        "/api/v1/agent/poll",
+        "agent",
+        "Long-poll for a job (?wait=SECS): 200 JobAssignment or 204; also the heartbeat",
+    ),
+    (
+        "post",
+        "/api/v1/agent/jobs/{id}/events",
+        "agent",
+        "Report engine events (EventBatch; ?wait=SECS holds while waiting for a decision)",
+    ),
+    ("post", "/api/v1/agent/jobs/{id}/logs", "agent", "Report log lines (LogBatch)"),
+    ("get", "/api/v1/agent/packages/{id}", "agent", "Download a package (HTTP Range supported)"),
+    ("get", "/healthz", "public", "Liveness and database check"),
+    ("get", "/metrics", "public", "Prometheus metrics"),
+    ("get", "/api/v1/openapi.json", "public", "This document"),
+];
+
+/// Builds the document.
+pub fn document() -> OpenApi {
+    let mut paths = PathsBuilder::new();
+    for (method, path, role, summary) in ROUTES {
+        let method = match *method {
+            "post" => HttpMethod::Post,
+            "patch" => HttpMethod::Patch,
+            "delete" => HttpMethod::Delete,
+            _ => HttpMethod::Get,
+        };
+        let mut op = OperationBuilder::new()
+            .summary(Some(*summary))
+            .description(Some(format!("Requires: {role}.")))
+            .tag(path.split('/').nth(3).unwrap_or("ops"))
+            .response(
+                "default",
+                ResponseBuilder::new().description("JSON; errors are {\"error\": {\"code\", \"message\"}}").build(),
+            );
+        if *role != "public" {
+            let scheme = if *role == "agent" { "agent_token" } else { "api_token" };
+            op = op.security(SecurityRequirement::new(scheme, Vec::<String>::new()));
+        }
+        paths = paths.path(*path, PathItem::new(method, op.build()));
+    }
+    let components = ComponentsBuilder::new()
+        .security_scheme("api_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)))
+        .security_scheme("agent_token", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)))
+        .build();
+    OpenApiBuilder::new()
+        .info(InfoBuilder::new().title("fleetup coordinator").version(env!("CARGO_PKG_VERSION")).build())
+        .paths(paths.build())
+        .components(Some(components))
+        .build()
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(|| async { Json(document()) }))
+}

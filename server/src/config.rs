@@ -1,0 +1,99 @@
+//! Server configuration: the `serve` command line, also built directly by tests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options of `fleetup-server serve` (and the database option of every command).
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "FLEETUP_LISTEN")]
+    pub listen: String,
+    /// Database URL: `sqlite:PATH` (created if missing) or `postgres://USER@HOST/DB`.
+    #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+    pub database_url: String,
+    /// A trusted package-signing public key (`.pub` file); repeat for several. Uploads
+    /// signed by any other key are refused.
+    #[arg(long = "trust", value_name = "KEY.pub")]
+    pub trust: Vec<PathBuf>,
+    /// Directory where uploaded packages are kept.
+    #[arg(long, default_value = "fleetup-data", env = "FLEETUP_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Default job lease in seconds: an agent silent for longer loses its job.
+    #[arg(long, default_value_t = 60)]
+    pub lease_secs: u64,
+    /// Milliseconds between scheduler passes (a pass also runs when a job ends).
+    #[arg(long, default_value_t = 1000)]
+    pub scheduler_interval_ms: u64,
+    /// Milliseconds between flushes of agents' last-seen times to the database.
+    #[arg(long, default_value_t = 10_000)]
+    pub heartbeat_flush_ms: u64,
+    /// An agent not seen for this many seconds is shown offline.
+    #[arg(long, default_value_t = 90)]
+    pub offline_after_secs: u64,
+    /// Longest long-poll hold in seconds (an agent's `wait` is capped to this).
+    #[arg(long, default_value_t = 60)]
+    pub max_poll_wait_secs: u64,
+    /// Largest package upload in bytes.
+    #[arg(long, default_value_t = 2 << 30)]
+    pub max_package_bytes: u64,
+}
+
+impl Config {
+    /// Defaults for a database URL and data dir (tests adjust the rest).
+    pub fn new(database_url: &str, data_dir: PathBuf) -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            database_url: database_url.into(),
+            trust: Vec::new(),
+            data_dir,
+            lease_secs: 60,
+            scheduler_interval_ms: 1000,
+            heartbeat_flush_ms: 10_000,
+            offline_after_secs: 90,
+            max_poll_wait_secs: 60,
+            max_package_bytes: 2 << 30,
+        }
+    }
+
+    /// See `scheduler_interval_ms`.
+    pub fn scheduler_interval(&self) -> Duration {
+        Duration::from_millis(self.scheduler_interval_ms.max(10))
+    }
+}
+
+/// The database URL with any password hidden.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("trust", &self.trust)
+            .field("data_dir", &self.data_dir)
+            .field("lease_secs", &self.lease_secs)
+            .field("scheduler_interval_ms", &self.scheduler_interval_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn password_is_redacted() {
+        assert_eq!(super::redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact_url("sqlite:x.db"), "sqlite:x.db");
+    }
+}

@@ -1,0 +1,164 @@
+//! Refusals: the right 4xx, a JSON error body, and nothing changed.
+
+use crate::helpers::{Backend, spawn_app};
+use serde_json::json;
+
+crate::both_backends!(bad_requests_change_nothing, every_mutation_is_audited);
+
+async fn bad_requests_change_nothing(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("x", 2).await;
+    let id = app.rollout(json!({ "package_id": package, "targets": { "agents": [agents[0].id] } }), true).await;
+    let job = agents[0].next_job().await;
+    let audit_before = app.audit_len().await;
+    let rollouts_before = app.get("/api/v1/rollouts").await.as_array().unwrap().len();
+
+    let check = |s: u16, v: &serde_json::Value, want: u16| {
+        assert_eq!(s, want, "{v}");
+        assert!(v["error"]["code"].is_string() && !v["error"]["message"].as_str().unwrap().is_empty(), "{v}");
+    };
+    // Malformed JSON.
+    let res = app
+        .client
+        .post(format!("{}/api/v1/rollouts", app.base))
+        .bearer_auth(&app.operator)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    let s = res.status().as_u16();
+    check(s, &res.json().await.unwrap(), 400);
+    // Missing field / unknown package / bad wave.
+    let (s, v) = app.call("POST", "/api/v1/rollouts", &app.operator, Some(json!({ "name": "x" }))).await;
+    check(s, &v, 400);
+    let (s, v) = app
+        .call(
+            "POST",
+            "/api/v1/rollouts",
+            &app.operator,
+            Some(json!({ "name": "x", "package_id": "nope", "targets": { "labels": {} } })),
+        )
+        .await;
+    check(s, &v, 422);
+    let (s, v) = app
+        .call(
+            "POST",
+            "/api/v1/rollouts",
+            &app.operator,
+            Some(json!({ "name": "x", "package_id": package, "targets": { "labels": {} }, "waves": ["lots"] })),
+        )
+        .await;
+    check(s, &v, 422);
+    // Unknown ids.
+    let (s, v) = app.call("GET", "/api/v1/rollouts/nope", &app.viewer, None).await;
+    check(s, &v, 404);
+    let (s, v) = app.call("POST", "/api/v1/jobs/nope/cancel", &app.operator, Some(json!({}))).await;
+    check(s, &v, 404);
+    // Wrong role, no token, bad token.
+    let (s, v) = app.call("POST", &format!("/api/v1/rollouts/{id}/pause"), &app.viewer, Some(json!({}))).await;
+    check(s, &v, 403);
+    let (s, v) = app.call("POST", "/api/v1/enrollment-tokens", &app.operator, Some(json!({}))).await;
+    check(s, &v, 403);
+    let (s, v) = app.call("GET", "/api/v1/rollouts", "wrong", None).await;
+    check(s, &v, 401);
+    let res = app.client.get(format!("{}/api/v1/rollouts", app.base)).send().await.unwrap();
+    check(res.status().as_u16(), &res.json().await.unwrap(), 401);
+    // A state that does not allow the action.
+    let (s, v) = app.call("POST", &format!("/api/v1/rollouts/{id}/start"), &app.operator, Some(json!({}))).await;
+    check(s, &v, 409);
+    // Another agent's job and package.
+    let (s, v) = agents[1]
+        .report(
+            &job.job_id,
+            job.fencing_token,
+            vec![crate::helpers::ev(1, fleetup_proto::PhaseId::CheckSystem, fleetup_proto::PhaseStatus::Running)],
+        )
+        .await;
+    check(s, &v, 403);
+    let res = app
+        .client
+        .get(format!("{}{}", app.base, job.package.download_path))
+        .bearer_auth(&agents[1].token)
+        .send()
+        .await
+        .unwrap();
+    check(res.status().as_u16(), &res.json().await.unwrap(), 403);
+    // A tampered package.
+    let mut bytes = std::fs::read(&crate::helpers::fixture().package).unwrap();
+    let n = bytes.len();
+    bytes[n - 600] ^= 0xff;
+    let res = app
+        .client
+        .post(format!("{}/api/v1/packages", app.base))
+        .bearer_auth(&app.operator)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let s = res.status().as_u16();
+    let v: serde_json::Value = res.json().await.unwrap();
+    check(s, &v, 422);
+    assert!(v["error"]["message"].as_str().unwrap().contains("package refused"), "{v}");
+
+    // Nothing changed.
+    assert_eq!(app.audit_len().await, audit_before);
+    assert_eq!(app.get("/api/v1/rollouts").await.as_array().unwrap().len(), rollouts_before);
+    let j = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
+    assert_eq!(j["state"], "dispatched");
+    assert_eq!(app.get(&format!("/api/v1/jobs/{}/events", job.job_id)).await, json!([]));
+}
+
+async fn every_mutation_is_audited(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("y", 1).await;
+    let (s, _) = app
+        .call(
+            "PATCH",
+            &format!("/api/v1/agents/{}", agents[0].id),
+            &app.operator,
+            Some(json!({ "labels": { "group": "y", "zone": "a" } })),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let id = app.rollout(json!({ "package_id": package, "targets": { "labels": { "zone": "a" } } }), true).await;
+    app.post(&format!("/api/v1/rollouts/{id}/pause"), json!({})).await;
+    app.post(&format!("/api/v1/rollouts/{id}/cancel"), json!({})).await;
+    let (s, _) = app.call("DELETE", &format!("/api/v1/agents/{}", agents[0].id), &app.admin, None).await;
+    assert_eq!(s, 204);
+    let audit = app.get("/api/v1/audit?limit=1000").await;
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    for want in [
+        "api-token.create",
+        "package.upload",
+        "enrollment-token.create",
+        "agent.enroll",
+        "agent.labels",
+        "rollout.create",
+        "rollout.start",
+        "rollout.pause",
+        "rollout.cancel",
+        "agent.revoke",
+    ] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
+    let entry = audit.as_array().unwrap().iter().find(|a| a["action"] == "rollout.pause").unwrap();
+    assert_eq!(entry["actor"], "token:operator");
+    assert_eq!(entry["object_id"], id.as_str());
+    // The operations endpoints.
+    let doc = app
+        .client
+        .get(format!("{}/api/v1/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/api/v1/rollouts/{id}/approve"]["post"].is_object(), "{doc}");
+    assert_eq!(app.client.get(format!("{}/healthz", app.base)).send().await.unwrap().status().as_u16(), 200);
+    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("fleetup_"), "{metrics}");
+}
