@@ -1,6 +1,7 @@
 //! Command-line interface of `fleetup-agent`.
 
 mod install;
+mod run;
 
 use crate::engine::{BackendKind, CrlRemediation};
 use clap::{Parser, Subcommand};
@@ -78,6 +79,9 @@ enum Command {
         #[arg(long = "var", value_name = "NAME=VALUE")]
         vars: Vec<String>,
     },
+    /// Run as an agent of a fleetup coordinator: enroll once, then long-poll for jobs and
+    /// install them (see docs/agent.md).
+    Run(run::RunArgs),
     /// Finish an interrupted install recorded in the state dir (roll back or complete it).
     Recover {
         /// The agent's state dir.
@@ -89,7 +93,7 @@ enum Command {
     },
 }
 
-fn parse_backend(s: &str) -> Result<BackendKind, String> {
+pub(crate) fn parse_backend(s: &str) -> Result<BackendKind, String> {
     BackendKind::parse(s)
 }
 
@@ -132,6 +136,7 @@ pub fn main() -> ExitCode {
             vars,
         }),
         Command::Recover { state_dir, json } => install::recover(&state_dir, json),
+        Command::Run(args) => run::run(args),
     };
     match result {
         Ok(code) => code,

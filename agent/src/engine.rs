@@ -25,7 +25,7 @@ mod services;
 mod webapp;
 
 pub use decide::{AutoDecider, Decider, ScriptedDecider};
-pub use events::{EventSink, MemorySink, NullSink};
+pub use events::{EventSink, MemorySink, NullSink, recorded_events};
 pub use journal::PAUSE_ENV;
 pub use services::{BackendKind, Services, pid_alive};
 
@@ -186,7 +186,14 @@ impl Engine {
     /// Runs one install to its end. Refuses to start while an interrupted install is
     /// recorded in the state dir (call [`Engine::recover`] first).
     pub fn install(&self, req: &InstallRequest) -> Result<InstallSummary, EngineError> {
-        run::install(self, req)
+        run::install(self, req, None)
+    }
+
+    /// Like [`Engine::install`], naming the install `install_id` (its logs go to
+    /// `<state-dir>/logs/<install_id>/`). The agent daemon uses the job id, so that after
+    /// a restart it finds the events of that job with [`recorded_events`].
+    pub fn install_as(&self, req: &InstallRequest, install_id: &str) -> Result<InstallSummary, EngineError> {
+        run::install(self, req, Some(install_id))
     }
 
     /// If the state dir records an unfinished install, finishes it (rolls back, or

@@ -4,5 +4,6 @@
 //! `recover`) and [`packaging`] (`keygen`, `pack`, `verify`).
 
 pub mod cli;
+pub mod daemon;
 pub mod engine;
 pub mod packaging;

@@ -180,10 +180,26 @@ impl Server {
         body["id"].as_str().expect("package id").to_owned()
     }
 
-    /// A one-time enrollment token good for `uses` agents.
+    /// An enrollment token good for `uses` agents, giving them the label `env=test`.
     pub async fn enrollment_token(&self, uses: u32) -> String {
-        let body = self.post("/enrollment-tokens", json!({ "uses": uses, "labels": { "env": "test" } })).await;
-        body["token"].as_str().expect("token").to_owned()
+        let body = self.post("/enrollment-tokens", json!({ "max_uses": uses, "labels": { "env": "test" } })).await;
+        body["secret"].as_str().expect("enrollment token secret").to_owned()
+    }
+
+    /// Polls `GET {path}` until `check` finds what it wants, or panics after `deadline`
+    /// with the last body and the server log.
+    pub async fn eventually<T>(&self, what: &str, path: &str, deadline: Duration, check: impl Fn(&Value) -> Option<T>) -> T {
+        let start = std::time::Instant::now();
+        loop {
+            let (status, body) = self.api(reqwest::Method::GET, path, None).await;
+            if status == 200
+                && let Some(v) = check(&body)
+            {
+                return v;
+            }
+            assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}; last {path}: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -150,7 +150,7 @@ impl Decider for TerminalDecider {
     }
 }
 
-fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     vars.iter()
         .map(|v| {
             let (k, val) = v.split_once('=').with_context(|| format!("--var {v}: expected name=value"))?;

@@ -174,3 +174,11 @@ pub(crate) fn append_log(path: &Path, line: &str) {
         let _ = writeln!(f, "{} {line}", Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
     }
 }
+
+/// Every event recorded for install `install_id` in `state_dir` (empty when none): what
+/// the agent daemon resends after a restart.
+pub fn recorded_events(state_dir: &Path, install_id: &str) -> Vec<EngineEvent> {
+    let path = state_dir.join("logs").join(install_id).join("events.jsonl");
+    let Ok(f) = File::open(path) else { return Vec::new() };
+    BufReader::new(f).lines().map_while(Result::ok).map_while(|l| serde_json::from_str(&l).ok()).collect()
+}

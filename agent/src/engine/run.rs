@@ -481,7 +481,11 @@ pub(crate) fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineErr
     move |source| EngineError::StateDir { path: path.to_path_buf(), source }
 }
 
-pub(crate) fn install(engine: &Engine, req: &InstallRequest) -> Result<InstallSummary, EngineError> {
+pub(crate) fn install(
+    engine: &Engine,
+    req: &InstallRequest,
+    install_id: Option<&str>,
+) -> Result<InstallSummary, EngineError> {
     fs::create_dir_all(&req.state_dir).map_err(state_err(&req.state_dir))?;
     let state_dir = fs::canonicalize(&req.state_dir).map_err(state_err(&req.state_dir))?;
     if Journal::path_in(&state_dir).exists() {
@@ -493,7 +497,10 @@ pub(crate) fn install(engine: &Engine, req: &InstallRequest) -> Result<InstallSu
         .and_then(|n| n.to_str())
         .ok_or_else(|| EngineError::Root("the root must not be /".into()))?
         .to_owned();
-    let id = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"), std::process::id());
+    let id = install_id.map_or_else(
+        || format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"), std::process::id()),
+        str::to_owned,
+    );
     let stage = root.parent().expect("has a name, so a parent").join(format!(".{name}.fleetup-{id}"));
     let mut vars = req.vars.clone();
     vars.insert("root".into(), root.display().to_string());

@@ -1,0 +1,240 @@
+//! The whole fleet end to end: a real coordinator process, real agents, each host with its
+//! own install root and the demo service really running, all driven through the REST API.
+
+use fleetup_e2e::fleet::{Host, Server, free_port};
+use fleetup_e2e::{require_all, skip_or_fail};
+use serde_json::{Value, json};
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// A loopback HTTP server that answers every request with 200: a reachable CRL endpoint.
+fn crl_stub() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\ncrl");
+        }
+    });
+    format!("http://{addr}")
+}
+
+struct Fleet {
+    _dir: tempfile::TempDir,
+    server: Server,
+    hosts: Vec<Host>,
+    package: String,
+}
+
+/// `n` hosts, enrolled and online, the sample package uploaded. `tweak` adjusts a host
+/// before its agent starts.
+async fn fleet(n: usize, database_url: Option<&str>, tweak: impl Fn(usize, &mut Host)) -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), database_url, &["--lease-secs", "6", "--scheduler-interval-ms", "200"]).await;
+    let package = server.upload(None).await;
+    let token = server.enrollment_token(u32::try_from(n).unwrap()).await;
+    let crl = crl_stub();
+    let mut hosts = Vec::new();
+    for i in 0..n {
+        let mut host = Host::new(dir.path(), &format!("web-{}", i + 1), &crl);
+        tweak(i, &mut host);
+        host.start_agent(&server, &token, &[&format!("slot={}", i + 1)]);
+        hosts.push(host);
+    }
+    server
+        .eventually("every agent online", "/agents", LONG, |v| {
+            let online = v.as_array()?.iter().filter(|a| a["online"] == json!(true)).count();
+            (online == n).then_some(())
+        })
+        .await;
+    Fleet { _dir: dir, server, hosts, package }
+}
+
+impl Fleet {
+    async fn rollout(&self, extra: Value) -> String {
+        let mut spec = json!({
+            "name": "demo 1.1",
+            "package_id": self.package,
+            "targets": { "labels": { "env": "test" } },
+            "waves": [1, 2],
+            "concurrency": 1,
+        });
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let r = self.server.post("/rollouts", spec).await;
+        let id = r["id"].as_str().unwrap().to_owned();
+        self.server.post(&format!("/rollouts/{id}/start"), json!({})).await;
+        id
+    }
+
+    async fn wait_rollout_state(&self, id: &str, states: &[&str]) -> Value {
+        self.server
+            .eventually(&format!("rollout {id} in {states:?}"), &format!("/rollouts/{id}"), LONG, |v| {
+                states.contains(&v["state"].as_str()?).then(|| v.clone())
+            })
+            .await
+    }
+
+    async fn jobs(&self, rollout: &str) -> Vec<Value> {
+        self.server.get(&format!("/rollouts/{rollout}/jobs")).await.as_array().unwrap().clone()
+    }
+
+    fn host(&self, name: &str) -> &Host {
+        self.hosts.iter().find(|h| h.name == name).unwrap()
+    }
+}
+
+fn postgres_url() -> Option<String> {
+    let base = std::env::var("FLEETUP_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("fleetup_e2e_{}", free_port());
+    let ok = std::process::Command::new("psql")
+        .arg(&base)
+        .args(["-q", "-c", &format!("create database {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip_or_fail("fleet on Postgres", "PostgreSQL is not reachable (psql could not create a database)");
+        return None;
+    }
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    Some(format!("{prefix}/{name}"))
+}
+
+async fn three_server_rollout_upgrades_everyone(database_url: Option<&str>) {
+    let f = fleet(3, database_url, |_, _| {}).await;
+    let rollout = f.rollout(json!({})).await;
+    // While it runs, per-phase status of a server is visible over the API.
+    let seen_phases = f
+        .server
+        .eventually("a job reporting phases", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
+            v.as_array()?.iter().find_map(|j| {
+                let phases = j["phases"].as_object()?;
+                (!phases.is_empty()).then(|| phases.keys().cloned().collect::<Vec<_>>())
+            })
+        })
+        .await;
+    assert!(seen_phases.iter().any(|p| p == "check-system"), "{seen_phases:?}");
+    let done = f.wait_rollout_state(&rollout, &["finished", "paused", "aborted"]).await;
+    assert_eq!(done["state"], "finished", "{done}");
+    let jobs = f.jobs(&rollout).await;
+    assert_eq!(jobs.len(), 3);
+    for j in &jobs {
+        assert_eq!(j["state"], "succeeded", "{j}");
+        for phase in fleetup_proto::PhaseId::INSTALL {
+            assert_eq!(j["phases"][phase.as_str()]["status"], "succeeded", "{} of {}", phase, j["hostname"]);
+        }
+        assert!(j["outage_secs"].as_f64().is_some(), "{j}");
+    }
+    for h in &f.hosts {
+        assert_eq!(h.version().as_deref(), Some("1.1.0"), "{} answers the new version", h.name);
+        assert!(h.root.join("lib/demo/feature-x.txt").exists());
+    }
+    // Wave 1 held one server, and it finished before wave 2 started.
+    let first: Vec<_> = jobs.iter().filter(|j| j["wave"] == 1).collect();
+    assert_eq!(first.len(), 1);
+    let first_done = first[0]["finished_at"].as_str().unwrap();
+    for j in jobs.iter().filter(|j| j["wave"] == 2) {
+        assert!(j["dispatched_at"].as_str().unwrap() >= first_done, "wave 2 started before wave 1 ended: {j}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_server_rollout_on_sqlite() {
+    three_server_rollout_upgrades_everyone(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_server_rollout_on_postgres() {
+    if let Some(url) = postgres_url() {
+        three_server_rollout_upgrades_everyone(Some(&url)).await;
+    } else {
+        assert!(!require_all());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_crl_asks_then_continue_finishes() {
+    let dead = free_port();
+    let f = fleet(1, None, |_, h| {
+        h.vars.insert("crl_base".into(), format!("http://crl.fleetup.test:{dead}"));
+        std::fs::write(h.dir.join("hosts"), "127.0.0.1 localhost\n127.0.0.1 crl.fleetup.test\n").unwrap();
+    })
+    .await;
+    let rollout = f.rollout(json!({ "waves": [1], "policies": { "warning": "ask" } })).await;
+    let job = f
+        .server
+        .eventually("the job waiting on the CRL warning", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
+            let j = v.as_array()?.first()?;
+            (j["state"] == "waiting").then(|| j.clone())
+        })
+        .await;
+    let warnings = job["warnings"].to_string();
+    assert!(warnings.contains("crl.fleetup.test"), "{warnings}");
+    let id = job["id"].as_str().unwrap();
+    f.server.post(&format!("/jobs/{id}/decision"), json!({ "answer": "continue" })).await;
+    let done = f.wait_rollout_state(&rollout, &["finished", "paused", "aborted"]).await;
+    assert_eq!(done["state"], "finished", "{done}");
+    assert_eq!(f.host("web-1").version().as_deref(), Some("1.1.0"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_file_remediation_finishes_without_asking() {
+    let dead = free_port();
+    let hosts_text = "127.0.0.1 localhost\n127.0.0.2 crl.fleetup.test # nothing listens there\n";
+    let f = fleet(1, None, |_, h| {
+        h.vars.insert("crl_base".into(), format!("http://crl.fleetup.test:{dead}"));
+        std::fs::write(h.dir.join("hosts"), hosts_text).unwrap();
+    })
+    .await;
+    let rollout = f.rollout(json!({ "waves": [1], "policies": { "warning": "ask", "crl_remediation": "hosts-file" } })).await;
+    let done = f.wait_rollout_state(&rollout, &["finished", "paused", "aborted"]).await;
+    assert_eq!(done["state"], "finished", "{done}");
+    let job = &f.jobs(&rollout).await[0];
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let decisions = f.server.get(&format!("/jobs/{}/decisions", job["id"].as_str().unwrap())).await;
+    assert_eq!(decisions.as_array().map(Vec::len), Some(0), "no question was asked: {decisions}");
+    let host = f.host("web-1");
+    assert_eq!(std::fs::read_to_string(host.dir.join("hosts")).unwrap(), hosts_text, "hosts file restored byte for byte");
+    assert_eq!(host.version().as_deref(), Some("1.1.0"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_health_check_rolls_back_pauses_and_retry_targets_it() {
+    let f = fleet(3, None, |i, h| {
+        if i == 0 {
+            let conf = h.root.join("etc/demo.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str("unhealthy_versions = 1.1.0\n");
+            std::fs::write(conf, text).unwrap();
+        }
+    })
+    .await;
+    // Target the agents by id, the unhealthy web-1 first, so it is wave 1.
+    let agents = f.server.get("/agents").await;
+    let mut ids: Vec<(String, String)> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["hostname"].as_str().unwrap().to_owned(), a["id"].as_str().unwrap().to_owned()))
+        .collect();
+    ids.sort();
+    let ids: Vec<_> = ids.into_iter().map(|(_, id)| id).collect();
+    let rollout = f.rollout(json!({ "targets": { "agents": ids }, "error_threshold": 1, "error_action": "pause" })).await;
+    let paused = f.wait_rollout_state(&rollout, &["paused", "finished", "aborted"]).await;
+    assert_eq!(paused["state"], "paused", "{paused}");
+    let jobs = f.jobs(&rollout).await;
+    let failed: Vec<_> = jobs.iter().filter(|j| j["state"] == "rolled-back").collect();
+    assert_eq!(failed.len(), 1, "{jobs:?}");
+    assert!(jobs.iter().filter(|j| j["wave"] == 2).all(|j| j["state"] == "pending"), "next wave not opened: {jobs:?}");
+    let bad = f.host(failed[0]["hostname"].as_str().unwrap());
+    assert_eq!(bad.version().as_deref(), Some("1.0.0"), "rolled back to 1.0 and serving");
+    let retry = f.server.post(&format!("/rollouts/{rollout}/retry-failed"), json!({})).await;
+    let retry_id = retry["id"].as_str().unwrap();
+    let retry_jobs = f.jobs(retry_id).await;
+    assert_eq!(retry_jobs.len(), 1);
+    assert_eq!(retry_jobs[0]["hostname"], failed[0]["hostname"]);
+}
