@@ -105,7 +105,11 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
         None => enroll(&config).await?,
     };
     tracing::info!(agent = %identity.agent_id, server = %identity.server, "agent ready");
-    let ctx = Ctx { client: Client::new(&config.server)?.with_token(&identity.agent_token), config, backoff: Backoff::default() };
+    let ctx = Ctx {
+        client: Client::new(&config.server)?.with_token(&identity.agent_token),
+        config,
+        backoff: Backoff::default(),
+    };
     if let Some(job) = job::unfinished(&ctx.config.state_dir)? {
         tracing::info!(job = %job.job_id, "resuming the job interrupted by a restart");
         job::resume(&ctx, job).await?;
@@ -166,7 +170,8 @@ async fn enroll(config: &DaemonConfig) -> anyhow::Result<identity::Identity> {
             Err(e) => anyhow::bail!("enrollment refused: {e}"),
         }
     };
-    let id = identity::Identity { server: config.server.clone(), agent_id: resp.agent_id, agent_token: resp.agent_token };
+    let id =
+        identity::Identity { server: config.server.clone(), agent_id: resp.agent_id, agent_token: resp.agent_token };
     identity::save(&config.state_dir, &id)?;
     Ok(id)
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
-const LONG: Duration = Duration::from_secs(120);
+const LONG: Duration = Duration::from_mins(2);
 
 /// A loopback HTTP server that answers every request with 200: a reachable CRL endpoint.
 fn crl_stub() -> String {
@@ -35,7 +35,12 @@ struct Fleet {
 /// before its agent starts.
 async fn fleet(n: usize, database_url: Option<&str>, tweak: impl Fn(usize, &mut Host)) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("server"), database_url, &["--lease-secs", "6", "--scheduler-interval-ms", "200"]).await;
+    let server = Server::start(
+        &dir.path().join("server"),
+        database_url,
+        &["--lease-secs", "6", "--scheduler-interval-ms", "200"],
+    )
+    .await;
     let package = server.upload(None).await;
     let token = server.enrollment_token(u32::try_from(n).unwrap()).await;
     let crl = crl_stub();
@@ -43,7 +48,8 @@ async fn fleet(n: usize, database_url: Option<&str>, tweak: impl Fn(usize, &mut 
     for i in 0..n {
         let mut host = Host::new(dir.path(), &format!("web-{}", i + 1), &crl);
         tweak(i, &mut host);
-        host.start_agent(&server, &token, &[&format!("slot={}", i + 1)]);
+        host.labels.push(format!("slot={}", i + 1));
+        host.start_agent(&server, &token);
         hosts.push(host);
     }
     server
@@ -89,7 +95,8 @@ impl Fleet {
 }
 
 fn postgres_url() -> Option<String> {
-    let base = std::env::var("FLEETUP_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base =
+        std::env::var("FLEETUP_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let name = format!("fleetup_e2e_{}", free_port());
     let ok = std::process::Command::new("psql")
         .arg(&base)
@@ -151,6 +158,12 @@ async fn three_server_rollout_on_sqlite() {
 async fn three_server_rollout_on_postgres() {
     if let Some(url) = postgres_url() {
         three_server_rollout_upgrades_everyone(Some(&url)).await;
+        // The fleet (and its server) is gone: drop the test database.
+        let (base, name) = url.rsplit_once('/').unwrap();
+        let _ = std::process::Command::new("psql")
+            .arg(format!("{base}/postgres"))
+            .args(["-q", "-c", &format!("drop database if exists {name} with (force)")])
+            .output();
     } else {
         assert!(!require_all());
     }
@@ -190,7 +203,8 @@ async fn hosts_file_remediation_finishes_without_asking() {
         std::fs::write(h.dir.join("hosts"), hosts_text).unwrap();
     })
     .await;
-    let rollout = f.rollout(json!({ "waves": [1], "policies": { "warning": "ask", "crl_remediation": "hosts-file" } })).await;
+    let rollout =
+        f.rollout(json!({ "waves": [1], "policies": { "warning": "ask", "crl_remediation": "hosts-file" } })).await;
     let done = f.wait_rollout_state(&rollout, &["finished", "paused", "aborted"]).await;
     assert_eq!(done["state"], "finished", "{done}");
     let job = &f.jobs(&rollout).await[0];
@@ -198,7 +212,11 @@ async fn hosts_file_remediation_finishes_without_asking() {
     let decisions = f.server.get(&format!("/jobs/{}/decisions", job["id"].as_str().unwrap())).await;
     assert_eq!(decisions.as_array().map(Vec::len), Some(0), "no question was asked: {decisions}");
     let host = f.host("web-1");
-    assert_eq!(std::fs::read_to_string(host.dir.join("hosts")).unwrap(), hosts_text, "hosts file restored byte for byte");
+    assert_eq!(
+        std::fs::read_to_string(host.dir.join("hosts")).unwrap(),
+        hosts_text,
+        "hosts file restored byte for byte"
+    );
     assert_eq!(host.version().as_deref(), Some("1.1.0"));
 }
 
@@ -223,7 +241,8 @@ async fn failed_health_check_rolls_back_pauses_and_retry_targets_it() {
         .collect();
     ids.sort();
     let ids: Vec<_> = ids.into_iter().map(|(_, id)| id).collect();
-    let rollout = f.rollout(json!({ "targets": { "agents": ids }, "error_threshold": 1, "error_action": "pause" })).await;
+    let rollout =
+        f.rollout(json!({ "targets": { "agents": ids }, "error_threshold": 1, "error_action": "pause" })).await;
     let paused = f.wait_rollout_state(&rollout, &["paused", "finished", "aborted"]).await;
     assert_eq!(paused["state"], "paused", "{paused}");
     let jobs = f.jobs(&rollout).await;
@@ -237,4 +256,155 @@ async fn failed_health_check_rolls_back_pauses_and_retry_targets_it() {
     let retry_jobs = f.jobs(retry_id).await;
     assert_eq!(retry_jobs.len(), 1);
     assert_eq!(retry_jobs[0]["hostname"], failed[0]["hostname"]);
+}
+
+/// Agent ids sorted by host name, so tests decide which host goes first.
+async fn agent_ids(f: &Fleet) -> Vec<String> {
+    let agents = f.server.get("/agents").await;
+    let mut ids: Vec<(String, String)> = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["hostname"].as_str().unwrap().to_owned(), a["id"].as_str().unwrap().to_owned()))
+        .collect();
+    ids.sort();
+    ids.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Waits until the agent's log says the engine paused after journal step `n`.
+fn wait_paused(host: &Host, n: usize) {
+    let agent = host.agent.as_ref().unwrap();
+    fleetup_e2e::wait_for(&format!("{} paused at journal step {n}", host.name), LONG, || {
+        agent.output().contains(&format!("paused after journal step {n}")).then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_during_update_files_converges_with_one_outcome() {
+    let mut f = fleet(2, None, |_, _| {}).await;
+    let ids = agent_ids(&f).await;
+    let rollout = f.rollout(json!({ "targets": { "agents": ids }, "waves": [1, 1], "approval_required": true })).await;
+    f.wait_rollout_state(&rollout, &["awaiting-approval"]).await;
+    // web-1's finished journal shows where update-files places the first file.
+    let journal = std::fs::read_to_string(
+        f.host("web-1")
+            .state
+            .join("logs")
+            .join(f.jobs(&rollout).await.iter().find(|j| j["wave"] == 1).unwrap()["id"].as_str().unwrap())
+            .join("journal.jsonl"),
+    )
+    .unwrap();
+    let step = journal.lines().position(|l| l.contains("\"record\":\"place\"")).expect("a place record") + 1;
+    // Restart web-2's agent so its engine pauses right after that record, then approve.
+    let server_token = f.server.enrollment_token(1).await;
+    let web2 = f.hosts.iter_mut().find(|h| h.name == "web-2").unwrap();
+    web2.agent.as_mut().unwrap().kill();
+    web2.start_agent_with_env(&f.server, &server_token, &[(fleetup_agent_pause_env(), step.to_string())]);
+    f.server.post(&format!("/rollouts/{rollout}/approve"), json!({})).await;
+    let web2 = f.host("web-2");
+    wait_paused(web2, step);
+    assert!(web2.state.join("journal.jsonl").exists(), "an install is under way");
+    // SIGKILL mid update-files, then start again without the pause.
+    let web2 = f.hosts.iter_mut().find(|h| h.name == "web-2").unwrap();
+    web2.agent.as_mut().unwrap().kill();
+    web2.start_agent(&f.server, &server_token);
+    let done = f.wait_rollout_state(&rollout, &["finished", "paused", "aborted"]).await;
+    let job = f.jobs(&rollout).await.into_iter().find(|j| j["wave"] == 2).unwrap();
+    let web2 = f.host("web-2");
+    let version = web2.version();
+    match job["state"].as_str().unwrap() {
+        "succeeded" => {
+            assert_eq!(done["state"], "finished");
+            assert_eq!(version.as_deref(), Some("1.1.0"));
+            assert!(
+                web2.root.join("lib/demo/feature-x.txt").exists() && !web2.root.join("lib/demo/legacy.txt").exists()
+            );
+        }
+        "rolled-back" | "failed" => {
+            assert_eq!(version.as_deref(), Some("1.0.0"));
+            assert!(
+                !web2.root.join("lib/demo/feature-x.txt").exists() && web2.root.join("lib/demo/legacy.txt").exists()
+            );
+        }
+        other => panic!("unexpected job state {other}: {job}"),
+    }
+    // Exactly one outcome was recorded for the job.
+    let events = f.server.get(&format!("/jobs/{}/events", job["id"].as_str().unwrap())).await;
+    let finals = events.as_array().unwrap().iter().filter(|e| e["data"].get("summary").is_some()).count();
+    assert_eq!(finals, 1, "{events}");
+    let seqs: Vec<u64> = events.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1) && seqs[0] == 1, "events 1..n without gaps: {seqs:?}");
+}
+
+fn fleetup_agent_pause_env() -> String {
+    "FLEETUP_ENGINE_PAUSE_AFTER_JOURNAL_STEP".to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_for_good_makes_the_job_lost() {
+    let mut f = fleet(1, None, |_, _| {}).await;
+    let token = f.server.enrollment_token(1).await;
+    let web1 = f.hosts.iter_mut().find(|h| h.name == "web-1").unwrap();
+    web1.agent.as_mut().unwrap().kill();
+    web1.start_agent_with_env(&f.server, &token, &[(fleetup_agent_pause_env(), "3".to_owned())]);
+    let rollout = f.rollout(json!({ "waves": [1] })).await;
+    wait_paused(f.host("web-1"), 3);
+    f.hosts[0].agent.as_mut().unwrap().kill();
+    let job = f
+        .server
+        .eventually("the job lost after its lease", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
+            let j = v.as_array()?.first()?;
+            (j["state"] == "lost").then(|| j.clone())
+        })
+        .await;
+    assert_eq!(job["state"], "lost");
+    let r = f.server.get(&format!("/rollouts/{rollout}")).await;
+    assert_eq!(r["counts"]["lost"], 1, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_rollout_mid_wave_stops_dispatch_and_ends_the_job_in_flight() {
+    let f = fleet(2, None, |i, h| {
+        if i == 0 {
+            // A host pre-install hook that takes long enough to cancel during pre-hooks.
+            let hooks = h.state.join("hooks/pre-install.d");
+            std::fs::create_dir_all(&hooks).unwrap();
+            std::fs::write(hooks.join("10-slow.sh"), "#!/bin/sh\nsleep 20\n").unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(hooks.join("10-slow.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    })
+    .await;
+    let ids = agent_ids(&f).await;
+    let rollout = f.rollout(json!({ "targets": { "agents": ids }, "waves": [2], "concurrency": 1 })).await;
+    f.server
+        .eventually("web-1 in pre-hooks", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
+            v.as_array()?.iter().find(|j| j["hostname"] == "web-1" && j["current_phase"] == "pre-hooks").map(|_| ())
+        })
+        .await;
+    let started = std::time::Instant::now();
+    f.server.post(&format!("/rollouts/{rollout}/cancel"), json!({})).await;
+    let jobs = f
+        .server
+        .eventually("every job ended", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
+            let jobs = v.as_array()?;
+            jobs.iter()
+                .all(|j| {
+                    ["cancelled", "failed", "succeeded", "rolled-back", "lost"]
+                        .contains(&j["state"].as_str().unwrap_or(""))
+                })
+                .then(|| jobs.clone())
+        })
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(15), "the slow hook was interrupted, not waited out");
+    for j in &jobs {
+        assert_eq!(j["state"], "cancelled", "{j}");
+    }
+    let web2 = jobs.iter().find(|j| j["hostname"] == "web-2").unwrap();
+    assert!(web2["dispatched_at"].is_null(), "web-2 was never dispatched: {web2}");
+    for h in &f.hosts {
+        assert_eq!(h.version().as_deref(), Some("1.0.0"), "{} untouched", h.name);
+        assert!(!h.root.join("lib/demo/feature-x.txt").exists());
+    }
+    assert_eq!(f.server.get(&format!("/rollouts/{rollout}")).await["state"], "cancelled");
 }

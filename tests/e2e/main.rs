@@ -1,3 +1,4 @@
 //! End-to-end tests: the real binaries, driven as a user would.
 
+mod fleet;
 mod packaging_cli;

@@ -104,6 +104,8 @@ impl Server {
             .env("RUST_LOG", "info");
         let proc = Proc::spawn(cmd, dir.join("server.log"));
         let url = format!("http://127.0.0.1:{port}");
+        // reqwest is built without a bundled crypto provider (see the workspace Cargo.toml).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         let server = Self { url, token, proc, key, key_pub, dir: dir.to_path_buf(), http };
         server.wait_healthy().await;
@@ -188,7 +190,13 @@ impl Server {
 
     /// Polls `GET {path}` until `check` finds what it wants, or panics after `deadline`
     /// with the last body and the server log.
-    pub async fn eventually<T>(&self, what: &str, path: &str, deadline: Duration, check: impl Fn(&Value) -> Option<T>) -> T {
+    pub async fn eventually<T>(
+        &self,
+        what: &str,
+        path: &str,
+        deadline: Duration,
+        check: impl Fn(&Value) -> Option<T>,
+    ) -> T {
         let start = std::time::Instant::now();
         loop {
             let (status, body) = self.api(reqwest::Method::GET, path, None).await;
@@ -197,7 +205,10 @@ impl Server {
             {
                 return v;
             }
-            assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}; last {path}: {status} {body}");
+            assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for {what}; last {path}: {status} {body}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -219,6 +230,8 @@ pub struct Host {
     pub port: u16,
     /// Host variables passed with `--var`.
     pub vars: BTreeMap<String, String>,
+    /// Labels the agent proposes at enrollment (`k=v`).
+    pub labels: Vec<String>,
     /// The agent process, while it runs.
     pub agent: Option<Proc>,
 }
@@ -237,7 +250,16 @@ impl Host {
             ("demo_service_bin".to_owned(), binary("fleetup-demo-service").display().to_string()),
             ("crl_base".to_owned(), crl_base.to_owned()),
         ]);
-        let host = Self { name: name.to_owned(), state: dir.join("state"), dir, root, port, vars, agent: None };
+        let host = Self {
+            name: name.to_owned(),
+            state: dir.join("state"),
+            dir,
+            root,
+            port,
+            vars,
+            labels: Vec::new(),
+            agent: None,
+        };
         host.start_service();
         host
     }
@@ -273,7 +295,12 @@ impl Host {
     }
 
     /// Starts (or restarts) `fleetup-agent run` for this host.
-    pub fn start_agent(&mut self, server: &Server, enroll_token: &str, labels: &[&str]) {
+    pub fn start_agent(&mut self, server: &Server, enroll_token: &str) {
+        self.start_agent_with_env(server, enroll_token, &[]);
+    }
+
+    /// Like [`Host::start_agent`], with extra environment variables for the agent.
+    pub fn start_agent_with_env(&mut self, server: &Server, enroll_token: &str, env: &[(String, String)]) {
         let mut cmd = Command::new(binary("fleetup-agent"));
         cmd.args(["run", "--server", &server.url, "--enroll-token", enroll_token, "--hostname", &self.name])
             .arg("--state-dir")
@@ -286,7 +313,8 @@ impl Host {
             .arg(self.dir.join("hosts"))
             .args(["--services-backend", "exec", "--poll-wait", "5"])
             .env("RUST_LOG", "info");
-        for l in labels {
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        for l in &self.labels {
             cmd.args(["--label", l]);
         }
         for (k, v) in &self.vars {

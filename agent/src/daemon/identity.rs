@@ -18,7 +18,10 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("server", &self.server).field("agent_id", &self.agent_id).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("server", &self.server)
+            .field("agent_id", &self.agent_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -30,7 +33,10 @@ fn path(state_dir: &Path) -> PathBuf {
 pub fn load(state_dir: &Path) -> anyhow::Result<Option<Identity>> {
     match std::fs::read(path(state_dir)) {
         Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
-            anyhow::anyhow!("{} is damaged ({e}); remove it and enroll again with --enroll-token", path(state_dir).display())
+            anyhow::anyhow!(
+                "{} is damaged ({e}); remove it and enroll again with --enroll-token",
+                path(state_dir).display()
+            )
         })?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path(state_dir).display())),

@@ -91,7 +91,9 @@ pub async fn resume(ctx: &Ctx, job: JobAssignment) -> anyhow::Result<()> {
     let engine = Engine::new(bridge.clone(), bridge.clone());
     let state_dir = ctx.config.state_dir.clone();
     let recovered = drive(ctx, &job, &bridge, &engine, move |engine| engine.recover(&state_dir)).await;
-    if !recovered && !crate::engine::recorded_events(&ctx.config.state_dir, &job.job_id).iter().any(|e| e.summary().is_some()) {
+    if !recovered
+        && !crate::engine::recorded_events(&ctx.config.state_dir, &job.job_id).iter().any(|e| e.summary().is_some())
+    {
         // Killed before the engine recorded anything final: nothing changed on the
         // server (the journal would say otherwise), so run the job again if the lease
         // still stands.
@@ -196,7 +198,12 @@ async fn report_all(ctx: &Ctx, job: &JobAssignment, bridge: &Bridge) {
     }
 }
 
-async fn report_once(ctx: &Ctx, job: &JobAssignment, events: &[EngineEvent], wait: Duration) -> Result<fleetup_proto::agent_api::ReportResponse, CallError> {
+async fn report_once(
+    ctx: &Ctx,
+    job: &JobAssignment,
+    events: &[EngineEvent],
+    wait: Duration,
+) -> Result<fleetup_proto::agent_api::ReportResponse, CallError> {
     let batch = EventBatch { fencing_token: job.fencing_token, events: events.to_vec() };
     ctx.client.report(&job.job_id, &batch, wait).await
 }
