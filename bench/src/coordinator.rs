@@ -1,0 +1,250 @@
+//! P1–P3: one coordinator under a simulated fleet.
+//!
+//! One run per backend: enroll N agents, hold them long-polling, measure the poll path
+//! (`wait=0` probes from extra agents) and the server's CPU while they are held; start a
+//! rollout whose single wave covers `wave` agents and time how long until 99 % of them have
+//! their job (P1); read that rollout's jobs (P3); then a second rollout where agents report
+//! phase by phase as fast as they are acknowledged (P2: durable events/s, visibility).
+
+use crate::harness::{Backend, BenchServer};
+use crate::sim::{Fleet, ReportMode};
+use crate::stats::{CpuMeter, percentile, rss_kib};
+use crate::{Bins, Size};
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Sizes of one coordinator run.
+#[derive(Debug, Clone, Copy)]
+pub struct CoordSize {
+    /// Agents held long-polling.
+    pub agents: usize,
+    /// Agents in the timed wave (and jobs in the P3 rollout).
+    pub wave: usize,
+    /// Jobs in the P2 rollout.
+    pub p2_jobs: usize,
+    /// Seconds of steady-state measurement.
+    pub steady_secs: u64,
+    /// New long-polls opened per second.
+    pub ramp_per_sec: usize,
+}
+
+impl CoordSize {
+    /// The sizes for a `--size`.
+    pub fn of(size: Size) -> Self {
+        match size {
+            Size::Tiny => Self { agents: 20, wave: 10, p2_jobs: 10, steady_secs: 2, ramp_per_sec: 1000 },
+            Size::Small => Self { agents: 2000, wave: 1000, p2_jobs: 300, steady_secs: 5, ramp_per_sec: 2000 },
+            Size::Full => Self { agents: 50_000, wave: 10_000, p2_jobs: 2000, steady_secs: 20, ramp_per_sec: 3000 },
+        }
+    }
+}
+
+const PROBES: usize = 4;
+
+/// Runs P1–P3 on one backend; returns the figures as JSON.
+pub async fn run(bins: &Bins, backend: Backend, sz: CoordSize, work: &std::path::Path) -> Result<Value> {
+    let dir = work.join(format!("coord-{}", backend.as_str()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server =
+        BenchServer::start(bins, &dir, backend, &["--max-poll-wait-secs", "60", "--lease-secs", "600"]).await?;
+    let pkg = server.upload(bins, &crate::workspace_root().join("examples/sample-rollup")).await?;
+    let poll_wait = 60;
+    let fleet = Fleet::new(&server.url, &server.token, sz.agents + PROBES, poll_wait)?;
+    let others = sz.agents - sz.wave + PROBES;
+    let wave_token = server.enrollment_token(sz.wave, json!({ "bench": "wave" })).await?;
+    let other_token = server.enrollment_token(others, json!({ "bench": "idle" })).await?;
+
+    eprintln!("[{}] enrolling {} agents", backend.as_str(), sz.agents + PROBES);
+    let t = Instant::now();
+    let mut agents = fleet.enroll(sz.wave, 0, &wave_token, 32).await?;
+    agents.extend(fleet.enroll(others, sz.wave, &other_token, 32).await?);
+    let enroll_secs = t.elapsed().as_secs_f64();
+    let probes = agents.split_off(sz.agents);
+
+    eprintln!("[{}] opening {} long-polls", backend.as_str(), sz.agents);
+    let t = Instant::now();
+    fleet.start_polling(&agents, sz.ramp_per_sec, 0).await;
+    let deadline = Instant::now() + Duration::from_mins(2);
+    while fleet.obs.polls_in_flight.load(Ordering::Relaxed) < sz.agents && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open_secs = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held_server = server.metric("fleetup_long_polls_held").await;
+    let held_client = fleet.obs.polls_in_flight.load(Ordering::Relaxed);
+
+    eprintln!("[{}] steady state for {} s ({} held)", backend.as_str(), sz.steady_secs, held_client);
+    let cpu = CpuMeter::start(server.pid());
+    let probe_ms =
+        crate::sim::probe_polls(&fleet, &probes, Duration::from_secs(sz.steady_secs), Duration::from_millis(20)).await;
+    let steady_cpu = cpu.finish();
+    let server_rss_mib = rss_kib(server.pid()) as f64 / 1024.0;
+
+    // P1 wave: every wave agent is told at once (concurrency = wave size).
+    fleet.mode.store(ReportMode::OneBatch as u8, Ordering::Relaxed);
+    let rollout = server
+        .post(
+            "/rollouts",
+            json!({
+                "name": "p1-wave", "package_id": pkg, "targets": { "labels": { "bench": "wave" } },
+                "waves": ["100%"], "concurrency": sz.wave, "policies": { "warning": "continue" },
+            }),
+        )
+        .await?;
+    let rid = rollout["id"].as_str().context("rollout id")?.to_owned();
+    fleet.reset();
+    eprintln!("[{}] starting a wave of {}", backend.as_str(), sz.wave);
+    let cpu = CpuMeter::start(server.pid());
+    server.post(&format!("/rollouts/{rid}/start"), json!({})).await?;
+    let deadline = Instant::now() + Duration::from_mins(10);
+    while fleet.obs.assignments.lock().unwrap().len() < sz.wave && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let arrivals: Vec<f64> = fleet.obs.assignments.lock().unwrap().iter().map(Duration::as_secs_f64).collect();
+    let finished = server.wait_rollout_finished(&rid, Duration::from_mins(10)).await?;
+    let wave_total = fleet.since_epoch().as_secs_f64();
+    let wave_cpu = cpu.finish();
+    let wave_events = fleet.obs.events_accepted.load(Ordering::Relaxed);
+    let wave_ingest = ingest_rate(&fleet, wave_events);
+    let p1 = json!({
+        "agents_held_client": held_client,
+        "agents_held_server_gauge": held_server,
+        "enroll_secs": enroll_secs,
+        "enroll_per_sec": (sz.agents + PROBES) as f64 / enroll_secs,
+        "open_polls_secs": open_secs,
+        "poll_path_ms": { "p50": percentile(&probe_ms, 50.0), "p99": percentile(&probe_ms, 99.0), "n": probe_ms.len() },
+        "steady_cpu_cores": steady_cpu,
+        "server_rss_mib": server_rss_mib,
+        "poll_errors": fleet.obs.poll_errors.load(Ordering::Relaxed),
+        "wave": sz.wave,
+        "wave_assigned": arrivals.len(),
+        "wave_p99_secs": percentile(&arrivals, 99.0),
+        "wave_p50_secs": percentile(&arrivals, 50.0),
+        "wave_100_secs": percentile(&arrivals, 100.0),
+        "wave_all_finished_secs": wave_total,
+        "wave_cpu_cores": wave_cpu,
+        "wave_counts": finished["counts"],
+    });
+    eprintln!("[{}] P1 {p1}", backend.as_str());
+
+    // P3: the jobs of that rollout.
+    let p3 = jobs_api(&server, &rid, sz.wave).await?;
+    eprintln!("[{}] P3 {p3}", backend.as_str());
+
+    // P2: per-phase reports, as fast as they are acknowledged.
+    fleet.mode.store(ReportMode::PerPhase as u8, Ordering::Relaxed);
+    let ids: Vec<&str> = agents[..sz.p2_jobs].iter().map(|a| a.id.as_str()).collect();
+    let rollout = server
+        .post(
+            "/rollouts",
+            json!({
+                "name": "p2-events", "package_id": pkg, "targets": { "agents": ids },
+                "waves": ["100%"], "concurrency": sz.p2_jobs, "policies": { "warning": "continue" },
+            }),
+        )
+        .await?;
+    let rid2 = rollout["id"].as_str().context("rollout id")?.to_owned();
+    fleet.reset();
+    eprintln!("[{}] P2: {} jobs reporting phase by phase", backend.as_str(), sz.p2_jobs);
+    let cpu = CpuMeter::start(server.pid());
+    server.post(&format!("/rollouts/{rid2}/start"), json!({})).await?;
+    let done = server.wait_rollout_finished(&rid2, Duration::from_mins(15)).await?;
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while (fleet.obs.jobs_done.load(Ordering::Relaxed) as usize) < sz.p2_jobs && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let p2_cpu = cpu.finish();
+    let events = fleet.obs.events_accepted.load(Ordering::Relaxed);
+    let post_ms = fleet.obs.post_ms.lock().unwrap().clone();
+    let vis = fleet.obs.visible_ms.lock().unwrap().clone();
+    let p2 = json!({
+        "jobs": sz.p2_jobs,
+        "events": events,
+        "events_per_sec_per_phase_batches": ingest_rate(&fleet, events),
+        "events_per_batch": events as f64 / post_ms.len().max(1) as f64,
+        "post_ms": { "p50": percentile(&post_ms, 50.0), "p99": percentile(&post_ms, 99.0) },
+        "visibility_ms": { "p50": percentile(&vis, 50.0), "p99": percentile(&vis, 99.0), "n": vis.len() },
+        "events_per_sec_whole_stream_batches": wave_ingest,
+        "cpu_cores": p2_cpu,
+        "counts": done["counts"],
+        "report_errors": fleet.obs.report_errors.load(Ordering::Relaxed),
+    });
+    eprintln!("[{}] P2 {p2}", backend.as_str());
+    fleet.stop.cancel();
+    Ok(json!({ "backend": backend.as_str(), "sizes": format!("{sz:?}"), "p1": p1, "p2": p2, "p3": p3 }))
+}
+
+/// Accepted events per second between the first report sent and the last acknowledged.
+fn ingest_rate(fleet: &Fleet, events: u64) -> f64 {
+    let first = *fleet.obs.first_post.lock().unwrap();
+    let last = *fleet.obs.last_ack.lock().unwrap();
+    match (first, last) {
+        (Some(f), Some(l)) if l > f => events as f64 / l.checked_sub(f).unwrap().as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
+/// P3: the jobs API over a rollout of `n` jobs, at the default page (500) and the largest
+/// (5000); and the dashboard page `/rollouts/{id}` if the server has one.
+async fn jobs_api(server: &BenchServer, rid: &str, n: usize) -> Result<Value> {
+    let mut out = serde_json::Map::new();
+    for limit in [500usize, 5000] {
+        let mut lat = Vec::new();
+        let mut bytes = 0;
+        let mut whole = Vec::new();
+        for round in 0..5 {
+            let t_all = Instant::now();
+            let mut total = 0;
+            for offset in (0..n).step_by(limit) {
+                let started = Instant::now();
+                let (status, body, len) = server
+                    .api(reqwest::Method::GET, &format!("/rollouts/{rid}/jobs?limit={limit}&offset={offset}"), None)
+                    .await?;
+                anyhow::ensure!(status == 200, "jobs page: {status} {body}");
+                lat.push(started.elapsed().as_secs_f64() * 1000.0);
+                total += len;
+            }
+            whole.push(t_all.elapsed().as_secs_f64() * 1000.0);
+            if round == 0 {
+                bytes = total;
+            }
+        }
+        out.insert(
+            format!("limit_{limit}"),
+            json!({
+                "pages": n.div_ceil(limit),
+                "page_ms_p95": percentile(&lat, 95.0),
+                "page_ms_p50": percentile(&lat, 50.0),
+                "all_pages_ms_median": percentile(&whole, 50.0),
+                "bytes_all_pages": bytes,
+            }),
+        );
+    }
+    let mut lat = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        server.get(&format!("/rollouts/{rid}")).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    out.insert("rollout_ms_p95".into(), json!(percentile(&lat, 95.0)));
+    // The dashboard page, if this build has it.
+    let url = format!("{}/rollouts/{rid}", server.url);
+    let first = server.http.get(&url).bearer_auth(&server.token).send().await?;
+    let status = first.status().as_u16();
+    let mut html = json!({ "status": status });
+    if status == 200 {
+        let mut lat = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let b = server.http.get(&url).bearer_auth(&server.token).send().await?.bytes().await?;
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            bytes = b.len();
+        }
+        html = json!({ "status": status, "ms_p95": percentile(&lat, 95.0), "bytes": bytes });
+    }
+    out.insert("html_page".into(), html);
+    Ok(Value::Object(out))
+}

@@ -1,0 +1,241 @@
+//! Real processes for the benchmarks: a `fleetup-server` on SQLite or on a throwaway
+//! Postgres database (created and dropped per run), an admin token, packages, API calls.
+
+use crate::Bins;
+use anyhow::{Context as _, Result, bail};
+use fleetup_e2e::fleet::{Proc, free_port};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Which store the coordinator uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// One SQLite file (WAL, synchronous=FULL).
+    Sqlite,
+    /// A database created for the run on the local Postgres.
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite` or `postgres`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The Postgres server the throwaway databases are made on (`FLEETUP_BENCH_PG` overrides).
+pub fn pg_admin_url() -> String {
+    std::env::var("FLEETUP_BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A database created for one run and dropped (forcibly) when this is dropped.
+#[derive(Debug)]
+pub struct PgDb {
+    /// Its URL.
+    pub url: String,
+    name: String,
+}
+
+impl PgDb {
+    /// Creates `fleetup_bench_<pid>_<port>` on the admin server.
+    pub fn create() -> Result<Self> {
+        let admin = pg_admin_url();
+        let name = format!("fleetup_bench_{}_{}", std::process::id(), free_port());
+        psql(&admin, &format!("create database {name}"))?;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Ok(Self { url: format!("{base}/{name}"), name })
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = psql(&pg_admin_url(), &format!("drop database if exists {} with (force)", self.name));
+    }
+}
+
+fn psql(url: &str, sql: &str) -> Result<()> {
+    let out =
+        Command::new("psql").arg(url).args(["-v", "ON_ERROR_STOP=1", "-qc", sql]).output().context("running psql")?;
+    if !out.status.success() {
+        bail!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A running coordinator with an admin token.
+#[derive(Debug)]
+pub struct BenchServer {
+    /// Base URL.
+    pub url: String,
+    /// Admin API token.
+    pub token: String,
+    /// The process.
+    pub proc: Proc,
+    /// Signing key for packages (trusted by the server and agents).
+    pub key: PathBuf,
+    /// Its public half.
+    pub key_pub: PathBuf,
+    /// Working directory.
+    pub dir: PathBuf,
+    /// The store.
+    pub backend: Backend,
+    /// HTTP client for the admin API.
+    pub http: reqwest::Client,
+    _db: Option<PgDb>,
+}
+
+impl BenchServer {
+    /// Starts `fleetup-server serve` on a free loopback port. `RUST_LOG=warn`: request
+    /// logging at info would be part of what is measured.
+    pub async fn start(bins: &Bins, dir: &Path, backend: Backend, extra: &[&str]) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let key = dir.join("release.key");
+        let key_pub = dir.join("release.key.pub");
+        if !key.exists() {
+            let ok = Command::new(bins.path("fleetup-agent")).args(["keygen", "--out"]).arg(&key).output()?;
+            anyhow::ensure!(ok.status.success(), "keygen failed");
+        }
+        let db = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(PgDb::create()?),
+        };
+        let db_url =
+            db.as_ref().map_or_else(|| format!("sqlite:{}", dir.join("fleetup.db").display()), |d| d.url.clone());
+        let out = Command::new(bins.path("fleetup-server"))
+            .args(["token", "create", "--role", "admin", "--name", "bench", "--database-url", &db_url])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().trim().to_owned();
+        let port = free_port();
+        let mut cmd = Command::new(bins.path("fleetup-server"));
+        cmd.current_dir(dir)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url", &db_url, "--trust"])
+            .arg(&key_pub)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(extra)
+            .env("RUST_LOG", "warn");
+        let proc = Proc::spawn(cmd, dir.join("server.log"));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().timeout(Duration::from_mins(2)).build()?;
+        let server = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            token,
+            proc,
+            key,
+            key_pub,
+            dir: dir.to_path_buf(),
+            backend,
+            http,
+            _db: db,
+        };
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            if let Ok(r) = server.http.get(format!("{}/healthz", server.url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(server);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "server not healthy:\n{}", server.proc.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    /// A request to `/api/v1{path}` with the admin token: (status, JSON body, body bytes).
+    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value, usize)> {
+        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| path.to_owned())?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), bytes.len()))
+    }
+
+    /// GET that must answer 200.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let (s, v, _) = self.api(reqwest::Method::GET, path, None).await?;
+        anyhow::ensure!(s == 200, "GET {path}: {s} {v}");
+        Ok(v)
+    }
+
+    /// POST that must answer 2xx.
+    pub async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        let (s, v, _) = self.api(reqwest::Method::POST, path, Some(body)).await?;
+        anyhow::ensure!((200..300).contains(&s), "POST {path}: {s} {v}");
+        Ok(v)
+    }
+
+    /// Packs `src` with the server's key into `out` and uploads it; returns the package id.
+    pub async fn upload(&self, bins: &Bins, src: &Path) -> Result<String> {
+        let pkg = self.dir.join(format!("pkg-{}.fup", free_port()));
+        pack(bins, src, &self.key, &pkg)?;
+        let bytes = std::fs::read(&pkg)?;
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/packages", self.url))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await?;
+        anyhow::ensure!(status == 201, "upload: {status} {body}");
+        Ok(body["id"].as_str().context("package id")?.to_owned())
+    }
+
+    /// An enrollment token for `uses` agents with these labels.
+    pub async fn enrollment_token(&self, uses: usize, labels: Value) -> Result<String> {
+        let body = self.post("/enrollment-tokens", json!({ "max_uses": uses, "labels": labels })).await?;
+        Ok(body["secret"].as_str().context("enrollment secret")?.to_owned())
+    }
+
+    /// Waits until the rollout has `finished_at`, or `deadline` passes; returns the rollout.
+    pub async fn wait_rollout_finished(&self, id: &str, deadline: Duration) -> Result<Value> {
+        let start = Instant::now();
+        loop {
+            let r = self.get(&format!("/rollouts/{id}")).await?;
+            if !r["finished_at"].is_null() {
+                return Ok(r);
+            }
+            anyhow::ensure!(start.elapsed() < deadline, "rollout {id} not finished after {deadline:?}: {r}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A value of the server's Prometheus `/metrics` (first series with that name).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.http.get(format!("{}/metrics", self.url)).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| l.split([' ', '{']).next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+/// `fleetup-agent pack SRC --key KEY --out OUT`.
+pub fn pack(bins: &Bins, src: &Path, key: &Path, out: &Path) -> Result<()> {
+    let o = Command::new(bins.path("fleetup-agent"))
+        .arg("pack")
+        .arg(src)
+        .arg("--key")
+        .arg(key)
+        .arg("--out")
+        .arg(out)
+        .output()?;
+    anyhow::ensure!(o.status.success(), "pack {}: {}", src.display(), String::from_utf8_lossy(&o.stderr));
+    Ok(())
+}

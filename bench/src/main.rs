@@ -1,0 +1,119 @@
+//! `fleetup-bench`: runs the figures of `docs/benchmarks.md` and prints them as JSON.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use fleetup_bench::harness::Backend;
+use fleetup_bench::{Bins, Size, coordinator, engine, rolling};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+/// Benchmarks for fleetup: simulated agents against a real coordinator, the engine, and a
+/// rolling update against a shell script and Ansible. Binaries are taken from beside this
+/// executable (build with `cargo build --release --workspace`).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// How big: tiny (seconds), small (about a minute for `all`), full (the goals' sizes).
+    #[arg(long, value_enum, default_value = "small", global = true)]
+    size: Size,
+    /// Where results (`<figure>.json`) and working directories go.
+    #[arg(long, default_value = "target/bench-results", global = true)]
+    out: PathBuf,
+    /// Store(s) for the coordinator figures (P1–P3).
+    #[arg(long, value_enum, global = true)]
+    backend: Option<Backend>,
+    #[command(subcommand)]
+    figure: Figure,
+}
+
+#[derive(Debug, Subcommand)]
+enum Figure {
+    /// P1: long-polling agents held, poll-path p99 and CPU, wave dispatch time (one run also gives P2, P3).
+    P1,
+    /// P2: durable events/s and event → API visibility (same run as P1).
+    P2,
+    /// P3: jobs API (and the rollout page, if present) for a wave-sized rollout (same run as P1).
+    P3,
+    /// P4: agent idle RSS, idle CPU, binary size.
+    P4,
+    /// P5: engine outage vs total for a big payload, against stop → unpack → start.
+    P5,
+    /// P6: check-system with five silent CRL endpoints.
+    P6,
+    /// P7: the sample update over many hosts in batches of 5: fleetup vs shell vs Ansible.
+    P7,
+    /// Every figure.
+    All,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let bins = Bins::beside_exe()?;
+    let nofile = fleetup_bench::raise_nofile();
+    std::fs::create_dir_all(&cli.out)?;
+    let work = std::path::absolute(cli.out.join("work"))?;
+    let backends = cli.backend.map_or_else(|| vec![Backend::Sqlite, Backend::Postgres], |b| vec![b]);
+    let mut results = serde_json::Map::new();
+    results.insert("machine".into(), machine(nofile));
+    let mut sz = coordinator::CoordSize::of(cli.size);
+    // One descriptor per held long-poll, in this process and in the server: the open-file
+    // limit (which this process could not raise past its hard limit) caps the fleet size.
+    let cap = usize::try_from(nofile.saturating_sub(1500)).unwrap_or(usize::MAX);
+    if sz.agents > cap {
+        eprintln!("RLIMIT_NOFILE is {nofile}: holding {cap} agents instead of {}", sz.agents);
+        results.insert("agents_capped_by_nofile".into(), json!({ "requested": sz.agents, "held": cap }));
+        sz.agents = cap;
+        sz.wave = sz.wave.min(cap);
+    }
+    let coord = matches!(cli.figure, Figure::P1 | Figure::P2 | Figure::P3 | Figure::All);
+    if coord {
+        for b in &backends {
+            let v = coordinator::run(&bins, *b, sz, &work).await?;
+            save(&cli.out, &format!("coordinator-{}", b.as_str()), &v)?;
+            results.insert(format!("coordinator_{}", b.as_str()), v);
+        }
+    }
+    if matches!(cli.figure, Figure::P4 | Figure::All) {
+        let v = engine::p4(&bins, cli.size, &work).await?;
+        save(&cli.out, "p4", &v)?;
+        results.insert("p4".into(), v);
+    }
+    if matches!(cli.figure, Figure::P5 | Figure::All) {
+        let v = engine::p5(&bins, cli.size, &work)?;
+        save(&cli.out, "p5", &v)?;
+        results.insert("p5".into(), v);
+    }
+    if matches!(cli.figure, Figure::P6 | Figure::All) {
+        let v = engine::p6(&bins, cli.size, &work)?;
+        save(&cli.out, "p6", &v)?;
+        results.insert("p6".into(), v);
+    }
+    if matches!(cli.figure, Figure::P7 | Figure::All) {
+        let v = rolling::p7(&bins, cli.size, &work).await?;
+        save(&cli.out, "p7", &v)?;
+        results.insert("p7".into(), v);
+    }
+    println!("{}", serde_json::to_string_pretty(&Value::Object(results))?);
+    Ok(())
+}
+
+fn save(out: &Path, name: &str, v: &Value) -> Result<()> {
+    std::fs::write(out.join(format!("{name}.json")), serde_json::to_string_pretty(v)?)?;
+    Ok(())
+}
+
+fn machine(nofile: u64) -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model =
+        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']));
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    json!({
+        "nproc": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        "cpu": model,
+        "mem_total": mem.lines().next(),
+        "loadavg_at_start": fleetup_bench::stats::loadavg(),
+        "nofile": nofile,
+        "date": chrono::Utc::now().to_rfc3339(),
+    })
+}

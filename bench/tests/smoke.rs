@@ -1,0 +1,41 @@
+//! Smoke test: a `--size tiny` coordinator run against a real server finishes both rollouts
+//! with every event recorded, and the engine figure produces a sane summary. It asserts
+//! outcomes only; no timing is pass/fail.
+
+use fleetup_bench::harness::Backend;
+use fleetup_bench::{Bins, Size, coordinator, engine};
+use serde_json::json;
+
+fn bins() -> Bins {
+    for b in ["fleetup-agent", "fleetup-demo-service"] {
+        fleetup_e2e::binary(b);
+    }
+    let server = fleetup_e2e::binary("fleetup-server");
+    Bins { dir: server.parent().expect("bin dir").to_path_buf() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_coordinator_run_finishes_its_rollouts() {
+    let bins = bins();
+    let work = tempfile::tempdir().unwrap();
+    let sz = coordinator::CoordSize::of(Size::Tiny);
+    let v = coordinator::run(&bins, Backend::Sqlite, sz, work.path()).await.expect("tiny run");
+    assert_eq!(v["p1"]["agents_held_client"], json!(sz.agents), "{v}");
+    assert_eq!(v["p1"]["wave_assigned"], json!(sz.wave), "{v}");
+    assert_eq!(v["p1"]["wave_counts"], json!({ "succeeded": sz.wave }), "{v}");
+    assert_eq!(v["p2"]["counts"], json!({ "succeeded": sz.p2_jobs }), "{v}");
+    let per_job = fleetup_bench::sim::event_template().len();
+    assert_eq!(v["p2"]["events"], json!(sz.p2_jobs * per_job), "every event recorded once: {v}");
+    assert_eq!(v["p2"]["report_errors"], json!(0), "{v}");
+    assert!(v["p3"]["limit_500"]["bytes_all_pages"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn tiny_engine_outage_is_part_of_the_install() {
+    let bins = bins();
+    let work = tempfile::tempdir().unwrap();
+    let v = engine::p5(&bins, Size::Tiny, work.path()).expect("tiny p5");
+    let outage = v["outage_ms_median"].as_f64().unwrap();
+    let total = v["total_ms_median"].as_f64().unwrap();
+    assert!(outage > 0.0 && outage <= total, "{v}");
+}
