@@ -41,6 +41,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Prometheus exposition.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The dashboard's in-memory state (login rate limit).
+    pub dashboard: crate::web::Dashboard,
 }
 
 impl App {

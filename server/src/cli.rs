@@ -24,6 +24,32 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage dashboard users.
+    User {
+        /// What to do with users.
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+/// User commands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a dashboard login (password hashed with argon2id).
+    Create {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// What the user may do.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Read the password from the first line of standard input instead of asking.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Database URL (as for `serve`).
+        #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 /// Token commands.
@@ -57,4 +83,46 @@ pub async fn create_token(database_url: &str, role: Role, name: &str) -> Result<
     );
     store.create_api_token(&id, name, role, &crate::auth::hash_secret(&secret), &audit).await?;
     Ok(secret)
+}
+
+/// Creates a dashboard user in the database (see [`crate::web::create_user`]).
+pub async fn create_user(
+    database_url: &str,
+    username: &str,
+    password: &str,
+    role: Role,
+) -> Result<(), crate::web::session::UserError> {
+    let store = crate::store::connect(database_url).await?;
+    crate::web::create_user(store.as_ref(), username, password, role, "cli").await
+}
+
+/// Reads a password: the first line of standard input, or asked on the terminal without
+/// echo (`stty -echo`) when `from_stdin` is false and standard input is a terminal.
+pub fn read_password(from_stdin: bool) -> std::io::Result<String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let stdin = std::io::stdin();
+    let interactive = !from_stdin && stdin.is_terminal();
+    let stty = |arg: &str| {
+        let _ = std::process::Command::new("stty").arg(arg).stdin(std::process::Stdio::inherit()).status();
+    };
+    let ask = |prompt: &str| -> std::io::Result<String> {
+        if interactive {
+            eprint!("{prompt}");
+            std::io::stderr().flush()?;
+            stty("-echo");
+        }
+        let mut line = String::new();
+        let read = stdin.lock().read_line(&mut line);
+        if interactive {
+            stty("echo");
+            eprintln!();
+        }
+        read?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    };
+    let password = ask("Password: ")?;
+    if interactive && ask("Repeat the password: ")? != password {
+        return Err(std::io::Error::other("the passwords differ"));
+    }
+    Ok(password)
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod model;
 pub mod scheduler;
 pub mod store;
+pub mod web;
 
 use app::{App, AppState};
 use config::Config;
@@ -78,6 +79,7 @@ pub async fn run(
         scheduler_kick: tokio::sync::Notify::new(),
         shutdown: cancel.clone(),
         metrics: metrics_handle(),
+        dashboard: web::Dashboard::default(),
     });
     tracing::info!(addr = ?listener.local_addr().ok(), backend = app.store.backend(), "fleetup-server listening");
     let tasks = [
@@ -85,7 +87,8 @@ pub async fn run(
         tokio::spawn(app::heartbeat_flusher(app.clone(), cancel.clone())),
         tokio::spawn(app::wakeup_forwarder(app.clone(), cancel.clone())),
     ];
-    let router = api::router(AppState(app.clone()));
+    // The dashboard has no fallback of its own: unknown paths get the API's JSON 404.
+    let router = web::router(AppState(app.clone())).merge(api::router(AppState(app.clone())));
     let stop = cancel.clone();
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(async move {

@@ -1,7 +1,7 @@
 //! The `fleetup-server` binary: parses the command line and hands over to the library.
 
 use clap::Parser as _;
-use fleetup_server::cli::{Cli, Command, TokenCommand};
+use fleetup_server::cli::{Cli, Command, TokenCommand, UserCommand};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -25,6 +25,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Token { command: TokenCommand::Create { role, name, database_url } } => {
             let secret = fleetup_server::cli::create_token(&database_url, role, &name).await?;
             println!("{secret}");
+        }
+        Command::User { command: UserCommand::Create { username, role, password_stdin, database_url } } => {
+            let password = fleetup_server::cli::read_password(password_stdin)?;
+            fleetup_server::cli::create_user(&database_url, &username, &password, role).await?;
+            println!("created {} user {username}", role.as_str());
         }
     }
     Ok(())

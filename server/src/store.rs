@@ -163,6 +163,64 @@ pub struct NewRollout {
     pub created_by: String,
 }
 
+/// A new dashboard user (the password already hashed with argon2id).
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Id.
+    pub id: String,
+    /// Login name, unique.
+    pub username: String,
+    /// PHC string of the argon2id hash.
+    pub password_hash: String,
+    /// What the user may do.
+    pub role: Role,
+}
+
+/// A stored dashboard user, as login needs it.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    /// Id.
+    pub id: String,
+    /// Login name.
+    pub username: String,
+    /// PHC string of the argon2id hash.
+    pub password_hash: String,
+    /// Role.
+    pub role: Role,
+    /// Disabled users cannot log in and their sessions stop working.
+    pub disabled: bool,
+}
+
+/// A new dashboard session.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// Id.
+    pub id: String,
+    /// The user.
+    pub user_id: String,
+    /// sha256 of the cookie secret (the secret itself is never stored).
+    pub token_hash: String,
+    /// The session's CSRF token, echoed by every form and htmx request.
+    pub csrf_token: String,
+    /// When it stops working.
+    pub expires_at: Millis,
+}
+
+/// A live session with its user.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: String,
+    /// User id.
+    pub user_id: String,
+    /// Login name.
+    pub username: String,
+    /// The user's role (read at every request: a changed role applies at once).
+    pub role: Role,
+    /// The session's CSRF token.
+    pub csrf_token: String,
+}
+
 /// An operator action on a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolloutAction {
@@ -369,6 +427,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<(u32, u32)>;
     /// Cancel request and answered decisions of a job.
     async fn job_messages(&self, job_id: &str) -> StoreResult<JobMessages>;
+
+    /// Creates a dashboard user; [`StoreError::Conflict`] when the name is taken.
+    async fn create_user(&self, user: &NewUser, audit: &NewAudit) -> StoreResult<()>;
+    /// The user with this login name, disabled or not.
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    /// Records a new session (login), audited.
+    async fn create_session(&self, session: &NewSession, audit: &NewAudit) -> StoreResult<()>;
+    /// The unexpired session with this cookie hash, if its user is not disabled.
+    async fn session_by_hash(&self, token_hash: &str, now: Millis) -> StoreResult<Option<SessionInfo>>;
+    /// Ends a session (logout) and drops expired ones.
+    async fn delete_session(&self, token_hash: &str, now: Millis) -> StoreResult<()>;
+    /// A cheap fingerprint of everything the rollout page shows: it changes when a job,
+    /// a decision or the rollout's state changes (the dashboard's live updates poll it).
+    async fn rollout_stamp(&self, rollout_id: &str) -> StoreResult<String>;
+    /// Jobs of a rollout that reported warnings, in dispatch order, and how many there are.
+    async fn list_warned_jobs(&self, rollout_id: &str, limit: u64) -> StoreResult<(Vec<Job>, u64)>;
+    /// The last `limit` log lines of a job, oldest first.
+    async fn tail_logs(&self, job_id: &str, limit: u64) -> StoreResult<Vec<LogLine>>;
+    /// Jobs of one agent across rollouts, newest first (the server page's previous installs).
+    async fn list_agent_jobs(&self, agent_id: &str, limit: u64) -> StoreResult<Vec<Job>>;
 
     /// Audit records, newest first.
     async fn list_audit(&self, limit: u64, object_id: Option<&str>) -> StoreResult<Vec<AuditEntry>>;

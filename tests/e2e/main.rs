@@ -1,4 +1,5 @@
 //! End-to-end tests: the real binaries, driven as a user would.
 
+mod browser;
 mod fleet;
 mod packaging_cli;

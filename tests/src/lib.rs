@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: finding the workspace's binaries, waiting on
 //! conditions with deadlines, and the loud skip rule for optional infrastructure.
 
+pub mod browser;
 pub mod fleet;
 
 use std::path::PathBuf;

@@ -1057,6 +1057,132 @@ macro_rules! store_impl {
             }
 
             #[tracing::instrument(skip_all)]
+            async fn create_user(&self, u: &$crate::store::NewUser, audit: &$crate::store::NewAudit) -> $crate::store::StoreResult<()> {
+                let now = $crate::model::now_ms();
+                let mut tx = self.write_tx().await?;
+                let (taken,): (i64,) = sqlx::query_as("select count(*) from users where username = $1").bind(&u.username).fetch_one(&mut *tx).await?;
+                if taken > 0 {
+                    return Err($crate::store::StoreError::Conflict(format!("user '{}' already exists", u.username)));
+                }
+                sqlx::query("insert into users (id, username, password_hash, role, created_at) values ($1, $2, $3, $4, $5)")
+                    .bind(&u.id)
+                    .bind(&u.username)
+                    .bind(&u.password_hash)
+                    .bind(u.role.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::audit_tx(&mut tx, audit, now).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn user_by_name(&self, username: &str) -> $crate::store::StoreResult<Option<$crate::store::UserRecord>> {
+                let row: Option<(String, String, String, String, Option<i64>)> = sqlx::query_as("select id, username, password_hash, role, disabled_at from users where username = $1")
+                    .bind(username)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|(id, username, password_hash, role, disabled_at)| {
+                    let role = $crate::model::Role::parse(&role).ok_or_else(|| $crate::store::StoreError::Corrupt(format!("role '{role}'")))?;
+                    Ok($crate::store::UserRecord { id, username, password_hash, role, disabled: disabled_at.is_some() })
+                })
+                .transpose()
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn create_session(&self, sess: &$crate::store::NewSession, audit: &$crate::store::NewAudit) -> $crate::store::StoreResult<()> {
+                let now = $crate::model::now_ms();
+                let mut tx = self.write_tx().await?;
+                sqlx::query("insert into sessions (id, user_id, token_hash, csrf_token, created_at, expires_at) values ($1, $2, $3, $4, $5, $6)")
+                    .bind(&sess.id)
+                    .bind(&sess.user_id)
+                    .bind(&sess.token_hash)
+                    .bind(&sess.csrf_token)
+                    .bind(now)
+                    .bind(sess.expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::audit_tx(&mut tx, audit, now).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn session_by_hash(&self, token_hash: &str, now: i64) -> $crate::store::StoreResult<Option<$crate::store::SessionInfo>> {
+                let row: Option<(String, String, String, String, String)> = sqlx::query_as(
+                    "select s.id, u.id, u.username, u.role, s.csrf_token from sessions s join users u on u.id = s.user_id \
+                     where s.token_hash = $1 and s.expires_at > $2 and u.disabled_at is null",
+                )
+                .bind(token_hash)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|(id, user_id, username, role, csrf_token)| {
+                    let role = $crate::model::Role::parse(&role).ok_or_else(|| $crate::store::StoreError::Corrupt(format!("role '{role}'")))?;
+                    Ok($crate::store::SessionInfo { id, user_id, username, role, csrf_token })
+                })
+                .transpose()
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn delete_session(&self, token_hash: &str, now: i64) -> $crate::store::StoreResult<()> {
+                sqlx::query("delete from sessions where token_hash = $1 or expires_at <= $2").bind(token_hash).bind(now).execute(&self.pool).await?;
+                Ok(())
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn rollout_stamp(&self, rollout_id: &str) -> $crate::store::StoreResult<String> {
+                let row: Option<(String, String, i64, i64, i64)> = sqlx::query_as(
+                    "select r.state, coalesce(r.state_reason, ''), r.current_wave, \
+                     (select coalesce(max(j.updated_at), 0) from jobs j where j.rollout_id = r.id), \
+                     (select count(*) from decisions d join jobs j on j.id = d.job_id where j.rollout_id = r.id and d.answer is null) \
+                     from rollouts r where r.id = $1",
+                )
+                .bind(rollout_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                let (state, reason, wave, updated, open) = row.ok_or_else(|| $crate::store::StoreError::NotFound(format!("rollout {rollout_id} not found")))?;
+                Ok(format!("{state}|{wave}|{updated}|{open}|{reason}"))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn list_warned_jobs(&self, rollout_id: &str, limit: u64) -> $crate::store::StoreResult<(Vec<$crate::model::Job>, u64)> {
+                let rows: Vec<$crate::store::sql::JobRow> = sqlx::query_as(concat!(job_select!(), " where j.rollout_id = $1 and j.warnings <> '[]' order by j.wave, j.position limit $2"))
+                    .bind(rollout_id)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let (n,): (i64,) = sqlx::query_as("select count(*) from jobs where rollout_id = $1 and warnings <> '[]'").bind(rollout_id).fetch_one(&self.pool).await?;
+                Ok((rows.iter().map($crate::store::sql::JobRow::to_job).collect::<$crate::store::StoreResult<Vec<_>>>()?, n as u64))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn tail_logs(&self, job_id: &str, limit: u64) -> $crate::store::StoreResult<Vec<fleetup_proto::agent_api::LogLine>> {
+                let rows: Vec<(i64, String, String, i64)> = sqlx::query_as("select seq, phase, line, at from logs where job_id = $1 order by seq desc limit $2")
+                    .bind(job_id)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter()
+                    .rev()
+                    .map(|(seq, phase, line, at)| {
+                        Ok(fleetup_proto::agent_api::LogLine { seq: seq as u64, phase: phase.parse().map_err($crate::store::sql::corrupt)?, line, at: $crate::model::to_time(at) })
+                    })
+                    .collect()
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn list_agent_jobs(&self, agent_id: &str, limit: u64) -> $crate::store::StoreResult<Vec<$crate::model::Job>> {
+                let rows: Vec<$crate::store::sql::JobRow> = sqlx::query_as(concat!(job_select!(), " where j.agent_id = $1 order by j.created_at desc, j.id desc limit $2"))
+                    .bind(agent_id)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map($crate::store::sql::JobRow::to_job).collect()
+            }
+
+            #[tracing::instrument(skip_all)]
             async fn list_audit(&self, limit: u64, object_id: Option<&str>) -> $crate::store::StoreResult<Vec<$crate::model::AuditEntry>> {
                 let rows: Vec<$crate::store::sql::AuditRow> = sqlx::query_as("select id, at, actor, action, object_type, object_id, detail from audit_log where ($1 = '' or object_id = $1) order by at desc, id desc limit $2")
                     .bind(object_id.unwrap_or_default())

@@ -7,6 +7,7 @@ mod helpers;
 mod protocol;
 mod rollouts;
 mod scale;
+mod web;
 
 /// Declares `NAME::sqlite` and `NAME::postgres` tests running `async fn NAME(Backend)`.
 #[macro_export]

@@ -1,0 +1,208 @@
+//! The server page (one job): a timeline of the phases with their durations and the outage
+//! highlighted, warnings, open decisions with their buttons, the phase logs, and the
+//! server's previous installs. Answering a decision and cancelling the job go through the
+//! same store methods as the API.
+
+use super::detail::{DecisionItem, WarningItem, decision_items, warning_items};
+use super::session::User;
+use super::view::{Cell, Nav, cell, duration_ms, job_class, opt_time};
+use super::{WebError, WebResult, form_pairs};
+use crate::app::AppState;
+use crate::model::{InstalledRollup, Job, Role};
+use crate::store::NewAudit;
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::Redirect;
+use fleetup_proto::{DecisionAnswer, PhaseId};
+
+/// One phase on the timeline.
+#[derive(Debug)]
+pub struct Step {
+    /// 1-based position (0 for rollback).
+    pub number: usize,
+    /// Id.
+    pub id: &'static str,
+    /// Title.
+    pub title: &'static str,
+    /// Status cell.
+    pub cell: Cell,
+    /// Status word.
+    pub status: String,
+    /// When it started.
+    pub started: String,
+    /// How long it took.
+    pub duration: String,
+    /// Inside the outage (services stopped).
+    pub outage: bool,
+    /// Latest message.
+    pub message: String,
+}
+
+/// Log lines of one phase.
+#[derive(Debug)]
+pub struct PhaseLog {
+    /// Phase id.
+    pub phase: String,
+    /// Lines (`HH:MM:SS line`).
+    pub lines: Vec<String>,
+}
+
+/// Another job of this server.
+#[derive(Debug)]
+pub struct OtherJob {
+    /// Job id.
+    pub id: String,
+    /// Rollout id.
+    pub rollout_id: String,
+    /// State.
+    pub state: &'static str,
+    /// Its class.
+    pub class: &'static str,
+    /// Ended.
+    pub finished: String,
+}
+
+#[derive(Debug, Template, WebTemplate)]
+#[template(path = "job.html")]
+pub struct JobPage {
+    nav: Nav,
+    job: Job,
+    state_class: &'static str,
+    rollout_name: String,
+    steps: Vec<Step>,
+    outage: String,
+    dispatched: String,
+    finished: String,
+    warnings: Vec<WarningItem>,
+    decisions: Vec<DecisionItem>,
+    logs: Vec<PhaseLog>,
+    installed: Vec<InstalledRollup>,
+    others: Vec<OtherJob>,
+    can_cancel: bool,
+}
+
+/// `GET /jobs/{id}`.
+pub async fn page(State(state): State<AppState>, user: User, Path(id): Path<String>) -> WebResult<JobPage> {
+    let job = state.store.get_job(&id).await?;
+    let rollout = state.store.get_rollout(&job.rollout_id).await?;
+    let events = state.store.list_events(&id, 0, 5000).await?;
+    let outage_phases = [
+        PhaseId::StopServices,
+        PhaseId::ValidateFiles,
+        PhaseId::UpdateFiles,
+        PhaseId::PostPrecompile,
+        PhaseId::StartServices,
+    ];
+    let mut steps = Vec::new();
+    let phases = PhaseId::INSTALL.iter().copied().chain(std::iter::once(PhaseId::Rollback));
+    for (i, p) in phases.enumerate() {
+        let mine: Vec<_> = events.iter().filter(|e| e.phase == p).collect();
+        if p == PhaseId::Rollback && mine.is_empty() {
+            continue;
+        }
+        let status = job.phases.get(&p).map(|s| s.status);
+        let (started, duration) = match (mine.first(), mine.last()) {
+            (Some(a), Some(b)) => {
+                (a.at.format("%H:%M:%S").to_string(), duration_ms((b.at - a.at).num_milliseconds().max(0)))
+            }
+            _ => (String::new(), String::new()),
+        };
+        steps.push(Step {
+            number: if p == PhaseId::Rollback { 0 } else { i + 1 },
+            id: p.as_str(),
+            title: p.title(),
+            cell: cell(status),
+            status: status.map_or_else(|| "not reached".to_owned(), |s| s.as_str().to_owned()),
+            started,
+            duration,
+            outage: outage_phases.contains(&p),
+            message: mine.last().map(|e| e.message.clone()).unwrap_or_default(),
+        });
+    }
+    let mut logs: Vec<PhaseLog> = Vec::new();
+    for l in state.store.list_logs(&id, 0, 5000).await? {
+        let line = format!("{} {}", l.at.format("%H:%M:%S"), l.line);
+        match logs.last_mut() {
+            Some(last) if last.phase == l.phase.as_str() => last.lines.push(line),
+            _ => logs.push(PhaseLog { phase: l.phase.as_str().to_owned(), lines: vec![line] }),
+        }
+    }
+    let agent = state.store.get_agent(&job.agent_id).await?;
+    let others = state
+        .store
+        .list_agent_jobs(&job.agent_id, 20)
+        .await?
+        .into_iter()
+        .filter(|j| j.id != job.id)
+        .map(|j| OtherJob {
+            class: job_class(j.state),
+            state: j.state.as_str(),
+            finished: opt_time(j.finished_at),
+            id: j.id,
+            rollout_id: j.rollout_id,
+        })
+        .collect();
+    Ok(JobPage {
+        nav: Nav::new(&user, "rollouts"),
+        state_class: job_class(job.state),
+        rollout_name: rollout.name,
+        steps,
+        outage: job.outage_secs.map_or_else(|| "not measured yet".to_owned(), |s| format!("{s:.1} s")),
+        dispatched: opt_time(job.dispatched_at),
+        finished: opt_time(job.finished_at),
+        warnings: warning_items(&job),
+        decisions: decision_items(&state, &job).await?,
+        logs,
+        installed: agent.installed.into_iter().rev().collect(),
+        others,
+        can_cancel: !job.state.is_terminal() && user.can_operate(),
+        job,
+    })
+}
+
+/// `POST /jobs/{id}/decision` with `answer` (and `decision_id`, `back`).
+pub async fn decide(
+    State(state): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> WebResult<Redirect> {
+    user.require(Role::Operator)?;
+    let form = form_pairs(&body);
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let answer: DecisionAnswer = get("answer")
+        .ok_or_else(|| WebError::BadRequest("choose an answer".into()))?
+        .parse()
+        .map_err(WebError::BadRequest)?;
+    let decision_id = get("decision_id").and_then(|d| d.parse::<u32>().ok());
+    let audit = NewAudit::new(
+        &user.actor(),
+        "job.decision",
+        "job",
+        &id,
+        serde_json::json!({ "answer": answer, "decision_id": decision_id }),
+    );
+    let (job, agent) = state.store.answer_decision(&id, decision_id, answer, &audit).await?;
+    state.wake_agents(&[agent]).await;
+    Ok(Redirect::to(&back(get("back"), &format!("/rollouts/{}", job.rollout_id))))
+}
+
+/// `POST /jobs/{id}/cancel`.
+pub async fn cancel(State(state): State<AppState>, user: User, Path(id): Path<String>) -> WebResult<Redirect> {
+    user.require(Role::Operator)?;
+    let audit = NewAudit::new(&user.actor(), "job.cancel", "job", &id, serde_json::json!({}));
+    let job = state.store.cancel_job(&id, &audit).await?;
+    state.wake_agents(std::slice::from_ref(&job.agent_id)).await;
+    state.scheduler_kick.notify_one();
+    Ok(Redirect::to(&format!("/jobs/{id}")))
+}
+
+/// A local path to go back to, or `default`.
+fn back(back: Option<String>, default: &str) -> String {
+    match back {
+        Some(b) if b.starts_with('/') && !b.starts_with("//") => b,
+        _ => default.to_owned(),
+    }
+}

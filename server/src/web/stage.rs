@@ -1,0 +1,272 @@
+//! Staging a rollout: the form, a live preview of which servers fall in which wave, and
+//! the creation of the draft (started from its page). The plan is computed the same way as
+//! `POST /api/v1/rollouts`: targets in agent order, waves from `scheduler::wave_sizes`.
+
+use super::session::User;
+use super::view::Nav;
+use super::{WebError, WebResult, form_pairs};
+use crate::app::AppState;
+use crate::model::{
+    Agent, ErrorAction, MaintenanceWindow, Package, Role, RolloutSpec, Targets, Threshold, WaveSpec, WindowRange,
+};
+use crate::scheduler;
+use crate::store::{NewAudit, NewRollout, StoreError};
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::Redirect;
+use fleetup_proto::agent_api::{CrlRemediation, FilesInUsePolicy, JobPolicies, WarningPolicy};
+use std::collections::BTreeMap;
+
+/// A computed plan.
+#[derive(Debug)]
+pub struct Plan {
+    /// Sizes of the waves.
+    pub wave_sizes: Vec<u64>,
+    /// (agent id, wave) in dispatch order.
+    pub jobs: Vec<(String, u32)>,
+    /// Every agent (to name them).
+    pub agents: Vec<Agent>,
+}
+
+/// Checks a spec and plans its waves (the same rules as the API).
+pub async fn plan(state: &AppState, spec: &RolloutSpec) -> Result<Plan, String> {
+    if spec.name.trim().is_empty() {
+        return Err("name must not be empty".into());
+    }
+    if spec.concurrency == 0 {
+        return Err("concurrency must be at least 1".into());
+    }
+    if spec.waves.is_empty() {
+        return Err("waves must list at least one wave, e.g. 1, 100%".into());
+    }
+    scheduler::check_threshold(&spec.success_threshold)?;
+    if let Some(t) = &spec.error_threshold {
+        scheduler::check_threshold(t)?;
+    }
+    if let Some(w) = &spec.maintenance_window {
+        scheduler::check_window(w)?;
+    }
+    match state.store.get_package(&spec.package_id).await {
+        Ok(_) => {}
+        Err(StoreError::NotFound(_)) => {
+            return Err(format!("package {} does not exist; upload it first", spec.package_id));
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    let agents = state.store.list_agents().await.map_err(|e| e.to_string())?;
+    let targets: Vec<String> = match (&spec.targets.agents, &spec.targets.labels) {
+        (Some(ids), None) => {
+            let mut out = Vec::new();
+            for id in ids {
+                match agents.iter().find(|a| &a.id == id) {
+                    Some(a) if !a.revoked => {
+                        if !out.contains(id) {
+                            out.push(id.clone());
+                        }
+                    }
+                    Some(_) => return Err(format!("agent {id} is revoked")),
+                    None => return Err(format!("agent {id} does not exist")),
+                }
+            }
+            out
+        }
+        (None, Some(sel)) => agents
+            .iter()
+            .filter(|a| !a.revoked && sel.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
+            .map(|a| a.id.clone())
+            .collect(),
+        _ => return Err("choose the targets: a label selector, or servers by hand".into()),
+    };
+    if targets.is_empty() {
+        return Err("the targets select no server".into());
+    }
+    let wave_sizes = scheduler::wave_sizes(targets.len() as u64, &spec.waves)?;
+    let mut jobs = Vec::with_capacity(targets.len());
+    let mut it = targets.into_iter();
+    for (i, size) in wave_sizes.iter().enumerate() {
+        for agent in it.by_ref().take(*size as usize) {
+            jobs.push((agent, i as u32 + 1));
+        }
+    }
+    Ok(Plan { wave_sizes, jobs, agents })
+}
+
+fn threshold(s: &str, what: &str) -> Result<Threshold, String> {
+    let s = s.trim();
+    if s.ends_with('%') {
+        Ok(Threshold::Percent(s.to_owned()))
+    } else {
+        s.parse()
+            .map(Threshold::Count)
+            .map_err(|_| format!("{what}: write a number of servers or a percentage like 10%"))
+    }
+}
+
+/// Reads the stage form into a spec.
+pub fn spec_from_form(pairs: &[(String, String)]) -> Result<RolloutSpec, String> {
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map_or("", |(_, v)| v.as_str()).trim().to_owned();
+    let all = |k: &str| pairs.iter().filter(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).collect::<Vec<_>>();
+    let targets = if get("target_mode") == "agents" {
+        Targets { agents: Some(all("agent")), labels: None }
+    } else {
+        let mut labels = BTreeMap::new();
+        for part in get("labels").split([',', ' ']).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("label selector '{part}': write key=value, separated by commas"))?;
+            labels.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        Targets { agents: None, labels: Some(labels) }
+    };
+    let mut waves = Vec::new();
+    for w in get("waves").split([',', ' ']).filter(|p| !p.is_empty()) {
+        if w.ends_with('%') {
+            waves.push(WaveSpec::Percent(w.to_owned()));
+        } else {
+            waves.push(WaveSpec::Count(
+                w.parse().map_err(|_| format!("wave '{w}': write a number of servers or a percentage like 25%"))?,
+            ));
+        }
+    }
+    let concurrency = get("concurrency");
+    let concurrency = if concurrency.is_empty() {
+        1
+    } else {
+        concurrency.parse().map_err(|_| "concurrency must be a whole number".to_owned())?
+    };
+    let success = get("success_threshold");
+    let error = get("error_threshold");
+    let warning = match get("warning_policy").as_str() {
+        "continue" => WarningPolicy::Continue,
+        "cancel" => WarningPolicy::Cancel,
+        _ => WarningPolicy::Ask,
+    };
+    let files_in_use = match get("files_in_use").as_str() {
+        "retry" => FilesInUsePolicy::Retry {
+            times: get("retry_times").parse().map_err(|_| "retry times must be a whole number".to_owned())?,
+        },
+        "ignore" => FilesInUsePolicy::Ignore,
+        "exit" => FilesInUsePolicy::Exit,
+        _ => FilesInUsePolicy::Ask,
+    };
+    let crl = if get("crl_remediation") == "hosts-file" { CrlRemediation::HostsFile } else { CrlRemediation::None };
+    let window = if get("window_start").is_empty() {
+        None
+    } else {
+        Some(MaintenanceWindow {
+            utc_offset_minutes: get("window_utc_offset").parse().unwrap_or(0),
+            ranges: vec![WindowRange { days: all("window_day"), start: get("window_start"), end: get("window_end") }],
+            cutoff_minutes: get("window_cutoff").parse().unwrap_or(0),
+        })
+    };
+    Ok(RolloutSpec {
+        name: get("name"),
+        package_id: get("package_id"),
+        targets,
+        waves: if waves.is_empty() { vec![WaveSpec::Percent("100%".into())] } else { waves },
+        concurrency,
+        success_threshold: if success.is_empty() {
+            Threshold::Percent("100%".into())
+        } else {
+            threshold(&success, "success threshold")?
+        },
+        error_threshold: if error.is_empty() { None } else { Some(threshold(&error, "error threshold")?) },
+        error_action: if get("error_action") == "abort" { ErrorAction::Abort } else { ErrorAction::Pause },
+        approval_required: get("approval") == "on",
+        policies: JobPolicies { warning, files_in_use, crl_remediation: crl },
+        phase_timeouts: BTreeMap::new(),
+        maintenance_window: window,
+        lease_secs: None,
+    })
+}
+
+#[derive(Debug, Template, WebTemplate)]
+#[template(path = "stage.html")]
+pub struct StagePage {
+    nav: Nav,
+    packages: Vec<Package>,
+    agents: Vec<Agent>,
+}
+
+/// `GET /rollouts/new`.
+pub async fn form(State(state): State<AppState>, user: User) -> WebResult<StagePage> {
+    user.require(Role::Operator)?;
+    let mut agents: Vec<Agent> = state.store.list_agents().await?.into_iter().filter(|a| !a.revoked).collect();
+    agents.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    Ok(StagePage { nav: Nav::new(&user, "stage"), packages: state.store.list_packages().await?, agents })
+}
+
+/// One wave of the preview.
+#[derive(Debug)]
+pub struct PreviewWave {
+    /// 1-based.
+    pub number: usize,
+    /// Servers in it.
+    pub size: u64,
+    /// Their host names (the first 50).
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Template, WebTemplate)]
+#[template(path = "_preview.html")]
+pub struct Preview {
+    error: Option<String>,
+    waves: Vec<PreviewWave>,
+    total: usize,
+}
+
+/// `POST /rollouts/preview`: which servers fall in which wave (nothing is written).
+pub async fn preview(State(state): State<AppState>, body: Bytes) -> Preview {
+    let pairs = form_pairs(&body);
+    let result = match spec_from_form(&pairs) {
+        Ok(spec) => plan(&state, &spec).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(p) => {
+            let name =
+                |id: &str| p.agents.iter().find(|a| a.id == id).map_or_else(|| id.to_owned(), |a| a.hostname.clone());
+            let waves = p
+                .wave_sizes
+                .iter()
+                .enumerate()
+                .map(|(i, size)| PreviewWave {
+                    number: i + 1,
+                    size: *size,
+                    hosts: p.jobs.iter().filter(|(_, w)| *w as usize == i + 1).take(50).map(|(a, _)| name(a)).collect(),
+                })
+                .collect();
+            Preview { error: None, waves, total: p.jobs.len() }
+        }
+        Err(e) => Preview { error: Some(e), waves: Vec::new(), total: 0 },
+    }
+}
+
+/// `POST /rollouts`: stages the rollout (state draft) and shows it.
+pub async fn create(State(state): State<AppState>, user: User, body: Bytes) -> WebResult<Redirect> {
+    user.require(Role::Operator)?;
+    let spec = spec_from_form(&form_pairs(&body)).map_err(WebError::Unprocessable)?;
+    let p = plan(&state, &spec).await.map_err(WebError::Unprocessable)?;
+    let id = crate::store::sql::new_id();
+    let audit = NewAudit::new(
+        &user.actor(),
+        "rollout.create",
+        "rollout",
+        &id,
+        serde_json::json!({ "spec": spec, "retry_of": null }),
+    );
+    let lease_secs = spec.lease_secs.unwrap_or(state.config.lease_secs).max(1);
+    let new = NewRollout {
+        id: id.clone(),
+        spec,
+        wave_sizes: p.wave_sizes,
+        jobs: p.jobs,
+        lease_ms: i64::try_from(lease_secs).unwrap_or(60) * 1000,
+        retry_of: None,
+        created_by: user.actor(),
+    };
+    state.store.create_rollout(&new, &audit).await?;
+    Ok(Redirect::to(&format!("/rollouts/{id}")))
+}

@@ -1,0 +1,268 @@
+//! The dashboard over HTTP: sessions, CSRF, roles, the login rate limit, and the size of the
+//! rollout page of a 10,000-server rollout. (The browser drives the pages in tests/e2e.)
+//! These also exercise the store's user, session and stamp methods on both backends.
+
+use crate::helpers::{Backend, TestApp, spawn_app};
+use fleetup_server::model::Role;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+crate::both_backends!(
+    session_cookie_is_httponly_samesite_and_forms_need_the_csrf_token,
+    viewer_sees_no_start_button_and_cannot_post,
+    ten_wrong_passwords_are_rate_limited,
+    live_stamp_moves_when_a_job_changes,
+);
+
+/// `application/x-www-form-urlencoded` bodies (reqwest is built without its `form` feature).
+trait FormExt {
+    fn form_body(self, pairs: &[(&str, &str)]) -> Self;
+}
+
+impl FormExt for reqwest::RequestBuilder {
+    fn form_body(self, pairs: &[(&str, &str)]) -> Self {
+        let enc = |s: &str| {
+            s.bytes()
+                .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+                .collect::<String>()
+        };
+        let body = pairs.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&");
+        self.header("content-type", "application/x-www-form-urlencoded").body(body)
+    }
+}
+
+/// A browser without a cookie jar: redirects are not followed, cookies passed by hand.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+fn set_cookies(resp: &reqwest::Response) -> Vec<String> {
+    resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+}
+
+fn cookie_value(cookies: &[String], name: &str) -> Option<String> {
+    cookies.iter().find_map(|c| c.strip_prefix(&format!("{name}=")).map(|v| v.split(';').next().unwrap().to_owned()))
+}
+
+fn attr(html: &str, before: &str) -> String {
+    let start = html.find(before).unwrap_or_else(|| panic!("'{before}' not in page:\n{html}")) + before.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+async fn add_user(app: &TestApp, name: &str, role: Role) {
+    let store = fleetup_server::store::connect(&app.db_url).await.unwrap();
+    fleetup_server::web::create_user(store.as_ref(), name, "correct horse battery", role, "test").await.unwrap();
+}
+
+/// Posts the login form; returns the response.
+async fn try_login(app: &TestApp, user: &str, password: &str) -> reqwest::Response {
+    let c = client();
+    let page = c.get(format!("{}/login", app.base)).send().await.unwrap();
+    let login_cookie = cookie_value(&set_cookies(&page), "fleetup_login").expect("login cookie");
+    let html = page.text().await.unwrap();
+    let csrf = attr(&html, "name=\"csrf\" value=\"");
+    c.post(format!("{}/login", app.base))
+        .header("cookie", format!("fleetup_login={login_cookie}"))
+        .form_body(&[("csrf", csrf.as_str()), ("username", user), ("password", password), ("next", "/")])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Logs in; returns (session cookie header, CSRF token, raw Set-Cookie lines).
+async fn login(app: &TestApp, user: &str) -> (String, String, Vec<String>) {
+    let resp = try_login(app, user, "correct horse battery").await;
+    assert_eq!(resp.status().as_u16(), 303, "login: {}", resp.text().await.unwrap());
+    let cookies = set_cookies(&resp);
+    let session = cookie_value(&cookies, "fleetup_session").expect("session cookie");
+    let cookie = format!("fleetup_session={session}");
+    let home = client().get(format!("{}/", app.base)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(home.status().as_u16(), 200);
+    let csrf = attr(&home.text().await.unwrap(), "data-csrf=\"");
+    (cookie, csrf, cookies)
+}
+
+async fn draft_rollout(app: &TestApp) -> String {
+    let package = app.upload_package().await;
+    app.fleet("web", 2).await;
+    app.rollout(json!({ "package_id": package, "targets": { "labels": { "group": "web" } } }), false).await
+}
+
+async fn session_cookie_is_httponly_samesite_and_forms_need_the_csrf_token(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    // No session: pages redirect to the login form, posts are refused.
+    let anon = client().get(format!("{}/rollouts", app.base)).send().await.unwrap();
+    assert_eq!(anon.status().as_u16(), 303);
+    assert!(anon.headers()["location"].to_str().unwrap().starts_with("/login?next=/rollouts"));
+    add_user(&app, "olivia", Role::Operator).await;
+    let (cookie, csrf, raw) = login(&app, "olivia").await;
+    let line = raw.iter().find(|c| c.starts_with("fleetup_session=")).unwrap();
+    assert!(line.contains("HttpOnly"), "{line}");
+    assert!(line.contains("SameSite=Strict"), "{line}");
+    let id = draft_rollout(&app).await;
+    let start = format!("{}/rollouts/{id}/action/start", app.base);
+    // Without the token: refused, nothing happens.
+    let r = client().post(&start).header("cookie", &cookie).form_body(&[("x", "1")]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.text().await.unwrap().contains("CSRF"));
+    // With a wrong token: refused.
+    let r =
+        client().post(&start).header("cookie", &cookie).form_body(&[("csrf", &"0".repeat(64))]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(app.get(&format!("/api/v1/rollouts/{id}")).await["state"], "draft");
+    // With it: started, and audited as the user.
+    let r = client().post(&start).header("cookie", &cookie).form_body(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(app.get(&format!("/api/v1/rollouts/{id}")).await["state"], "running");
+    let audit = app.get(&format!("/api/v1/audit?object_id={id}")).await;
+    assert!(audit.to_string().contains("user:olivia"), "{audit}");
+    // Logout ends the session.
+    let r = client()
+        .post(format!("{}/logout", app.base))
+        .header("cookie", &cookie)
+        .form_body(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let after = client().get(format!("{}/rollouts", app.base)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(after.status().as_u16(), 303, "the old cookie no longer works");
+}
+
+async fn viewer_sees_no_start_button_and_cannot_post(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    add_user(&app, "victor", Role::Viewer).await;
+    add_user(&app, "olivia", Role::Operator).await;
+    let id = draft_rollout(&app).await;
+    let page = |cookie: String| {
+        let url = format!("{}/rollouts/{id}", app.base);
+        async move { client().get(url).header("cookie", cookie).send().await.unwrap().text().await.unwrap() }
+    };
+    let (viewer, viewer_csrf, _) = login(&app, "victor").await;
+    let html = page(viewer.clone()).await;
+    assert!(html.contains("draft"), "{html}");
+    assert!(!html.contains("action-start"), "a viewer sees no start button");
+    assert!(!html.contains("Stage a rollout"));
+    let r = client()
+        .post(format!("{}/rollouts/{id}/action/start", app.base))
+        .header("cookie", &viewer)
+        .form_body(&[("csrf", viewer_csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(app.get(&format!("/api/v1/rollouts/{id}")).await["state"], "draft");
+    let (operator, _, _) = login(&app, "olivia").await;
+    assert!(page(operator).await.contains("id=\"action-start\""), "an operator sees it");
+}
+
+async fn ten_wrong_passwords_are_rate_limited(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    add_user(&app, "mallory-target", Role::Admin).await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(try_login(&app, "mallory-target", "wrong password").await.status().as_u16());
+    }
+    assert_eq!(statuses[0], 401, "{statuses:?}");
+    assert_eq!(statuses[9], 429, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "{statuses:?}");
+    // While limited, even the right password is refused (no oracle for the guesser).
+    let r = try_login(&app, "mallory-target", "correct horse battery").await;
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.text().await.unwrap().contains("Too many failed logins"));
+    // Another user is not locked out.
+    add_user(&app, "olivia", Role::Operator).await;
+    login(&app, "olivia").await;
+}
+
+async fn live_stamp_moves_when_a_job_changes(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let store = fleetup_server::store::connect(&app.db_url).await.unwrap();
+    let package = app.upload_package().await;
+    let agents = app.fleet("live", 1).await;
+    let id = app.rollout(json!({ "package_id": package, "targets": { "labels": { "group": "live" } } }), false).await;
+    let draft = store.rollout_stamp(&id).await.unwrap();
+    app.post(&format!("/api/v1/rollouts/{id}/start"), json!({})).await;
+    let job = agents[0].next_job().await;
+    let started = store.rollout_stamp(&id).await.unwrap();
+    assert_ne!(draft, started);
+    agents[0].finish(&job, fleetup_proto::InstallOutcome::Succeeded).await;
+    assert_ne!(store.rollout_stamp(&id).await.unwrap(), started);
+    // The SSE stream says so too.
+    add_user(&app, "olivia", Role::Operator).await;
+    let (cookie, _, _) = login(&app, "olivia").await;
+    let resp = client().get(format!("{}/rollouts/{id}/live", app.base)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+}
+
+/// 10,000 servers in one rollout: the page ships one grid page, not 120,000 cells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_page_of_ten_thousand_servers_is_bounded() {
+    let Some(app) = spawn_app(Backend::Sqlite).await else { return };
+    let package = app.upload_package().await;
+    {
+        // Agents straight into the database, in one transaction (enrolling 10,000 by HTTP
+        // would measure the enrollment, not the page).
+        use sqlx::Connection as _;
+        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+        let mut tx = c.begin().await.unwrap();
+        let now = fleetup_server::model::now_ms();
+        for i in 0..10_000 {
+            sqlx::query("insert into agents (id, hostname, secret_hash, labels, facts, version, installed, enrolled_at, last_seen) values ($1, $2, $3, $4, '{}', '0.1.0', '[]', $5, $5)")
+                .bind(format!("agent-{i:05}"))
+                .bind(format!("srv-{i:05}.example.test"))
+                .bind(format!("hash-{i}"))
+                .bind(r#"{"fleet":"big"}"#)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let id = app
+        .rollout(
+            json!({ "package_id": package, "targets": { "labels": { "fleet": "big" } }, "waves": [100, "50%", "100%"] }),
+            false,
+        )
+        .await;
+    {
+        // Give a third of the jobs a realistic phase map.
+        use sqlx::Connection as _;
+        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+        let phases: serde_json::Map<String, serde_json::Value> = fleetup_proto::PhaseId::INSTALL
+            .iter()
+            .map(|p| (p.as_str().to_owned(), json!({ "status": "succeeded", "seq": 1, "at": "2026-11-03T10:00:00Z" })))
+            .collect();
+        sqlx::query("update jobs set state = 'succeeded', phases = $1 where rollout_id = $2 and position % 3 = 0")
+            .bind(serde_json::Value::Object(phases).to_string())
+            .bind(&id)
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    add_user(&app, "olivia", Role::Operator).await;
+    let (cookie, _, _) = login(&app, "olivia").await;
+    let url = format!("{}/rollouts/{id}", app.base);
+    // Warm once (first query plans, page cache), then measure.
+    client().get(&url).header("cookie", &cookie).send().await.unwrap().bytes().await.unwrap();
+    let mut best = Duration::MAX;
+    let mut bytes = 0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let resp = client().get(&url).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let body = resp.bytes().await.unwrap();
+        best = best.min(t.elapsed());
+        bytes = body.len();
+        let html = String::from_utf8_lossy(&body);
+        assert!(html.contains("page 1 of 100"), "paginated");
+        assert!(html.contains("10000 server(s)"));
+    }
+    let grid = client().get(format!("{url}/grid?page=57")).header("cookie", &cookie).send().await.unwrap();
+    let grid_html = grid.text().await.unwrap();
+    assert!(grid_html.contains("srv-05600.example.test"), "page 57 holds servers 5601–5700");
+    eprintln!("10,000-server rollout page: {bytes} bytes, best of 3: {best:?}");
+    assert!(bytes < 300_000, "the page must stay bounded: {bytes} bytes");
+    assert!(best < Duration::from_secs(3), "the page took {best:?}");
+}
