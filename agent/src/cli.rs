@@ -107,7 +107,17 @@ fn parse_remediation(s: &str) -> Result<CrlRemediation, String> {
 
 /// Runs the CLI; errors are printed with their whole cause chain.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    main_from(std::env::args_os())
+}
+
+/// Runs the CLI on the given arguments (the first is the program name). The coordinator's
+/// `demo` uses this to run agents from its own binary.
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Keygen { out } => crate::packaging::keygen(&out).map(|()| ExitCode::SUCCESS),
         Command::Pack { dir, key, out } => crate::packaging::pack(&dir, &key, &out).map(|()| ExitCode::SUCCESS),

@@ -1,27 +1,63 @@
 //! The `fleetup-server` binary: parses the command line and hands over to the library.
+//!
+//! Two hidden commands serve `fleetup-server demo`, which runs its agents and demo
+//! services as child processes of this same binary (so the one `cargo run` command of the
+//! README is enough): `fleetup-server agent …` is `fleetup-agent …`, and
+//! `fleetup-server demo-service …` is `fleetup-demo-service …`. They are dispatched before
+//! the async runtime starts, because the agent builds its own.
 
 use clap::Parser as _;
 use fleetup_server::cli::{Cli, Command, TokenCommand, UserCommand};
+use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("agent") => {
+            args.remove(0);
+            return fleetup_agent::cli::main_from(args);
+        }
+        Some("demo-service") => {
+            fleetup_demo_service::main_from(args.into_iter().skip(2).map(|a| a.to_string_lossy().into_owned()));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(Cli::parse().command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(command: Command) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FLEETUP_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    match command {
         Command::Serve(config) => {
             let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-            let shutdown = async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            };
             fleetup_server::run(config, listener, shutdown).await?;
         }
+        Command::Demo(args) => fleetup_server::demo::run(args, shutdown).await?,
         Command::Token { command: TokenCommand::Create { role, name, database_url } } => {
             let secret = fleetup_server::cli::create_token(&database_url, role, &name).await?;
             println!("{secret}");

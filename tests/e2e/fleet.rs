@@ -24,11 +24,13 @@ fn crl_stub() -> String {
     format!("http://{addr}")
 }
 
+/// Fields drop in order: agents and services stop before the server, and the directory
+/// (with the services' pid files) goes last.
 struct Fleet {
-    _dir: tempfile::TempDir,
-    server: Server,
     hosts: Vec<Host>,
+    server: Server,
     package: String,
+    _dir: tempfile::TempDir,
 }
 
 /// `n` hosts, enrolled and online, the sample package uploaded. `tweak` adjusts a host
@@ -58,7 +60,7 @@ async fn fleet(n: usize, database_url: Option<&str>, tweak: impl Fn(usize, &mut 
             (online == n).then_some(())
         })
         .await;
-    Fleet { _dir: dir, server, hosts, package }
+    Fleet { hosts, server, package, _dir: dir }
 }
 
 impl Fleet {

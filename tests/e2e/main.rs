@@ -1,5 +1,7 @@
 //! End-to-end tests: the real binaries, driven as a user would.
 
 mod browser;
+mod demo;
+mod docker;
 mod fleet;
 mod packaging_cli;

@@ -1,0 +1,366 @@
+//! `fleetup-server demo`: a whole fleet on this machine, ready to watch in a browser.
+//!
+//! One command, nothing to install: the coordinator runs in this process on SQLite in a
+//! temporary (or given) directory; a handful of agents run as child processes of this
+//! same binary (`fleetup-server agent …`, the agent library), each with its own install
+//! root at 1.0 and the demo service (`fleetup-server demo-service …`) running on its own
+//! loopback port. The sample rollup 1.0 → 1.1 is packed with a fresh key, uploaded
+//! through the REST API and staged as a rollout the user starts. One host has an
+//! unreachable CRL endpoint (the seeds' stall) and one fails its health check on 1.1, so
+//! the warning and the rollback are there to see. Ctrl-C stops everything it started.
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+include!(concat!(env!("OUT_DIR"), "/demo_assets.rs"));
+
+/// One embedded file, directory or link of an example tree.
+#[derive(Debug)]
+pub enum Asset {
+    /// A directory.
+    Dir(&'static str),
+    /// A file: path, mode, content.
+    File(&'static str, u32, &'static [u8]),
+    /// A symbolic link: path, target.
+    Link(&'static str, &'static str),
+}
+
+/// Writes an embedded tree under `dest`.
+pub fn write_tree(assets: &[Asset], dest: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dest)?;
+    for a in assets {
+        match a {
+            Asset::Dir(p) => std::fs::create_dir_all(dest.join(p))?,
+            Asset::File(p, mode, bytes) => {
+                std::fs::write(dest.join(p), bytes)?;
+                std::fs::set_permissions(dest.join(p), std::fs::Permissions::from_mode(*mode))?;
+            }
+            Asset::Link(p, target) => std::os::unix::fs::symlink(target, dest.join(p))?,
+        }
+    }
+    Ok(())
+}
+
+/// Options of `fleetup-server demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Directory for the database, the hosts and the logs (default: a temporary directory,
+    /// removed on exit).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Address of the dashboard and the API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// How many simulated servers.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(3..=50))]
+    pub hosts: u16,
+}
+
+/// What a running demo offers; also written to `<dir>/demo.json` for scripts and tests.
+#[derive(Debug, serde::Serialize)]
+struct Ready<'a> {
+    url: &'a str,
+    api_token: &'a str,
+    rollout_id: &'a str,
+    dir: String,
+}
+
+/// A simulated server.
+struct DemoHost {
+    name: String,
+    dir: PathBuf,
+    agent: Option<Child>,
+}
+
+impl DemoHost {
+    fn pidfile(&self) -> PathBuf {
+        self.dir.join("root/run/demo.pid")
+    }
+}
+
+/// Everything started, stopped in reverse order on drop (also on errors and panics).
+struct Fleet {
+    hosts: Vec<DemoHost>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            if let Some(mut agent) = h.agent.take() {
+                stop_child(&mut agent);
+            }
+        }
+        // The services were started detached (as the exec backend does): stop them by pid file.
+        for h in &self.hosts {
+            if let Some(pid) = std::fs::read_to_string(h.pidfile()).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+                let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).stderr(Stdio::null()).status();
+            }
+        }
+    }
+}
+
+fn stop_child(child: &mut Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    for _ in 0..50 {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A loopback HTTP server answering 200 to everything: the reachable CRL endpoint.
+fn crl_stub() -> std::io::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nCRL\n");
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Runs the demo until `shutdown` resolves.
+pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let (dir, temp) = if let Some(d) = &args.dir {
+        std::fs::create_dir_all(d)?;
+        (d.canonicalize()?, None)
+    } else {
+        let t = tempfile::Builder::new().prefix("fleetup-demo-").tempdir()?;
+        (t.path().to_path_buf(), Some(t))
+    };
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (use --listen 127.0.0.1:PORT)", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+
+    // Signing key, trusted by the coordinator and every agent.
+    let key = dir.join("release.key");
+    if !key.exists() {
+        fleetup_proto::keys::write_keypair(&key)?;
+    }
+    let key_pub = dir.join("release.key.pub");
+
+    let mut config =
+        crate::config::Config::new(&format!("sqlite:{}", dir.join("fleetup.db").display()), dir.join("data"));
+    config.trust = vec![key_pub.clone()];
+    config.scheduler_interval_ms = 300;
+    config.lease_secs = 30;
+    let database_url = config.database_url.clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::run(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let api_token = crate::cli::create_token(&database_url, crate::model::Role::Admin, "demo").await?;
+    let api = Api::new(&url, &api_token)?;
+    api.wait_healthy().await?;
+
+    // The sample rollup, packed and uploaded like a packager would.
+    let src = dir.join("sample-rollup");
+    if !src.exists() {
+        write_tree(SAMPLE_ROLLUP, &src)?;
+    }
+    let pkg = dir.join("demo-service-1.1.0.fup");
+    fleetup_proto::package::pack_dir(&src, &fleetup_proto::keys::SecretKey::read(&key)?, &pkg)?;
+    let package = api.upload(&pkg).await?;
+    let enroll = api.post("/enrollment-tokens", json!({ "name": "demo", "labels": { "env": "demo" } })).await?;
+    let enroll = enroll["secret"].as_str().context("enrollment token")?.to_owned();
+
+    // The hosts.
+    let crl_ok = crl_stub()?;
+    let wrapper = dir.join("bin/fleetup-demo-service");
+    std::fs::create_dir_all(dir.join("bin"))?;
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec '{}' demo-service \"$@\"\n", exe.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let mut fleet = Fleet { hosts: Vec::new(), _temp: temp };
+    let n = usize::from(args.hosts);
+    for i in 1..=n {
+        let name = format!("web-{i:02}");
+        let hdir = dir.join("hosts").join(&name);
+        let root = hdir.join("root");
+        if !root.exists() {
+            write_tree(BASE_1_0, &root)?;
+        }
+        let port = free_port()?;
+        let mut hosts_file = "127.0.0.1 localhost\n".to_owned();
+        // web-03 sits behind a firewall that drops the CRL host (the seeds' stall): its
+        // CRL name resolves to a loopback port where nothing listens.
+        let crl_base = if i == 3 {
+            hosts_file.push_str("127.0.0.3 crl.fleetup.test\n");
+            format!("http://crl.fleetup.test:{}", free_port()?)
+        } else {
+            crl_ok.clone()
+        };
+        std::fs::write(hdir.join("hosts"), hosts_file)?;
+        // The last host has a bug in 1.1: its health check fails, so it is rolled back.
+        if i == n {
+            let conf = root.join("etc/demo.conf");
+            let mut text = std::fs::read_to_string(&conf)?;
+            if !text.contains("unhealthy_versions") {
+                text.push_str("# demo: this host fails its health check on 1.1.0\nunhealthy_versions = 1.1.0\n");
+                std::fs::write(&conf, text)?;
+            }
+        }
+        start_service(&wrapper, &root, port, &hdir)?;
+        let log = std::fs::File::create(hdir.join("agent.log"))?;
+        let agent = Command::new(&exe)
+            .arg("agent")
+            .arg("run")
+            .args(["--server", &url, "--enroll-token", &enroll, "--hostname", &name])
+            .arg("--state-dir")
+            .arg(hdir.join("state"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--trust")
+            .arg(&key_pub)
+            .arg("--hosts-file")
+            .arg(hdir.join("hosts"))
+            .args(["--services-backend", "exec", "--poll-wait", "20"])
+            .args(["--label", if i <= 2 { "ring=canary" } else { "ring=main" }])
+            .args(["--var", &format!("port={port}")])
+            .args(["--var", &format!("demo_service_bin={}", wrapper.display())])
+            .args(["--var", &format!("crl_base={crl_base}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        fleet.hosts.push(DemoHost { name, dir: hdir, agent: Some(agent) });
+    }
+    api.wait_agents_online(n).await?;
+
+    let rollout = api
+        .post(
+            "/rollouts",
+            json!({
+                "name": "demo-service 1.1.0 to the demo fleet",
+                "package_id": package,
+                "targets": { "labels": { "env": "demo" } },
+                "waves": [1, 2, "100%"],
+                "concurrency": 1,
+                "error_threshold": 2,
+                "error_action": "pause",
+                "policies": { "warning": "ask", "files_in_use": { "mode": "retry", "times": 3 }, "crl_remediation": "none" },
+            }),
+        )
+        .await?;
+    let rollout_id = rollout["id"].as_str().context("rollout id")?.to_owned();
+
+    let ready = Ready { url: &url, api_token: &api_token, rollout_id: &rollout_id, dir: dir.display().to_string() };
+    std::fs::write(dir.join("demo.json"), serde_json::to_vec_pretty(&ready)?)?;
+    println!(
+        "\nfleetup demo is running with {n} servers.\n\n  API:       {url}/api/v1 (OpenAPI at {url}/api/v1/openapi.json)\n  API token: {api_token}\n\n\
+         A rollout of demo-service 1.1.0 is staged: open it and press Start.\n\
+         web-03 cannot reach its CRL endpoint (a warning asks you to continue or cancel);\n\
+         {} fails its health check on 1.1.0 and is rolled back.\n\
+         Files are in {}. Press Ctrl-C to stop everything.\n",
+        fleet.hosts.last().map_or("", |h| h.name.as_str()),
+        dir.display()
+    );
+    shutdown.await;
+    println!("stopping the demo fleet…");
+    drop(fleet);
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    Ok(())
+}
+
+/// Starts the demo service at 1.0 the way the exec backend does: detached in its own
+/// process group, pid in `run/demo.pid`, output to the host's `service.log`.
+fn start_service(wrapper: &Path, root: &Path, port: u16, hdir: &Path) -> anyhow::Result<()> {
+    let log = std::fs::File::create(hdir.join("service.log"))?;
+    let mut cmd = Command::new(wrapper);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--root"])
+        .arg(root)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn()?;
+    std::fs::write(root.join("run/demo.pid"), format!("{}\n", child.id()))?;
+    Ok(())
+}
+
+/// The few REST calls the demo makes, as any automation client would.
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    fn new(url: &str, token: &str) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        Ok(Self { http, url: url.to_owned(), token: token.to_owned() })
+    }
+
+    async fn wait_healthy(&self) -> anyhow::Result<()> {
+        for _ in 0..200 {
+            if self.http.get(format!("{}/healthz", self.url)).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the coordinator did not become healthy within 10 s")
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let resp =
+            self.http.post(format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token).json(&body).send().await?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "POST {path}: {status} {body}");
+        Ok(body)
+    }
+
+    async fn upload(&self, pkg: &Path) -> anyhow::Result<String> {
+        let bytes = tokio::fs::read(pkg).await?;
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/packages", self.url))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "uploading the sample package: {status} {body}");
+        Ok(body["id"].as_str().context("package id")?.to_owned())
+    }
+
+    async fn wait_agents_online(&self, n: usize) -> anyhow::Result<()> {
+        for _ in 0..600 {
+            let resp = self.http.get(format!("{}/api/v1/agents", self.url)).bearer_auth(&self.token).send().await?;
+            let agents: Value = resp.json().await.unwrap_or(Value::Null);
+            let online = agents.as_array().map_or(0, |a| a.iter().filter(|a| a["online"] == json!(true)).count());
+            if online >= n {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the demo agents did not come online within 60 s; see the agent.log files under hosts/")
+    }
+}

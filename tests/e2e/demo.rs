@@ -1,0 +1,66 @@
+//! The README's run command: `fleetup-server demo` serves a fleet, and Ctrl-C leaves
+//! nothing running.
+
+use fleetup_e2e::fleet::{Proc, free_port};
+use fleetup_e2e::{binary, wait_for};
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+/// Every process whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) && entry.file_name().to_string_lossy().parse::<u32>().is_ok() {
+                out.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_a_fleet_and_ctrl_c_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let port = free_port();
+    let mut cmd = Command::new(binary("fleetup-server"));
+    cmd.arg("demo").arg("--dir").arg(&demo_dir).args(["--listen", &format!("127.0.0.1:{port}"), "--hosts", "4"]);
+    let mut demo = Proc::spawn(cmd, dir.path().join("demo.log"));
+    let ready: Value = wait_for("demo.json", Duration::from_mins(2), || {
+        std::fs::read(demo_dir.join("demo.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    });
+    assert!(demo.output().contains("API token: flt_"), "{}", demo.output());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let url = ready["url"].as_str().unwrap();
+    let token = ready["api_token"].as_str().unwrap();
+    let agents: Value =
+        http.get(format!("{url}/api/v1/agents")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+    let agents = agents.as_array().unwrap();
+    assert_eq!(agents.len(), 4);
+    assert!(agents.iter().all(|a| a["online"] == true), "{agents:?}");
+    let rollout: Value = http
+        .get(format!("{url}/api/v1/rollouts/{}", ready["rollout_id"].as_str().unwrap()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rollout["state"], "draft", "staged, waiting for the user to start it: {rollout}");
+    let needle = demo_dir.display().to_string();
+    assert!(processes_mentioning(&needle).len() > 4, "agents and services run");
+
+    // Ctrl-C.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(demo.child.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
+    wait_for("the demo to exit", Duration::from_secs(30), || (!demo.is_running()).then_some(()));
+    wait_for("no process left behind", Duration::from_secs(10), || {
+        processes_mentioning(&needle).is_empty().then_some(())
+    });
+    assert!(demo.output().contains("stopping the demo fleet"), "{}", demo.output());
+}
