@@ -234,15 +234,7 @@ async fn failed_health_check_rolls_back_pauses_and_retry_targets_it() {
     })
     .await;
     // Target the agents by id, the unhealthy web-1 first, so it is wave 1.
-    let agents = f.server.get("/agents").await;
-    let mut ids: Vec<(String, String)> = agents
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["hostname"].as_str().unwrap().to_owned(), a["id"].as_str().unwrap().to_owned()))
-        .collect();
-    ids.sort();
-    let ids: Vec<_> = ids.into_iter().map(|(_, id)| id).collect();
+    let ids = agent_ids(&f).await;
     let rollout =
         f.rollout(json!({ "targets": { "agents": ids }, "error_threshold": 1, "error_action": "pause" })).await;
     let paused = f.wait_rollout_state(&rollout, &["paused", "finished", "aborted"]).await;
