@@ -98,7 +98,11 @@ pub fn pack_dir(src: &Path, key: &SecretKey, out: &Path) -> Result<PackSummary, 
     let mut writer = io::BufWriter::new(tmp);
     seal_into(&mut writer, &mut index, &mut content, key)?;
     let tmp = writer.into_inner().map_err(|e| PackageError::io("writing the package")(e.into_error()))?;
-    tmp.as_file().sync_all().map_err(PackageError::io("syncing the package"))?;
+    // A package is not a secret: readable by all, like any file `cp` would make.
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(PackageError::io("syncing the package"))?;
     tmp.persist(out).map_err(|e| PackageError::io(format!("writing {}", out.display()))(e.error))?;
     Ok(summary)
 }
