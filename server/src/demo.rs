@@ -65,6 +65,8 @@ pub struct DemoArgs {
 #[derive(Debug, serde::Serialize)]
 struct Ready<'a> {
     url: &'a str,
+    username: &'a str,
+    password: &'a str,
     api_token: &'a str,
     rollout_id: &'a str,
     dir: String,
@@ -165,14 +167,27 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
     config.scheduler_interval_ms = 300;
     config.lease_secs = 30;
     let database_url = config.database_url.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::run(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
 
     let api_token = crate::cli::create_token(&database_url, crate::model::Role::Admin, "demo").await?;
+    // A fresh password each run (the demo listens on loopback only by default, but a
+    // well-known password would be a bad habit to teach).
+    let (username, password) = ("admin".to_owned(), crate::auth::new_secret("demo")[..21].to_owned());
+    if let Err(e) = crate::cli::create_user(&database_url, &username, &password, crate::model::Role::Admin).await {
+        // A kept --dir already has the user: give it the new password by recreating it is
+        // not possible, so say how to log in instead.
+        anyhow::bail!("cannot create the demo's admin user ({e}); remove {} or pick another --dir", dir.display());
+    }
+    // Only now start serving: the token and user creation above opened the database
+    // (and ran its migrations) first, so two migrators never race on a fresh file.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(crate::run(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
     let api = Api::new(&url, &api_token)?;
-    api.wait_healthy().await?;
+    tokio::select! {
+        r = api.wait_healthy() => r?,
+        r = &mut server => anyhow::bail!("the coordinator stopped: {:?}", r?),
+    }
 
     // The sample rollup, packed and uploaded like a packager would.
     let src = dir.join("sample-rollup");
@@ -267,10 +282,17 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
         .await?;
     let rollout_id = rollout["id"].as_str().context("rollout id")?.to_owned();
 
-    let ready = Ready { url: &url, api_token: &api_token, rollout_id: &rollout_id, dir: dir.display().to_string() };
+    let ready = Ready {
+        url: &url,
+        username: &username,
+        password: &password,
+        api_token: &api_token,
+        rollout_id: &rollout_id,
+        dir: dir.display().to_string(),
+    };
     std::fs::write(dir.join("demo.json"), serde_json::to_vec_pretty(&ready)?)?;
     println!(
-        "\nfleetup demo is running with {n} servers.\n\n  API:       {url}/api/v1 (OpenAPI at {url}/api/v1/openapi.json)\n  API token: {api_token}\n\n\
+        "\nfleetup demo is running with {n} servers.\n\n  Dashboard: {url}/\n  Log in as: {username} / {password}\n  API:       {url}/api/v1 (token {api_token})\n\n\
          A rollout of demo-service 1.1.0 is staged: open it and press Start.\n\
          web-03 cannot reach its CRL endpoint (a warning asks you to continue or cancel);\n\
          {} fails its health check on 1.1.0 and is rolled back.\n\
