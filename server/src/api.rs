@@ -8,6 +8,9 @@ mod enrollment;
 mod jobs;
 mod openapi;
 mod packages;
+
+pub(crate) use packages::ingest as ingest_package;
+pub(crate) use rollouts::{Plan as RolloutPlan, plan as plan_rollout};
 mod rollouts;
 
 use crate::app::AppState;

@@ -144,6 +144,22 @@ pub enum WebError {
     Internal(String),
 }
 
+/// The same failure, as the dashboard shows it.
+impl From<crate::error::ApiError> for WebError {
+    fn from(e: crate::error::ApiError) -> Self {
+        use crate::error::ApiError as A;
+        match e {
+            A::BadRequest(m) => WebError::BadRequest(m),
+            A::Unauthorized(m) => WebError::Unauthorized(m),
+            A::Forbidden(m) => WebError::Forbidden(m),
+            A::NotFound(m) => WebError::NotFound(m),
+            A::Conflict(m) | A::StaleLease(m) => WebError::Conflict(m),
+            A::Unprocessable(m) | A::TooLarge(m) => WebError::Unprocessable(m),
+            A::Internal(m) => WebError::Internal(m),
+        }
+    }
+}
+
 impl From<StoreError> for WebError {
     fn from(e: StoreError) -> Self {
         match e {

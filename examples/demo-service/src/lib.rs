@@ -114,3 +114,21 @@ fn serve(state: &State, stream: TcpStream) -> std::io::Result<()> {
     )?;
     stream.write_all(&body)
 }
+
+/// Starts a certificate revocation list endpoint on a free loopback port that answers
+/// every request with 200, on a background thread, and returns its base URL
+/// (`http://127.0.0.1:PORT`): the reachable CRL endpoint of the demo and the tests.
+pub fn crl_endpoint() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nCRL\n");
+        }
+    });
+    Ok(format!("http://{addr}"))
+}

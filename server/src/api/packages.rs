@@ -39,6 +39,15 @@ async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Ap
 
 async fn upload(State(state): State<AppState>, caller: Caller, body: Body) -> ApiResult<(StatusCode, Json<Package>)> {
     caller.require(crate::model::Role::Operator)?;
+    let package = ingest(&state, body, &caller.actor).await?;
+    Ok((StatusCode::CREATED, Json(package)))
+}
+
+/// Receives an uploaded package: streams it to a temporary file beside the store (capped
+/// at `--max-package-bytes`), verifies it against the server's trusted keys, keeps it by
+/// its sha256 and records it, audited as `actor`. The API and the dashboard both upload
+/// through here.
+pub(crate) async fn ingest(state: &AppState, body: Body, actor: &str) -> ApiResult<Package> {
     if state.trusted.is_empty() {
         return Err(ApiError::Unprocessable(
             "no package-signing key is trusted by this server: start it with --trust KEY.pub".into(),
@@ -78,7 +87,7 @@ async fn upload(State(state): State<AppState>, caller: Caller, body: Body) -> Ap
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     let (v, sha256, size) = verified.map_err(|e| ApiError::Unprocessable(format!("package refused: {e}")))?;
-    let dest = package_path(&state, &sha256);
+    let dest = package_path(state, &sha256);
     tmp.persist(&dest).map_err(|e| ApiError::Internal(format!("storing the package: {e}")))?;
     let id = crate::store::sql::new_id();
     let new = NewPackage {
@@ -89,15 +98,14 @@ async fn upload(State(state): State<AppState>, caller: Caller, body: Body) -> Ap
         size,
         key_id: v.key_id.clone(),
         manifest: serde_json::to_value(&v.manifest).unwrap_or_default(),
-        uploaded_by: caller.actor.clone(),
+        uploaded_by: actor.to_owned(),
     };
     let audit = NewAudit::new(
-        &caller.actor,
+        actor,
         "package.upload",
         "package",
         &id,
         serde_json::json!({ "name": new.name, "version": new.version, "sha256": sha256, "key_id": new.key_id }),
     );
-    let package = state.store.insert_package(&new, &audit).await?;
-    Ok((StatusCode::CREATED, Json(package)))
+    Ok(state.store.insert_package(&new, &audit).await?)
 }

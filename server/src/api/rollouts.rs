@@ -53,7 +53,21 @@ fn invalid(m: impl Into<String>) -> ApiError {
 }
 
 /// Checks a plan and turns it into waves and jobs.
-async fn plan(state: &AppState, spec: &RolloutSpec) -> ApiResult<(Vec<u64>, Vec<(String, u32)>)> {
+/// A checked rollout spec, planned into waves.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// Sizes of the waves.
+    pub wave_sizes: Vec<u64>,
+    /// (agent id, wave) in dispatch order.
+    pub jobs: Vec<(String, u32)>,
+    /// Every agent (the dashboard's preview names them).
+    pub agents: Vec<crate::model::Agent>,
+}
+
+/// Checks a spec and plans its waves: targets in agent order, wave sizes from
+/// `scheduler::wave_sizes`. `POST /rollouts` and the dashboard's staging form (and its
+/// preview) both plan through here.
+pub(crate) async fn plan(state: &AppState, spec: &RolloutSpec) -> ApiResult<Plan> {
     if spec.name.trim().is_empty() {
         return Err(invalid("name must not be empty"));
     }
@@ -111,15 +125,15 @@ async fn plan(state: &AppState, spec: &RolloutSpec) -> ApiResult<(Vec<u64>, Vec<
     if targets.is_empty() {
         return Err(invalid("the targets select no agent"));
     }
-    let sizes = scheduler::wave_sizes(targets.len() as u64, &spec.waves).map_err(invalid)?;
+    let wave_sizes = scheduler::wave_sizes(targets.len() as u64, &spec.waves).map_err(invalid)?;
     let mut jobs = Vec::with_capacity(targets.len());
     let mut it = targets.into_iter();
-    for (i, size) in sizes.iter().enumerate() {
+    for (i, size) in wave_sizes.iter().enumerate() {
         for agent in it.by_ref().take(*size as usize) {
             jobs.push((agent, i as u32 + 1));
         }
     }
-    Ok((sizes, jobs))
+    Ok(Plan { wave_sizes, jobs, agents })
 }
 
 async fn create_from(
@@ -128,7 +142,7 @@ async fn create_from(
     spec: RolloutSpec,
     retry_of: Option<String>,
 ) -> ApiResult<(StatusCode, Json<Rollout>)> {
-    let (wave_sizes, jobs) = plan(state, &spec).await?;
+    let Plan { wave_sizes, jobs, .. } = plan(state, &spec).await?;
     let id = crate::store::sql::new_id();
     let lease_secs = spec.lease_secs.unwrap_or(state.config.lease_secs).max(1);
     let audit = NewAudit::new(

@@ -9,8 +9,7 @@ use crate::app::AppState;
 use crate::model::{
     Agent, ErrorAction, MaintenanceWindow, Package, Role, RolloutSpec, Targets, Threshold, WaveSpec, WindowRange,
 };
-use crate::scheduler;
-use crate::store::{NewAudit, NewRollout, StoreError};
+use crate::store::{NewAudit, NewRollout};
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::body::Bytes;
@@ -19,78 +18,9 @@ use axum::response::Redirect;
 use fleetup_proto::agent_api::{CrlRemediation, FilesInUsePolicy, JobPolicies, WarningPolicy};
 use std::collections::BTreeMap;
 
-/// A computed plan.
-#[derive(Debug)]
-pub struct Plan {
-    /// Sizes of the waves.
-    pub wave_sizes: Vec<u64>,
-    /// (agent id, wave) in dispatch order.
-    pub jobs: Vec<(String, u32)>,
-    /// Every agent (to name them).
-    pub agents: Vec<Agent>,
-}
-
-/// Checks a spec and plans its waves (the same rules as the API).
-pub async fn plan(state: &AppState, spec: &RolloutSpec) -> Result<Plan, String> {
-    if spec.name.trim().is_empty() {
-        return Err("name must not be empty".into());
-    }
-    if spec.concurrency == 0 {
-        return Err("concurrency must be at least 1".into());
-    }
-    if spec.waves.is_empty() {
-        return Err("waves must list at least one wave, e.g. 1, 100%".into());
-    }
-    scheduler::check_threshold(&spec.success_threshold)?;
-    if let Some(t) = &spec.error_threshold {
-        scheduler::check_threshold(t)?;
-    }
-    if let Some(w) = &spec.maintenance_window {
-        scheduler::check_window(w)?;
-    }
-    match state.store.get_package(&spec.package_id).await {
-        Ok(_) => {}
-        Err(StoreError::NotFound(_)) => {
-            return Err(format!("package {} does not exist; upload it first", spec.package_id));
-        }
-        Err(e) => return Err(e.to_string()),
-    }
-    let agents = state.store.list_agents().await.map_err(|e| e.to_string())?;
-    let targets: Vec<String> = match (&spec.targets.agents, &spec.targets.labels) {
-        (Some(ids), None) => {
-            let mut out = Vec::new();
-            for id in ids {
-                match agents.iter().find(|a| &a.id == id) {
-                    Some(a) if !a.revoked => {
-                        if !out.contains(id) {
-                            out.push(id.clone());
-                        }
-                    }
-                    Some(_) => return Err(format!("agent {id} is revoked")),
-                    None => return Err(format!("agent {id} does not exist")),
-                }
-            }
-            out
-        }
-        (None, Some(sel)) => agents
-            .iter()
-            .filter(|a| !a.revoked && sel.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
-            .map(|a| a.id.clone())
-            .collect(),
-        _ => return Err("choose the targets: a label selector, or servers by hand".into()),
-    };
-    if targets.is_empty() {
-        return Err("the targets select no server".into());
-    }
-    let wave_sizes = scheduler::wave_sizes(targets.len() as u64, &spec.waves)?;
-    let mut jobs = Vec::with_capacity(targets.len());
-    let mut it = targets.into_iter();
-    for (i, size) in wave_sizes.iter().enumerate() {
-        for agent in it.by_ref().take(*size as usize) {
-            jobs.push((agent, i as u32 + 1));
-        }
-    }
-    Ok(Plan { wave_sizes, jobs, agents })
+/// Checks a spec and plans its waves with the API's own rules (one implementation).
+pub async fn plan(state: &AppState, spec: &RolloutSpec) -> Result<crate::api::RolloutPlan, String> {
+    crate::api::plan_rollout(state, spec).await.map_err(|e| e.to_string())
 }
 
 fn threshold(s: &str, what: &str) -> Result<Threshold, String> {
