@@ -11,7 +11,6 @@
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
-use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -120,21 +119,6 @@ fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// A loopback HTTP server answering 200 to everything: the reachable CRL endpoint.
-fn crl_stub() -> std::io::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nCRL\n");
-        }
-    });
-    Ok(format!("http://{addr}"))
-}
-
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -201,7 +185,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
     let enroll = enroll["secret"].as_str().context("enrollment token")?.to_owned();
 
     // The hosts.
-    let crl_ok = crl_stub()?;
+    let crl_ok = fleetup_demo_service::crl_endpoint()?;
     let wrapper = dir.join("bin/fleetup-demo-service");
     std::fs::create_dir_all(dir.join("bin"))?;
     std::fs::write(&wrapper, format!("#!/bin/sh\nexec '{}' demo-service \"$@\"\n", exe.display()))?;

@@ -14,22 +14,6 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_mins(2);
 const PASSWORD: &str = "correct horse battery";
 
-/// A loopback HTTP server that answers every request with 200: a reachable CRL endpoint.
-fn crl_stub() -> String {
-    use std::io::Read as _;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\ncrl");
-        }
-    });
-    format!("http://{addr}")
-}
-
 /// A coordinator with a dashboard admin `ada`, the sample package, and `n` hosts online.
 async fn fleet(dir: &std::path::Path, n: usize, tweak: impl Fn(usize, &mut Host)) -> (Server, Vec<Host>, String) {
     let server =
@@ -47,7 +31,7 @@ async fn fleet(dir: &std::path::Path, n: usize, tweak: impl Fn(usize, &mut Host)
     assert!(out.status.success(), "user create: {}", String::from_utf8_lossy(&out.stderr));
     let package = server.upload(None).await;
     let token = server.enrollment_token(u32::try_from(n).unwrap()).await;
-    let crl = crl_stub();
+    let crl = fleetup_demo_service::crl_endpoint().unwrap();
     let mut hosts = Vec::new();
     for i in 0..n {
         let mut host = Host::new(dir, &format!("web-{}", i + 1), &crl);

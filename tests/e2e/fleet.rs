@@ -4,25 +4,9 @@
 use fleetup_e2e::fleet::{Host, Server, free_port};
 use fleetup_e2e::{require_all, skip_or_fail};
 use serde_json::{Value, json};
-use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_mins(2);
-
-/// A loopback HTTP server that answers every request with 200: a reachable CRL endpoint.
-fn crl_stub() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\ncrl");
-        }
-    });
-    format!("http://{addr}")
-}
 
 /// Fields drop in order: agents and services stop before the server, and the directory
 /// (with the services' pid files) goes last.
@@ -45,7 +29,7 @@ async fn fleet(n: usize, database_url: Option<&str>, tweak: impl Fn(usize, &mut 
     .await;
     let package = server.upload(None).await;
     let token = server.enrollment_token(u32::try_from(n).unwrap()).await;
-    let crl = crl_stub();
+    let crl = fleetup_demo_service::crl_endpoint().unwrap();
     let mut hosts = Vec::new();
     for i in 0..n {
         let mut host = Host::new(dir.path(), &format!("web-{}", i + 1), &crl);
