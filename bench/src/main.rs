@@ -56,17 +56,17 @@ async fn main() -> Result<()> {
     let backends = cli.backend.map_or_else(|| vec![Backend::Sqlite, Backend::Postgres], |b| vec![b]);
     let mut results = serde_json::Map::new();
     results.insert("machine".into(), machine(nofile));
+    let coord = matches!(cli.figure, Figure::P1 | Figure::P2 | Figure::P3 | Figure::All);
     let mut sz = coordinator::CoordSize::of(cli.size);
     // One descriptor per held long-poll, in this process and in the server: the open-file
     // limit (which this process could not raise past its hard limit) caps the fleet size.
     let cap = usize::try_from(nofile.saturating_sub(1500)).unwrap_or(usize::MAX);
-    if sz.agents > cap {
+    if coord && sz.agents > cap {
         eprintln!("RLIMIT_NOFILE is {nofile}: holding {cap} agents instead of {}", sz.agents);
         results.insert("agents_capped_by_nofile".into(), json!({ "requested": sz.agents, "held": cap }));
         sz.agents = cap;
         sz.wave = sz.wave.min(cap);
     }
-    let coord = matches!(cli.figure, Figure::P1 | Figure::P2 | Figure::P3 | Figure::All);
     if coord {
         for b in &backends {
             let v = coordinator::run(&bins, *b, sz, &work).await?;
