@@ -263,6 +263,7 @@ async fn rollout_page_of_ten_thousand_servers_is_bounded() {
     let grid_html = grid.text().await.unwrap();
     assert!(grid_html.contains("srv-05600.example.test"), "page 57 holds servers 5601–5700");
     eprintln!("10,000-server rollout page: {bytes} bytes, best of 3: {best:?}");
+    // The size is the contract (a page, never 120,000 cells); the time is printed for the
+    // record only: speed goals live in docs/benchmarks.md, not in timed tests.
     assert!(bytes < 300_000, "the page must stay bounded: {bytes} bytes");
-    assert!(best < Duration::from_secs(3), "the page took {best:?}");
 }
