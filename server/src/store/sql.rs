@@ -897,9 +897,18 @@ macro_rules! store_impl {
             #[tracing::instrument(skip_all)]
             async fn claim_job(&self, agent_id: &str, now: i64) -> $crate::store::StoreResult<Option<$crate::store::ClaimedJob>> {
                 // A read first: an idle poll must not write (or even take SQLite's write lock).
-                let (ready,): (i64,) = sqlx::query_as("select count(*) from jobs where agent_id = $1 and state = 'queued'").bind(agent_id).fetch_one(&self.pool).await?;
+                let (ready,): (i64,) = sqlx::query_as("select count(*) from jobs where agent_id = $1 and state in ('queued', 'dispatched')").bind(agent_id).fetch_one(&self.pool).await?;
                 if ready == 0 {
                     return Ok(None);
+                }
+                // A job dispatched to this agent that it never started means the answer to the
+                // poll that claimed it was lost (a handler error after the claim, a dropped
+                // connection). An agent polls only while it holds no job, so the same dispatch,
+                // fencing token and all, is handed over again instead of stranding the job
+                // until its lease runs out (seen under a 10,000-agent wave, docs/benchmarks.md).
+                let undelivered: Vec<(String,)> = sqlx::query_as("select id from jobs where agent_id = $1 and state = 'dispatched' order by dispatched_at limit 1").bind(agent_id).fetch_all(&self.pool).await?;
+                if let Some((id,)) = undelivered.into_iter().next() {
+                    return Ok(Some(self.claimed(&id).await?));
                 }
                 match self.claim_job_impl(agent_id, now).await? {
                     Some(id) => Ok(Some(self.claimed(&id).await?)),

@@ -4,7 +4,11 @@ use crate::helpers::{Backend, ev, final_ev, spawn_app};
 use fleetup_proto::{InstallOutcome, PhaseId, PhaseStatus};
 use serde_json::json;
 
-crate::both_backends!(enroll_poll_report_decide_cancel, silent_agent_job_becomes_lost);
+crate::both_backends!(
+    enroll_poll_report_decide_cancel,
+    silent_agent_job_becomes_lost,
+    a_lost_poll_answer_is_delivered_again
+);
 
 async fn enroll_poll_report_decide_cancel(backend: Backend) {
     let Some(app) = spawn_app(backend).await else { return };
@@ -142,4 +146,26 @@ async fn silent_agent_job_becomes_lost(backend: Backend) {
     assert_eq!((s, r["error"]["code"].as_str()), (409, Some("stale-lease")));
     // Lost counts as a failure: the only wave fails its gate and the rollout pauses.
     app.wait_rollout(&rollout, "paused", |r| r["state"] == "paused").await;
+}
+
+/// The answer to the poll that dispatched a job can be lost (a timeout, a dropped
+/// connection): the agent's next poll gets the same dispatch again, and the job is not
+/// stranded until its lease runs out.
+async fn a_lost_poll_answer_is_delivered_again(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("lost", 1).await;
+    let agent = &agents[0];
+    app.rollout(json!({ "package_id": package, "targets": { "labels": { "group": "lost" } } }), true).await;
+    let first = agent.next_job().await;
+    // The agent never saw `first` and polls again.
+    let again = agent.poll(0).await.expect("the undelivered job is handed over again");
+    assert_eq!((again.job_id.as_str(), again.fencing_token), (first.job_id.as_str(), first.fencing_token));
+    let job = app.get(&format!("/api/v1/jobs/{}", first.job_id)).await;
+    assert_eq!(job["state"], "dispatched");
+    // Once the agent reports, the job is running and a poll has nothing for it.
+    let (status, _) =
+        agent.report(&first.job_id, first.fencing_token, vec![ev(1, PhaseId::CheckSystem, PhaseStatus::Running)]).await;
+    assert_eq!(status, 200);
+    assert!(agent.poll(0).await.is_none());
 }
