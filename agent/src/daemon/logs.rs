@@ -96,7 +96,7 @@ impl LogShipper {
                             seq: p.next_seq + lines.len() as u64,
                             phase,
                             line: buf.trim_end_matches('\n').to_owned(),
-                            at: chrono::Utc::now(),
+                            at: written_at(&buf).unwrap_or_else(chrono::Utc::now),
                         });
                     }
                     _ => break,
@@ -111,6 +111,13 @@ impl LogShipper {
     }
 }
 
+/// When the engine wrote a log line: its leading RFC 3339 timestamp. Lines are shipped
+/// file by file, so this, not the shipping order, puts the phases' logs back in time order.
+fn written_at(line: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let stamp = line.split_whitespace().next()?;
+    chrono::DateTime::parse_from_rfc3339(stamp).ok().map(|t| t.to_utc())
+}
+
 /// The phase a log file belongs to: `<phase>.log`, or one of the seeds' named logs.
 fn phase_of(file: &str) -> Option<PhaseId> {
     let stem = file.strip_suffix(".log")?;
@@ -119,5 +126,24 @@ fn phase_of(file: &str) -> Option<PhaseId> {
         "patch-config" => Some(PhaseId::PatchConfig),
         "update-webapp" => Some(PhaseId::PatchWebapp),
         other => other.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_keeps_the_time_the_engine_wrote_it() {
+        let at = written_at("2026-11-21T15:57:36.094Z start demo (exec backend)\n").unwrap();
+        assert_eq!(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "2026-11-21T15:57:36.094Z");
+        assert!(written_at("no timestamp here").is_none());
+    }
+
+    #[test]
+    fn log_files_map_to_their_phase() {
+        assert_eq!(phase_of("update-files.log"), Some(PhaseId::UpdateFiles));
+        assert_eq!(phase_of("patch-config.log"), Some(PhaseId::PatchConfig));
+        assert_eq!(phase_of("notes.txt"), None);
     }
 }

@@ -1168,11 +1168,12 @@ macro_rules! store_impl {
 
             #[tracing::instrument(skip_all)]
             async fn tail_logs(&self, job_id: &str, limit: u64) -> $crate::store::StoreResult<Vec<fleetup_proto::agent_api::LogLine>> {
-                let rows: Vec<(i64, String, String, i64)> = sqlx::query_as("select seq, phase, line, at from logs where job_id = $1 order by seq desc limit $2")
+                let rows: Vec<(i64, String, String, i64)> = sqlx::query_as("select seq, phase, line, at from logs where job_id = $1 order by at desc, seq desc limit $2")
                     .bind(job_id)
                     .bind(limit as i64)
                     .fetch_all(&self.pool)
                     .await?;
+                // By the time each line was written (agents ship phase logs file by file).
                 rows.into_iter()
                     .rev()
                     .map(|(seq, phase, line, at)| {
