@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// P4: idle agent RSS and CPU, binary size.
@@ -110,17 +110,9 @@ fn noise(buf: &mut [u8], mut seed: u64) {
 }
 
 /// A started demo service on `port` with its pid file under `root/run/demo.pid`.
-fn start_demo(bins: &Bins, root: &Path, port: u16) -> Result<()> {
-    let log = std::fs::File::create(root.join("run/demo.log"))?;
-    let mut cmd = Command::new(bins.path("fleetup-demo-service"));
-    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--root"])
-        .arg(root)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd.spawn()?;
-    std::fs::write(root.join("run/demo.pid"), format!("{}\n", child.id()))?;
+pub(crate) fn start_demo(bins: &Bins, root: &Path, port: u16) -> Result<()> {
+    let child =
+        fleetup_demo_service::launch(&bins.path("fleetup-demo-service"), root, port, &root.join("run/demo.log"))?;
     // Detached like a daemon (the exec backend stops it through its pid file); reaped by
     // a thread so a stopped service does not linger as a zombie the engine waits on.
     std::thread::spawn(move || {

@@ -3,7 +3,7 @@
 //! coordinator and one real `fleetup-agent run` per host), a plain shell script with no
 //! orchestration (`bench/p7/rolling.sh`, the floor) and Ansible (`bench/p7/rolling.yml`).
 
-use crate::engine::wait_health;
+use crate::engine::start_demo;
 use crate::harness::{Backend, BenchServer};
 use crate::stats::median;
 use crate::{Bins, Size};
@@ -13,7 +13,7 @@ use fleetup_e2e::fleet::{Proc, free_port};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Hosts per batch.
@@ -34,21 +34,7 @@ impl Host {
         copy_tree(&crate::workspace_root().join("examples/base-1.0"), &root)?;
         std::fs::write(dir.join("hosts"), "127.0.0.1 localhost\n")?;
         let port = free_port();
-        let log = std::fs::File::create(root.join("run/demo.log"))?;
-        let mut cmd = Command::new(bins.path("fleetup-demo-service"));
-        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--root"])
-            .arg(&root)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn()?;
-        std::fs::write(root.join("run/demo.pid"), format!("{}\n", child.id()))?;
-        std::thread::spawn(move || {
-            let mut child = child;
-            let _ = child.wait();
-        });
-        wait_health(port, Duration::from_secs(20))?;
+        start_demo(bins, &root, port)?;
         Ok(Self { dir, root, port })
     }
 

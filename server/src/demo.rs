@@ -295,16 +295,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
 /// Starts the demo service at 1.0 the way the exec backend does: detached in its own
 /// process group, pid in `run/demo.pid`, output to the host's `service.log`.
 fn start_service(wrapper: &Path, root: &Path, port: u16, hdir: &Path) -> anyhow::Result<()> {
-    let log = std::fs::File::create(hdir.join("service.log"))?;
-    let mut cmd = Command::new(wrapper);
-    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--root"])
-        .arg(root)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd.spawn()?;
-    std::fs::write(root.join("run/demo.pid"), format!("{}\n", child.id()))?;
+    fleetup_demo_service::launch(wrapper, root, port, &hdir.join("service.log"))?;
     Ok(())
 }
 

@@ -266,16 +266,13 @@ impl Host {
 
     /// Starts the demo service the way the exec backend does and waits until it answers.
     pub fn start_service(&self) {
-        let log = std::fs::File::create(self.dir.join("service.log")).unwrap();
-        let mut cmd = Command::new(binary("fleetup-demo-service"));
-        cmd.args(["--listen", &format!("127.0.0.1:{}", self.port), "--root"])
-            .arg(&self.root)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().unwrap();
-        std::fs::write(self.root.join("run/demo.pid"), format!("{}\n", child.id())).unwrap();
+        let child = fleetup_demo_service::launch(
+            &binary("fleetup-demo-service"),
+            &self.root,
+            self.port,
+            &self.dir.join("service.log"),
+        )
+        .unwrap();
         // Detached like a daemon: the exec backend stops it through its pid file.
         std::mem::forget(child);
         wait_for("the demo service", Duration::from_secs(10), || self.version());

@@ -132,3 +132,22 @@ pub fn crl_endpoint() -> std::io::Result<String> {
     });
     Ok(format!("http://{addr}"))
 }
+
+/// Starts the demo service the way the `exec` backend does: detached in its own process
+/// group, output to `log`, its pid written to `<root>/run/demo.pid`. `program` is the
+/// service binary (or a wrapper that execs it). The caller owns the child: reap it, or let
+/// it go like a daemon (it is stopped through its pid file).
+pub fn launch(program: &Path, root: &Path, port: u16, log: &Path) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt as _;
+    let log = std::fs::File::create(log)?;
+    let child = std::process::Command::new(program)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--root"])
+        .arg(root)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    std::fs::write(root.join("run/demo.pid"), format!("{}\n", child.id()))?;
+    Ok(child)
+}
