@@ -9,7 +9,7 @@
 use crate::harness::{Backend, BenchServer};
 use crate::sim::{Fleet, ReportMode};
 use crate::stats::{CpuMeter, percentile, rss_kib};
-use crate::{Bins, Size};
+use crate::{Bins, Size, Transport};
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
@@ -44,14 +44,20 @@ impl CoordSize {
 const PROBES: usize = 4;
 
 /// Runs P1–P3 on one backend; returns the figures as JSON.
-pub async fn run(bins: &Bins, backend: Backend, sz: CoordSize, work: &std::path::Path) -> Result<Value> {
+pub async fn run(
+    bins: &Bins,
+    backend: Backend,
+    sz: CoordSize,
+    transport: Transport,
+    work: &std::path::Path,
+) -> Result<Value> {
     let dir = work.join(format!("coord-{}", backend.as_str()));
     let _ = std::fs::remove_dir_all(&dir);
     let server =
         BenchServer::start(bins, &dir, backend, &["--max-poll-wait-secs", "60", "--lease-secs", "600"]).await?;
     let pkg = server.upload(bins, &crate::workspace_root().join("examples/sample-rollup")).await?;
     let poll_wait = 60;
-    let fleet = Fleet::new(&server.url, &server.token, sz.agents + PROBES, poll_wait)?;
+    let fleet = Fleet::new(&server.url, &server.token, sz.agents + PROBES, poll_wait, transport)?;
     let others = sz.agents - sz.wave + PROBES;
     let wave_token = server.enrollment_token(sz.wave, json!({ "bench": "wave" })).await?;
     let other_token = server.enrollment_token(others, json!({ "bench": "idle" })).await?;
@@ -109,6 +115,7 @@ pub async fn run(bins: &Bins, backend: Backend, sz: CoordSize, work: &std::path:
     let wave_events = fleet.obs.events_accepted.load(Ordering::Relaxed);
     let wave_ingest = ingest_rate(&fleet, wave_events);
     let p1 = json!({
+        "transport": transport.as_str(),
         "agents_held_client": held_client,
         "agents_held_server_gauge": held_server,
         "enroll_secs": enroll_secs,

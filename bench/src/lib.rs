@@ -26,6 +26,28 @@ pub enum Size {
     Full,
 }
 
+/// How simulated agents reach the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// HTTP/1.1, one TCP connection per agent: what real agents do. Each held long-poll
+    /// costs one descriptor here and one in the server, so `RLIMIT_NOFILE` caps the fleet.
+    H1,
+    /// HTTP/2 over cleartext (prior knowledge), [`sim::AGENTS_PER_H2_CONNECTION`] agents per
+    /// connection: every agent still holds its own long-poll (one stream), but a fleet larger
+    /// than the open-file limit fits in one coordinator. For machines whose hard limit is low.
+    H2,
+}
+
+impl Transport {
+    /// Name used in result files.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::H1 => "h1",
+            Self::H2 => "h2",
+        }
+    }
+}
+
 /// Where the workspace's binaries are (`fleetup-server`, `fleetup-agent`, `fleetup-demo-service`).
 #[derive(Debug, Clone)]
 pub struct Bins {

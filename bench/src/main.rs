@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fleetup_bench::harness::Backend;
-use fleetup_bench::{Bins, Size, coordinator, engine, rolling};
+use fleetup_bench::{Bins, Size, Transport, coordinator, engine, rolling};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,10 @@ struct Cli {
     /// Store(s) for the coordinator figures (P1–P3).
     #[arg(long, value_enum, global = true)]
     backend: Option<Backend>,
+    /// How simulated agents connect (P1–P3): h1 = one connection per agent, as real agents
+    /// do; h2 = 100 agents' long-polls per HTTP/2 connection, for a fleet above the open-file limit.
+    #[arg(long, value_enum, default_value = "h1", global = true)]
+    transport: Transport,
     #[command(subcommand)]
     figure: Figure,
 }
@@ -58,10 +62,10 @@ async fn main() -> Result<()> {
     results.insert("machine".into(), machine(nofile));
     let coord = matches!(cli.figure, Figure::P1 | Figure::P2 | Figure::P3 | Figure::All);
     let mut sz = coordinator::CoordSize::of(cli.size);
-    // One descriptor per held long-poll, in this process and in the server: the open-file
-    // limit (which this process could not raise past its hard limit) caps the fleet size.
+    // Over HTTP/1.1, one descriptor per held long-poll, in this process and in the server: the
+    // open-file limit (which this process could not raise past its hard limit) caps the fleet.
     let cap = usize::try_from(nofile.saturating_sub(1500)).unwrap_or(usize::MAX);
-    if coord && sz.agents > cap {
+    if coord && cli.transport == Transport::H1 && sz.agents > cap {
         eprintln!("RLIMIT_NOFILE is {nofile}: holding {cap} agents instead of {}", sz.agents);
         results.insert("agents_capped_by_nofile".into(), json!({ "requested": sz.agents, "held": cap }));
         sz.agents = cap;
@@ -69,9 +73,13 @@ async fn main() -> Result<()> {
     }
     if coord {
         for b in &backends {
-            let v = coordinator::run(&bins, *b, sz, &work).await?;
-            save(&cli.out, &format!("coordinator-{}", b.as_str()), &v)?;
-            results.insert(format!("coordinator_{}", b.as_str()), v);
+            let v = coordinator::run(&bins, *b, sz, cli.transport, &work).await?;
+            let name = match cli.transport {
+                Transport::H1 => b.as_str().to_owned(),
+                Transport::H2 => format!("{}-h2", b.as_str()),
+            };
+            save(&cli.out, &format!("coordinator-{name}"), &v)?;
+            results.insert(format!("coordinator_{name}"), v);
         }
     }
     if matches!(cli.figure, Figure::P4 | Figure::All) {

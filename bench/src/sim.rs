@@ -5,6 +5,7 @@
 //! Connections are spread over source addresses 127.0.0.2, 127.0.0.3, …: one source address
 //! has about 28,000 ephemeral ports towards one server port, and 50,000 agents need more.
 
+use crate::Transport;
 use anyhow::{Context as _, Result};
 use fleetup_proto::EngineEvent;
 use fleetup_proto::agent_api::{EnrollRequest, EnrollResponse, JobAssignment};
@@ -17,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Agents per source address (well under the ~28k ephemeral ports of one address).
 const AGENTS_PER_SOURCE: usize = 10_000;
+
+/// Agents sharing one HTTP/2 connection with [`Transport::H2`] (below hyper's default limit
+/// of 200 concurrent streams per connection).
+pub const AGENTS_PER_H2_CONNECTION: usize = 100;
 
 /// The recorded event stream of one install of the sample rollup.
 pub fn event_template() -> Vec<EngineEvent> {
@@ -102,8 +107,11 @@ pub struct Fleet {
     pub url: String,
     /// Admin token (visibility sampling reads the jobs API).
     pub admin_token: String,
-    /// One client per source address.
+    /// HTTP clients: one per source address (HTTP/1.1; each holds a pool of connections)
+    /// or one per [`AGENTS_PER_H2_CONNECTION`] agents (HTTP/2, one connection each).
     pub clients: Vec<reqwest::Client>,
+    /// Agents per entry of `clients`.
+    agents_per_client: usize,
     /// Observations.
     pub obs: Observed,
     /// Report mode for jobs (a [`ReportMode`] as u8).
@@ -121,26 +129,34 @@ pub struct Fleet {
 
 impl Fleet {
     /// A fleet for `n` agents against `url`.
-    pub fn new(url: &str, admin_token: &str, n: usize, poll_wait: u64) -> Result<Arc<Self>> {
+    pub fn new(url: &str, admin_token: &str, n: usize, poll_wait: u64, transport: Transport) -> Result<Arc<Self>> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let sources = n.div_ceil(AGENTS_PER_SOURCE).max(1);
-        let clients = (0..sources)
+        let agents_per_client = match transport {
+            Transport::H1 => AGENTS_PER_SOURCE,
+            Transport::H2 => AGENTS_PER_H2_CONNECTION,
+        };
+        let clients = (0..n.div_ceil(agents_per_client).max(1))
             .map(|i| {
-                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8));
-                reqwest::Client::builder()
+                let source = i * agents_per_client / AGENTS_PER_SOURCE;
+                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + u8::try_from(source).expect("under 250 sources")));
+                let builder = reqwest::Client::builder()
                     .local_address(ip)
                     .pool_max_idle_per_host(usize::MAX)
                     .pool_idle_timeout(Duration::from_mins(5))
-                    .timeout(Duration::from_secs(poll_wait + 120))
-                    .http1_only()
-                    .build()
-                    .context("http client")
+                    .timeout(Duration::from_secs(poll_wait + 120));
+                match transport {
+                    Transport::H1 => builder.http1_only(),
+                    Transport::H2 => builder.http2_prior_knowledge(),
+                }
+                .build()
+                .context("http client")
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Arc::new(Self {
             url: url.to_owned(),
             admin_token: admin_token.to_owned(),
             clients,
+            agents_per_client,
             obs: Observed::default(),
             mode: AtomicU8::new(ReportMode::OneBatch as u8),
             sample_every: 10,
@@ -152,7 +168,7 @@ impl Fleet {
     }
 
     /// Enrolls `n` agents with `token`, `concurrency` at a time; agent `i` uses client
-    /// `(offset + i) / AGENTS_PER_SOURCE`.
+    /// `(offset + i) / agents_per_client`.
     pub async fn enroll(
         self: &Arc<Self>,
         n: usize,
@@ -171,7 +187,7 @@ impl Fleet {
                     if i >= n {
                         return Ok::<_, anyhow::Error>(());
                     }
-                    let client = (offset + i) / AGENTS_PER_SOURCE % fleet.clients.len();
+                    let client = (offset + i) / fleet.agents_per_client % fleet.clients.len();
                     let req = EnrollRequest {
                         token: token.clone(),
                         hostname: format!("sim-{:05}", offset + i),

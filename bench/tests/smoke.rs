@@ -3,7 +3,7 @@
 //! outcomes only; no timing is pass/fail.
 
 use fleetup_bench::harness::Backend;
-use fleetup_bench::{Bins, Size, coordinator, engine};
+use fleetup_bench::{Bins, Size, Transport, coordinator, engine};
 use serde_json::json;
 
 fn bins() -> Bins {
@@ -16,10 +16,22 @@ fn bins() -> Bins {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_coordinator_run_finishes_its_rollouts() {
+    tiny_coordinator_run(Transport::H1).await;
+}
+
+/// The same run with agents multiplexed over HTTP/2 connections: the coordinator answers
+/// cleartext HTTP/2 and every agent still gets its own job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_coordinator_run_over_http2_finishes_its_rollouts() {
+    tiny_coordinator_run(Transport::H2).await;
+}
+
+async fn tiny_coordinator_run(transport: Transport) {
     let bins = bins();
     let work = tempfile::tempdir().unwrap();
     let sz = coordinator::CoordSize::of(Size::Tiny);
-    let v = coordinator::run(&bins, Backend::Sqlite, sz, work.path()).await.expect("tiny run");
+    let v = coordinator::run(&bins, Backend::Sqlite, sz, transport, work.path()).await.expect("tiny run");
+    assert_eq!(v["p1"]["transport"], json!(transport.as_str()), "{v}");
     assert_eq!(v["p1"]["agents_held_client"], json!(sz.agents), "{v}");
     assert_eq!(v["p1"]["wave_assigned"], json!(sz.wave), "{v}");
     assert_eq!(v["p1"]["wave_counts"], json!({ "succeeded": sz.wave }), "{v}");

@@ -91,7 +91,10 @@ pub async fn run(
     // The dashboard has no fallback of its own: unknown paths get the API's JSON 404.
     let router = web::router(AppState(app.clone())).merge(api::router(AppState(app.clone())));
     let stop = cancel.clone();
-    let result = axum::serve(listener, router)
+    // `into_make_service`: a cheap clone of the router per connection. Serving the `Router`
+    // itself re-runs `with_state(())` for every connection, rebuilding the route tables:
+    // ~19 KiB per held connection (docs/benchmarks.md, P1 memory).
+    let result = axum::serve(listener, router.into_make_service())
         .with_graceful_shutdown(async move {
             shutdown.await;
             stop.cancel();
