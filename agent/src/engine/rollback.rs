@@ -119,7 +119,7 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
             if let Some(h) = &mut old.health {
                 h.expect = None;
             }
-            match run.services.start(&old).and_then(|()| run.services.wait_healthy(&old, &run.hosts_file.clone())) {
+            match run.services.start_and_wait_healthy(&old, &run.hosts_file.clone()) {
                 Ok(()) => run.em.emit(
                     p,
                     PhaseStatus::Running,
