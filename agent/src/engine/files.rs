@@ -95,7 +95,10 @@ impl Run<'_> {
                 progress.file_done(self, *action, path);
             }
         }
-        // Barrier: no file is overwritten before every backup's new name is durable.
+        // Barrier: no file is overwritten before every backup's new name is durable. The
+        // backup dirs are new (staging is per install), so their own names are synced
+        // too, up to the directory holding staging.
+        let backup_dirs = with_ancestors(&backup_dirs, &parent_of(&self.stage));
         sync_dirs(&backup_dirs)?;
         for (placement, src) in &plan.places {
             let dst = self.root.join(&placement.path);
@@ -235,6 +238,19 @@ fn action_verb(a: FileAction) -> &'static str {
 
 fn parent_of(path: &Path) -> PathBuf {
     path.parent().expect("paths under the root and staging have a parent").to_path_buf()
+}
+
+/// `dirs` and each of their ancestors up to and including `top`.
+fn with_ancestors(dirs: &BTreeSet<PathBuf>, top: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    for d in dirs {
+        for a in d.ancestors().take_while(|a| a.starts_with(top)) {
+            if !out.insert(a.to_path_buf()) {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// fsyncs each directory once.
