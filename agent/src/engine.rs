@@ -26,7 +26,7 @@ mod webapp;
 
 pub use decide::{AutoDecider, Decider, ScriptedDecider};
 pub use events::{EventSink, MemorySink, NullSink, recorded_events};
-pub use journal::PAUSE_ENV;
+pub use journal::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_UNDO_ENV};
 pub use services::{BackendKind, Services, pid_alive};
 
 use fleetup_proto::{InstallSummary, PhaseId, PublicKey};

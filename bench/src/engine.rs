@@ -234,6 +234,7 @@ pub fn p5(bins: &Bins, size: Size, work: &Path) -> Result<Value> {
     let mut outage = Vec::new();
     let mut total = Vec::new();
     let mut naive = Vec::new();
+    let mut update_files = Vec::new();
     for run in 0..runs {
         // fleetup
         let host = dir.join(format!("host-f{run}"));
@@ -246,7 +247,16 @@ pub fn p5(bins: &Bins, size: Size, work: &Path) -> Result<Value> {
             install(bins, &pkg, &key_pub, &host, &[("port", port.to_string()), ("demo_service_bin", demo)])?;
         stop_demo(&host.join("root"));
         anyhow::ensure!(s.outcome == fleetup_proto::InstallOutcome::Succeeded, "install: {s:?}");
-        eprintln!("[p5] run {run}: outage {} ms of {} ms (wall {wall:.2} s)", s.outage_ms, s.total_ms);
+        let phase = |p: fleetup_proto::PhaseId| s.phase_ms.get(&p).copied().unwrap_or_default();
+        let (update, validate) =
+            (phase(fleetup_proto::PhaseId::UpdateFiles), phase(fleetup_proto::PhaseId::ValidateFiles));
+        eprintln!(
+            "[p5] run {run}: outage {} ms of {} ms (wall {wall:.2} s); update-files {update} ms, validate-files {validate} ms, start-services {} ms",
+            s.outage_ms,
+            s.total_ms,
+            phase(fleetup_proto::PhaseId::StartServices)
+        );
+        update_files.push(update as f64);
         outage.push(s.outage_ms as f64);
         total.push(s.total_ms as f64);
         let _ = std::fs::remove_dir_all(&host);
@@ -273,6 +283,7 @@ pub fn p5(bins: &Bins, size: Size, work: &Path) -> Result<Value> {
         "outage_ms_median": o, "total_ms_median": tt, "outage_share_percent": 100.0 * o / tt.max(1.0),
         "naive_outage_ms_median": nv, "naive_over_fleetup_outage": nv / o.max(1.0),
         "outage_ms_all": outage, "total_ms_all": total, "naive_ms_all": naive,
+        "update_files_ms_median": median(&update_files), "update_files_ms_all": update_files,
     }))
 }
 

@@ -250,10 +250,11 @@ async fn agent_ids(f: &Fleet) -> Vec<String> {
 }
 
 /// Waits until the agent's log says the engine paused after journal step `n`.
-fn wait_paused(host: &Host, n: usize) {
+/// Waits until the host's engine says `paused after <at>` (a pause env var was set).
+fn wait_paused(host: &Host, at: &str) {
     let agent = host.agent.as_ref().unwrap();
-    fleetup_e2e::wait_for(&format!("{} paused at journal step {n}", host.name), LONG, || {
-        agent.output().contains(&format!("paused after journal step {n}")).then_some(())
+    fleetup_e2e::wait_for(&format!("{} paused after {at}", host.name), LONG, || {
+        agent.output().contains(&format!("paused after {at}")).then_some(())
     });
 }
 
@@ -263,25 +264,21 @@ async fn agent_killed_during_update_files_converges_with_one_outcome() {
     let ids = agent_ids(&f).await;
     let rollout = f.rollout(json!({ "targets": { "agents": ids }, "waves": [1, 1], "approval_required": true })).await;
     f.wait_rollout_state(&rollout, &["awaiting-approval"]).await;
-    // web-1's finished journal shows where update-files places the first file.
-    let journal = std::fs::read_to_string(
-        f.host("web-1")
-            .state
-            .join("logs")
-            .join(f.jobs(&rollout).await.iter().find(|j| j["wave"] == 1).unwrap()["id"].as_str().unwrap())
-            .join("journal.jsonl"),
-    )
-    .unwrap();
-    let step = journal.lines().position(|l| l.contains("\"record\":\"place\"")).expect("a place record") + 1;
-    // Restart web-2's agent so its engine pauses right after that record, then approve.
+    // web-2's engine pauses after change 4 of the 6 of update-files' rename set (3
+    // backups and the first placement made): neither the old nor the new tree is on disk.
     let server_token = f.server.enrollment_token(1).await;
     let web2 = f.hosts.iter_mut().find(|h| h.name == "web-2").unwrap();
     web2.agent.as_mut().unwrap().kill();
-    web2.start_agent_with_env(&f.server, &server_token, &[(fleetup_agent_pause_env(), step.to_string())]);
+    web2.start_agent_with_env(
+        &f.server,
+        &server_token,
+        &[("FLEETUP_ENGINE_PAUSE_AFTER_RENAME".to_owned(), "4".to_owned())],
+    );
     f.server.post(&format!("/rollouts/{rollout}/approve"), json!({})).await;
     let web2 = f.host("web-2");
-    wait_paused(web2, step);
+    wait_paused(web2, "rename 4 of 6");
     assert!(web2.state.join("journal.jsonl").exists(), "an install is under way");
+    assert!(!web2.root.join("lib/demo/legacy.txt").exists(), "the kill comes after the backups");
     // SIGKILL mid update-files, then start again without the pause.
     let web2 = f.hosts.iter_mut().find(|h| h.name == "web-2").unwrap();
     web2.agent.as_mut().unwrap().kill();
@@ -326,7 +323,7 @@ async fn agent_killed_for_good_makes_the_job_lost() {
     web1.agent.as_mut().unwrap().kill();
     web1.start_agent_with_env(&f.server, &token, &[(fleetup_agent_pause_env(), "3".to_owned())]);
     let rollout = f.rollout(json!({ "waves": [1] })).await;
-    wait_paused(f.host("web-1"), 3);
+    wait_paused(f.host("web-1"), "journal step 3 ");
     f.hosts[0].agent.as_mut().unwrap().kill();
     let job = f
         .server

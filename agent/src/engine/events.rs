@@ -170,8 +170,19 @@ pub(crate) fn summarize(
 
 /// Appends a timestamped line to a log file, creating it. Logging never fails the install.
 pub(crate) fn append_log(path: &Path, line: &str) {
-    if let Ok(mut f) = OpenOptions::new().append(true).create(true).open(path) {
-        let _ = writeln!(f, "{} {line}", Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+    append_log_lines(path, &[line.to_owned()]);
+}
+
+/// Appends lines to a log file with one timestamp and one open (many files per phase).
+/// Logging never fails the install.
+pub(crate) fn append_log_lines(path: &Path, lines: &[String]) {
+    if let Ok(f) = OpenOptions::new().append(true).create(true).open(path) {
+        let at = Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let mut w = std::io::BufWriter::new(f);
+        for line in lines {
+            let _ = writeln!(w, "{at} {line}");
+        }
+        let _ = w.flush();
     }
 }
 

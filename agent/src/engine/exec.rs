@@ -72,6 +72,7 @@ pub fn run(cmd: &Shell<'_>, cancelled: &dyn Fn() -> bool) -> Result<(), ExecErro
         .map_err(|e| ExecError::Spawn(format!("sh -c {}: {e}", cmd.command)))?;
     let pgid = Pid::from_raw(child.id() as i32);
     let start = Instant::now();
+    let mut poll = Poll::new(Duration::from_millis(1), Duration::from_millis(20));
     let result = loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => break Ok(()),
@@ -89,7 +90,7 @@ pub fn run(cmd: &Shell<'_>, cancelled: &dyn Fn() -> bool) -> Result<(), ExecErro
             let _ = child.wait();
             break Err(ExecError::Cancelled);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        poll.sleep();
     };
     // Children left behind in the group (background jobs of a hook) go too.
     let _ = killpg(pgid, Signal::SIGKILL);
@@ -101,4 +102,29 @@ pub fn run(cmd: &Shell<'_>, cancelled: &dyn Fn() -> bool) -> Result<(), ExecErro
         },
     );
     result
+}
+
+/// Polling intervals for waits on other processes: short at first (most waits end
+/// quickly: a hook, a stopping service, a starting one), doubling up to `max`.
+#[derive(Debug)]
+pub(crate) struct Poll {
+    next: Duration,
+    max: Duration,
+}
+
+impl Poll {
+    pub(crate) fn new(first: Duration, max: Duration) -> Self {
+        Self { next: first, max }
+    }
+
+    /// Sleeps the next interval.
+    pub(crate) fn sleep(&mut self) {
+        self.sleep_at_most(self.max);
+    }
+
+    /// Sleeps the next interval, but no longer than `limit` (what is left of a deadline).
+    pub(crate) fn sleep_at_most(&mut self, limit: Duration) {
+        std::thread::sleep(self.next.min(limit));
+        self.next = (self.next * 2).min(self.max);
+    }
 }

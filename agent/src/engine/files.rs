@@ -1,16 +1,18 @@
 //! `validate-files` and `update-files`: find who holds the files about to change, then
-//! back up and replace by rename from staging (same filesystem), journaling each step
-//! before making it. No byte is copied while services are down.
+//! back up and replace by rename from staging (same filesystem), the whole rename set
+//! journaled as one record before the first change. No byte is copied while services
+//! are down.
 
-use super::events::append_log;
+use super::events::append_log_lines;
 use super::inuse;
-use super::journal::{Record, sync_dir};
+use super::journal::{PAUSE_RENAME_ENV, PausePoint, Placement, Record, sync_dir};
 use super::run::{PhaseResult, Run, Stop, action_word};
-use fleetup_proto::manifest::FileAction;
+use fleetup_proto::manifest::{FileAction, FileChange};
 use fleetup_proto::{DecisionAnswer, DecisionKind, PhaseId, PhaseStatus};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 impl Run<'_> {
@@ -60,53 +62,201 @@ impl Run<'_> {
         }
     }
 
+    /// Replaces the files by rename: the whole set of changes is journaled as one record
+    /// (one fsync), then made (backups first, a barrier, then placements), then every
+    /// touched directory is fsynced once and `committed` is journaled. Progress events are
+    /// throttled: each one is an fsync, and the services are down.
     pub(crate) fn update_files(&mut self) -> PhaseResult {
         let p = PhaseId::UpdateFiles;
         let m = self.manifest().clone();
-        let total = m.files.len();
         let t = Instant::now();
-        for (i, f) in m.files.iter().enumerate() {
-            self.check_cancel(p)?;
-            let dst = self.root.join(&f.path);
-            let parent = dst.parent().expect("paths under the root have a parent").to_path_buf();
-            if f.action == FileAction::Add {
-                let mut missing = Vec::new();
-                let mut d = parent.clone();
-                while !d.exists() && d.starts_with(&self.root) {
-                    missing.push(d.clone());
-                    d = d.parent().expect("under root").to_path_buf();
-                }
-                for d in missing.into_iter().rev() {
-                    let rel = d.strip_prefix(&self.root).expect("under root").display().to_string();
-                    self.record(Record::MkDir { path: rel })?;
-                    fs::create_dir(&d).map_err(|e| Stop::Failed(format!("creating {}: {e}", d.display())))?;
-                }
-            }
-            if f.action != FileAction::Add {
-                let bak = self.backup().join(&f.path);
-                fs::create_dir_all(bak.parent().expect("has parent")).map_err(|e| Stop::Failed(e.to_string()))?;
-                self.record(Record::Backup { path: f.path.clone() })?;
-                fs::rename(&dst, &bak).map_err(|e| Stop::Failed(format!("backing up {}: {e}", f.path)))?;
-            }
-            if f.action != FileAction::Remove {
-                self.record(Record::Place { path: f.path.clone(), added: f.action == FileAction::Add })?;
-                fs::rename(self.pkg().join(f.source_path()), &dst)
-                    .map_err(|e| Stop::Failed(format!("renaming {} into place: {e}", f.path)))?;
-            }
-            sync_dir(&parent).map_err(|e| Stop::Failed(e.to_string()))?;
-            append_log(&self.em.phase_log(p), &format!("{:?} {} (rename)", f.action, f.path));
-            self.em.emit(
-                p,
-                PhaseStatus::Running,
-                format!("{} {} ({}/{total})", action_word(f.action), f.path, i + 1),
-                json!({ "progress": { "done": i + 1, "total": total }, "path": f.path }),
-            );
+        self.check_cancel(p)?;
+        let plan = self.plan_renames(&m.files)?;
+        let (mkdirs, backups, places) = (plan.mkdirs.len(), plan.backups.len(), plan.places.len());
+        self.record(plan.record())?;
+        let steps = mkdirs + backups + places;
+        let mut pause = PausePoint::from_env(PAUSE_RENAME_ENV, "rename");
+        let mut progress = Progress::new(m.files.len());
+        let mut root_dirs = BTreeSet::new();
+        for d in &plan.mkdirs {
+            let dir = self.root.join(d);
+            fs::create_dir(&dir).map_err(|e| Stop::Failed(format!("creating {}: {e}", dir.display())))?;
+            pause.step(steps);
+            root_dirs.insert(parent_of(&dir));
         }
+        let mut backup_dirs = BTreeSet::new();
+        for (path, action) in &plan.backups {
+            let (dst, bak) = (self.root.join(path), self.backup().join(path));
+            fs::rename(&dst, &bak).map_err(|e| Stop::Failed(format!("backing up {path}: {e}")))?;
+            pause.step(steps);
+            root_dirs.insert(parent_of(&dst));
+            backup_dirs.insert(parent_of(&bak));
+            if *action == FileAction::Remove {
+                progress.file_done(self, *action, path);
+            }
+        }
+        // Barrier: no file is overwritten before every backup's new name is durable. The
+        // backup dirs are new (staging is per install), so their own names are synced
+        // too, up to the directory holding staging.
+        let backup_dirs = with_ancestors(&backup_dirs, &parent_of(&self.stage));
+        sync_dirs(&backup_dirs)?;
+        for (placement, src) in &plan.places {
+            let dst = self.root.join(&placement.path);
+            fs::rename(src, &dst).map_err(|e| Stop::Failed(format!("renaming {} into place: {e}", placement.path)))?;
+            pause.step(steps);
+            root_dirs.insert(parent_of(&dst));
+            let action = if placement.added { FileAction::Add } else { FileAction::Replace };
+            progress.file_done(self, action, &placement.path);
+        }
+        sync_dirs(&root_dirs)?;
+        let lines: Vec<String> = m.files.iter().map(|f| format!("{:?} {} (rename)", f.action, f.path)).collect();
+        append_log_lines(&self.em.phase_log(p), &lines);
         self.check_cancel(p)?;
         self.record(Record::Committed)?;
         Ok((
             PhaseStatus::Succeeded,
-            format!("{total} file(s) updated by rename in {} ms; 0 bytes copied", t.elapsed().as_millis()),
+            format!(
+                "{} file(s) updated by rename in {} ms ({mkdirs} dir(s) created, {backups} backed up, {places} \
+                 placed; {} dir(s) synced); 0 bytes copied",
+                m.files.len(),
+                t.elapsed().as_millis(),
+                root_dirs.len() + backup_dirs.len()
+            ),
         ))
     }
+
+    /// Plans the rename set and checks it against the disk before anything is journaled
+    /// or changed: what an `add` creates must not exist, what a `replace` or `remove`
+    /// moves must exist, every staged file must be there. Creates the backup directories
+    /// (inside staging, removed with it).
+    fn plan_renames(&self, files: &[FileChange]) -> Result<RenamePlan, Stop> {
+        let mut plan = RenamePlan::default();
+        let mut mkdirs = BTreeSet::new();
+        for f in files {
+            let dst = self.root.join(&f.path);
+            let exists = fs::symlink_metadata(&dst).is_ok();
+            match (f.action, exists) {
+                (FileAction::Add, true) => {
+                    return Err(Stop::Failed(format!("{} already exists, but the rollup adds it", f.path)));
+                }
+                (FileAction::Replace | FileAction::Remove, false) => {
+                    return Err(Stop::Failed(format!(
+                        "{} no longer exists, but the rollup {}s it",
+                        f.path,
+                        action_verb(f.action)
+                    )));
+                }
+                _ => {}
+            }
+            if f.action == FileAction::Add {
+                let mut d = parent_of(&dst);
+                while !d.exists() && d.starts_with(&self.root) && d != self.root {
+                    mkdirs.insert(d.strip_prefix(&self.root).expect("under root").display().to_string());
+                    d = parent_of(&d);
+                }
+            }
+            if f.action != FileAction::Add {
+                let bak = self.backup().join(&f.path);
+                fs::create_dir_all(parent_of(&bak))
+                    .map_err(|e| Stop::Failed(format!("creating the backup dir of {}: {e}", f.path)))?;
+                plan.backups.push((f.path.clone(), f.action));
+            }
+            if f.action != FileAction::Remove {
+                let src = self.pkg().join(f.source_path());
+                if !src.is_file() {
+                    return Err(Stop::Failed(format!("{} is not a file in staging", src.display())));
+                }
+                plan.places.push((Placement { path: f.path.clone(), added: f.action == FileAction::Add }, src));
+            }
+        }
+        // Sorted paths put every parent before its children.
+        plan.mkdirs = mkdirs.into_iter().collect();
+        Ok(plan)
+    }
+}
+
+/// The changes of `update-files`, in the order they are made.
+#[derive(Debug, Default)]
+struct RenamePlan {
+    /// Directories to create under the root, parents first.
+    mkdirs: Vec<String>,
+    /// Files to move into the backup dir, with their action (`replace` or `remove`).
+    backups: Vec<(String, FileAction)>,
+    /// Staged files to rename into place, with their staged path.
+    places: Vec<(Placement, PathBuf)>,
+}
+
+impl RenamePlan {
+    fn record(&self) -> Record {
+        Record::RenameSet {
+            mkdirs: self.mkdirs.clone(),
+            backups: self.backups.iter().map(|(p, _)| p.clone()).collect(),
+            places: self.places.iter().map(|(p, _)| p.clone()).collect(),
+        }
+    }
+}
+
+/// Throttled progress of `update-files`: an event at most every [`PROGRESS_EVERY`], and
+/// one for the last file, each with `data.progress.done/total`.
+struct Progress {
+    total: usize,
+    done: usize,
+    last: Instant,
+}
+
+/// The least time between two progress events of `update-files`.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Self { total, done: 0, last: Instant::now() }
+    }
+
+    fn file_done(&mut self, run: &mut Run<'_>, action: FileAction, path: &str) {
+        self.done += 1;
+        if self.done < self.total && self.last.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        self.last = Instant::now();
+        let total = self.total;
+        run.em.emit(
+            PhaseId::UpdateFiles,
+            PhaseStatus::Running,
+            format!("{} {path} ({}/{total})", action_word(action), self.done),
+            json!({ "progress": { "done": self.done, "total": total }, "path": path }),
+        );
+    }
+}
+
+fn action_verb(a: FileAction) -> &'static str {
+    match a {
+        FileAction::Add => "add",
+        FileAction::Replace => "replace",
+        FileAction::Remove => "remove",
+    }
+}
+
+fn parent_of(path: &Path) -> PathBuf {
+    path.parent().expect("paths under the root and staging have a parent").to_path_buf()
+}
+
+/// `dirs` and each of their ancestors up to and including `top`.
+fn with_ancestors(dirs: &BTreeSet<PathBuf>, top: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    for d in dirs {
+        for a in d.ancestors().take_while(|a| a.starts_with(top)) {
+            if !out.insert(a.to_path_buf()) {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// fsyncs each directory once.
+fn sync_dirs(dirs: &BTreeSet<PathBuf>) -> Result<(), Stop> {
+    for d in dirs {
+        sync_dir(d).map_err(|e| Stop::Failed(format!("syncing {}: {e}", d.display())))?;
+    }
+    Ok(())
 }

@@ -3,8 +3,10 @@
 //!
 //! Crash safety rests on one rule: a record is durable *before* the change it names.
 //! After a kill, every change that may have happened has a record, so recovery can undo
-//! (or redo) each one idempotently. The journal of a finished install is moved into its
-//! log directory; a `journal.jsonl` left in the state dir therefore means "unfinished".
+//! (or redo) each one idempotently. The one record that announces many changes, the
+//! rename set of `update-files`, is undone entry by entry from what is on disk. The
+//! journal of a finished install is moved into its log directory; a `journal.jsonl` left
+//! in the state dir therefore means "unfinished".
 
 use fleetup_proto::{InstallOutcome, PhaseId};
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,16 @@ use std::path::{Path, PathBuf};
 /// engine prints `fleetup-engine: paused after journal step N` on stderr and waits forever
 /// (until killed). Never set in production.
 pub const PAUSE_ENV: &str = "FLEETUP_ENGINE_PAUSE_AFTER_JOURNAL_STEP";
+
+/// Env var for kill tests: after change K (1-based; a `mkdir` or a rename) of the rename
+/// set of `update-files`, the engine prints `fleetup-engine: paused after rename K of N`
+/// and waits forever. Never set in production.
+pub const PAUSE_RENAME_ENV: &str = "FLEETUP_ENGINE_PAUSE_AFTER_RENAME";
+
+/// Env var for kill tests: after the K-th file undo step of a rollback (one `mk-dir`,
+/// `backup` or `place` of the journal, newest first), the engine prints
+/// `fleetup-engine: paused after undo K of N` and waits forever. Never set in production.
+pub const PAUSE_UNDO_ENV: &str = "FLEETUP_ENGINE_PAUSE_AFTER_UNDO";
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,17 +73,35 @@ pub enum Record {
         /// Names of the services that were running before.
         was_running: Vec<String>,
     },
-    /// A directory under the root is about to be created.
+    /// Every change of `update-files`, journaled as one record before the first of them
+    /// (one fsync for the whole set). They are made in this order: `mkdirs`, then
+    /// `backups` (existing file → backup dir), a barrier (the backup dirs are fsynced),
+    /// then `places` (staged file → root), then the touched directories are fsynced and
+    /// `committed` follows. Until `committed`, each entry may or may not have been made;
+    /// recovery reads it as the per-file records below ([`expand_rename_sets`]), whose
+    /// undo steps decide from what is on disk.
+    RenameSet {
+        /// Directories under the root to create, parents first (none of them exists).
+        mkdirs: Vec<String>,
+        /// Existing files (`replace`, `remove`) to move into the backup directory.
+        backups: Vec<String>,
+        /// Staged files (`add`, `replace`) to rename into place.
+        places: Vec<Placement>,
+    },
+    /// A directory under the root is about to be created (journals before the rename set
+    /// wrote one record per change; still read, never written).
     MkDir {
         /// Path under the root.
         path: String,
     },
-    /// An existing file is about to be moved to the backup directory.
+    /// An existing file is about to be moved to the backup directory (per-file journals
+    /// only; still read, never written).
     Backup {
         /// Path under the root.
         path: String,
     },
-    /// A staged file is about to be renamed into place.
+    /// A staged file is about to be renamed into place (per-file journals only; still
+    /// read, never written).
     Place {
         /// Path under the root.
         path: String,
@@ -119,7 +149,8 @@ impl Record {
             Record::Phase { .. } => "phase",
             Record::HostsFile { .. } => "hosts-file",
             Record::ServicesStopping { .. } => "services-stopping",
-            Record::MkDir { .. } => "mkdir",
+            Record::RenameSet { .. } => "rename-set",
+            Record::MkDir { .. } => "mk-dir",
             Record::Backup { .. } => "backup",
             Record::Place { .. } => "place",
             Record::Committed => "committed",
@@ -130,6 +161,33 @@ impl Record {
             Record::End { .. } => "end",
         }
     }
+}
+
+/// One staged file of a [`Record::RenameSet`] to rename into place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Path under the root.
+    pub path: String,
+    /// True for `add`: the path did not exist before.
+    pub added: bool,
+}
+
+/// The records with every [`Record::RenameSet`] replaced by the per-file records it
+/// stands for, in the order its changes are made: `mk-dir`s, `backup`s, `place`s. Undoing
+/// the result newest first undoes the set whether all, some or none of it was made.
+pub fn expand_rename_sets(records: &[Record]) -> Vec<Record> {
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        match r {
+            Record::RenameSet { mkdirs, backups, places } => {
+                out.extend(mkdirs.iter().map(|path| Record::MkDir { path: path.clone() }));
+                out.extend(backups.iter().map(|path| Record::Backup { path: path.clone() }));
+                out.extend(places.iter().map(|p| Record::Place { path: p.path.clone(), added: p.added }));
+            }
+            other => out.push(other.clone()),
+        }
+    }
+    out
 }
 
 /// The open journal of one install.
@@ -196,10 +254,7 @@ impl Journal {
         let kind = record.kind();
         self.records.push(record);
         if self.pause_at == Some(self.records.len()) {
-            eprintln!("fleetup-engine: paused after journal step {} ({kind})", self.records.len());
-            loop {
-                std::thread::park();
-            }
+            park_forever(&format!("journal step {} ({kind})", self.records.len()));
         }
         Ok(())
     }
@@ -219,6 +274,37 @@ impl Journal {
 
 fn pause_from_env() -> Option<usize> {
     std::env::var(PAUSE_ENV).ok().and_then(|v| v.parse().ok())
+}
+
+/// Says where the engine paused (kill tests wait for this line) and waits to be killed.
+fn park_forever(what: &str) -> ! {
+    eprintln!("fleetup-engine: paused after {what}");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A numbered pause point for kill tests, armed by an env var (read once); inert when
+/// the variable is unset, as in production.
+#[derive(Debug)]
+pub(crate) struct PausePoint {
+    at: Option<usize>,
+    what: &'static str,
+    done: usize,
+}
+
+impl PausePoint {
+    pub(crate) fn from_env(var: &str, what: &'static str) -> Self {
+        Self { at: std::env::var(var).ok().and_then(|v| v.parse().ok()), what, done: 0 }
+    }
+
+    /// One more step of `total` is done; parks forever if it is the chosen one.
+    pub(crate) fn step(&mut self, total: usize) {
+        self.done += 1;
+        if self.at == Some(self.done) {
+            park_forever(&format!("{} {} of {total}", self.what, self.done));
+        }
+    }
 }
 
 /// fsyncs a directory so a rename or create in it is durable.

@@ -4,12 +4,14 @@
 //! Each undo step is idempotent and driven only by the journal and what is on disk, so
 //! the same code finishes a rollback that a crash interrupted.
 
-use super::journal::{Record, sync_dir};
+use super::journal::{PAUSE_UNDO_ENV, PausePoint, Record, expand_rename_sets, sync_dir};
 use super::run::{Run, Stop};
 use super::webapp;
 use fleetup_proto::{InstallOutcome, PhaseId, PhaseStatus};
 use serde_json::json;
+use std::collections::BTreeSet;
 use std::fs;
+use std::path::Path;
 
 /// Rolls back everything the journal records. `Err` lists what could not be undone.
 pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome) -> Result<(), String> {
@@ -34,6 +36,13 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
         }
     }
     let mut files_changed = false;
+    // A rename set stands for its per-file records, each of which may or may not have
+    // been made: every undo below decides from what is on disk.
+    let records = expand_rename_sets(&records);
+    let undo_steps = records.iter().filter(|r| is_file_step(r)).count();
+    let mut pause = PausePoint::from_env(PAUSE_UNDO_ENV, "undo");
+    // Directories whose entries changed, fsynced once after the last undo.
+    let mut touched = BTreeSet::new();
     for r in records.iter().rev() {
         let result = match r {
             Record::WebappSwitch { link, old_target } => {
@@ -48,28 +57,44 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
                 let bak = run.backup().join("config").join(file);
                 if bak.exists() { fs::rename(&bak, run.root.join(file)) } else { Ok(()) }
             }
+            // An added file exists only if it was placed (check-system and update-files
+            // both refuse an add whose path exists).
             Record::Place { path, added: true } => {
-                files_changed = true;
-                fs::remove_file(run.root.join(path)).or_else(not_found_ok)
+                let dst = run.root.join(path);
+                touched.extend(dst.parent().map(Path::to_path_buf));
+                fs::remove_file(dst).or_else(not_found_ok)
             }
+            // A backup present means the file was moved away and not yet moved back:
+            // whatever is at the path now (nothing, or the staged file) gives way to it.
             Record::Backup { path } => {
-                files_changed = true;
                 let bak = run.backup().join(path);
                 if bak.exists() {
                     let dst = run.root.join(path);
-                    fs::rename(&bak, &dst).and_then(|()| sync_dir(dst.parent().expect("has parent")))
+                    touched.extend(dst.parent().map(Path::to_path_buf));
+                    fs::rename(&bak, &dst)
                 } else {
                     Ok(())
                 }
             }
-            Record::MkDir { path } => match fs::remove_dir(run.root.join(path)) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            },
+            Record::MkDir { path } => {
+                let dir = run.root.join(path);
+                touched.extend(dir.parent().map(Path::to_path_buf));
+                fs::remove_dir(dir).or_else(not_found_ok)
+            }
             _ => Ok(()),
         };
         if let Err(e) = result {
             errors.push(format!("undoing {r:?}: {e}"));
+        }
+        if is_file_step(r) {
+            files_changed = true;
+            pause.step(undo_steps);
+        }
+    }
+    for dir in &touched {
+        // A directory the rollback removed is gone with its entries.
+        if let Err(e) = sync_dir(dir).or_else(not_found_ok) {
+            errors.push(format!("syncing {}: {e}", dir.display()));
         }
     }
     run.em.emit(p, PhaseStatus::Running, "files, config and web app restored", serde_json::Value::Null);
@@ -94,7 +119,7 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
             if let Some(h) = &mut old.health {
                 h.expect = None;
             }
-            match run.services.start(&old).and_then(|()| run.services.wait_healthy(&old, &run.hosts_file.clone())) {
+            match run.services.start_and_wait_healthy(&old, &run.hosts_file.clone()) {
                 Ok(()) => run.em.emit(
                     p,
                     PhaseStatus::Running,
@@ -137,6 +162,11 @@ pub(crate) fn restore_hosts(run: &Run<'_>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A record of the file set (`mkdir`, `backup`, `place`), whose undo is one step.
+fn is_file_step(r: &Record) -> bool {
+    matches!(r, Record::MkDir { .. } | Record::Backup { .. } | Record::Place { .. })
 }
 
 fn not_found_ok(e: std::io::Error) -> std::io::Result<()> {

@@ -298,10 +298,7 @@ impl Run<'_> {
         let m = self.manifest().clone();
         let mut started = Vec::new();
         for s in m.services.iter().filter(|s| self.was_running.contains(&s.name)) {
-            self.services.start(s).map_err(|e| Stop::Failed(format!("starting {}: {e}", s.name)))?;
-            self.services
-                .wait_healthy(s, &self.hosts_file)
-                .map_err(|e| Stop::Failed(format!("service {} {e}", s.name)))?;
+            self.services.start_and_wait_healthy(s, &self.hosts_file).map_err(Stop::Failed)?;
             self.em.emit(
                 p,
                 PhaseStatus::Running,

@@ -4,7 +4,7 @@
 //! pid in a pidfile under the root), for hosts and tests without systemd; `systemd`
 //! uses systemctl. Every action is logged to `service-control.log` by the caller.
 
-use super::exec::{self, Shell};
+use super::exec::{self, Poll, Shell};
 use super::http;
 use fleetup_proto::manifest::{HealthCheck, Service};
 use nix::sys::signal::{Signal, kill};
@@ -106,14 +106,45 @@ impl Services {
 
     /// Starts the service (no-op if running). Does not wait for health.
     pub fn start(&self, svc: &Service) -> Result<(), String> {
+        match self.launch(svc)? {
+            Some(l) => l.alive_for(ALIVE_WINDOW),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the service (no-op if running) and waits until it is healthy. The checks
+    /// of [`Self::start`] and [`Self::wait_healthy`] both hold; they overlap in time: the
+    /// health check is polled from the start, a freshly started process must stay alive
+    /// for the whole start window, and its death ends the wait at once.
+    /// Errors read `starting <name>: …` (the start failed or the process died) or
+    /// `service <name> unhealthy …`.
+    pub fn start_and_wait_healthy(&self, svc: &Service, hosts_file: &Path) -> Result<(), String> {
+        let starting = |e: String| format!("starting {}: {e}", svc.name);
+        let launched = self.launch(svc).map_err(starting)?;
+        if let Err(e) = self.healthy(svc, hosts_file, launched.as_ref()) {
+            return Err(match launched.as_ref().map(Launched::check_alive) {
+                Some(Err(died)) => starting(died),
+                _ => format!("service {} {e}", svc.name),
+            });
+        }
+        match launched {
+            Some(l) => l.alive_for(ALIVE_WINDOW).map_err(starting),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the service unless it runs; for the exec backend, returns the new process.
+    fn launch(&self, svc: &Service) -> Result<Option<Launched>, String> {
         if self.is_running(svc)? {
             self.note(&format!("start {}: already running", svc.name));
-            return Ok(());
+            return Ok(None);
         }
         self.note(&format!("start {} ({} backend)", svc.name, self.kind.as_str()));
         let deadline = Duration::from_secs(svc.start_deadline_secs.max(1));
         match self.kind {
-            BackendKind::Systemd => self.short(&format!("systemctl start '{}'", Self::unit(svc)), deadline),
+            BackendKind::Systemd => {
+                self.short(&format!("systemctl start '{}'", Self::unit(svc)), deadline).map(|()| None)
+            }
             BackendKind::Exec => {
                 let exec =
                     svc.exec.as_ref().ok_or_else(|| format!("service {} has no [services.exec] section", svc.name))?;
@@ -133,6 +164,7 @@ impl Services {
                     .process_group(0)
                     .spawn()
                     .map_err(|e| format!("starting {}: {e}", svc.name))?;
+                let at = Instant::now();
                 let mut text = String::new();
                 child.stdout.take().expect("piped").read_to_string(&mut text).map_err(|e| e.to_string())?;
                 let _ = child.wait();
@@ -146,15 +178,7 @@ impl Services {
                 std::fs::write(&tmp, format!("{pid}\n")).map_err(|e| e.to_string())?;
                 std::fs::rename(&tmp, &pidfile).map_err(|e| e.to_string())?;
                 self.note(&format!("start {}: pid {pid}", svc.name));
-                // It must still be alive shortly after (a bad command dies at once).
-                let t = Instant::now();
-                while t.elapsed() < Duration::from_millis(150) {
-                    if !pid_alive(pid) {
-                        return Err(format!("service {} exited right after starting; see {}", svc.name, out.display()));
-                    }
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                Ok(())
+                Ok(Some(Launched { name: svc.name.clone(), pid, out, at }))
             }
         }
     }
@@ -179,6 +203,7 @@ impl Services {
                 let Some(pid) = read_pid(&pidfile) else { return Ok(()) };
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
                 let t = Instant::now();
+                let mut poll = Poll::new(Duration::from_millis(2), Duration::from_millis(20));
                 while pid_alive(pid) {
                     if t.elapsed() >= deadline {
                         self.note(&format!("stop {}: still running after {} s, SIGKILL", svc.name, deadline.as_secs()));
@@ -192,7 +217,7 @@ impl Services {
                         }
                         break;
                     }
-                    std::thread::sleep(Duration::from_millis(20));
+                    poll.sleep();
                 }
                 let _ = std::fs::remove_file(&pidfile);
                 self.note(&format!("stop {}: stopped (pid {pid})", svc.name));
@@ -203,10 +228,15 @@ impl Services {
 
     /// Waits until the service is healthy, or its health deadline passes.
     pub fn wait_healthy(&self, svc: &Service, hosts_file: &Path) -> Result<(), String> {
+        self.healthy(svc, hosts_file, None)
+    }
+
+    /// [`Self::wait_healthy`], failing at once if `launched` dies meanwhile.
+    fn healthy(&self, svc: &Service, hosts_file: &Path, launched: Option<&Launched>) -> Result<(), String> {
         let Some(h) = &svc.health else {
             return if self.is_running(svc)? { Ok(()) } else { Err(format!("service {} is not running", svc.name)) };
         };
-        let result = health(self, h, hosts_file);
+        let result = health(self, h, hosts_file, &|| launched.map_or(Ok(()), Launched::check_alive));
         self.note(&format!(
             "health {}: {}",
             svc.name,
@@ -216,11 +246,55 @@ impl Services {
     }
 }
 
-fn health(services: &Services, h: &HealthCheck, hosts_file: &Path) -> Result<(), String> {
+/// How long a freshly started exec service must stay alive (a bad command dies at once).
+const ALIVE_WINDOW: Duration = Duration::from_millis(150);
+
+/// A service process the exec backend just started.
+struct Launched {
+    name: String,
+    pid: i32,
+    out: PathBuf,
+    at: Instant,
+}
+
+impl Launched {
+    fn check_alive(&self) -> Result<(), String> {
+        if pid_alive(self.pid) {
+            Ok(())
+        } else {
+            Err(format!("service {} exited right after starting; see {}", self.name, self.out.display()))
+        }
+    }
+
+    /// Checks that the process stays alive until `window` after its start.
+    fn alive_for(&self, window: Duration) -> Result<(), String> {
+        loop {
+            self.check_alive()?;
+            let left = window.saturating_sub(self.at.elapsed());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(25)));
+        }
+    }
+}
+
+/// Polls the health check until it passes or its deadline passes: first at once, then
+/// at growing intervals (5 ms doubling up to 100 ms), so a service that comes up quickly
+/// is seen quickly and a slow one is not hammered. `watch` runs before every probe; its
+/// error ends the wait.
+fn health(
+    services: &Services,
+    h: &HealthCheck,
+    hosts_file: &Path,
+    watch: &dyn Fn() -> Result<(), String>,
+) -> Result<(), String> {
     let deadline = Duration::from_secs(h.deadline_secs.max(1));
     let start = Instant::now();
     let mut last = String::from("not checked");
+    let mut poll = Poll::new(Duration::from_millis(5), Duration::from_millis(100));
     while start.elapsed() < deadline {
+        watch()?;
         let left = deadline.saturating_sub(start.elapsed()).min(Duration::from_secs(2));
         let ok = if let Some(url) = &h.http {
             let url = services.expand(url)?;
@@ -256,7 +330,7 @@ fn health(services: &Services, h: &HealthCheck, hosts_file: &Path) -> Result<(),
         if ok {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(100));
+        poll.sleep_at_most(deadline.saturating_sub(start.elapsed()));
     }
     Err(format!("unhealthy after {} s: {last}", deadline.as_secs()))
 }

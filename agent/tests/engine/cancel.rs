@@ -13,8 +13,10 @@ fn cancel_in(phase: PhaseId) {
     let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), move |ev, cancel| {
         let start = ev.status == PhaseStatus::Running && ev.data.get("number").is_some();
         let trigger = if phase == PhaseId::UpdateFiles {
-            // Mid-phase: after the second file was renamed into place.
-            ev.phase == phase && ev.data.pointer("/progress/done").and_then(serde_json::Value::as_u64) == Some(2)
+            // Mid-phase: on a progress event, i.e. after files were renamed into place
+            // and before `committed` (the set is small: its only progress event is the
+            // last file's).
+            ev.phase == phase && ev.data.pointer("/progress/done").is_some()
         } else {
             ev.phase == phase && start
         };

@@ -3,16 +3,23 @@
 //!
 //! Kill points are deterministic: `FLEETUP_ENGINE_PAUSE_AFTER_JOURNAL_STEP=N` makes the
 //! engine stop right after journal record N is durable (before the change it announces);
-//! the test waits for that line on stderr and sends SIGKILL.
+//! the test waits for that line on stderr and sends SIGKILL. Inside the rename set of
+//! `update-files` (one journal record for many changes), `FLEETUP_ENGINE_PAUSE_AFTER_RENAME=K`
+//! stops after its K-th change, and `FLEETUP_ENGINE_PAUSE_AFTER_UNDO=J` stops a rollback
+//! (here: recovery's) after its J-th file undo.
 
 use crate::support::{Fixture, crl_stub_ok, parse_events, tree};
-use fleetup_agent::engine::PAUSE_ENV;
+use fleetup_agent::engine::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_UNDO_ENV};
 use fleetup_proto::{EngineEvent, InstallOutcome};
+use serde_json::json;
+use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+type Tree = BTreeMap<String, String>;
 
 /// Events persisted by the engine for every install in a state dir.
 fn persisted_events(state: &Path) -> Vec<Vec<EngineEvent>> {
@@ -27,8 +34,8 @@ fn persisted_events(state: &Path) -> Vec<Vec<EngineEvent>> {
 }
 
 /// (number of journal records of a whole install, tree after it) — from one reference run.
-fn reference() -> &'static (usize, std::collections::BTreeMap<String, String>) {
-    static REF: OnceLock<(usize, std::collections::BTreeMap<String, String>)> = OnceLock::new();
+fn reference() -> &'static (usize, Tree) {
+    static REF: OnceLock<(usize, Tree)> = OnceLock::new();
     REF.get_or_init(|| {
         let fx = Fixture::new(&crl_stub_ok(), |t| t);
         let out = fx.cli().output().unwrap();
@@ -43,12 +50,10 @@ fn reference() -> &'static (usize, std::collections::BTreeMap<String, String>) {
     })
 }
 
-fn kill_at(step: usize) {
-    let (_, new_tree) = reference();
-    let fx = Fixture::new(&crl_stub_ok(), |t| t);
-    let old_tree = tree(&fx.root);
-    let mut child =
-        fx.cli().env(PAUSE_ENV, step.to_string()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+/// Spawns `cmd` with the pause variable `var=value`, waits (with a deadline) until the
+/// engine says `paused after <want>`, then SIGKILLs it.
+fn pause_and_kill(mut cmd: Command, var: &str, value: usize, want: &str) {
+    let mut child = cmd.env(var, value.to_string()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -56,45 +61,69 @@ fn kill_at(step: usize) {
             let _ = tx.send(line);
         }
     });
-    let want = format!("paused after journal step {step} ");
+    let want = format!("paused after {want}");
+    let deadline = Instant::now() + Duration::from_mins(1);
     let mut seen = Vec::new();
     loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(l) if l.contains(&want) => break,
             Ok(l) => seen.push(l),
-            Err(e) => panic!("step {step}: engine never paused ({e}); stderr: {seen:?}; status {:?}", child.try_wait()),
+            Err(e) => {
+                let status = child.try_wait();
+                let _ = child.kill();
+                panic!("{var}={value}: engine never said '{want}' ({e}); stderr: {seen:?}; status {status:?}");
+            }
         }
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+}
 
-    // Restart: the same command finishes the interrupted install and reports it.
+/// Restarts the engine after a kill and checks what the user sees: one install with one
+/// outcome and gapless events, the root wholly old (or wholly `new`, when given and the
+/// install succeeded), the service running that version, no staging, the journal closed.
+fn assert_converges(fx: &Fixture, label: &str, old_tree: &Tree, new_tree: Option<&Tree>) -> InstallOutcome {
+    // The same command finishes the interrupted install and reports it.
     let out = fx.cli().output().unwrap();
     let stdout_events = parse_events(&out.stdout);
     let installs = persisted_events(&fx.state);
-    assert_eq!(installs.len(), 1, "step {step}: more than one install");
+    assert_eq!(installs.len(), 1, "{label}: more than one install");
     let events = &installs[0];
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.seq, i as u64 + 1, "step {step}: seq gap");
+        assert_eq!(e.seq, i as u64 + 1, "{label}: seq gap");
     }
     let outcomes: Vec<_> = events.iter().filter_map(EngineEvent::summary).collect();
-    assert_eq!(outcomes.len(), 1, "step {step}: {} outcomes", outcomes.len());
+    assert_eq!(outcomes.len(), 1, "{label}: {} outcomes", outcomes.len());
     let outcome = outcomes[0].outcome;
-    assert_eq!(out.status.success(), outcome == InstallOutcome::Succeeded, "step {step}: exit status vs {outcome}");
+    assert_eq!(out.status.success(), outcome == InstallOutcome::Succeeded, "{label}: exit status vs {outcome}");
     if !stdout_events.is_empty() {
-        assert!(stdout_events.last().unwrap().summary().is_some(), "step {step}: restart did not report the outcome");
+        assert!(stdout_events.last().unwrap().summary().is_some(), "{label}: restart did not report the outcome");
     }
     let now = tree(&fx.root);
-    if outcome == InstallOutcome::Succeeded {
-        assert_eq!(&now, new_tree, "step {step}: succeeded but the tree is not the new one");
-        fx.wait_version("1.1.0");
-    } else {
-        assert_eq!(now, old_tree, "step {step}: {outcome} but the tree is not the old one");
-        fx.wait_version("1.0.0");
+    match new_tree {
+        Some(new_tree) if outcome == InstallOutcome::Succeeded => {
+            assert_eq!(&now, new_tree, "{label}: succeeded but the tree is not the new one");
+            fx.wait_version("1.1.0");
+        }
+        _ => {
+            assert_ne!(outcome, InstallOutcome::Succeeded, "{label}: succeeded where only a rollback is right");
+            let error = &outcomes[0].error;
+            assert_eq!(&now, old_tree, "{label}: {outcome} ({error:?}) but the tree is not the old one");
+            fx.wait_version("1.0.0");
+        }
     }
-    assert!(fx.service_running(), "step {step}: service not running");
-    assert!(fx.leftover_staging().is_empty(), "step {step}: staging left: {:?}", fx.leftover_staging());
-    assert!(!fx.state.join("journal.jsonl").exists(), "step {step}: journal still open");
+    assert!(fx.service_running(), "{label}: service not running");
+    assert!(fx.leftover_staging().is_empty(), "{label}: staging left: {:?}", fx.leftover_staging());
+    assert!(!fx.state.join("journal.jsonl").exists(), "{label}: journal still open");
+    outcome
+}
+
+fn kill_at(step: usize) {
+    let (_, new_tree) = reference();
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    let old_tree = tree(&fx.root);
+    pause_and_kill(fx.cli(), PAUSE_ENV, step, &format!("journal step {step} "));
+    assert_converges(&fx, &format!("step {step}"), &old_tree, Some(new_tree));
 }
 
 fn kill_steps(shard: usize, shards: usize) {
@@ -120,21 +149,97 @@ fn sigkill_at_every_journal_step_converges_shard_2() {
     kill_steps(2, 3);
 }
 
-/// Spawns the CLI paused at `step`, waits for the pause, SIGKILLs it.
-fn spawn_and_kill(mut cmd: std::process::Command, step: usize) {
-    let mut child = cmd.env(PAUSE_ENV, step.to_string()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let want = format!("paused after journal step {step} ");
-    let mut paused = false;
-    for line in stderr.lines().map_while(Result::ok) {
-        if line.contains(&want) {
-            paused = true;
-            break;
+#[test]
+fn a_per_file_journal_of_an_older_engine_still_recovers() {
+    // Killed after 4 changes (2 mkdirs, 2 backups) of the rename set...
+    let (fx, old_tree) = kill_in_rename_set(4);
+    // ...then the journal rewritten as engines before the rename set wrote it: one record
+    // per change, durable before it (the 4 made and the 5th announced, not made). The
+    // kinds are spelled as those engines wrote them (`MkDir` is `mk-dir` on disk).
+    let path = fx.state.join("journal.jsonl");
+    let mut lines = Vec::new();
+    for line in std::fs::read_to_string(&path).unwrap().lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        if r["record"] != "rename-set" {
+            lines.push(line.to_owned());
+            continue;
         }
+        let mkdirs = r["mkdirs"].as_array().unwrap().iter().map(|p| json!({ "record": "mk-dir", "path": p }));
+        let backups = r["backups"].as_array().unwrap().iter().map(|p| json!({ "record": "backup", "path": p }));
+        let places = r["places"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| json!({ "record": "place", "path": p["path"], "added": p["added"] }));
+        lines.extend(mkdirs.chain(backups).chain(places).take(5).map(|v| v.to_string()));
     }
-    assert!(paused, "engine never paused at step {step}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    assert!(lines.iter().any(|l| l.contains("\"record\":\"backup\"")), "no rename set in the journal");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let outcome = assert_converges(&fx, "per-file journal", &old_tree, None);
+    assert_eq!(outcome, InstallOutcome::RolledBack);
+}
+
+/// Spawns the CLI paused at journal `step`, waits for the pause, SIGKILLs it.
+fn spawn_and_kill(cmd: Command, step: usize) {
+    pause_and_kill(cmd, PAUSE_ENV, step, &format!("journal step {step} "));
+}
+
+// ------------------------------------------------------------ inside the rename set
+
+/// An added file in two directories that do not exist yet, so the rename set has
+/// `mkdir`s as well as backups and placements.
+const NESTED: &str = "lib/demo/plugins/extra/x.txt";
+
+fn nested_fixture() -> Fixture {
+    Fixture::with_payload(
+        &crl_stub_ok(),
+        |t| t + &format!("\n[[files]]\npath = \"{NESTED}\"\naction = \"add\"\n"),
+        &[(NESTED, "a plugin that 1.1.0 adds\n")],
+    )
+}
+
+/// Changes of the nested fixture's rename set: 2 mkdirs, 3 backups (2 replaces, 1
+/// remove), 4 placements (2 replaces, 2 adds). Undo has one step per change.
+const SET: usize = 9;
+
+/// Kills the install right after change `k` of the rename set: the root is neither old
+/// nor new on disk. The restart must roll back to the whole old tree.
+fn kill_in_rename_set(k: usize) -> (Fixture, Tree) {
+    let fx = nested_fixture();
+    let old_tree = tree(&fx.root);
+    pause_and_kill(fx.cli(), PAUSE_RENAME_ENV, k, &format!("rename {k} of {SET}"));
+    assert_ne!(tree(&fx.root), old_tree, "rename {k}: nothing changed on disk before the kill");
+    (fx, old_tree)
+}
+
+fn kill_renames(shard: usize, shards: usize) {
+    for k in (1..=SET).filter(|k| k % shards == shard) {
+        let (fx, old_tree) = kill_in_rename_set(k);
+        let outcome = assert_converges(&fx, &format!("rename {k} of {SET}"), &old_tree, None);
+        assert_eq!(outcome, InstallOutcome::RolledBack, "rename {k}");
+    }
+}
+
+#[test]
+fn sigkill_after_each_change_of_the_rename_set_rolls_back_whole_shard_0() {
+    kill_renames(0, 2);
+}
+
+#[test]
+fn sigkill_after_each_change_of_the_rename_set_rolls_back_whole_shard_1() {
+    kill_renames(1, 2);
+}
+
+#[test]
+fn sigkill_during_the_recovery_undo_then_restart_rolls_back_whole() {
+    for j in [1, SET - 1] {
+        // One rename short of the whole set, then a kill in the middle of recovery's undo.
+        let (fx, old_tree) = kill_in_rename_set(SET - 1);
+        pause_and_kill(fx.cli(), PAUSE_UNDO_ENV, j, &format!("undo {j} of {SET}"));
+        assert_ne!(tree(&fx.root), old_tree, "undo {j}: the undo was already complete at the kill");
+        let outcome = assert_converges(&fx, &format!("undo {j} of {SET}"), &old_tree, None);
+        assert_eq!(outcome, InstallOutcome::RolledBack, "undo {j}");
+    }
 }
 
 #[test]

@@ -66,6 +66,12 @@ pub fn crl_stub_silent(ip: &str) -> (TcpListener, u16) {
 impl Fixture {
     /// The sample rollup, with `edit` applied to its manifest text.
     pub fn new(crl_base: &str, edit: impl FnOnce(String) -> String) -> Self {
+        Self::with_payload(crl_base, edit, &[])
+    }
+
+    /// The sample rollup with extra payload files (`(path under payload/, content)`;
+    /// `edit` lists them in the manifest), and `edit` applied to its manifest text.
+    pub fn with_payload(crl_base: &str, edit: impl FnOnce(String) -> String, extra: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let ws = fleetup_e2e::workspace_root();
         let root = tmp.path().join("root");
@@ -76,6 +82,11 @@ impl Fixture {
         std::fs::write(&hosts, "127.0.0.1 localhost\n# test hosts file\n").unwrap();
         let src = tmp.path().join("rollup-src");
         fleetup_e2e::copy_tree(&ws.join("examples/sample-rollup"), &src).unwrap();
+        for (path, content) in extra {
+            let file = src.join("payload").join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, content).unwrap();
+        }
         // Tests keep deadlines short.
         let text = std::fs::read_to_string(src.join("manifest.toml")).unwrap();
         let text = text
