@@ -9,6 +9,7 @@
 
 #[macro_use]
 pub(crate) mod sql;
+pub(crate) mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 
@@ -45,6 +46,9 @@ pub enum StoreError {
     /// Migrations failed.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The shared transaction this request was written in failed; nothing of it was written.
+    #[error("the database did not commit this write: {0}")]
+    Batch(String),
 }
 
 /// Result of store calls.
@@ -260,6 +264,30 @@ pub struct ClaimedJob {
     pub package: Package,
     /// Lease in milliseconds.
     pub lease_ms: i64,
+}
+
+/// A poll's claim, written by the claims' group commit.
+#[derive(Debug)]
+pub(crate) struct ClaimRequest {
+    /// The polling agent.
+    pub agent_id: String,
+    /// When it polled.
+    pub now: Millis,
+}
+
+/// An event report, written by the reports' group commit.
+#[derive(Debug)]
+pub(crate) struct ReportRequest {
+    /// The job.
+    pub job_id: String,
+    /// The reporting agent.
+    pub agent_id: String,
+    /// Its fencing token.
+    pub fencing_token: u64,
+    /// The events, in any order.
+    pub events: Vec<EngineEvent>,
+    /// When the report arrived.
+    pub now: Millis,
 }
 
 /// What a report changed.
