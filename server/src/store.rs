@@ -51,6 +51,21 @@ pub enum StoreError {
     Batch(String),
 }
 
+impl StoreError {
+    /// A refusal of the request as asked (not found, conflict, refused, forbidden, stale
+    /// lease), as opposed to a failure of the database or of stored data.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotFound(_)
+                | StoreError::Conflict(_)
+                | StoreError::Refused(_)
+                | StoreError::Forbidden(_)
+                | StoreError::StaleLease(_)
+        )
+    }
+}
+
 /// Result of store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 

@@ -9,8 +9,9 @@
 //! written at once, and requests arriving during a commit form the next batch, so batches
 //! grow exactly when the store is the bottleneck.
 //!
-//! The batch function decides per request: a request that fails (stale fencing token,
-//! unknown job) is answered with its own error and written nothing, the others commit. If
+//! The batch function decides per request (see `batch_tx!` in `sql.rs`): a request that
+//! fails (stale fencing token, unknown job) is answered with its own error and has written
+//! nothing, the others commit. If
 //! the batch itself fails (the database is down, the commit fails) every request of it gets
 //! [`StoreError::Batch`] and none was written. Durability is unchanged: a caller is answered
 //! only after the commit that holds its write returned.

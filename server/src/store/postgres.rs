@@ -26,9 +26,10 @@ pub struct PgStore {
 
 impl PgStore {
     const BACKEND: &'static str = "postgres";
-    /// Writer tasks per kind of grouped write: two, so one batch is gathered and written
-    /// while the other commits; four of the pool's 16 connections at most.
-    const WRITERS: usize = 2;
+    /// Writer tasks per kind of grouped write: each batch runs its statements one round trip
+    /// at a time, so several batches in parallel keep Postgres busy; eight of the pool's 16
+    /// connections at most, the other eight for reads.
+    const WRITERS: usize = 4;
 
     /// Connects and migrates (sqlx serialises concurrent migrators with a lock).
     pub async fn connect(url: &str) -> StoreResult<Self> {

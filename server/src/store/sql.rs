@@ -327,33 +327,48 @@ pub(crate) fn outcome_state(outcome: fleetup_proto::InstallOutcome) -> JobState 
 /// much throughput once the commit is amortised.
 pub(crate) const MAX_BATCH: usize = 256;
 
-/// The body of a group-commit batch function: one write transaction begun with `$begin`;
-/// each request in its own savepoint, so a request that fails (stale token, unknown job, a
-/// database error) is rolled back alone and answered with its own error; requests taken in
-/// the order of `$key`, so concurrent batches (Postgres) lock rows in the same order and
-/// cannot deadlock each other; one commit. Evaluates to the results in the requests' order.
+/// The body of a group-commit batch function: the requests written in one transaction
+/// begun with `$begin`, in the order of `$key` (concurrent batches on Postgres lock rows in
+/// the same order, so they cannot deadlock each other), then one commit. Evaluates to the
+/// results in the requests' order.
+///
+/// A request refused by validation (stale token, unknown job: [`StoreError::is_refusal`])
+/// has written nothing, by the contract of the request functions, and is answered with its
+/// refusal while the others go on. Any other error may have left part of the request written
+/// (and on Postgres aborts the transaction): the transaction is rolled back, that request
+/// is answered with its error, and the others are written again in a new transaction. No
+/// savepoints: they cost two round trips per request, and on Postgres more than 64 in one
+/// transaction overflow the subtransaction cache and slow every session.
 macro_rules! batch_tx {
     ($begin:expr, $reqs:ident, key = |$k:ident| $key:expr, |$tx:ident, $r:ident| $body:expr) => {{
-        let mut $tx = $begin.await?;
         let mut order: Vec<usize> = (0..$reqs.len()).collect();
         order.sort_by_key(|i| {
             let $k = &$reqs[*i];
             $key
         });
-        let mut results = Vec::new();
-        results.resize_with($reqs.len(), || None);
-        for i in order {
-            let $r = &$reqs[i];
-            sqlx::query("savepoint request").execute(&mut *$tx).await?;
-            let result = $body;
-            if result.is_err() {
-                sqlx::query("rollback to savepoint request").execute(&mut *$tx).await?;
+        let mut failed: Vec<Option<$crate::store::StoreError>> = Vec::new();
+        failed.resize_with($reqs.len(), || None);
+        'attempt: loop {
+            let mut $tx = $begin.await?;
+            let mut results = Vec::new();
+            results.resize_with($reqs.len(), || None);
+            for &i in &order {
+                if failed[i].is_some() {
+                    continue;
+                }
+                let $r = &$reqs[i];
+                match $body {
+                    Err(e) if !e.is_refusal() => {
+                        $tx.rollback().await?;
+                        failed[i] = Some(e);
+                        continue 'attempt;
+                    }
+                    result => results[i] = Some(result),
+                }
             }
-            sqlx::query("release savepoint request").execute(&mut *$tx).await?;
-            results[i] = Some(result);
+            $tx.commit().await?;
+            break 'attempt Ok(results.into_iter().zip(failed).filter_map(|(result, error)| error.map(Err).or(result)).collect());
         }
-        $tx.commit().await?;
-        Ok(results.into_iter().flatten().collect())
     }};
 }
 
@@ -405,7 +420,9 @@ macro_rules! store_impl {
                 agent_id: &str,
                 now: i64,
             ) -> $crate::store::StoreResult<Option<$crate::store::ClaimedJob>> {
-                let claimed: Option<(String,)> = sqlx::query_as(concat!(
+                // `fetch_all`, not `fetch_optional`, on `returning`: SQLite must step the
+                // statement to its end (see docs/decisions.md, SQLite durability).
+                let claimed: Vec<(String,)> = sqlx::query_as(concat!(
                     "update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = $2 + lease_ms, \
                      dispatched_at = $2, updated_at = $2 \
                      where id = (select j.id from jobs j join rollouts r on r.id = j.rollout_id \
@@ -417,9 +434,9 @@ macro_rules! store_impl {
                 ))
                 .bind(agent_id)
                 .bind(now)
-                .fetch_optional(&mut **tx)
+                .fetch_all(&mut **tx)
                 .await?;
-                let id = match claimed {
+                let id = match claimed.into_iter().next() {
                     Some((id,)) => id,
                     // A job dispatched to this agent that it never started means the answer to
                     // the poll that claimed it was lost (a handler error after the claim, a
@@ -437,10 +454,11 @@ macro_rules! store_impl {
                         }
                     }
                 };
-                let row = Self::job_tx(tx, &id).await?;
+                // The claim has written: a missing row now is corruption, not a refusal.
+                let row = Self::job_tx(tx, &id).await.map_err($crate::store::sql::corrupt)?;
                 if !plans.contains_key(&row.rollout_id) {
                     let (spec, package_id): (String, String) = sqlx::query_as("select spec, package_id from rollouts where id = $1").bind(&row.rollout_id).fetch_one(&mut **tx).await?;
-                    let package = Self::package_on(&mut **tx, &package_id).await?;
+                    let package = Self::package_on(&mut **tx, &package_id).await.map_err($crate::store::sql::corrupt)?;
                     plans.insert(row.rollout_id.clone(), ($crate::store::sql::from_json(&spec, "rollout spec")?, package));
                 }
                 let (spec, package) = plans[&row.rollout_id].clone();
@@ -508,7 +526,8 @@ macro_rules! store_impl {
                 Ok(agents.into_iter().map(|(a,)| a).collect())
             }
 
-            /// Records one report's events (validated first: a stale or foreign report writes nothing).
+            /// Records one report's events. Refusals (unknown job, another agent's job, a
+            /// stale fencing token) come before any write, as `batch_tx!` requires.
             async fn report_tx(tx: &mut sqlx::Transaction<'static, $db>, r: &$crate::store::ReportRequest) -> $crate::store::StoreResult<$crate::store::ReportOutcome> {
                 use $crate::model::JobState;
                 let (job_id, agent_id, fencing_token, events, now) = (r.job_id.as_str(), r.agent_id.as_str(), r.fencing_token, r.events.as_slice(), r.now);
@@ -517,27 +536,37 @@ macro_rules! store_impl {
                 let was = row.state()?;
                 let mut job = row.to_job()?;
                 let mut phase_started_at = row.phase_started_at;
-                let (spec_text,): (String,) = sqlx::query_as("select spec from rollouts where id = $1").bind(&row.rollout_id).fetch_one(&mut **tx).await?;
-                let spec: $crate::model::RolloutSpec = $crate::store::sql::from_json(&spec_text, "rollout spec")?;
+                // Read only when needed: most reports carry no decision (statements cost a
+                // round trip each inside the group-commit transaction).
+                let mut spec: Option<$crate::model::RolloutSpec> = None;
+                let mut asked = false;
                 let mut sorted: Vec<&fleetup_proto::EngineEvent> = events.iter().collect();
                 sorted.sort_by_key(|e| e.seq);
                 let mut out = $crate::store::ReportOutcome::default();
                 let mut max_seq = job.phases.values().map(|p| p.seq).max().unwrap_or(0);
                 let mut final_state = None;
                 let mut installed = None;
+                // One statement per 500 events (a round trip each inside the shared
+                // transaction); `returning` tells which were new.
+                let mut new_seqs = std::collections::BTreeSet::new();
+                for chunk in sorted.chunks(500) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new("insert into events (job_id, seq, phase, status, message, data, at) ");
+                    insert.push_values(chunk, |mut row, ev| {
+                        row.push_bind(job_id)
+                            .push_bind(ev.seq as i64)
+                            .push_bind(ev.phase.as_str())
+                            .push_bind(ev.status.as_str())
+                            .push_bind(ev.message.as_str())
+                            .push_bind($crate::store::sql::to_json(&ev.data))
+                            .push_bind(ev.at.timestamp_millis());
+                    });
+                    insert.push(" on conflict (job_id, seq) do nothing returning seq");
+                    let rows: Vec<(i64,)> = insert.build_query_as().fetch_all(&mut **tx).await?;
+                    new_seqs.extend(rows.into_iter().map(|(seq,)| seq as u64));
+                }
                 for ev in sorted {
-                    let inserted = sqlx::query("insert into events (job_id, seq, phase, status, message, data, at) values ($1, $2, $3, $4, $5, $6, $7) on conflict (job_id, seq) do nothing")
-                        .bind(job_id)
-                        .bind(ev.seq as i64)
-                        .bind(ev.phase.as_str())
-                        .bind(ev.status.as_str())
-                        .bind(&ev.message)
-                        .bind($crate::store::sql::to_json(&ev.data))
-                        .bind(ev.at.timestamp_millis())
-                        .execute(&mut **tx)
-                        .await?
-                        .rows_affected();
-                    if inserted == 0 {
+                    // The first of several events with one seq is the one stored.
+                    if !new_seqs.remove(&ev.seq) {
                         out.duplicates += 1;
                         continue;
                     }
@@ -561,8 +590,14 @@ macro_rules! store_impl {
                             fleetup_proto::DecisionKind::Warning { .. } => "warning",
                             fleetup_proto::DecisionKind::FilesInUse { .. } => "files-in-use",
                         };
+                        if spec.is_none() {
+                            let (text,): (String,) = sqlx::query_as("select spec from rollouts where id = $1").bind(&row.rollout_id).fetch_one(&mut **tx).await?;
+                            spec = Some($crate::store::sql::from_json(&text, "rollout spec")?);
+                        }
+                        let policies = spec.as_ref().map(|s| &s.policies).ok_or_else(|| $crate::store::StoreError::Corrupt("rollout spec".into()))?;
                         let (earlier,): (i64,) = sqlx::query_as("select count(*) from decisions where job_id = $1 and kind = 'files-in-use'").bind(job_id).fetch_one(&mut **tx).await?;
-                        let auto = $crate::scheduler::auto_answer(&spec.policies, &req.kind, earlier as u32);
+                        let auto = $crate::scheduler::auto_answer(policies, &req.kind, earlier as u32);
+                        asked = true;
                         sqlx::query("insert into decisions (job_id, id, phase, kind, request, answer, answered_by, asked_at, answered_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (job_id, id) do nothing")
                             .bind(job_id)
                             .bind(i64::from(req.id))
@@ -590,7 +625,15 @@ macro_rules! store_impl {
                     }
                 }
                 if !was.is_terminal() {
-                    let (open,): (i64,) = sqlx::query_as("select count(*) from decisions where job_id = $1 and answer is null").bind(job_id).fetch_one(&mut **tx).await?;
+                    // Decisions are asked only in reports, and a report that leaves one open
+                    // leaves the job `waiting`: a job that was not waiting and asked nothing
+                    // now has none open.
+                    let open = if was == JobState::Waiting || asked {
+                        let (open,): (i64,) = sqlx::query_as("select count(*) from decisions where job_id = $1 and answer is null").bind(job_id).fetch_one(&mut **tx).await?;
+                        open
+                    } else {
+                        0
+                    };
                     let (state, lease, finished) = match final_state {
                         Some(s) => (s, None, Some(now)),
                         None if open > 0 => (JobState::Waiting, Some(now + row.lease_ms), None),
@@ -1441,4 +1484,44 @@ macro_rules! store_impl {
 /// A stored id that no longer parses.
 pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{StoreError, StoreResult};
+
+    /// Writes `v`; 2 fails after writing (a database-like failure), 3 is refused before writing.
+    async fn write(tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>, v: i64) -> StoreResult<i64> {
+        if v == 3 {
+            return Err(StoreError::StaleLease("3 is stale".into()));
+        }
+        sqlx::query("insert into t (v) values ($1)").bind(v).execute(&mut **tx).await?;
+        if v == 2 {
+            return Err(StoreError::Corrupt("2 broke after writing".into()));
+        }
+        Ok(v * 10)
+    }
+
+    async fn batch(pool: &sqlx::SqlitePool, reqs: &[i64]) -> StoreResult<Vec<StoreResult<i64>>> {
+        batch_tx!(pool.begin(), reqs, key = |r| *r, |tx, r| write(&mut tx, *r).await)
+    }
+
+    /// A request that fails after writing leaves nothing behind and fails alone; a refusal
+    /// fails alone; the others are committed, and each answer is in its request's place.
+    #[tokio::test]
+    async fn a_failing_request_is_rolled_back_alone() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+        sqlx::query("create table t (v integer primary key)").execute(&pool).await.unwrap();
+        let results = batch(&pool, &[4, 3, 2, 1]).await.unwrap();
+        let shown: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Ok(v) => v.to_string(),
+                Err(e) => e.to_string(),
+            })
+            .collect();
+        assert_eq!(shown, ["40", "3 is stale", "corrupt stored data: 2 broke after writing", "10"]);
+        let stored: Vec<(i64,)> = sqlx::query_as("select v from t order by v").fetch_all(&pool).await.unwrap();
+        assert_eq!(stored, [(1,), (4,)]);
+    }
 }
