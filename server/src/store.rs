@@ -314,6 +314,9 @@ pub struct ReportOutcome {
     pub duplicates: u32,
     /// The job ended with this report.
     pub finished: bool,
+    /// The rollup this report installed, added to the agent's list at the end of the
+    /// report's transaction.
+    pub installed: Option<crate::model::InstalledRollup>,
 }
 
 /// What the agent must hear about one job.

@@ -329,7 +329,8 @@ pub(crate) const MAX_BATCH: usize = 256;
 
 /// The body of a group-commit batch function: the requests written in one transaction
 /// begun with `$begin`, in the order of `$key` (concurrent batches on Postgres lock rows in
-/// the same order, so they cannot deadlock each other), then one commit. Evaluates to the
+/// the same order, so they cannot deadlock each other), then `$then` (optional: writes that
+/// follow from all the results, before the commit), then one commit. Evaluates to the
 /// results in the requests' order.
 ///
 /// A request refused by validation (stale token, unknown job: [`StoreError::is_refusal`])
@@ -340,7 +341,10 @@ pub(crate) const MAX_BATCH: usize = 256;
 /// savepoints: they cost two round trips per request, and on Postgres more than 64 in one
 /// transaction overflow the subtransaction cache and slow every session.
 macro_rules! batch_tx {
-    ($begin:expr, $reqs:ident, key = |$k:ident| $key:expr, |$tx:ident, $r:ident| $body:expr) => {{
+    ($begin:expr, $reqs:ident, key = |$k:ident| $key:expr, |$tx:ident, $r:ident| $body:expr) => {
+        batch_tx!($begin, $reqs, key = |$k| $key, |$tx, $r| $body, then = |_results| Ok::<(), $crate::store::StoreError>(()))
+    };
+    ($begin:expr, $reqs:ident, key = |$k:ident| $key:expr, |$tx:ident, $r:ident| $body:expr, then = |$results:ident| $then:expr) => {{
         let mut order: Vec<usize> = (0..$reqs.len()).collect();
         order.sort_by_key(|i| {
             let $k = &$reqs[*i];
@@ -365,6 +369,10 @@ macro_rules! batch_tx {
                     }
                     result => results[i] = Some(result),
                 }
+            }
+            {
+                let $results = &results;
+                $then?;
             }
             $tx.commit().await?;
             break 'attempt Ok(results.into_iter().zip(failed).filter_map(|(result, error)| error.map(Err).or(result)).collect());
@@ -409,7 +417,21 @@ macro_rules! store_impl {
 
             /// Reports: each request in the batch records its events.
             async fn report_batch(pool: sqlx::Pool<$db>, reqs: Vec<$crate::store::ReportRequest>) -> $crate::store::StoreResult<Vec<$crate::store::StoreResult<$crate::store::ReportOutcome>>> {
-                batch_tx!(Self::begin_write(&pool), reqs, key = |r| r.job_id.clone(), |tx, r| Self::report_tx(&mut tx, r).await)
+                // Row locks in one order in every transaction, so none waits on another in a
+                // cycle (Postgres): first the jobs, in id order; then the agents whose install
+                // ended, in id order, as `touch_agents` does.
+                batch_tx!(Self::begin_write(&pool), reqs, key = |r| r.job_id.clone(), |tx, r| Self::report_tx(&mut tx, r).await, then = |results| {
+                    let mut installed: Vec<(&str, &$crate::model::InstalledRollup)> = results
+                        .iter()
+                        .zip(&reqs)
+                        .filter_map(|(result, r)| match result {
+                            Some(Ok(out)) => out.installed.as_ref().map(|i| (r.agent_id.as_str(), i)),
+                            _ => None,
+                        })
+                        .collect();
+                    installed.sort_by_key(|(agent, _)| *agent);
+                    Self::add_installed(&mut tx, &installed).await
+                })
             }
 
             /// Dispatches the agent's next ready job, or hands over again the one dispatched
@@ -656,14 +678,20 @@ macro_rules! store_impl {
                         .bind(now)
                         .execute(&mut **tx)
                         .await?;
-                    if let Some(inst) = installed {
-                        let (text,): (String,) = sqlx::query_as(concat!("select installed from agents where id = $1", $fu)).bind(agent_id).fetch_one(&mut **tx).await?;
-                        let mut list: Vec<$crate::model::InstalledRollup> = $crate::store::sql::from_json(&text, "agent installed")?;
-                        list.push(inst);
-                        sqlx::query("update agents set installed = $2 where id = $1").bind(agent_id).bind($crate::store::sql::to_json(&list)).execute(&mut **tx).await?;
-                    }
+                    out.installed = installed;
                 }
                 Ok(out)
+            }
+
+            /// Adds installed rollups to their agents' lists (in the given order).
+            async fn add_installed(tx: &mut sqlx::Transaction<'static, $db>, installed: &[(&str, &$crate::model::InstalledRollup)]) -> $crate::store::StoreResult<()> {
+                for (agent_id, inst) in installed {
+                    let (text,): (String,) = sqlx::query_as(concat!("select installed from agents where id = $1", $fu)).bind(agent_id).fetch_one(&mut **tx).await?;
+                    let mut list: Vec<$crate::model::InstalledRollup> = $crate::store::sql::from_json(&text, "agent installed")?;
+                    list.push((*inst).clone());
+                    sqlx::query("update agents set installed = $2 where id = $1").bind(agent_id).bind($crate::store::sql::to_json(&list)).execute(&mut **tx).await?;
+                }
+                Ok(())
             }
 
             /// Checks that `agent_id` holds the current lease of the job.
@@ -867,6 +895,9 @@ macro_rules! store_impl {
                 if seen.is_empty() {
                     return Ok(());
                 }
+                // In id order, like report batches (see `report_batch`): no lock-order deadlock.
+                let mut seen: Vec<&(String, i64)> = seen.iter().collect();
+                seen.sort_unstable();
                 let mut tx = self.write_tx().await?;
                 for (id, at) in seen {
                     sqlx::query("update agents set last_seen = $2 where id = $1 and last_seen < $2").bind(id).bind(*at).execute(&mut *tx).await?;
