@@ -77,4 +77,10 @@ impl PgStore {
     }
 }
 
-store_impl!(PgStore, sqlx::Postgres, fu_job = " for update of j", fu = " for update", skip_locked = " for update of j skip locked");
+store_impl!(
+    PgStore,
+    sqlx::Postgres,
+    fu_job = " for update of j",
+    fu = " for update",
+    skip_locked = " for update of j skip locked"
+);

@@ -342,7 +342,13 @@ pub(crate) const MAX_BATCH: usize = 256;
 /// transaction overflow the subtransaction cache and slow every session.
 macro_rules! batch_tx {
     ($begin:expr, $reqs:ident, key = |$k:ident| $key:expr, |$tx:ident, $r:ident| $body:expr) => {
-        batch_tx!($begin, $reqs, key = |$k| $key, |$tx, $r| $body, then = |_results| Ok::<(), $crate::store::StoreError>(()))
+        batch_tx!(
+            $begin,
+            $reqs,
+            key = |$k| $key,
+            |$tx, $r| $body,
+            then = |_results| Ok::<(), $crate::store::StoreError>(())
+        )
     };
     ($begin:expr, $reqs:ident, key = |$k:ident| $key:expr, |$tx:ident, $r:ident| $body:expr, then = |$results:ident| $then:expr) => {{
         let mut order: Vec<usize> = (0..$reqs.len()).collect();
@@ -375,7 +381,11 @@ macro_rules! batch_tx {
                 $then?;
             }
             $tx.commit().await?;
-            break 'attempt Ok(results.into_iter().zip(failed).filter_map(|(result, error)| error.map(Err).or(result)).collect());
+            break 'attempt Ok(results
+                .into_iter()
+                .zip(failed)
+                .filter_map(|(result, error)| error.map(Err).or(result))
+                .collect());
         }
     }};
 }

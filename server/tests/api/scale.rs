@@ -20,14 +20,14 @@ async fn concurrent_reports_get_their_own_answers(backend: Backend) {
     let agents = app.fleet("busy", 30).await;
     let spec = json!({ "package_id": package, "targets": { "labels": { "group": "busy" } }, "concurrency": 30 });
     let rollout = app.rollout(spec, true).await;
-    let jobs = join_all(agents.iter().map(|a| a.next_job())).await;
+    let jobs = join_all(agents.iter().map(crate::helpers::FakeAgent::next_job)).await;
     let good = |i: usize| {
         let mut events = vec![
             ev(3, PhaseId::PrePrecompile, PhaseStatus::Running),
             ev(1, PhaseId::CheckSystem, PhaseStatus::Running),
             ev(2, PhaseId::CheckSystem, PhaseStatus::Succeeded),
         ];
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             events.push(final_ev(4, InstallOutcome::Succeeded));
         }
         events
@@ -36,12 +36,20 @@ async fn concurrent_reports_get_their_own_answers(backend: Backend) {
     for (i, (agent, job)) in agents.iter().zip(&jobs).enumerate() {
         let other = &jobs[(i + 1) % jobs.len()];
         calls.push(agent.report(&job.job_id, job.fencing_token, good(i)));
-        calls.push(agent.report(&job.job_id, job.fencing_token + 1, vec![ev(50, PhaseId::Cleanup, PhaseStatus::Running)]));
-        calls.push(agent.report(&other.job_id, other.fencing_token, vec![ev(60, PhaseId::Cleanup, PhaseStatus::Running)]));
+        calls.push(agent.report(
+            &job.job_id,
+            job.fencing_token + 1,
+            vec![ev(50, PhaseId::Cleanup, PhaseStatus::Running)],
+        ));
+        calls.push(agent.report(
+            &other.job_id,
+            other.fencing_token,
+            vec![ev(60, PhaseId::Cleanup, PhaseStatus::Running)],
+        ));
     }
     let answers = join_all(calls).await;
     for (i, answer) in answers.chunks(3).enumerate() {
-        let accepted = if i % 2 == 0 { 4 } else { 3 };
+        let accepted = if i.is_multiple_of(2) { 4 } else { 3 };
         let (s, r) = &answer[0];
         assert_eq!((*s, r["accepted"].as_u64(), r["duplicates"].as_u64()), (200, Some(accepted), Some(0)), "{i}: {r}");
         let (s, r) = &answer[1];
@@ -58,7 +66,7 @@ async fn concurrent_reports_get_their_own_answers(backend: Backend) {
         let seqs: Vec<u64> = events.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, (1..=sent).collect::<Vec<_>>(), "job {i}");
         let j = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
-        let (state, phase) = if i % 2 == 0 { ("succeeded", "cleanup") } else { ("running", "pre-precompile") };
+        let (state, phase) = if i.is_multiple_of(2) { ("succeeded", "cleanup") } else { ("running", "pre-precompile") };
         assert_eq!((j["state"].as_str(), j["current_phase"].as_str()), (Some(state), Some(phase)), "{j}");
     }
     let r = app.get(&format!("/api/v1/rollouts/{rollout}")).await;
