@@ -9,6 +9,7 @@
 
 #[macro_use]
 pub(crate) mod sql;
+pub(crate) mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 
@@ -45,6 +46,24 @@ pub enum StoreError {
     /// Migrations failed.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The shared transaction this request was written in failed; nothing of it was written.
+    #[error("the database did not commit this write: {0}")]
+    Batch(String),
+}
+
+impl StoreError {
+    /// A refusal of the request as asked (not found, conflict, refused, forbidden, stale
+    /// lease), as opposed to a failure of the database or of stored data.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotFound(_)
+                | StoreError::Conflict(_)
+                | StoreError::Refused(_)
+                | StoreError::Forbidden(_)
+                | StoreError::StaleLease(_)
+        )
+    }
 }
 
 /// Result of store calls.
@@ -262,6 +281,30 @@ pub struct ClaimedJob {
     pub lease_ms: i64,
 }
 
+/// A poll's claim, written by the claims' group commit.
+#[derive(Debug)]
+pub(crate) struct ClaimRequest {
+    /// The polling agent.
+    pub agent_id: String,
+    /// When it polled.
+    pub now: Millis,
+}
+
+/// An event report, written by the reports' group commit.
+#[derive(Debug)]
+pub(crate) struct ReportRequest {
+    /// The job.
+    pub job_id: String,
+    /// The reporting agent.
+    pub agent_id: String,
+    /// Its fencing token.
+    pub fencing_token: u64,
+    /// The events, in any order.
+    pub events: Vec<EngineEvent>,
+    /// When the report arrived.
+    pub now: Millis,
+}
+
 /// What a report changed.
 #[derive(Debug, Clone, Default)]
 pub struct ReportOutcome {
@@ -271,6 +314,9 @@ pub struct ReportOutcome {
     pub duplicates: u32,
     /// The job ended with this report.
     pub finished: bool,
+    /// The rollup this report installed, added to the agent's list at the end of the
+    /// report's transaction.
+    pub installed: Option<crate::model::InstalledRollup>,
 }
 
 /// What the agent must hear about one job.

@@ -1,9 +1,10 @@
 //! The Postgres store: several coordinators may share it.
 //!
-//! Claims are one statement with `FOR UPDATE SKIP LOCKED`, so two replicas never hand out
-//! the same job; the scheduler pass holds a transaction-scoped advisory lock, so one replica
-//! schedules at a time (the others skip the pass); `NOTIFY fleetup_wake` carries the ids of
-//! agents with news so the replica holding an agent's long-poll wakes it at once.
+//! A claim is one statement with `FOR UPDATE SKIP LOCKED` (many of them per group-commit
+//! transaction), so two replicas never hand out the same job; the scheduler pass holds a
+//! transaction-scoped advisory lock, so one replica schedules at a time (the others skip the
+//! pass); `NOTIFY fleetup_wake` carries the ids of agents with news so the replica holding an
+//! agent's long-poll wakes it at once.
 
 use crate::store::StoreResult;
 use futures_util::StreamExt as _;
@@ -16,23 +17,29 @@ const SCHEDULER_LOCK: i64 = 0x0066_6c65_6574_7570;
 const WAKE_CHANNEL: &str = "fleetup_wake";
 
 /// The Postgres implementation of [`crate::store::Store`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
+    claims: crate::store::group_commit::GroupCommit<crate::store::ClaimRequest, Option<crate::store::ClaimedJob>>,
+    reports: crate::store::group_commit::GroupCommit<crate::store::ReportRequest, crate::store::ReportOutcome>,
 }
 
 impl PgStore {
     const BACKEND: &'static str = "postgres";
+    /// Writer tasks per kind of grouped write: each batch runs its statements one round trip
+    /// at a time, so several batches in parallel keep Postgres busy; eight of the pool's 16
+    /// connections at most, the other eight for reads.
+    const WRITERS: usize = 4;
 
     /// Connects and migrates (sqlx serialises concurrent migrators with a lock).
     pub async fn connect(url: &str) -> StoreResult<Self> {
         let pool = PgPoolOptions::new().max_connections(16).connect(url).await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self::with_writers(pool))
     }
 
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        self.pool.begin().await
+    async fn begin_write(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        pool.begin().await
     }
 
     async fn scheduler_tx(&self) -> StoreResult<Option<sqlx::Transaction<'static, sqlx::Postgres>>> {
@@ -45,23 +52,6 @@ impl PgStore {
             tx.rollback().await?;
             Ok(None)
         }
-    }
-
-    async fn claim_job_impl(&self, agent_id: &str, now: i64) -> StoreResult<Option<String>> {
-        let ids: Vec<(String,)> = sqlx::query_as(
-            "update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = $2 + lease_ms, \
-             dispatched_at = $2, updated_at = $2 \
-             where id = (select j.id from jobs j join rollouts r on r.id = j.rollout_id \
-                 where j.agent_id = $1 and j.state = 'queued' and r.state = 'running' \
-                 and not exists (select 1 from jobs b where b.agent_id = $1 and b.state in ('dispatched', 'running', 'waiting')) \
-                 order by j.created_at, j.position limit 1 for update of j skip locked) \
-             and state = 'queued' returning id",
-        )
-        .bind(agent_id)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(ids.into_iter().next().map(|(id,)| id))
     }
 
     async fn publish_wakeups_impl(&self, agent_ids: &[String]) -> StoreResult<()> {
@@ -87,4 +77,10 @@ impl PgStore {
     }
 }
 
-store_impl!(PgStore, sqlx::Postgres, fu_job = " for update of j", fu = " for update");
+store_impl!(
+    PgStore,
+    sqlx::Postgres,
+    fu_job = " for update of j",
+    fu = " for update",
+    skip_locked = " for update of j skip locked"
+);

@@ -1,9 +1,14 @@
 //! The queries both backends share, written once. `store_impl!` expands into a backend's
-//! `impl Store`; the backend supplies `write_tx()` (a transaction that may write: SQLite
-//! `BEGIN IMMEDIATE`, so a read-then-write never upgrades a lock and deadlocks),
-//! `scheduler_tx()` (Postgres: also takes the advisory lock), `claim_job_impl`, and the
-//! wake-up plumbing. `$fu_job` / `$fu` are the row-locking clauses (`for update …` on
-//! Postgres, empty on SQLite, whose write transaction already excludes other writers).
+//! `impl Store`; the backend supplies `begin_write(pool)` (a transaction that may write:
+//! SQLite `BEGIN IMMEDIATE`, so a read-then-write never upgrades a lock and deadlocks),
+//! `scheduler_tx()` (Postgres: also takes the advisory lock), `WRITERS` (writer tasks per
+//! group commit) and the wake-up plumbing. `$fu_job` / `$fu` are the row-locking clauses
+//! (`for update …` on Postgres, empty on SQLite, whose write transaction already excludes
+//! other writers); `$skip_locked` makes concurrent claims pass over each other's rows.
+//!
+//! Claims and event reports are written by group commit ([`super::group_commit`]): each
+//! backend's store starts one queue per kind, and `claim_batch` / `report_batch` write a
+//! batch of requests in one transaction (see `batch_tx!`).
 
 use crate::model::{
     Agent, AuditEntry, Decision, EnrollmentToken, InstalledRollup, Job, JobState, Package, PhaseState, Rollout,
@@ -317,10 +322,180 @@ pub(crate) fn outcome_state(outcome: fleetup_proto::InstallOutcome) -> JobState 
     }
 }
 
+/// Most requests a group-commit transaction holds. A batch of claims or reports costs a few
+/// statements per request plus one commit, so larger batches add latency without adding
+/// much throughput once the commit is amortised.
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// The body of a group-commit batch function: the requests written in one transaction
+/// begun with `$begin`, in the order of `$key` (concurrent batches on Postgres lock rows in
+/// the same order, so they cannot deadlock each other), then `$then` (optional: writes that
+/// follow from all the results, before the commit), then one commit. Evaluates to the
+/// results in the requests' order.
+///
+/// A request refused by validation (stale token, unknown job: [`StoreError::is_refusal`])
+/// has written nothing, by the contract of the request functions, and is answered with its
+/// refusal while the others go on. Any other error may have left part of the request written
+/// (and on Postgres aborts the transaction): the transaction is rolled back, that request
+/// is answered with its error, and the others are written again in a new transaction. No
+/// savepoints: they cost two round trips per request, and on Postgres more than 64 in one
+/// transaction overflow the subtransaction cache and slow every session.
+macro_rules! batch_tx {
+    ($begin:expr, $reqs:ident, key = |$k:ident| $key:expr, |$tx:ident, $r:ident| $body:expr) => {
+        batch_tx!(
+            $begin,
+            $reqs,
+            key = |$k| $key,
+            |$tx, $r| $body,
+            then = |_results| Ok::<(), $crate::store::StoreError>(())
+        )
+    };
+    ($begin:expr, $reqs:ident, key = |$k:ident| $key:expr, |$tx:ident, $r:ident| $body:expr, then = |$results:ident| $then:expr) => {{
+        let mut order: Vec<usize> = (0..$reqs.len()).collect();
+        order.sort_by_key(|i| {
+            let $k = &$reqs[*i];
+            $key
+        });
+        let mut failed: Vec<Option<$crate::store::StoreError>> = Vec::new();
+        failed.resize_with($reqs.len(), || None);
+        'attempt: loop {
+            let mut $tx = $begin.await?;
+            let mut results = Vec::new();
+            results.resize_with($reqs.len(), || None);
+            for &i in &order {
+                if failed[i].is_some() {
+                    continue;
+                }
+                let $r = &$reqs[i];
+                match $body {
+                    Err(e) if !e.is_refusal() => {
+                        $tx.rollback().await?;
+                        failed[i] = Some(e);
+                        continue 'attempt;
+                    }
+                    result => results[i] = Some(result),
+                }
+            }
+            {
+                let $results = &results;
+                $then?;
+            }
+            $tx.commit().await?;
+            break 'attempt Ok(results
+                .into_iter()
+                .zip(failed)
+                .filter_map(|(result, error)| error.map(Err).or(result))
+                .collect());
+        }
+    }};
+}
+
 /// Expands into `impl Store for $store` (see the module doc).
 macro_rules! store_impl {
-    ($store:ty, $db:ty, fu_job = $fu_job:literal, fu = $fu:literal) => {
+    ($store:ty, $db:ty, fu_job = $fu_job:literal, fu = $fu:literal, skip_locked = $skip_locked:literal) => {
         impl $store {
+            /// The store over `pool`, with the group commits of claims and reports started.
+            fn with_writers(pool: sqlx::Pool<$db>) -> Self {
+                use $crate::store::group_commit::GroupCommit;
+                use $crate::store::sql::MAX_BATCH;
+                let (claim_pool, report_pool) = (pool.clone(), pool.clone());
+                Self {
+                    claims: GroupCommit::spawn("claim", MAX_BATCH, Self::WRITERS, move |reqs| Self::claim_batch(claim_pool.clone(), reqs)),
+                    reports: GroupCommit::spawn("report", MAX_BATCH, Self::WRITERS, move |reqs| Self::report_batch(report_pool.clone(), reqs)),
+                    pool,
+                }
+            }
+
+            async fn write_tx(&self) -> Result<sqlx::Transaction<'static, $db>, sqlx::Error> {
+                Self::begin_write(&self.pool).await
+            }
+
+            async fn package_on(conn: &mut <$db as sqlx::Database>::Connection, id: &str) -> $crate::store::StoreResult<$crate::model::Package> {
+                let row: Option<$crate::store::sql::PackageRow> = sqlx::query_as("select id, name, version, sha256, size, key_id, manifest, uploaded_by, uploaded_at from packages where id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                row.ok_or_else(|| $crate::store::StoreError::NotFound(format!("package {id} not found")))?.to_package()
+            }
+
+            /// Claims: each request in the batch claims its agent's next job.
+            async fn claim_batch(pool: sqlx::Pool<$db>, reqs: Vec<$crate::store::ClaimRequest>) -> $crate::store::StoreResult<Vec<$crate::store::StoreResult<Option<$crate::store::ClaimedJob>>>> {
+                // A wave's claims share one rollout: read its plan and package once per batch.
+                let mut plans = std::collections::HashMap::new();
+                batch_tx!(Self::begin_write(&pool), reqs, key = |r| r.agent_id.clone(), |tx, r| Self::claim_tx(&mut tx, &mut plans, &r.agent_id, r.now).await)
+            }
+
+            /// Reports: each request in the batch records its events.
+            async fn report_batch(pool: sqlx::Pool<$db>, reqs: Vec<$crate::store::ReportRequest>) -> $crate::store::StoreResult<Vec<$crate::store::StoreResult<$crate::store::ReportOutcome>>> {
+                // Row locks in one order in every transaction, so none waits on another in a
+                // cycle (Postgres): first the jobs, in id order; then the agents whose install
+                // ended, in id order, as `touch_agents` does.
+                batch_tx!(Self::begin_write(&pool), reqs, key = |r| r.job_id.clone(), |tx, r| Self::report_tx(&mut tx, r).await, then = |results| {
+                    let mut installed: Vec<(&str, &$crate::model::InstalledRollup)> = results
+                        .iter()
+                        .zip(&reqs)
+                        .filter_map(|(result, r)| match result {
+                            Some(Ok(out)) => out.installed.as_ref().map(|i| (r.agent_id.as_str(), i)),
+                            _ => None,
+                        })
+                        .collect();
+                    installed.sort_by_key(|(agent, _)| *agent);
+                    Self::add_installed(&mut tx, &installed).await
+                })
+            }
+
+            /// Dispatches the agent's next ready job, or hands over again the one dispatched
+            /// to it that it never started.
+            async fn claim_tx(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                plans: &mut std::collections::HashMap<String, ($crate::model::RolloutSpec, $crate::model::Package)>,
+                agent_id: &str,
+                now: i64,
+            ) -> $crate::store::StoreResult<Option<$crate::store::ClaimedJob>> {
+                // `fetch_all`, not `fetch_optional`, on `returning`: SQLite must step the
+                // statement to its end (see docs/decisions.md, SQLite durability).
+                let claimed: Vec<(String,)> = sqlx::query_as(concat!(
+                    "update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = $2 + lease_ms, \
+                     dispatched_at = $2, updated_at = $2 \
+                     where id = (select j.id from jobs j join rollouts r on r.id = j.rollout_id \
+                         where j.agent_id = $1 and j.state = 'queued' and r.state = 'running' \
+                         and not exists (select 1 from jobs b where b.agent_id = $1 and b.state in ('dispatched', 'running', 'waiting')) \
+                         order by j.created_at, j.position limit 1",
+                    $skip_locked,
+                    ") and state = 'queued' returning id"
+                ))
+                .bind(agent_id)
+                .bind(now)
+                .fetch_all(&mut **tx)
+                .await?;
+                let id = match claimed.into_iter().next() {
+                    Some((id,)) => id,
+                    // A job dispatched to this agent that it never started means the answer to
+                    // the poll that claimed it was lost (a handler error after the claim, a
+                    // dropped connection). An agent polls only while it holds no job, so the
+                    // same dispatch, fencing token and all, is handed over again instead of
+                    // stranding the job until its lease runs out (docs/benchmarks.md, defect 1).
+                    None => {
+                        let undelivered: Option<(String,)> = sqlx::query_as("select id from jobs where agent_id = $1 and state = 'dispatched' order by dispatched_at limit 1")
+                            .bind(agent_id)
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                        match undelivered {
+                            Some((id,)) => id,
+                            None => return Ok(None),
+                        }
+                    }
+                };
+                // The claim has written: a missing row now is corruption, not a refusal.
+                let row = Self::job_tx(tx, &id).await.map_err($crate::store::sql::corrupt)?;
+                if !plans.contains_key(&row.rollout_id) {
+                    let (spec, package_id): (String, String) = sqlx::query_as("select spec, package_id from rollouts where id = $1").bind(&row.rollout_id).fetch_one(&mut **tx).await?;
+                    let package = Self::package_on(&mut **tx, &package_id).await.map_err($crate::store::sql::corrupt)?;
+                    plans.insert(row.rollout_id.clone(), ($crate::store::sql::from_json(&spec, "rollout spec")?, package));
+                }
+                let (spec, package) = plans[&row.rollout_id].clone();
+                Ok(Some($crate::store::ClaimedJob { job: row.to_job()?, spec, package, lease_ms: row.lease_ms }))
+            }
             async fn audit_tx(tx: &mut sqlx::Transaction<'static, $db>, a: &$crate::store::NewAudit, now: i64) -> $crate::store::StoreResult<()> {
                 sqlx::query("insert into audit_log (id, at, actor, action, object_type, object_id, detail) values ($1, $2, $3, $4, $5, $6, $7)")
                     .bind($crate::store::sql::new_id())
@@ -383,18 +558,150 @@ macro_rules! store_impl {
                 Ok(agents.into_iter().map(|(a,)| a).collect())
             }
 
-            /// The job, rollout plan and package of a claimed job.
-            async fn claimed(&self, job_id: &str) -> $crate::store::StoreResult<$crate::store::ClaimedJob> {
-                let row = sqlx::query_as::<_, $crate::store::sql::JobRow>(concat!(job_select!(), " where j.id = $1"))
-                    .bind(job_id)
-                    .fetch_one(&self.pool)
-                    .await?;
-                let rollout = sqlx::query_as::<_, $crate::store::sql::RolloutRow>(concat!(rollout_select!(), " where r.id = $1"))
-                    .bind(&row.rollout_id)
-                    .fetch_one(&self.pool)
-                    .await?;
-                let package = $crate::store::Store::get_package(self, &rollout.package_id).await?;
-                Ok($crate::store::ClaimedJob { job: row.to_job()?, spec: rollout.spec()?, package, lease_ms: row.lease_ms })
+            /// Records one report's events. Refusals (unknown job, another agent's job, a
+            /// stale fencing token) come before any write, as `batch_tx!` requires.
+            async fn report_tx(tx: &mut sqlx::Transaction<'static, $db>, r: &$crate::store::ReportRequest) -> $crate::store::StoreResult<$crate::store::ReportOutcome> {
+                use $crate::model::JobState;
+                let (job_id, agent_id, fencing_token, events, now) = (r.job_id.as_str(), r.agent_id.as_str(), r.fencing_token, r.events.as_slice(), r.now);
+                let row = Self::job_tx(tx, job_id).await?;
+                Self::check_lease(&row, agent_id, fencing_token)?;
+                let was = row.state()?;
+                let mut job = row.to_job()?;
+                let mut phase_started_at = row.phase_started_at;
+                // Read only when needed: most reports carry no decision (statements cost a
+                // round trip each inside the group-commit transaction).
+                let mut spec: Option<$crate::model::RolloutSpec> = None;
+                let mut asked = false;
+                let mut sorted: Vec<&fleetup_proto::EngineEvent> = events.iter().collect();
+                sorted.sort_by_key(|e| e.seq);
+                let mut out = $crate::store::ReportOutcome::default();
+                let mut max_seq = job.phases.values().map(|p| p.seq).max().unwrap_or(0);
+                let mut final_state = None;
+                let mut installed = None;
+                // One statement per 500 events (a round trip each inside the shared
+                // transaction); `returning` tells which were new.
+                let mut new_seqs = std::collections::BTreeSet::new();
+                for chunk in sorted.chunks(500) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new("insert into events (job_id, seq, phase, status, message, data, at) ");
+                    insert.push_values(chunk, |mut row, ev| {
+                        row.push_bind(job_id)
+                            .push_bind(ev.seq as i64)
+                            .push_bind(ev.phase.as_str())
+                            .push_bind(ev.status.as_str())
+                            .push_bind(ev.message.as_str())
+                            .push_bind($crate::store::sql::to_json(&ev.data))
+                            .push_bind(ev.at.timestamp_millis());
+                    });
+                    insert.push(" on conflict (job_id, seq) do nothing returning seq");
+                    let rows: Vec<(i64,)> = insert.build_query_as().fetch_all(&mut **tx).await?;
+                    new_seqs.extend(rows.into_iter().map(|(seq,)| seq as u64));
+                }
+                for ev in sorted {
+                    // The first of several events with one seq is the one stored.
+                    if !new_seqs.remove(&ev.seq) {
+                        out.duplicates += 1;
+                        continue;
+                    }
+                    out.accepted += 1;
+                    if was.is_terminal() {
+                        continue;
+                    }
+                    $crate::store::sql::apply_phase(&mut job.phases, ev);
+                    if ev.seq > max_seq {
+                        max_seq = ev.seq;
+                        if job.current_phase != Some(ev.phase) {
+                            phase_started_at = Some(now);
+                        }
+                        job.current_phase = Some(ev.phase);
+                    }
+                    if ev.status == fleetup_proto::PhaseStatus::Warning {
+                        job.warnings.push(serde_json::json!({ "seq": ev.seq, "phase": ev.phase, "message": ev.message, "data": ev.data, "at": ev.at }));
+                    }
+                    if let Some(req) = fleetup_proto::agent_api::decision_in(ev) {
+                        let kind = match &req.kind {
+                            fleetup_proto::DecisionKind::Warning { .. } => "warning",
+                            fleetup_proto::DecisionKind::FilesInUse { .. } => "files-in-use",
+                        };
+                        if spec.is_none() {
+                            let (text,): (String,) = sqlx::query_as("select spec from rollouts where id = $1").bind(&row.rollout_id).fetch_one(&mut **tx).await?;
+                            spec = Some($crate::store::sql::from_json(&text, "rollout spec")?);
+                        }
+                        let policies = spec.as_ref().map(|s| &s.policies).ok_or_else(|| $crate::store::StoreError::Corrupt("rollout spec".into()))?;
+                        let (earlier,): (i64,) = sqlx::query_as("select count(*) from decisions where job_id = $1 and kind = 'files-in-use'").bind(job_id).fetch_one(&mut **tx).await?;
+                        let auto = $crate::scheduler::auto_answer(policies, &req.kind, earlier as u32);
+                        asked = true;
+                        sqlx::query("insert into decisions (job_id, id, phase, kind, request, answer, answered_by, asked_at, answered_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (job_id, id) do nothing")
+                            .bind(job_id)
+                            .bind(i64::from(req.id))
+                            .bind(req.phase.as_str())
+                            .bind(kind)
+                            .bind($crate::store::sql::to_json(&req))
+                            .bind(auto.map(|a| a.as_str()))
+                            .bind(auto.map(|_| "policy"))
+                            .bind(now)
+                            .bind(auto.map(|_| now))
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    if let Some(summary) = ev.summary() {
+                        let state = $crate::store::sql::outcome_state(summary.outcome);
+                        final_state = Some(state);
+                        job.outage_secs = Some(summary.outage_ms as f64 / 1000.0);
+                        job.restart_required = summary.restart_required;
+                        job.error = summary.error.clone().or_else(|| {
+                            (state != JobState::Succeeded).then(|| format!("install ended {}", summary.outcome))
+                        });
+                        if state == JobState::Succeeded {
+                            installed = Some($crate::model::InstalledRollup { rollup: summary.rollup.clone(), version: summary.version.clone(), job_id: job_id.to_owned(), at: ev.at });
+                        }
+                    }
+                }
+                if !was.is_terminal() {
+                    // Decisions are asked only in reports, and a report that leaves one open
+                    // leaves the job `waiting`: a job that was not waiting and asked nothing
+                    // now has none open.
+                    let open = if was == JobState::Waiting || asked {
+                        let (open,): (i64,) = sqlx::query_as("select count(*) from decisions where job_id = $1 and answer is null").bind(job_id).fetch_one(&mut **tx).await?;
+                        open
+                    } else {
+                        0
+                    };
+                    let (state, lease, finished) = match final_state {
+                        Some(s) => (s, None, Some(now)),
+                        None if open > 0 => (JobState::Waiting, Some(now + row.lease_ms), None),
+                        None => (JobState::Running, Some(now + row.lease_ms), None),
+                    };
+                    out.finished = final_state.is_some();
+                    sqlx::query("update jobs set state = $2, current_phase = $3, phase_started_at = $4, phases = $5, warnings = $6, outage_ms = $7, error = $8, restart_required = $9, lease_expires_at = $10, finished_at = $11, cancel_requested = (cancel_requested and $12), updated_at = $13 where id = $1")
+                        .bind(job_id)
+                        .bind(state.as_str())
+                        .bind(job.current_phase.map(|p| p.as_str()))
+                        .bind(phase_started_at)
+                        .bind($crate::store::sql::to_json(&job.phases))
+                        .bind($crate::store::sql::to_json(&job.warnings))
+                        .bind(job.outage_secs.map(|s| (s * 1000.0) as i64))
+                        .bind(&job.error)
+                        .bind(job.restart_required)
+                        .bind(lease)
+                        .bind(finished)
+                        .bind(final_state.is_none())
+                        .bind(now)
+                        .execute(&mut **tx)
+                        .await?;
+                    out.installed = installed;
+                }
+                Ok(out)
+            }
+
+            /// Adds installed rollups to their agents' lists (in the given order).
+            async fn add_installed(tx: &mut sqlx::Transaction<'static, $db>, installed: &[(&str, &$crate::model::InstalledRollup)]) -> $crate::store::StoreResult<()> {
+                for (agent_id, inst) in installed {
+                    let (text,): (String,) = sqlx::query_as(concat!("select installed from agents where id = $1", $fu)).bind(agent_id).fetch_one(&mut **tx).await?;
+                    let mut list: Vec<$crate::model::InstalledRollup> = $crate::store::sql::from_json(&text, "agent installed")?;
+                    list.push((*inst).clone());
+                    sqlx::query("update agents set installed = $2 where id = $1").bind(agent_id).bind($crate::store::sql::to_json(&list)).execute(&mut **tx).await?;
+                }
+                Ok(())
             }
 
             /// Checks that `agent_id` holds the current lease of the job.
@@ -598,6 +905,9 @@ macro_rules! store_impl {
                 if seen.is_empty() {
                     return Ok(());
                 }
+                // In id order, like report batches (see `report_batch`): no lock-order deadlock.
+                let mut seen: Vec<&(String, i64)> = seen.iter().collect();
+                seen.sort_unstable();
                 let mut tx = self.write_tx().await?;
                 for (id, at) in seen {
                     sqlx::query("update agents set last_seen = $2 where id = $1 and last_seen < $2").bind(id).bind(*at).execute(&mut *tx).await?;
@@ -641,11 +951,7 @@ macro_rules! store_impl {
 
             #[tracing::instrument(skip_all)]
             async fn get_package(&self, id: &str) -> $crate::store::StoreResult<$crate::model::Package> {
-                let row: Option<$crate::store::sql::PackageRow> = sqlx::query_as("select id, name, version, sha256, size, key_id, manifest, uploaded_by, uploaded_at from packages where id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                row.ok_or_else(|| $crate::store::StoreError::NotFound(format!("package {id} not found")))?.to_package()
+                Self::package_on(&mut *self.pool.acquire().await?, id).await
             }
 
             #[tracing::instrument(skip_all)]
@@ -901,135 +1207,13 @@ macro_rules! store_impl {
                 if ready == 0 {
                     return Ok(None);
                 }
-                // A job dispatched to this agent that it never started means the answer to the
-                // poll that claimed it was lost (a handler error after the claim, a dropped
-                // connection). An agent polls only while it holds no job, so the same dispatch,
-                // fencing token and all, is handed over again instead of stranding the job
-                // until its lease runs out (seen under a 10,000-agent wave, docs/benchmarks.md).
-                let undelivered: Vec<(String,)> = sqlx::query_as("select id from jobs where agent_id = $1 and state = 'dispatched' order by dispatched_at limit 1").bind(agent_id).fetch_all(&self.pool).await?;
-                if let Some((id,)) = undelivered.into_iter().next() {
-                    return Ok(Some(self.claimed(&id).await?));
-                }
-                match self.claim_job_impl(agent_id, now).await? {
-                    Some(id) => Ok(Some(self.claimed(&id).await?)),
-                    None => Ok(None),
-                }
+                self.claims.submit($crate::store::ClaimRequest { agent_id: agent_id.to_owned(), now }).await
             }
 
             #[tracing::instrument(skip_all)]
             async fn report_events(&self, job_id: &str, agent_id: &str, fencing_token: u64, events: &[fleetup_proto::EngineEvent], now: i64) -> $crate::store::StoreResult<$crate::store::ReportOutcome> {
-                use $crate::model::JobState;
-                let mut tx = self.write_tx().await?;
-                let row = Self::job_tx(&mut tx, job_id).await?;
-                Self::check_lease(&row, agent_id, fencing_token)?;
-                let was = row.state()?;
-                let mut job = row.to_job()?;
-                let mut phase_started_at = row.phase_started_at;
-                let (spec_text,): (String,) = sqlx::query_as("select spec from rollouts where id = $1").bind(&row.rollout_id).fetch_one(&mut *tx).await?;
-                let spec: $crate::model::RolloutSpec = $crate::store::sql::from_json(&spec_text, "rollout spec")?;
-                let mut sorted: Vec<&fleetup_proto::EngineEvent> = events.iter().collect();
-                sorted.sort_by_key(|e| e.seq);
-                let mut out = $crate::store::ReportOutcome::default();
-                let mut max_seq = job.phases.values().map(|p| p.seq).max().unwrap_or(0);
-                let mut final_state = None;
-                let mut installed = None;
-                for ev in sorted {
-                    let inserted = sqlx::query("insert into events (job_id, seq, phase, status, message, data, at) values ($1, $2, $3, $4, $5, $6, $7) on conflict (job_id, seq) do nothing")
-                        .bind(job_id)
-                        .bind(ev.seq as i64)
-                        .bind(ev.phase.as_str())
-                        .bind(ev.status.as_str())
-                        .bind(&ev.message)
-                        .bind($crate::store::sql::to_json(&ev.data))
-                        .bind(ev.at.timestamp_millis())
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if inserted == 0 {
-                        out.duplicates += 1;
-                        continue;
-                    }
-                    out.accepted += 1;
-                    if was.is_terminal() {
-                        continue;
-                    }
-                    $crate::store::sql::apply_phase(&mut job.phases, ev);
-                    if ev.seq > max_seq {
-                        max_seq = ev.seq;
-                        if job.current_phase != Some(ev.phase) {
-                            phase_started_at = Some(now);
-                        }
-                        job.current_phase = Some(ev.phase);
-                    }
-                    if ev.status == fleetup_proto::PhaseStatus::Warning {
-                        job.warnings.push(serde_json::json!({ "seq": ev.seq, "phase": ev.phase, "message": ev.message, "data": ev.data, "at": ev.at }));
-                    }
-                    if let Some(req) = fleetup_proto::agent_api::decision_in(ev) {
-                        let kind = match &req.kind {
-                            fleetup_proto::DecisionKind::Warning { .. } => "warning",
-                            fleetup_proto::DecisionKind::FilesInUse { .. } => "files-in-use",
-                        };
-                        let (earlier,): (i64,) = sqlx::query_as("select count(*) from decisions where job_id = $1 and kind = 'files-in-use'").bind(job_id).fetch_one(&mut *tx).await?;
-                        let auto = $crate::scheduler::auto_answer(&spec.policies, &req.kind, earlier as u32);
-                        sqlx::query("insert into decisions (job_id, id, phase, kind, request, answer, answered_by, asked_at, answered_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (job_id, id) do nothing")
-                            .bind(job_id)
-                            .bind(i64::from(req.id))
-                            .bind(req.phase.as_str())
-                            .bind(kind)
-                            .bind($crate::store::sql::to_json(&req))
-                            .bind(auto.map(|a| a.as_str()))
-                            .bind(auto.map(|_| "policy"))
-                            .bind(now)
-                            .bind(auto.map(|_| now))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    if let Some(summary) = ev.summary() {
-                        let state = $crate::store::sql::outcome_state(summary.outcome);
-                        final_state = Some(state);
-                        job.outage_secs = Some(summary.outage_ms as f64 / 1000.0);
-                        job.restart_required = summary.restart_required;
-                        job.error = summary.error.clone().or_else(|| {
-                            (state != JobState::Succeeded).then(|| format!("install ended {}", summary.outcome))
-                        });
-                        if state == JobState::Succeeded {
-                            installed = Some($crate::model::InstalledRollup { rollup: summary.rollup.clone(), version: summary.version.clone(), job_id: job_id.to_owned(), at: ev.at });
-                        }
-                    }
-                }
-                if !was.is_terminal() {
-                    let (open,): (i64,) = sqlx::query_as("select count(*) from decisions where job_id = $1 and answer is null").bind(job_id).fetch_one(&mut *tx).await?;
-                    let (state, lease, finished) = match final_state {
-                        Some(s) => (s, None, Some(now)),
-                        None if open > 0 => (JobState::Waiting, Some(now + row.lease_ms), None),
-                        None => (JobState::Running, Some(now + row.lease_ms), None),
-                    };
-                    out.finished = final_state.is_some();
-                    sqlx::query("update jobs set state = $2, current_phase = $3, phase_started_at = $4, phases = $5, warnings = $6, outage_ms = $7, error = $8, restart_required = $9, lease_expires_at = $10, finished_at = $11, cancel_requested = (cancel_requested and $12), updated_at = $13 where id = $1")
-                        .bind(job_id)
-                        .bind(state.as_str())
-                        .bind(job.current_phase.map(|p| p.as_str()))
-                        .bind(phase_started_at)
-                        .bind($crate::store::sql::to_json(&job.phases))
-                        .bind($crate::store::sql::to_json(&job.warnings))
-                        .bind(job.outage_secs.map(|s| (s * 1000.0) as i64))
-                        .bind(&job.error)
-                        .bind(job.restart_required)
-                        .bind(lease)
-                        .bind(finished)
-                        .bind(final_state.is_none())
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    if let Some(inst) = installed {
-                        let (text,): (String,) = sqlx::query_as(concat!("select installed from agents where id = $1", $fu)).bind(agent_id).fetch_one(&mut *tx).await?;
-                        let mut list: Vec<$crate::model::InstalledRollup> = $crate::store::sql::from_json(&text, "agent installed")?;
-                        list.push(inst);
-                        sqlx::query("update agents set installed = $2 where id = $1").bind(agent_id).bind($crate::store::sql::to_json(&list)).execute(&mut *tx).await?;
-                    }
-                }
-                tx.commit().await?;
-                Ok(out)
+                let request = $crate::store::ReportRequest { job_id: job_id.to_owned(), agent_id: agent_id.to_owned(), fencing_token, events: events.to_vec(), now };
+                self.reports.submit(request).await
             }
 
             #[tracing::instrument(skip_all)]
@@ -1341,4 +1525,44 @@ macro_rules! store_impl {
 /// A stored id that no longer parses.
 pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{StoreError, StoreResult};
+
+    /// Writes `v`; 2 fails after writing (a database-like failure), 3 is refused before writing.
+    async fn write(tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>, v: i64) -> StoreResult<i64> {
+        if v == 3 {
+            return Err(StoreError::StaleLease("3 is stale".into()));
+        }
+        sqlx::query("insert into t (v) values ($1)").bind(v).execute(&mut **tx).await?;
+        if v == 2 {
+            return Err(StoreError::Corrupt("2 broke after writing".into()));
+        }
+        Ok(v * 10)
+    }
+
+    async fn batch(pool: &sqlx::SqlitePool, reqs: &[i64]) -> StoreResult<Vec<StoreResult<i64>>> {
+        batch_tx!(pool.begin(), reqs, key = |r| *r, |tx, r| write(&mut tx, *r).await)
+    }
+
+    /// A request that fails after writing leaves nothing behind and fails alone; a refusal
+    /// fails alone; the others are committed, and each answer is in its request's place.
+    #[tokio::test]
+    async fn a_failing_request_is_rolled_back_alone() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+        sqlx::query("create table t (v integer primary key)").execute(&pool).await.unwrap();
+        let results = batch(&pool, &[4, 3, 2, 1]).await.unwrap();
+        let shown: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Ok(v) => v.to_string(),
+                Err(e) => e.to_string(),
+            })
+            .collect();
+        assert_eq!(shown, ["40", "3 is stale", "corrupt stored data: 2 broke after writing", "10"]);
+        let stored: Vec<(i64,)> = sqlx::query_as("select v from t order by v").fetch_all(&pool).await.unwrap();
+        assert_eq!(stored, [(1,), (4,)]);
+    }
 }

@@ -1,9 +1,113 @@
-//! Two coordinators on one Postgres, 50 fake agents: every job dispatched exactly once.
+//! Many agents at once: concurrent polls and reports (which the coordinator writes in shared
+//! transactions, group commit) each get their own answer; two coordinators on one Postgres
+//! dispatch every job exactly once.
 
-use crate::helpers::{Backend, pg_database, spawn_on};
+use crate::helpers::{Backend, ev, final_ev, pg_database, spawn_app, spawn_on};
+use fleetup_proto::{InstallOutcome, PhaseId, PhaseStatus};
+use futures_util::future::join_all;
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+
+crate::both_backends!(concurrent_reports_get_their_own_answers, concurrent_polls_dispatch_a_wave_exactly_once);
+
+/// 30 agents report at the same time: a good report (out of order; half of them ending the
+/// install), one with a stale fencing token and one on another agent's job. Each report gets
+/// its own answer, and exactly the accepted events are stored.
+async fn concurrent_reports_get_their_own_answers(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("busy", 30).await;
+    let spec = json!({ "package_id": package, "targets": { "labels": { "group": "busy" } }, "concurrency": 30 });
+    let rollout = app.rollout(spec, true).await;
+    let jobs = join_all(agents.iter().map(crate::helpers::FakeAgent::next_job)).await;
+    let good = |i: usize| {
+        let mut events = vec![
+            ev(3, PhaseId::PrePrecompile, PhaseStatus::Running),
+            ev(1, PhaseId::CheckSystem, PhaseStatus::Running),
+            ev(2, PhaseId::CheckSystem, PhaseStatus::Succeeded),
+        ];
+        if i.is_multiple_of(2) {
+            events.push(final_ev(4, InstallOutcome::Succeeded));
+        }
+        events
+    };
+    let mut calls = Vec::new();
+    for (i, (agent, job)) in agents.iter().zip(&jobs).enumerate() {
+        let other = &jobs[(i + 1) % jobs.len()];
+        calls.push(agent.report(&job.job_id, job.fencing_token, good(i)));
+        calls.push(agent.report(
+            &job.job_id,
+            job.fencing_token + 1,
+            vec![ev(50, PhaseId::Cleanup, PhaseStatus::Running)],
+        ));
+        calls.push(agent.report(
+            &other.job_id,
+            other.fencing_token,
+            vec![ev(60, PhaseId::Cleanup, PhaseStatus::Running)],
+        ));
+    }
+    let answers = join_all(calls).await;
+    for (i, answer) in answers.chunks(3).enumerate() {
+        let accepted = if i.is_multiple_of(2) { 4 } else { 3 };
+        let (s, r) = &answer[0];
+        assert_eq!((*s, r["accepted"].as_u64(), r["duplicates"].as_u64()), (200, Some(accepted), Some(0)), "{i}: {r}");
+        let (s, r) = &answer[1];
+        assert_eq!((*s, r["error"]["code"].as_str()), (409, Some("stale-lease")), "{i}: {r}");
+        let (s, r) = &answer[2];
+        assert_eq!((*s, r["error"]["code"].as_str()), (403, Some("forbidden")), "{i}: {r}");
+    }
+    for (i, (agent, job)) in agents.iter().zip(&jobs).enumerate() {
+        // Sent again, the good report is all duplicates.
+        let (s, r) = agent.report(&job.job_id, job.fencing_token, good(i)).await;
+        let sent = good(i).len() as u64;
+        assert_eq!((s, r["accepted"].as_u64(), r["duplicates"].as_u64()), (200, Some(0), Some(sent)), "{i}: {r}");
+        let events = app.get(&format!("/api/v1/jobs/{}/events", job.job_id)).await;
+        let seqs: Vec<u64> = events.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=sent).collect::<Vec<_>>(), "job {i}");
+        let j = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
+        let (state, phase) = if i.is_multiple_of(2) { ("succeeded", "cleanup") } else { ("running", "pre-precompile") };
+        assert_eq!((j["state"].as_str(), j["current_phase"].as_str()), (Some(state), Some(phase)), "{j}");
+    }
+    let r = app.get(&format!("/api/v1/rollouts/{rollout}")).await;
+    assert_eq!((r["counts"]["succeeded"].as_u64(), r["counts"]["running"].as_u64()), (Some(15), Some(15)), "{r}");
+}
+
+/// A wave of 40 agents, each with two polls at once (a retried poll): every agent gets its
+/// own job on both polls, with the same fencing token, and each job is dispatched once.
+async fn concurrent_polls_dispatch_a_wave_exactly_once(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("wave", 40).await;
+    let polls: Vec<_> = agents
+        .iter()
+        .flat_map(|a| [a.clone(), a.clone()])
+        .map(|a| tokio::spawn(async move { (a.id.clone(), a.next_job().await) }))
+        .collect();
+    let spec = json!({ "package_id": package, "targets": { "labels": { "group": "wave" } }, "concurrency": 40 });
+    let rollout = app.rollout(spec, true).await;
+    let mut got: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    for p in polls {
+        let (agent, job) = tokio::time::timeout(std::time::Duration::from_secs(30), p)
+            .await
+            .expect("every poll gets its agent's job")
+            .unwrap();
+        assert_eq!(job.rollout_id, rollout);
+        got.entry(agent).or_default().push((job.job_id, job.fencing_token));
+    }
+    assert_eq!(got.len(), 40);
+    let mut jobs = HashSet::new();
+    for (agent, assignments) in &got {
+        assert_eq!(assignments.len(), 2, "{agent}");
+        assert_eq!(assignments[0], assignments[1], "agent {agent}: both polls get the same dispatch");
+        assert_eq!(assignments[0].1, 1, "agent {agent}: job dispatched once");
+        assert!(jobs.insert(assignments[0].0.clone()), "job {} went to two agents", assignments[0].0);
+        let job = app.get(&format!("/api/v1/jobs/{}", assignments[0].0)).await;
+        assert_eq!((job["agent_id"].as_str(), job["state"].as_str()), (Some(agent.as_str()), Some("dispatched")));
+    }
+    let r = app.get(&format!("/api/v1/rollouts/{rollout}")).await;
+    assert_eq!(r["counts"]["dispatched"], 40, "{r}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_servers_dispatch_every_job_exactly_once() {
