@@ -246,23 +246,31 @@ async fn rollout_page_of_ten_thousand_servers_is_bounded() {
     let url = format!("{}/rollouts/{id}", app.base);
     // Warm once (first query plans, page cache), then measure.
     client().get(&url).header("cookie", &cookie).send().await.unwrap().bytes().await.unwrap();
-    let mut best = Duration::MAX;
-    let mut bytes = 0;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let resp = client().get(&url).header("cookie", &cookie).send().await.unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let body = resp.bytes().await.unwrap();
-        best = best.min(t.elapsed());
-        bytes = body.len();
-        let html = String::from_utf8_lossy(&body);
-        assert!(html.contains("page 1 of 100"), "paginated");
-        assert!(html.contains("10000 server(s)"));
-    }
-    let grid = client().get(format!("{url}/grid?page=57")).header("cookie", &cookie).send().await.unwrap();
-    let grid_html = grid.text().await.unwrap();
+    // Best of 3 loads: (bytes, time, the last body).
+    let best_of_3 = |url: String| {
+        let cookie = cookie.clone();
+        async move {
+            let mut best = Duration::MAX;
+            let mut html = String::new();
+            for _ in 0..3 {
+                let t = Instant::now();
+                let resp = client().get(&url).header("cookie", &cookie).send().await.unwrap();
+                assert_eq!(resp.status().as_u16(), 200);
+                html = resp.text().await.unwrap();
+                best = best.min(t.elapsed());
+            }
+            (html.len(), best, html)
+        }
+    };
+    let (bytes, best, html) = best_of_3(url.clone()).await;
+    assert!(html.contains("page 1 of 100"), "paginated");
+    assert!(html.contains("10000 server(s)"));
+    // The grid fragment htmx refreshes, deep in the rollout.
+    let (grid_bytes, grid_best, grid_html) = best_of_3(format!("{url}/grid?page=57")).await;
     assert!(grid_html.contains("srv-05600.example.test"), "page 57 holds servers 5601–5700");
+    assert!(!grid_html.contains("srv-05700.example.test") && !grid_html.contains("srv-05599.example.test"));
     eprintln!("10,000-server rollout page: {bytes} bytes, best of 3: {best:?}");
+    eprintln!("10,000-server grid fragment, page 57: {grid_bytes} bytes, best of 3: {grid_best:?}");
     // The size is the contract (a page, never 120,000 cells); the time is printed for the
     // record only: speed goals live in docs/benchmarks.md, not in timed tests.
     assert!(bytes < 300_000, "the page must stay bounded: {bytes} bytes");
