@@ -57,7 +57,7 @@ pub struct JobsQuery {
 pub struct JobsPage<T> {
     /// The jobs, in (wave, position) order.
     pub jobs: Vec<T>,
-    /// Pass as `?cursor=` (with the same filters) for the next page; `null` on the last page.
+    /// Pass as `?cursor=` for the next page; `null` on the last page.
     pub next: Option<String>,
 }
 

@@ -92,6 +92,10 @@ pub(crate) fn jobs_key_at_sql(one_state: bool) -> &'static str {
     }
 }
 
+/// Staging a rollout of at least this many jobs refreshes the jobs table's planner
+/// statistics on Postgres (`analyze jobs`).
+pub(crate) const ANALYZE_AFTER_JOBS: usize = 1000;
+
 /// Cuts a page fetched with one row more than `limit`: the extra row only says there is a
 /// next page, which starts after the last row kept.
 pub(crate) fn cut_page<R, T>(
@@ -849,6 +853,14 @@ macro_rules! store_impl {
                 }
                 Self::audit_tx(&mut tx, audit, now).await?;
                 tx.commit().await?;
+                if Self::BACKEND == "postgres" && r.jobs.len() >= $crate::store::sql::ANALYZE_AFTER_JOBS {
+                    // Fresh statistics for the planner: without them (a young database, before
+                    // autovacuum's next pass) Postgres guesses the jobs table is tiny and reads
+                    // a big rollout's pages by scanning and sorting all of its rows.
+                    if let Err(e) = sqlx::query("analyze jobs").execute(&self.pool).await {
+                        tracing::warn!(error = %e, "analyze jobs after staging a big rollout failed; plans may be poor until autovacuum analyzes");
+                    }
+                }
                 $crate::store::Store::get_rollout(self, &r.id).await
             }
 

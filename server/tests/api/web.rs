@@ -227,16 +227,22 @@ async fn rollout_page_of_ten_thousand_servers_is_bounded() {
         )
         .await;
     {
-        // Give a third of the jobs a realistic phase map.
+        // Give a third of the jobs a realistic phase map and the warning the sample rollup's
+        // unreachable CRL endpoint gives every server.
         use sqlx::Connection as _;
         let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
         let phases: serde_json::Map<String, serde_json::Value> = fleetup_proto::PhaseId::INSTALL
             .iter()
             .map(|p| (p.as_str().to_owned(), json!({ "status": "succeeded", "seq": 1, "at": "2026-11-03T10:00:00Z" })))
             .collect();
-        sqlx::query("update jobs set state = 'succeeded', phases = $1 where rollout_id = $2 and position % 3 = 0")
-            .bind(serde_json::Value::Object(phases).to_string())
-            .bind(&id)
+        let warnings = json!([{ "seq": 3, "phase": "check-system", "at": "2026-11-03T10:00:00Z",
+            "message": "CRL endpoint http://crl.example.test/root.crl is unreachable: connection refused", "data": null }]);
+        sqlx::query(
+            "update jobs set state = 'succeeded', phases = $1, warnings = $3 where rollout_id = $2 and position % 3 = 0",
+        )
+        .bind(serde_json::Value::Object(phases).to_string())
+        .bind(&id)
+        .bind(warnings.to_string())
             .execute(&mut c)
             .await
             .unwrap();
@@ -265,6 +271,7 @@ async fn rollout_page_of_ten_thousand_servers_is_bounded() {
     let (bytes, best, html) = best_of_3(url.clone()).await;
     assert!(html.contains("page 1 of 100"), "paginated");
     assert!(html.contains("10000 server(s)"));
+    assert!(html.contains("Warnings (3334 server(s))"), "the warnings panel counts every warned server");
     // The grid fragment htmx refreshes, deep in the rollout.
     let (grid_bytes, grid_best, grid_html) = best_of_3(format!("{url}/grid?page=57")).await;
     assert!(grid_html.contains("srv-05600.example.test"), "page 57 holds servers 5601–5700");
