@@ -252,7 +252,7 @@ async fn all_pages(server: &BenchServer, rid: &str, view: &str, limit: usize, n:
             let view_q = if view == "full" { String::new() } else { format!("view={view}&") };
             let mut url = format!("{}/api/v1/rollouts/{rid}/jobs?{view_q}limit={limit}", server.url);
             if !cursor.is_empty() {
-                url.push_str(&format!("&{cursor}"));
+                url = format!("{url}&{cursor}");
             }
             let (status, body, ms) = timed_get(server, &url, None).await?;
             anyhow::ensure!(status == 200, "jobs page: {status} {}", String::from_utf8_lossy(&body));
