@@ -137,7 +137,7 @@ pub async fn run(
     eprintln!("[{}] P1 {p1}", backend.as_str());
 
     // P3: the jobs of that rollout.
-    let p3 = jobs_api(&server, &rid, sz.wave).await?;
+    let p3 = jobs_api(bins, &server, &rid, sz.wave).await?;
     eprintln!("[{}] P3 {p3}", backend.as_str());
 
     // P2: per-phase reports, as fast as they are acknowledged.
@@ -193,41 +193,18 @@ fn ingest_rate(fleet: &Fleet, events: u64) -> f64 {
     }
 }
 
-/// P3: the jobs API over a rollout of `n` jobs, at the default page (500) and the largest
-/// (5000); and the dashboard page `/rollouts/{id}` if the server has one.
-async fn jobs_api(server: &BenchServer, rid: &str, n: usize) -> Result<Value> {
+/// P3: the jobs API over a rollout of `n` jobs, every page followed by cursor, in the full
+/// and the summary view, at the default page (500) and the largest (5000); the rollout; and
+/// the dashboard's rollout page with the fragments it refreshes, logged in as a browser is.
+/// A part that fails is recorded as `{"error": …}` and the run goes on.
+async fn jobs_api(bins: &Bins, server: &BenchServer, rid: &str, n: usize) -> Result<Value> {
     let mut out = serde_json::Map::new();
-    for limit in [500usize, 5000] {
-        let mut lat = Vec::new();
-        let mut bytes = 0;
-        let mut whole = Vec::new();
-        for round in 0..5 {
-            let t_all = Instant::now();
-            let mut total = 0;
-            for offset in (0..n).step_by(limit) {
-                let started = Instant::now();
-                let (status, body, len) = server
-                    .api(reqwest::Method::GET, &format!("/rollouts/{rid}/jobs?limit={limit}&offset={offset}"), None)
-                    .await?;
-                anyhow::ensure!(status == 200, "jobs page: {status} {body}");
-                lat.push(started.elapsed().as_secs_f64() * 1000.0);
-                total += len;
-            }
-            whole.push(t_all.elapsed().as_secs_f64() * 1000.0);
-            if round == 0 {
-                bytes = total;
-            }
+    for view in ["full", "summary"] {
+        for limit in [500usize, 5000] {
+            let v =
+                all_pages(server, rid, view, limit, n).await.unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+            out.insert(format!("{view}_limit_{limit}"), v);
         }
-        out.insert(
-            format!("limit_{limit}"),
-            json!({
-                "pages": n.div_ceil(limit),
-                "page_ms_p95": percentile(&lat, 95.0),
-                "page_ms_p50": percentile(&lat, 50.0),
-                "all_pages_ms_median": percentile(&whole, 50.0),
-                "bytes_all_pages": bytes,
-            }),
-        );
     }
     let mut lat = Vec::new();
     for _ in 0..10 {
@@ -236,22 +213,113 @@ async fn jobs_api(server: &BenchServer, rid: &str, n: usize) -> Result<Value> {
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     out.insert("rollout_ms_p95".into(), json!(percentile(&lat, 95.0)));
-    // The dashboard page, if this build has it.
-    let url = format!("{}/rollouts/{rid}", server.url);
-    let first = server.http.get(&url).bearer_auth(&server.token).send().await?;
-    let status = first.status().as_u16();
-    let mut html = json!({ "status": status });
-    if status == 200 {
+    let html = dashboard(bins, server, rid, n).await.unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+    out.insert("html".into(), html);
+    Ok(Value::Object(out))
+}
+
+/// p50 / p95 of latencies in milliseconds.
+fn latency(ms: &[f64]) -> Value {
+    json!({ "p50": percentile(ms, 50.0), "p95": percentile(ms, 95.0), "n": ms.len() })
+}
+
+/// GET `url` (JSON API: admin token; dashboard: the session cookie, as htmx when `htmx`):
+/// (status, body, milliseconds until the whole body arrived). Parsing is not timed.
+async fn timed_get(
+    server: &BenchServer,
+    url: &str,
+    cookie: Option<(&reqwest::Client, &str, bool)>,
+) -> Result<(u16, Vec<u8>, f64)> {
+    let t = Instant::now();
+    let req = match cookie {
+        None => server.http.get(url).bearer_auth(&server.token),
+        Some((browser, cookie, htmx)) => {
+            let req = browser.get(url).header("cookie", cookie);
+            if htmx { req.header("hx-request", "true") } else { req }
+        }
+    };
+    let resp = req.send().await.with_context(|| url.to_owned())?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    Ok((status, body.to_vec(), ms))
+}
+
+/// Reads every job of the rollout 5 times, page by page.
+async fn all_pages(server: &BenchServer, rid: &str, view: &str, limit: usize, n: usize) -> Result<Value> {
+    let mut lat = Vec::new();
+    let mut bytes = 0;
+    let mut whole = Vec::new();
+    let mut paging = "cursor";
+    for round in 0..5 {
+        let t_all = Instant::now();
+        let (mut total, mut seen, mut next) = (0, 0, Some(String::new()));
+        while let Some(cursor) = next.take() {
+            // The full view is the default: no `view` (a build without views refuses the word).
+            let view_q = if view == "full" { String::new() } else { format!("view={view}&") };
+            let mut url = format!("{}/api/v1/rollouts/{rid}/jobs?{view_q}limit={limit}", server.url);
+            if !cursor.is_empty() {
+                url = format!("{url}&{cursor}");
+            }
+            let (status, body, ms) = timed_get(server, &url, None).await?;
+            anyhow::ensure!(status == 200, "jobs page: {status} {}", String::from_utf8_lossy(&body));
+            lat.push(ms);
+            total += body.len();
+            let page: Value = serde_json::from_slice(&body)?;
+            if let Some(jobs) = page.as_array() {
+                // A build from before cursor paging (a bare array, paged by offset): what
+                // before/after comparisons run against.
+                paging = "offset";
+                seen += jobs.len();
+                next = (jobs.len() == limit).then(|| format!("offset={seen}"));
+            } else {
+                seen += page["jobs"].as_array().context("a page without \"jobs\"")?.len();
+                next = page["next"].as_str().map(|c| format!("cursor={c}"));
+            }
+        }
+        whole.push(t_all.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(seen == n, "{view}: walked {seen} jobs, the rollout has {n}");
+        if round == 0 {
+            bytes = total;
+        }
+    }
+    Ok(json!({
+        "paging": paging,
+        "pages": n.div_ceil(limit),
+        "page_ms_p95": percentile(&lat, 95.0),
+        "page_ms_p50": percentile(&lat, 50.0),
+        "all_pages_ms_median": percentile(&whole, 50.0),
+        "bytes_all_pages": bytes,
+        "bytes_per_job": bytes as f64 / n as f64,
+    }))
+}
+
+/// The dashboard's rollout page for the rollout, its grid fragment (first and last page of
+/// servers; htmx fetches it when the page's live stream says "changed") and its panels
+/// fragment: 10 timed loads each after one warm-up, logged in.
+async fn dashboard(bins: &Bins, server: &BenchServer, rid: &str, n: usize) -> Result<Value> {
+    let (browser, cookie) = server.dashboard_login(bins).await?;
+    let last = n.div_ceil(100);
+    let mut out = serde_json::Map::new();
+    for (name, path, htmx, marker) in [
+        ("page", format!("/rollouts/{rid}"), false, "server(s)"),
+        ("grid_first", format!("/rollouts/{rid}/grid?page=1&state="), true, "server(s)"),
+        ("grid_last", format!("/rollouts/{rid}/grid?page={last}&state="), true, "server(s)"),
+        ("panels", format!("/rollouts/{rid}/panels"), true, "page-head"),
+    ] {
+        let url = format!("{}{path}", server.url);
         let mut lat = Vec::new();
         let mut bytes = 0;
-        for _ in 0..5 {
-            let t = Instant::now();
-            let b = server.http.get(&url).bearer_auth(&server.token).send().await?.bytes().await?;
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
-            bytes = b.len();
+        for i in 0..11 {
+            let (status, body, ms) = timed_get(server, &url, Some((&browser, &cookie, htmx))).await?;
+            anyhow::ensure!(status == 200, "{path}: {status}");
+            anyhow::ensure!(String::from_utf8_lossy(&body).contains(marker), "{path} is not the dashboard's");
+            if i > 0 {
+                lat.push(ms);
+            }
+            bytes = body.len();
         }
-        html = json!({ "status": status, "ms_p95": percentile(&lat, 95.0), "bytes": bytes });
+        out.insert(name.into(), json!({ "ms": latency(&lat), "bytes": bytes }));
     }
-    out.insert("html_page".into(), html);
     Ok(Value::Object(out))
 }

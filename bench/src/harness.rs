@@ -86,6 +86,8 @@ pub struct BenchServer {
     pub backend: Backend,
     /// HTTP client for the admin API.
     pub http: reqwest::Client,
+    /// The database URL (for `fleetup-server user create` and the like).
+    pub db_url: String,
     _db: Option<PgDb>,
 }
 
@@ -132,6 +134,7 @@ impl BenchServer {
             dir: dir.to_path_buf(),
             backend,
             http,
+            db_url,
             _db: db,
         };
         let deadline = Instant::now() + Duration::from_mins(1);
@@ -215,6 +218,57 @@ impl BenchServer {
         }
     }
 
+    /// Logs in to the dashboard as a browser does: creates a viewer with
+    /// `fleetup-server user create` on the run's database, fetches `/login` (its CSRF field
+    /// and the cookie binding it), posts the form and keeps the session cookie. Returns a
+    /// client that follows no redirects (a redirect to `/login` then shows as a 303, not as
+    /// a login page measured as the dashboard) and the `Cookie` header to send.
+    pub async fn dashboard_login(&self, bins: &Bins) -> Result<(reqwest::Client, String)> {
+        use std::io::Write as _;
+        const PASSWORD: &str = "bench dashboard password";
+        let mut child = Command::new(bins.path("fleetup-server"))
+            .args(["user", "create", "--username", "bench", "--role", "viewer", "--password-stdin"])
+            .args(["--database-url", &self.db_url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running fleetup-server user create")?;
+        child.stdin.take().context("user create stdin")?.write_all(format!("{PASSWORD}\n").as_bytes())?;
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(out.status.success(), "user create: {}", String::from_utf8_lossy(&out.stderr));
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_mins(2))
+            .build()?;
+        let form = browser.get(format!("{}/login", self.url)).send().await?;
+        anyhow::ensure!(form.status().as_u16() == 200, "GET /login: {}", form.status());
+        let login_cookie = set_cookie(&form, "fleetup_login").context("GET /login set no fleetup_login cookie")?;
+        let html = form.text().await?;
+        let csrf = html
+            .split_once("name=\"csrf\" value=\"")
+            .and_then(|(_, rest)| rest.split('"').next())
+            .context("no csrf field in the login form")?
+            .to_owned();
+        let body = [("csrf", csrf.as_str()), ("username", "bench"), ("password", PASSWORD), ("next", "/")]
+            .iter()
+            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let resp = browser
+            .post(format!("{}/login", self.url))
+            .header("cookie", format!("fleetup_login={login_cookie}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let session = set_cookie(&resp, "fleetup_session");
+        anyhow::ensure!(status == 303, "POST /login: {status} {}", resp.text().await.unwrap_or_default());
+        let session = session.context("POST /login set no fleetup_session cookie")?;
+        Ok((browser, format!("fleetup_session={session}")))
+    }
+
     /// A value of the server's Prometheus `/metrics` (first series with that name).
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let text = self.http.get(format!("{}/metrics", self.url)).send().await.ok()?.text().await.ok()?;
@@ -224,6 +278,18 @@ impl BenchServer {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
     }
+}
+
+/// The value a response sets for cookie `name`.
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
+        c.strip_prefix(name)?.strip_prefix('=').map(|v| v.split(';').next().unwrap_or_default().to_owned())
+    })
+}
+
+/// `application/x-www-form-urlencoded` value (reqwest is built without its `form` feature).
+fn form_encode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 /// `fleetup-agent pack SRC --key KEY --out OUT`.

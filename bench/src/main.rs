@@ -36,7 +36,7 @@ enum Figure {
     P1,
     /// P2: durable events/s and event → API visibility (same run as P1).
     P2,
-    /// P3: jobs API (and the rollout page, if present) for a wave-sized rollout (same run as P1).
+    /// P3: jobs API (cursor pages, full and summary views) and the logged-in dashboard page (same run as P1).
     P3,
     /// P4: agent idle RSS, idle CPU, binary size.
     P4,

@@ -10,7 +10,7 @@ mod openapi;
 mod packages;
 
 pub(crate) use packages::ingest as ingest_package;
-pub(crate) use rollouts::{Plan as RolloutPlan, plan as plan_rollout};
+pub(crate) use rollouts::{Plan as RolloutPlan, failed_agents, plan as plan_rollout};
 mod rollouts;
 
 use crate::app::AppState;
@@ -52,19 +52,13 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route {}; see /api/v1/openapi.json", uri.path()))
 }
 
-/// Paging parameters shared by listings.
+/// Paging parameters of a job's events and logs (a rollout's jobs have their own,
+/// cursor-paged: `rollouts::JobsQuery`).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
-    /// Items to skip.
-    #[serde(default)]
-    pub offset: u64,
     /// Page size (default 500, at most 5000).
     pub limit: Option<u64>,
-    /// Only this state (job listings).
-    pub state: Option<String>,
-    /// Only this wave (job listings).
-    pub wave: Option<u32>,
     /// Items after this sequence number (events, logs).
     #[serde(default)]
     pub after: u64,

@@ -467,6 +467,31 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// One server's install, compact: what a grid of thousands of servers shows per row
+/// (`GET /rollouts/{id}/jobs?view=summary`). The full [`Job`] has the phase map and the
+/// warning texts.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    /// Id.
+    pub id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Agent's host name.
+    pub hostname: String,
+    /// Wave (1-based).
+    pub wave: u32,
+    /// State.
+    pub state: JobState,
+    /// Phase of the latest event.
+    pub current_phase: Option<PhaseId>,
+    /// Latest status of that phase.
+    pub phase_status: Option<PhaseStatus>,
+    /// Measured outage in seconds (from the final summary).
+    pub outage_secs: Option<f64>,
+    /// How many warnings the job reported.
+    pub warning_count: u64,
+}
+
 /// A decision a job asked.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {

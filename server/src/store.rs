@@ -13,7 +13,9 @@ pub(crate) mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 
-use crate::model::{Agent, AuditEntry, Decision, EnrollmentToken, Job, Millis, Package, Role, Rollout, RolloutSpec};
+use crate::model::{
+    Agent, AuditEntry, Decision, EnrollmentToken, Job, JobSummary, Millis, Package, Role, Rollout, RolloutSpec,
+};
 use fleetup_proto::agent_api::{DecisionReply, LogLine};
 use fleetup_proto::{DecisionAnswer, EngineEvent};
 use std::collections::BTreeMap;
@@ -346,17 +348,37 @@ pub struct TickReport {
     pub lost: u64,
 }
 
-/// Filters for job listings.
+/// Where a job sits in its rollout's listing order: (wave, position), unique per rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct JobKey {
+    /// Wave (1-based).
+    pub wave: u32,
+    /// Dispatch position within the rollout.
+    pub position: u64,
+}
+
+/// Filters for job listings, which are in (wave, position) order.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     /// Only this state.
     pub state: Option<String>,
     /// Only this wave.
     pub wave: Option<u32>,
-    /// Page offset.
+    /// Only jobs after this one (keyset paging: an index seek, whatever the depth).
+    pub after: Option<JobKey>,
+    /// Rows to skip (the dashboard's numbered grid pages; the API pages by `after`).
     pub offset: u64,
     /// Page size.
     pub limit: u64,
+}
+
+/// One page of a job listing.
+#[derive(Debug, Clone)]
+pub struct JobPage<T> {
+    /// The jobs, in (wave, position) order.
+    pub items: Vec<T>,
+    /// The key of the last item when more jobs match after it; `None` on the last page.
+    pub next: Option<JobKey>,
 }
 
 /// The coordinator's storage. Every mutation an operator makes writes its audit record in
@@ -431,8 +453,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         audit: &NewAudit,
     ) -> StoreResult<(Rollout, Vec<String>)>;
 
-    /// A rollout's jobs.
-    async fn list_jobs(&self, rollout_id: &str, filter: &JobFilter) -> StoreResult<Vec<Job>>;
+    /// A page of a rollout's jobs, full view.
+    async fn list_jobs(&self, rollout_id: &str, filter: &JobFilter) -> StoreResult<JobPage<Job>>;
+    /// A page of a rollout's jobs, compact view (no phase map, no warning texts).
+    async fn list_job_summaries(&self, rollout_id: &str, filter: &JobFilter) -> StoreResult<JobPage<JobSummary>>;
     /// One job.
     async fn get_job(&self, id: &str) -> StoreResult<Job>;
     /// A job's events after `after_seq`.

@@ -179,9 +179,8 @@ async fn crl_warning_continue_and_failure_with_logs() {
     assert_eq!(hosts[1].version().as_deref(), Some("1.0.0"));
 
     // The server page: timeline with the outage highlighted, the phase logs.
-    let job = server.get(&format!("/rollouts/{id}/jobs")).await;
-    let web1 =
-        job.as_array().unwrap().iter().find(|j| j["hostname"] == "web-1").unwrap()["id"].as_str().unwrap().to_owned();
+    let jobs = server.jobs(&id, "view=summary").await;
+    let web1 = jobs.iter().find(|j| j["hostname"] == "web-1").unwrap()["id"].as_str().unwrap().to_owned();
     b.client.goto(&format!("{}/jobs/{web1}", server.url)).await.unwrap();
     b.wait_text("the timeline", "table.timeline", "Stopping services", LONG).await;
     let outage = b.client.find_all(Locator::Css("table.timeline tr.outage")).await.unwrap();

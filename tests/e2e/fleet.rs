@@ -72,7 +72,7 @@ impl Fleet {
     }
 
     async fn jobs(&self, rollout: &str) -> Vec<Value> {
-        self.server.get(&format!("/rollouts/{rollout}/jobs")).await.as_array().unwrap().clone()
+        self.server.jobs(rollout, "").await
     }
 
     fn host(&self, name: &str) -> &Host {
@@ -104,7 +104,7 @@ async fn three_server_rollout_upgrades_everyone(database_url: Option<&str>) {
     let seen_phases = f
         .server
         .eventually("a job reporting phases", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
-            v.as_array()?.iter().find_map(|j| {
+            v["jobs"].as_array()?.iter().find_map(|j| {
                 let phases = j["phases"].as_object()?;
                 (!phases.is_empty()).then(|| phases.keys().cloned().collect::<Vec<_>>())
             })
@@ -167,7 +167,7 @@ async fn unreachable_crl_asks_then_continue_finishes() {
     let job = f
         .server
         .eventually("the job waiting on the CRL warning", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
-            let j = v.as_array()?.first()?;
+            let j = v["jobs"].as_array()?.first()?;
             (j["state"] == "waiting").then(|| j.clone())
         })
         .await;
@@ -328,7 +328,7 @@ async fn agent_killed_for_good_makes_the_job_lost() {
     let job = f
         .server
         .eventually("the job lost after its lease", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
-            let j = v.as_array()?.first()?;
+            let j = v["jobs"].as_array()?.first()?;
             (j["state"] == "lost").then(|| j.clone())
         })
         .await;
@@ -354,7 +354,11 @@ async fn cancelling_a_rollout_mid_wave_stops_dispatch_and_ends_the_job_in_flight
     let rollout = f.rollout(json!({ "targets": { "agents": ids }, "waves": [2], "concurrency": 1 })).await;
     f.server
         .eventually("web-1 in pre-hooks", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
-            v.as_array()?.iter().find(|j| j["hostname"] == "web-1" && j["current_phase"] == "pre-hooks").map(|_| ())
+            v["jobs"]
+                .as_array()?
+                .iter()
+                .find(|j| j["hostname"] == "web-1" && j["current_phase"] == "pre-hooks")
+                .map(|_| ())
         })
         .await;
     let started = std::time::Instant::now();
@@ -362,7 +366,7 @@ async fn cancelling_a_rollout_mid_wave_stops_dispatch_and_ends_the_job_in_flight
     let jobs = f
         .server
         .eventually("every job ended", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
-            let jobs = v.as_array()?;
+            let jobs = v["jobs"].as_array()?;
             jobs.iter()
                 .all(|j| {
                     ["cancelled", "failed", "succeeded", "rolled-back", "lost"]

@@ -188,6 +188,21 @@ impl Server {
         body["secret"].as_str().expect("enrollment token secret").to_owned()
     }
 
+    /// Every job of a rollout: follows the `next` cursors of `/rollouts/{id}/jobs?{query}`
+    /// (`query`: filters, `view=summary`, or empty) to the last page.
+    pub async fn jobs(&self, rollout: &str, query: &str) -> Vec<Value> {
+        let mut jobs = Vec::new();
+        let mut path = format!("/rollouts/{rollout}/jobs?{query}");
+        loop {
+            let page = self.get(&path).await;
+            jobs.extend(page["jobs"].as_array().expect("a page of jobs").iter().cloned());
+            match page["next"].as_str() {
+                Some(next) => path = format!("/rollouts/{rollout}/jobs?{query}&cursor={next}"),
+                None => return jobs,
+            }
+        }
+    }
+
     /// Polls `GET {path}` until `check` finds what it wants, or panics after `deadline`
     /// with the last body and the server log.
     pub async fn eventually<T>(

@@ -8,9 +8,9 @@
 use crate::app::AppState;
 use axum::routing::get;
 use axum::{Json, Router};
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, PathsBuilder};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem, PathsBuilder};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder, ResponseBuilder};
+use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Required, ResponseBuilder};
 
 /// (method, path, minimum role or `agent`/`public`, summary).
 pub const ROUTES: &[(&str, &str, &str, &str)] = &[
@@ -31,7 +31,13 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("post", "/api/v1/rollouts", "operator", "Stage a rollout (draft)"),
     ("get", "/api/v1/rollouts", "viewer", "List rollouts"),
     ("get", "/api/v1/rollouts/{id}", "viewer", "A rollout: state, waves, counts per job state"),
-    ("get", "/api/v1/rollouts/{id}/jobs", "viewer", "A rollout's jobs (?state=&wave=&offset=&limit=)"),
+    (
+        "get",
+        "/api/v1/rollouts/{id}/jobs",
+        "viewer",
+        "A page of a rollout's jobs in (wave, position) order: {\"jobs\": [...], \"next\": CURSOR|null} \
+         (?state=&wave=&limit=1..5000 (500)&view=full|summary&cursor=NEXT; offset is refused, 400)",
+    ),
     ("post", "/api/v1/rollouts/{id}/start", "operator", "Start a draft rollout"),
     ("post", "/api/v1/rollouts/{id}/pause", "operator", "Pause dispatching"),
     ("post", "/api/v1/rollouts/{id}/resume", "operator", "Resume (accepting failures so far)"),
@@ -85,6 +91,26 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/api/v1/openapi.json", "public", "This document"),
 ];
 
+/// Query parameters of the routes that take some: (path, [(name, description)]).
+pub const QUERY: &[(&str, &[(&str, &str)])] = &[(
+    "/api/v1/rollouts/{id}/jobs",
+    &[
+        ("state", "Only jobs in this state (pending, queued, dispatched, running, waiting, succeeded, …)"),
+        ("wave", "Only jobs of this wave (1-based)"),
+        ("limit", "Page size, 1 to 5000; default 500"),
+        (
+            "view",
+            "full (default: every phase with its time, warnings, error, lease) or summary (id, agent_id, hostname, \
+             wave, state, current_phase, phase_status, outage_secs, warning_count)",
+        ),
+        (
+            "cursor",
+            "The next value of the previous page, unchanged (the filters may stay or change); omit for the first \
+             page. An altered cursor or one of another rollout is a 400",
+        ),
+    ],
+)];
+
 /// Builds the document.
 pub fn document() -> OpenApi {
     let mut paths = PathsBuilder::new();
@@ -103,6 +129,15 @@ pub fn document() -> OpenApi {
                 "default",
                 ResponseBuilder::new().description("JSON; errors are {\"error\": {\"code\", \"message\"}}").build(),
             );
+        for (name, description) in QUERY.iter().filter(|(p, _)| p == path).flat_map(|(_, params)| params.iter()) {
+            op = op.parameter(
+                ParameterBuilder::new()
+                    .name(*name)
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some(*description)),
+            );
+        }
         if *role != "public" {
             let scheme = if *role == "agent" { "agent_token" } else { "api_token" };
             op = op.security(SecurityRequirement::new(scheme, Vec::<String>::new()));

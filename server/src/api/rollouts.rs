@@ -5,7 +5,7 @@
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::model::{Job, JobState, Rollout, RolloutSpec};
+use crate::model::{JobState, Rollout, RolloutSpec};
 use crate::scheduler;
 use crate::store::{JobFilter, NewAudit, NewRollout, RolloutAction, StoreError};
 use axum::extract::State;
@@ -34,18 +34,114 @@ async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Ap
     Ok(Json(state.store.get_rollout(&id).await?))
 }
 
+/// `GET /rollouts/{id}/jobs` query: filters, page size, the cursor, the view.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsQuery {
+    /// Only this state.
+    pub state: Option<String>,
+    /// Only this wave.
+    pub wave: Option<u32>,
+    /// Page size (default 500, at most 5000).
+    pub limit: Option<u64>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+    /// `full` (default) or `summary`.
+    pub view: Option<String>,
+    /// Refused: listings page by cursor (read here only to say so).
+    pub offset: Option<String>,
+}
+
+/// A page of jobs and the cursor of the next page (`None` on the last).
+#[derive(Debug, serde::Serialize)]
+pub struct JobsPage<T> {
+    /// The jobs, in (wave, position) order.
+    pub jobs: Vec<T>,
+    /// Pass as `?cursor=` for the next page; `null` on the last page.
+    pub next: Option<String>,
+}
+
 async fn jobs(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(page): ApiQuery<super::Page>,
-) -> ApiResult<Json<Vec<Job>>> {
-    if let Some(s) = &page.state
+    ApiQuery(q): ApiQuery<JobsQuery>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    if q.offset.is_some() {
+        return Err(ApiError::BadRequest(
+            "offset paging is not supported: this listing pages by cursor; pass the \"next\" value of the previous \
+             page as ?cursor= (omit it for the first page)"
+                .into(),
+        ));
+    }
+    if let Some(s) = &q.state
         && JobState::parse(s).is_none()
     {
         return Err(ApiError::BadRequest(format!("unknown job state '{s}'")));
     }
-    let filter = JobFilter { state: page.state.clone(), wave: page.wave, offset: page.offset, limit: page.limit() };
-    Ok(Json(state.store.list_jobs(&id, &filter).await?))
+    let after = q.cursor.as_deref().map(|c| cursor::decode(&id, c)).transpose()?;
+    let filter = JobFilter {
+        state: q.state.clone(),
+        wave: q.wave,
+        after,
+        offset: 0,
+        limit: q.limit.unwrap_or(500).clamp(1, 5000),
+    };
+    let next = |k: Option<crate::store::JobKey>| k.map(|k| cursor::encode(&id, k));
+    Ok(match q.view.as_deref().unwrap_or("full") {
+        "full" => {
+            let page = state.store.list_jobs(&id, &filter).await?;
+            Json(JobsPage { jobs: page.items, next: next(page.next) }).into_response()
+        }
+        "summary" => {
+            let page = state.store.list_job_summaries(&id, &filter).await?;
+            Json(JobsPage { jobs: page.items, next: next(page.next) }).into_response()
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!("unknown view '{other}': use \"full\" or \"summary\"")));
+        }
+    })
+}
+
+/// The opaque page cursor: the (wave, position) of the last job of the previous page, bound
+/// to the rollout by a checksum. Not a secret (a forged cursor only picks where a listing
+/// the caller may read anyway starts); the checksum makes an altered, truncated or
+/// other-rollout cursor a clear 400 instead of a silently wrong page.
+pub(crate) mod cursor {
+    use crate::error::ApiError;
+    use crate::store::JobKey;
+    use sha2::{Digest as _, Sha256};
+
+    fn check(rollout: &str, body: &str) -> String {
+        let digest = Sha256::digest(format!("fleetup jobs cursor|{rollout}|{body}").as_bytes());
+        hex::encode(&digest[..8])
+    }
+
+    /// The cursor of the page after `key`.
+    pub fn encode(rollout: &str, key: JobKey) -> String {
+        let body = format!("{}.{}", key.wave, key.position);
+        hex::encode(format!("{body}.{}", check(rollout, &body)))
+    }
+
+    /// The key a cursor starts after; 400 with a sentence when it is not one of ours.
+    pub fn decode(rollout: &str, cursor: &str) -> Result<JobKey, ApiError> {
+        let bad = || {
+            ApiError::BadRequest(format!(
+                "invalid cursor '{cursor}': pass the \"next\" value of the previous page of this rollout's \
+                 jobs unchanged, or omit cursor to start from the first page"
+            ))
+        };
+        let text = hex::decode(cursor).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
+        let mut parts = text.split('.');
+        let (Some(wave), Some(position), Some(sum), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        if sum != check(rollout, &format!("{wave}.{position}")) {
+            return Err(bad());
+        }
+        Ok(JobKey { wave: wave.parse().map_err(|_| bad())?, position: position.parse().map_err(|_| bad())? })
+    }
 }
 
 fn invalid(m: impl Into<String>) -> ApiError {
@@ -223,11 +319,7 @@ async fn retry_failed(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<Rollout>)> {
     let old = state.store.get_rollout(&id).await?;
-    let mut agents = Vec::new();
-    for s in [JobState::Failed, JobState::RolledBack, JobState::Lost] {
-        let filter = JobFilter { state: Some(s.as_str().into()), wave: None, offset: 0, limit: u64::MAX >> 1 };
-        agents.extend(state.store.list_jobs(&id, &filter).await?.into_iter().map(|j| j.agent_id));
-    }
+    let agents = failed_agents(&state, &id).await?;
     if agents.is_empty() {
         return Err(ApiError::Conflict(format!("rollout {id} has no failed, rolled-back or lost job to retry")));
     }
@@ -235,4 +327,15 @@ async fn retry_failed(
     spec.name = format!("{} (retry of failed)", old.spec.name);
     spec.targets = crate::model::Targets { agents: Some(agents), labels: None };
     create_from(&state, &caller, spec, Some(id)).await
+}
+
+/// The agents of a rollout's failed, rolled-back and lost jobs, in listing order (what
+/// `retry-failed` targets, here and on the dashboard).
+pub(crate) async fn failed_agents(state: &AppState, id: &str) -> Result<Vec<String>, StoreError> {
+    let mut agents = Vec::new();
+    for s in [JobState::Failed, JobState::RolledBack, JobState::Lost] {
+        let filter = JobFilter { state: Some(s.as_str().into()), limit: u64::MAX >> 1, ..JobFilter::default() };
+        agents.extend(state.store.list_job_summaries(id, &filter).await?.items.into_iter().map(|j| j.agent_id));
+    }
+    Ok(agents)
 }

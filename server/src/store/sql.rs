@@ -11,10 +11,10 @@
 //! batch of requests in one transaction (see `batch_tx!`).
 
 use crate::model::{
-    Agent, AuditEntry, Decision, EnrollmentToken, InstalledRollup, Job, JobState, Package, PhaseState, Rollout,
-    RolloutSpec, RolloutState, Wave, to_time,
+    Agent, AuditEntry, Decision, EnrollmentToken, InstalledRollup, Job, JobState, JobSummary, Package, PhaseState,
+    Rollout, RolloutSpec, RolloutState, Wave, to_time,
 };
-use crate::store::{StoreError, StoreResult};
+use crate::store::{JobKey, JobPage, StoreError, StoreResult};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -33,11 +33,86 @@ pub(crate) fn new_id() -> String {
 
 macro_rules! job_select {
     () => {
-        "select j.id, j.rollout_id, j.agent_id, a.hostname, j.wave, j.state, j.fencing_token, j.lease_ms, \
+        "select j.id, j.rollout_id, j.agent_id, a.hostname, j.wave, j.position, j.state, j.fencing_token, j.lease_ms, \
          j.lease_expires_at, j.current_phase, j.phase_started_at, j.phases, j.warnings, j.outage_ms, j.error, \
          j.restart_required, j.cancel_requested, j.dispatched_at, j.finished_at \
          from jobs j join agents a on a.id = j.agent_id"
     };
+}
+
+/// The compact job view. Each backend reads the current phase's status and the number of
+/// warnings out of the JSON columns itself, so the phase map and the warning texts never
+/// leave the database.
+macro_rules! job_summary_select {
+    (sqlite) => {
+        "select j.id, j.agent_id, a.hostname, j.wave, j.position, j.state, j.current_phase, \
+         json_extract(j.phases, '$.\"' || j.current_phase || '\".status') as phase_status, j.outage_ms, \
+         json_array_length(j.warnings) as warning_count \
+         from jobs j join agents a on a.id = j.agent_id"
+    };
+    (postgres) => {
+        "select j.id, j.agent_id, a.hostname, j.wave, j.position, j.state, j.current_phase, \
+         (j.phases::json -> j.current_phase ->> 'status') as phase_status, j.outage_ms, \
+         json_array_length(j.warnings::json)::bigint as warning_count \
+         from jobs j join agents a on a.id = j.agent_id"
+    };
+}
+
+/// The conditions and order of a rollout's job listing: `$1` rollout, `$2` state (`''`:
+/// any), `$3` wave (0: any), `($4, $5)` the (wave, position) to start after. With a state,
+/// the condition is a plain equality, so the `(rollout_id, state, wave, position)` index
+/// serves it; without, the state column is not mentioned at all, so the
+/// `(rollout_id, wave, position)` index serves it (and covers the key lookup below).
+macro_rules! jobs_where {
+    (any_state) => {
+        " where j.rollout_id = $1 and $2 = '' and ($3 = 0 or j.wave = $3) \
+         and (j.wave, j.position) > ($4, $5) order by j.wave, j.position"
+    };
+    (one_state) => {
+        " where j.rollout_id = $1 and j.state = $2 and ($3 = 0 or j.wave = $3) \
+         and (j.wave, j.position) > ($4, $5) order by j.wave, j.position"
+    };
+}
+
+/// The text of a job page query (`$6` limit): full or compact view, for this backend, with or
+/// without a state filter.
+pub(crate) fn jobs_page_sql(backend: &str, summary: bool, one_state: bool) -> &'static str {
+    match (summary, backend == "postgres", one_state) {
+        (false, _, false) => concat!(job_select!(), jobs_where!(any_state), " limit $6"),
+        (false, _, true) => concat!(job_select!(), jobs_where!(one_state), " limit $6"),
+        (true, false, false) => concat!(job_summary_select!(sqlite), jobs_where!(any_state), " limit $6"),
+        (true, false, true) => concat!(job_summary_select!(sqlite), jobs_where!(one_state), " limit $6"),
+        (true, true, false) => concat!(job_summary_select!(postgres), jobs_where!(any_state), " limit $6"),
+        (true, true, true) => concat!(job_summary_select!(postgres), jobs_where!(one_state), " limit $6"),
+    }
+}
+
+/// The (wave, position) of the job `$6` rows into a listing: turns the dashboard's numbered
+/// pages into keyset pages. It reads the index alone, however deep the page.
+pub(crate) fn jobs_key_at_sql(one_state: bool) -> &'static str {
+    if one_state {
+        concat!("select j.wave, j.position from jobs j", jobs_where!(one_state), " limit 1 offset $6")
+    } else {
+        concat!("select j.wave, j.position from jobs j", jobs_where!(any_state), " limit 1 offset $6")
+    }
+}
+
+/// Staging a rollout of at least this many jobs refreshes the jobs table's planner
+/// statistics on Postgres (`analyze jobs`).
+pub(crate) const ANALYZE_AFTER_JOBS: usize = 1000;
+
+/// Cuts a page fetched with one row more than `limit`: the extra row only says there is a
+/// next page, which starts after the last row kept.
+pub(crate) fn cut_page<R, T>(
+    mut rows: Vec<R>,
+    limit: u64,
+    key: impl Fn(&R) -> JobKey,
+    convert: impl Fn(&R) -> StoreResult<T>,
+) -> StoreResult<JobPage<T>> {
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more { rows.last().map(&key) } else { None };
+    Ok(JobPage { items: rows.iter().map(convert).collect::<StoreResult<_>>()?, next })
 }
 
 macro_rules! rollout_select {
@@ -55,6 +130,7 @@ pub(crate) struct JobRow {
     pub agent_id: String,
     pub hostname: String,
     pub wave: i64,
+    pub position: i64,
     pub state: String,
     pub fencing_token: i64,
     pub lease_ms: i64,
@@ -95,6 +171,48 @@ impl JobRow {
             lease_expires_at: self.lease_expires_at.map(to_time),
             dispatched_at: self.dispatched_at.map(to_time),
             finished_at: self.finished_at.map(to_time),
+        })
+    }
+}
+
+impl JobRow {
+    pub(crate) fn key(&self) -> JobKey {
+        JobKey { wave: self.wave as u32, position: self.position as u64 }
+    }
+}
+
+/// A row of [`job_summary_select!`].
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct JobSummaryRow {
+    pub id: String,
+    pub agent_id: String,
+    pub hostname: String,
+    pub wave: i64,
+    pub position: i64,
+    pub state: String,
+    pub current_phase: Option<String>,
+    pub phase_status: Option<String>,
+    pub outage_ms: Option<i64>,
+    pub warning_count: i64,
+}
+
+impl JobSummaryRow {
+    pub(crate) fn key(&self) -> JobKey {
+        JobKey { wave: self.wave as u32, position: self.position as u64 }
+    }
+
+    pub(crate) fn to_summary(&self) -> StoreResult<JobSummary> {
+        Ok(JobSummary {
+            id: self.id.clone(),
+            agent_id: self.agent_id.clone(),
+            hostname: self.hostname.clone(),
+            wave: self.wave as u32,
+            state: JobState::parse(&self.state)
+                .ok_or_else(|| StoreError::Corrupt(format!("job state '{}'", self.state)))?,
+            current_phase: self.current_phase.as_deref().map(str::parse).transpose().map_err(corrupt)?,
+            phase_status: self.phase_status.as_deref().map(str::parse).transpose().map_err(corrupt)?,
+            outage_secs: self.outage_ms.map(|ms| ms as f64 / 1000.0),
+            warning_count: self.warning_count as u64,
         })
     }
 }
@@ -536,6 +654,47 @@ macro_rules! store_impl {
                     .fetch_all(&self.pool)
                     .await?;
                 row.to_rollout(&waves, &counts)
+            }
+
+            /// One page of a rollout's jobs (full or compact rows), one row more than the
+            /// filter's limit (see `cut_page`); `NotFound` when the rollout does not exist.
+            async fn jobs_page<R>(&self, rollout_id: &str, f: &$crate::store::JobFilter, summary: bool) -> $crate::store::StoreResult<Vec<R>>
+            where
+                R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            {
+                let (n,): (i64,) = sqlx::query_as("select count(*) from rollouts where id = $1").bind(rollout_id).fetch_one(&self.pool).await?;
+                if n == 0 {
+                    return Err($crate::store::StoreError::NotFound(format!("rollout {rollout_id} not found")));
+                }
+                let state = f.state.clone().unwrap_or_default();
+                let wave = i64::from(f.wave.unwrap_or(0));
+                let mut after = f.after.map_or((0, -1), |k| (i64::from(k.wave), k.position as i64));
+                if f.offset > 0 {
+                    // Skip by key: the last skipped job's key, then a keyset page after it.
+                    let key: Option<(i64, i64)> = sqlx::query_as($crate::store::sql::jobs_key_at_sql(f.state.is_some()))
+                        .bind(rollout_id)
+                        .bind(&state)
+                        .bind(wave)
+                        .bind(after.0)
+                        .bind(after.1)
+                        .bind((f.offset - 1).min(i64::MAX as u64) as i64)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    match key {
+                        Some(k) => after = k,
+                        None => return Ok(Vec::new()),
+                    }
+                }
+                let sql = $crate::store::sql::jobs_page_sql(Self::BACKEND, summary, f.state.is_some());
+                Ok(sqlx::query_as::<_, R>(sql)
+                    .bind(rollout_id)
+                    .bind(&state)
+                    .bind(wave)
+                    .bind(after.0)
+                    .bind(after.1)
+                    .bind(f.limit.saturating_add(1).min(i64::MAX as u64) as i64)
+                    .fetch_all(&self.pool)
+                    .await?)
             }
 
             /// Cancels a rollout's unstarted jobs and asks its jobs in flight to cancel;
@@ -1000,6 +1159,14 @@ macro_rules! store_impl {
                 }
                 Self::audit_tx(&mut tx, audit, now).await?;
                 tx.commit().await?;
+                if Self::BACKEND == "postgres" && r.jobs.len() >= $crate::store::sql::ANALYZE_AFTER_JOBS {
+                    // Fresh statistics for the planner: without them (a young database, before
+                    // autovacuum's next pass) Postgres guesses the jobs table is tiny and reads
+                    // a big rollout's pages by scanning and sorting all of its rows.
+                    if let Err(e) = sqlx::query("analyze jobs").execute(&self.pool).await {
+                        tracing::warn!(error = %e, "analyze jobs after staging a big rollout failed; plans may be poor until autovacuum analyzes");
+                    }
+                }
                 $crate::store::Store::get_rollout(self, &r.id).await
             }
 
@@ -1064,23 +1231,15 @@ macro_rules! store_impl {
             }
 
             #[tracing::instrument(skip_all)]
-            async fn list_jobs(&self, rollout_id: &str, f: &$crate::store::JobFilter) -> $crate::store::StoreResult<Vec<$crate::model::Job>> {
-                let (n,): (i64,) = sqlx::query_as("select count(*) from rollouts where id = $1").bind(rollout_id).fetch_one(&self.pool).await?;
-                if n == 0 {
-                    return Err($crate::store::StoreError::NotFound(format!("rollout {rollout_id} not found")));
-                }
-                let rows: Vec<$crate::store::sql::JobRow> = sqlx::query_as(concat!(
-                    job_select!(),
-                    " where j.rollout_id = $1 and ($2 = '' or j.state = $2) and ($3 = 0 or j.wave = $3) order by j.wave, j.position limit $4 offset $5"
-                ))
-                .bind(rollout_id)
-                .bind(f.state.clone().unwrap_or_default())
-                .bind(i64::from(f.wave.unwrap_or(0)))
-                .bind(f.limit as i64)
-                .bind(f.offset as i64)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter().map($crate::store::sql::JobRow::to_job).collect()
+            async fn list_jobs(&self, rollout_id: &str, f: &$crate::store::JobFilter) -> $crate::store::StoreResult<$crate::store::JobPage<$crate::model::Job>> {
+                let rows: Vec<$crate::store::sql::JobRow> = self.jobs_page(rollout_id, f, false).await?;
+                $crate::store::sql::cut_page(rows, f.limit, $crate::store::sql::JobRow::key, $crate::store::sql::JobRow::to_job)
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn list_job_summaries(&self, rollout_id: &str, f: &$crate::store::JobFilter) -> $crate::store::StoreResult<$crate::store::JobPage<$crate::model::JobSummary>> {
+                let rows: Vec<$crate::store::sql::JobSummaryRow> = self.jobs_page(rollout_id, f, true).await?;
+                $crate::store::sql::cut_page(rows, f.limit, $crate::store::sql::JobSummaryRow::key, $crate::store::sql::JobSummaryRow::to_summary)
             }
 
             #[tracing::instrument(skip_all)]

@@ -179,9 +179,13 @@ pub async fn build_grid(state: &AppState, r: &Rollout, q: &GridQuery) -> WebResu
     };
     let pages = shown_total.div_ceil(PAGE_SIZE).max(1);
     let page = q.page.unwrap_or(1).clamp(1, pages);
-    let filter =
-        JobFilter { state: filter_state.clone(), wave: None, offset: (page - 1) * PAGE_SIZE, limit: PAGE_SIZE };
-    let jobs = state.store.list_jobs(&r.id, &filter).await?;
+    let filter = JobFilter {
+        state: filter_state.clone(),
+        offset: (page - 1) * PAGE_SIZE,
+        limit: PAGE_SIZE,
+        ..JobFilter::default()
+    };
+    let jobs = state.store.list_jobs(&r.id, &filter).await?.items;
     Ok(Grid {
         rollout_id: r.id.clone(),
         rows: jobs.iter().map(Row::of).collect(),
@@ -285,8 +289,8 @@ pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResu
     let n = |s: JobState| r.counts.get(&s).copied().unwrap_or(0);
     let mut decisions = Vec::new();
     if n(JobState::Waiting) > 0 {
-        let filter = JobFilter { state: Some("waiting".into()), wave: None, offset: 0, limit: PANEL_LIMIT };
-        for job in state.store.list_jobs(&r.id, &filter).await? {
+        let filter = JobFilter { state: Some("waiting".into()), limit: PANEL_LIMIT, ..JobFilter::default() };
+        for job in state.store.list_jobs(&r.id, &filter).await?.items {
             decisions.extend(decision_items(state, &job).await?);
         }
     }
@@ -296,8 +300,8 @@ pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResu
         if n(s) == 0 || left == 0 {
             continue;
         }
-        let filter = JobFilter { state: Some(s.as_str().into()), wave: None, offset: 0, limit: left };
-        for job in state.store.list_jobs(&r.id, &filter).await? {
+        let filter = JobFilter { state: Some(s.as_str().into()), limit: left, ..JobFilter::default() };
+        for job in state.store.list_jobs(&r.id, &filter).await?.items {
             let lines = state
                 .store
                 .tail_logs(&job.id, LOG_TAIL)

@@ -6,8 +6,8 @@ use super::session::User;
 use super::view::{Nav, Summary, rollout_class};
 use super::{WebError, WebResult};
 use crate::app::AppState;
-use crate::model::{JobState, Role, Rollout, Targets};
-use crate::store::{JobFilter, NewAudit, NewRollout, RolloutAction};
+use crate::model::{Role, Rollout, Targets};
+use crate::store::{NewAudit, NewRollout, RolloutAction};
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{Path, State};
@@ -97,11 +97,7 @@ pub async fn action(
 /// `retry-failed`), and shows it.
 async fn retry_failed(state: &AppState, user: &User, id: &str) -> WebResult<Redirect> {
     let old = state.store.get_rollout(id).await?;
-    let mut agents = Vec::new();
-    for s in [JobState::Failed, JobState::RolledBack, JobState::Lost] {
-        let filter = JobFilter { state: Some(s.as_str().into()), wave: None, offset: 0, limit: u64::MAX >> 1 };
-        agents.extend(state.store.list_jobs(id, &filter).await?.into_iter().map(|j| j.agent_id));
-    }
+    let agents = crate::api::failed_agents(state, id).await?;
     if agents.is_empty() {
         return Err(WebError::Conflict(format!("rollout {id} has no failed, rolled-back or lost job to retry")));
     }

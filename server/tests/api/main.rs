@@ -4,6 +4,7 @@
 
 mod errors;
 mod helpers;
+mod listing;
 mod protocol;
 mod rollouts;
 mod scale;
