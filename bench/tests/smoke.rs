@@ -39,7 +39,15 @@ async fn tiny_coordinator_run(transport: Transport) {
     let per_job = fleetup_bench::sim::event_template().len();
     assert_eq!(v["p2"]["events"], json!(sz.p2_jobs * per_job), "every event recorded once: {v}");
     assert_eq!(v["p2"]["report_errors"], json!(0), "{v}");
-    assert!(v["p3"]["limit_500"]["bytes_all_pages"].as_u64().unwrap() > 0, "{v}");
+    // P3 records a part that fails as {"error": …} and goes on: every part must have a figure.
+    for view in ["full", "summary"] {
+        let walk = &v["p3"][format!("{view}_limit_500")];
+        assert_eq!(walk["paging"], json!("cursor"), "{view}: {v}");
+        assert!(walk["bytes_all_pages"].as_u64().is_some_and(|b| b > 0), "{view}: {v}");
+    }
+    for part in ["page", "grid_first", "grid_last", "panels"] {
+        assert!(v["p3"]["html"][part]["bytes"].as_u64().is_some_and(|b| b > 0), "dashboard {part}: {v}");
+    }
 }
 
 #[test]
