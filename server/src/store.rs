@@ -273,8 +273,12 @@ impl RolloutAction {
 /// A job handed to an agent by a poll.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
-    /// The job after the claim.
-    pub job: Job,
+    /// The job's id.
+    pub job_id: String,
+    /// Its rollout.
+    pub rollout_id: String,
+    /// The fencing token of this dispatch: every report must carry it.
+    pub fencing_token: u64,
     /// Its rollout's plan.
     pub spec: RolloutSpec,
     /// Its package.

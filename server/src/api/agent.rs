@@ -77,9 +77,9 @@ async fn poll(State(state): State<AppState>, agent: AgentCaller, ApiQuery(q): Ap
             if let Some(c) = state.store.claim_job(&agent.id, now_ms()).await? {
                 metrics::counter!("fleetup_jobs_dispatched_total").increment(1);
                 let assignment = JobAssignment {
-                    job_id: c.job.id.clone(),
-                    rollout_id: c.job.rollout_id.clone(),
-                    fencing_token: c.job.fencing_token,
+                    job_id: c.job_id.clone(),
+                    rollout_id: c.rollout_id.clone(),
+                    fencing_token: c.fencing_token,
                     lease_secs: (c.lease_ms / 1000).max(1) as u64,
                     package: PackageRef {
                         id: c.package.id.clone(),

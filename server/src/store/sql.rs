@@ -571,8 +571,10 @@ macro_rules! store_impl {
                 now: i64,
             ) -> $crate::store::StoreResult<Option<$crate::store::ClaimedJob>> {
                 // `fetch_all`, not `fetch_optional`, on `returning`: SQLite must step the
-                // statement to its end (see docs/decisions.md, SQLite durability).
-                let claimed: Vec<(String,)> = sqlx::query_as(concat!(
+                // statement to its end (see docs/decisions.md, SQLite durability). The claim
+                // returns what the assignment needs, so a claim is one statement (a wave's
+                // claims share the plan and package read below once per batch).
+                let claimed: Vec<(String, String, i64, i64)> = sqlx::query_as(concat!(
                     "update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = $2 + lease_ms, \
                      dispatched_at = $2, updated_at = $2 \
                      where id = (select j.id from jobs j join rollouts r on r.id = j.rollout_id \
@@ -580,39 +582,38 @@ macro_rules! store_impl {
                          and not exists (select 1 from jobs b where b.agent_id = $1 and b.state in ('dispatched', 'running', 'waiting')) \
                          order by j.created_at, j.position limit 1",
                     $skip_locked,
-                    ") and state = 'queued' returning id"
+                    ") and state = 'queued' returning id, rollout_id, fencing_token, lease_ms"
                 ))
                 .bind(agent_id)
                 .bind(now)
                 .fetch_all(&mut **tx)
                 .await?;
-                let id = match claimed.into_iter().next() {
-                    Some((id,)) => id,
+                let (job_id, rollout_id, fencing_token, lease_ms) = match claimed.into_iter().next() {
+                    Some(claim) => claim,
                     // A job dispatched to this agent that it never started means the answer to
                     // the poll that claimed it was lost (a handler error after the claim, a
                     // dropped connection). An agent polls only while it holds no job, so the
                     // same dispatch, fencing token and all, is handed over again instead of
                     // stranding the job until its lease runs out (docs/benchmarks.md, defect 1).
                     None => {
-                        let undelivered: Option<(String,)> = sqlx::query_as("select id from jobs where agent_id = $1 and state = 'dispatched' order by dispatched_at limit 1")
+                        let undelivered: Option<(String, String, i64, i64)> = sqlx::query_as("select id, rollout_id, fencing_token, lease_ms from jobs where agent_id = $1 and state = 'dispatched' order by dispatched_at limit 1")
                             .bind(agent_id)
                             .fetch_optional(&mut **tx)
                             .await?;
                         match undelivered {
-                            Some((id,)) => id,
+                            Some(claim) => claim,
                             None => return Ok(None),
                         }
                     }
                 };
-                // The claim has written: a missing row now is corruption, not a refusal.
-                let row = Self::job_tx(tx, &id).await.map_err($crate::store::sql::corrupt)?;
-                if !plans.contains_key(&row.rollout_id) {
-                    let (spec, package_id): (String, String) = sqlx::query_as("select spec, package_id from rollouts where id = $1").bind(&row.rollout_id).fetch_one(&mut **tx).await?;
+                if !plans.contains_key(&rollout_id) {
+                    // The claim has written: a missing package now is corruption, not a refusal.
+                    let (spec, package_id): (String, String) = sqlx::query_as("select spec, package_id from rollouts where id = $1").bind(&rollout_id).fetch_one(&mut **tx).await?;
                     let package = Self::package_on(&mut **tx, &package_id).await.map_err($crate::store::sql::corrupt)?;
-                    plans.insert(row.rollout_id.clone(), ($crate::store::sql::from_json(&spec, "rollout spec")?, package));
+                    plans.insert(rollout_id.clone(), ($crate::store::sql::from_json(&spec, "rollout spec")?, package));
                 }
-                let (spec, package) = plans[&row.rollout_id].clone();
-                Ok(Some($crate::store::ClaimedJob { job: row.to_job()?, spec, package, lease_ms: row.lease_ms }))
+                let (spec, package) = plans[&rollout_id].clone();
+                Ok(Some($crate::store::ClaimedJob { job_id, rollout_id, fencing_token: fencing_token as u64, spec, package, lease_ms }))
             }
             async fn audit_tx(tx: &mut sqlx::Transaction<'static, $db>, a: &$crate::store::NewAudit, now: i64) -> $crate::store::StoreResult<()> {
                 sqlx::query("insert into audit_log (id, at, actor, action, object_type, object_id, detail) values ($1, $2, $3, $4, $5, $6, $7)")
@@ -1647,16 +1648,20 @@ macro_rules! store_impl {
                                 view.current_wave = w;
                             }
                             Step::Queue(w, n) => {
-                                let ready: Vec<(String, String)> = sqlx::query_as("select id, agent_id from jobs where rollout_id = $1 and wave = $2 and state = 'pending' order by position limit $3")
-                                    .bind(&row.id)
-                                    .bind(i64::from(w))
-                                    .bind(n as i64)
-                                    .fetch_all(&mut *tx)
-                                    .await?;
-                                for (id, agent) in ready {
-                                    sqlx::query("update jobs set state = 'queued', updated_at = $2 where id = $1").bind(&id).bind(now).execute(&mut *tx).await?;
-                                    report.wake_agents.push(agent);
-                                }
+                                // One statement for the whole step, not one per job: a 10,000-server
+                                // wave is queued in one round trip (docs/benchmarks.md, P1).
+                                let ready: Vec<(String,)> = sqlx::query_as(
+                                    "update jobs set state = 'queued', updated_at = $4 where id in \
+                                     (select id from jobs where rollout_id = $1 and wave = $2 and state = 'pending' order by position limit $3) \
+                                     returning agent_id",
+                                )
+                                .bind(&row.id)
+                                .bind(i64::from(w))
+                                .bind(n as i64)
+                                .bind(now)
+                                .fetch_all(&mut *tx)
+                                .await?;
+                                report.wake_agents.extend(ready.into_iter().map(|(agent,)| agent));
                                 break;
                             }
                             Step::Unqueue(w) => {
