@@ -90,16 +90,7 @@ pub async fn run(
 
     // P1 wave: every wave agent is told at once (concurrency = wave size).
     fleet.mode.store(ReportMode::OneBatch as u8, Ordering::Relaxed);
-    let rollout = server
-        .post(
-            "/rollouts",
-            json!({
-                "name": "p1-wave", "package_id": pkg, "targets": { "labels": { "bench": "wave" } },
-                "waves": ["100%"], "concurrency": sz.wave, "policies": { "warning": "continue" },
-            }),
-        )
-        .await?;
-    let rid = rollout["id"].as_str().context("rollout id")?.to_owned();
+    let rid = one_wave_rollout(&server, "p1-wave", &pkg, json!({ "labels": { "bench": "wave" } }), sz.wave).await?;
     fleet.reset();
     eprintln!("[{}] starting a wave of {}", backend.as_str(), sz.wave);
     let cpu = CpuMeter::start(server.pid());
@@ -143,16 +134,7 @@ pub async fn run(
     // P2: per-phase reports, as fast as they are acknowledged.
     fleet.mode.store(ReportMode::PerPhase as u8, Ordering::Relaxed);
     let ids: Vec<&str> = agents[..sz.p2_jobs].iter().map(|a| a.id.as_str()).collect();
-    let rollout = server
-        .post(
-            "/rollouts",
-            json!({
-                "name": "p2-events", "package_id": pkg, "targets": { "agents": ids },
-                "waves": ["100%"], "concurrency": sz.p2_jobs, "policies": { "warning": "continue" },
-            }),
-        )
-        .await?;
-    let rid2 = rollout["id"].as_str().context("rollout id")?.to_owned();
+    let rid2 = one_wave_rollout(&server, "p2-events", &pkg, json!({ "agents": ids }), sz.p2_jobs).await?;
     fleet.reset();
     eprintln!("[{}] P2: {} jobs reporting phase by phase", backend.as_str(), sz.p2_jobs);
     let cpu = CpuMeter::start(server.pid());
@@ -191,6 +173,27 @@ fn ingest_rate(fleet: &Fleet, events: u64) -> f64 {
         (Some(f), Some(l)) if l > f => events as f64 / l.checked_sub(f).unwrap().as_secs_f64(),
         _ => 0.0,
     }
+}
+
+/// Stages a rollout of `pkg` over `targets` in one wave with `concurrency` (every target at
+/// once), warnings continued; returns its id.
+async fn one_wave_rollout(
+    server: &BenchServer,
+    name: &str,
+    pkg: &str,
+    targets: Value,
+    concurrency: usize,
+) -> Result<String> {
+    let rollout = server
+        .post(
+            "/rollouts",
+            json!({
+                "name": name, "package_id": pkg, "targets": targets,
+                "waves": ["100%"], "concurrency": concurrency, "policies": { "warning": "continue" },
+            }),
+        )
+        .await?;
+    Ok(rollout["id"].as_str().context("rollout id")?.to_owned())
 }
 
 /// P3: the jobs API over a rollout of `n` jobs, every page followed by cursor, in the full
