@@ -7,8 +7,10 @@
 //! any context (CLI, agent, coordinator upload path).
 
 pub mod agent_api;
+pub mod api;
 pub mod decision;
 pub mod event;
+pub mod id;
 pub mod keys;
 pub mod manifest;
 pub mod package;
@@ -16,6 +18,7 @@ pub mod phase;
 
 pub use decision::{DecisionAnswer, DecisionKind, DecisionRequest, HoldingProcess};
 pub use event::{EngineEvent, InstallOutcome, InstallSummary};
+pub use id::{AgentId, JobId, PackageId, RolloutId, TokenId, UserId};
 pub use keys::{KeyError, PublicKey, SecretKey};
 pub use manifest::Manifest;
 pub use phase::{Cancellability, PhaseId, PhaseStatus};
