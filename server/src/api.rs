@@ -9,12 +9,10 @@ mod jobs;
 mod openapi;
 mod packages;
 
-pub(crate) use packages::ingest as ingest_package;
-pub(crate) use rollouts::{Plan as RolloutPlan, failed_agents, plan as plan_rollout};
 mod rollouts;
 
 use crate::app::AppState;
-use crate::error::ApiError;
+use crate::error::AppError;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
@@ -39,8 +37,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    state.store.api_token_by_hash("healthz").await?;
+async fn healthz(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, AppError> {
+    state.store.ping().await?;
     Ok(axum::Json(serde_json::json!({ "status": "ok", "backend": state.store.backend() })))
 }
 
@@ -48,8 +46,8 @@ async fn metrics(State(state): State<AppState>) -> String {
     state.metrics.render()
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::NotFound(format!("no route {}; see /api/v1/openapi.json", uri.path()))
+async fn not_found(uri: axum::http::Uri) -> AppError {
+    AppError::NotFound(format!("no route {}; see /api/v1/openapi.json", uri.path()))
 }
 
 /// Paging parameters of a job's events and logs (a rollout's jobs have their own,

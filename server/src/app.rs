@@ -1,6 +1,7 @@
 //! The application state shared by handlers and background tasks.
 
 use crate::config::Config;
+use crate::model::AgentId;
 use crate::model::Millis;
 use crate::store::Store;
 use fleetup_proto::PublicKey;
@@ -26,34 +27,34 @@ pub struct App {
     /// Configuration.
     pub config: Config,
     /// Storage.
-    pub store: Arc<dyn Store>,
+    pub store: Store,
     /// Trusted package-signing keys.
     pub trusted: Vec<PublicKey>,
     /// Per-agent wake-ups for long-polls (poll and event reports with `wait`).
-    pub wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    pub wakers: Mutex<HashMap<AgentId, Arc<Notify>>>,
     /// Last-seen times not yet written (flushed in batches: an idle poll writes nothing).
-    pub last_seen: Mutex<HashMap<String, Millis>>,
+    pub last_seen: Mutex<HashMap<AgentId, Millis>>,
     /// Last-seen times already flushed, to show online/offline without a read-modify-write.
-    pub seen_cache: Mutex<HashMap<String, Millis>>,
+    pub seen_cache: Mutex<HashMap<AgentId, Millis>>,
     /// Runs a scheduler pass now.
     pub scheduler_kick: Notify,
     /// Cancelled at shutdown: long-polls return at once.
     pub shutdown: CancellationToken,
     /// Prometheus exposition.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    /// The dashboard's in-memory state (login rate limit).
-    pub dashboard: crate::web::Dashboard,
+    /// Failed dashboard logins, for the rate limit.
+    pub logins: crate::limits::LoginLimiter,
 }
 
 impl App {
     /// The wake-up of one agent.
-    pub fn waker(&self, agent_id: &str) -> Arc<Notify> {
+    pub fn waker(&self, agent_id: &AgentId) -> Arc<Notify> {
         let mut map = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(agent_id.to_owned()).or_default().clone()
+        map.entry(agent_id.clone()).or_default().clone()
     }
 
     /// Wakes these agents' long-polls here, and on other replicas (Postgres NOTIFY).
-    pub async fn wake_agents(&self, ids: &[String]) {
+    pub async fn wake_agents(&self, ids: &[AgentId]) {
         if ids.is_empty() {
             return;
         }
@@ -64,7 +65,7 @@ impl App {
     }
 
     /// Wakes long-polls held by this process.
-    pub fn wake_local(&self, ids: &[String]) {
+    pub fn wake_local(&self, ids: &[AgentId]) {
         let map = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for id in ids {
             if let Some(n) = map.get(id) {
@@ -74,12 +75,12 @@ impl App {
     }
 
     /// Records that an agent was seen (in memory).
-    pub fn seen(&self, agent_id: &str, at: Millis) {
-        self.last_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(agent_id.to_owned(), at);
+    pub fn seen(&self, agent_id: &AgentId, at: Millis) {
+        self.last_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(agent_id.clone(), at);
     }
 
     /// The freshest known last-seen time of an agent.
-    pub fn last_seen_of(&self, agent_id: &str) -> Option<Millis> {
+    pub fn last_seen_of(&self, agent_id: &AgentId) -> Option<Millis> {
         let pending = self.last_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(agent_id).copied();
         let flushed = self.seen_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(agent_id).copied();
         pending.max(flushed)
@@ -87,7 +88,7 @@ impl App {
 
     /// Writes the collected last-seen times in one transaction.
     pub async fn flush_last_seen(&self) {
-        let batch: Vec<(String, Millis)> = {
+        let batch: Vec<(AgentId, Millis)> = {
             let mut map = self.last_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             map.drain().collect()
         };

@@ -1,13 +1,14 @@
 //! Bearer tokens: API tokens with roles for people and automation, secret tokens for agents.
 //!
 //! Deny by default: the operator API router runs [`require_token`] before any handler, and
-//! it demands the viewer role for reads and the operator role for every other method;
-//! handlers that need more call [`Caller::require`]. Tokens are stored as sha256 hashes
+//! it demands the viewer role for reads and the operator role for every other method; the
+//! use cases check what they need more ([`Actor::require`]). Tokens are stored as sha256 hashes
 //! (they are long random secrets, so a fast hash is enough; passwords are another matter).
 
 use crate::app::AppState;
-use crate::error::ApiError;
-use crate::model::Role;
+use crate::error::AppError;
+use crate::model::{AgentId, Role};
+use crate::ops::Actor;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::Method;
 use axum::http::request::Parts;
@@ -27,55 +28,30 @@ pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+fn bearer(parts: &Parts) -> Result<&str, AppError> {
     let value = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer TOKEN header".into()))?;
+        .ok_or_else(|| AppError::Unauthorized("missing Authorization: Bearer TOKEN header".into()))?;
     value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be 'Bearer TOKEN'".into()))
-}
-
-/// The authenticated caller of the operator API.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// `token:NAME`, recorded in the audit log.
-    pub actor: String,
-    /// Its role.
-    pub role: Role,
-}
-
-impl Caller {
-    /// Refuses unless the caller has at least `role`.
-    pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.role >= role {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "this needs the {} role; {} has the {} role",
-                role.as_str(),
-                self.actor,
-                self.role.as_str()
-            )))
-        }
-    }
+        .ok_or_else(|| AppError::Unauthorized("the Authorization header must be 'Bearer TOKEN'".into()))
 }
 
 /// Middleware: authenticates the API token and applies the method's minimum role.
-pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, AppError> {
     let (mut parts, body) = req.into_parts();
     let token = bearer(&parts)?;
     let info = state
         .store
         .api_token_by_hash(&hash_secret(token))
         .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown or revoked API token".into()))?;
-    let caller = Caller { actor: format!("token:{}", info.name), role: info.role };
+        .ok_or_else(|| AppError::Unauthorized("unknown or revoked API token".into()))?;
+    let caller = Actor::new(format!("token:{}", info.name), info.role);
     let needed = if matches!(parts.method, Method::GET | Method::HEAD) { Role::Viewer } else { Role::Operator };
     caller.require(needed)?;
     parts.extensions.insert(caller);
@@ -83,10 +59,11 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
     Ok(next.run(req).await)
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        parts.extensions.get::<Caller>().cloned().ok_or_else(|| ApiError::Unauthorized("not authenticated".into()))
+/// The authenticated caller of the operator API (set by [`require_token`]).
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        parts.extensions.get::<Actor>().cloned().ok_or_else(|| AppError::Unauthorized("not authenticated".into()))
     }
 }
 
@@ -94,20 +71,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 #[derive(Debug, Clone)]
 pub struct AgentCaller {
     /// Agent id.
-    pub id: String,
+    pub id: AgentId,
     /// Host name.
     pub hostname: String,
 }
 
 impl FromRequestParts<AppState> for AgentCaller {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let token = bearer(parts)?;
         let (id, hostname) = state
             .store
             .agent_by_secret_hash(&hash_secret(token))
             .await?
-            .ok_or_else(|| ApiError::Unauthorized("unknown or revoked agent token; enroll again".into()))?;
-        Ok(AgentCaller { id, hostname })
+            .ok_or_else(|| AppError::Unauthorized("unknown or revoked agent token; enroll again".into()))?;
+        Ok(AgentCaller { id: crate::store::stored_id(&id)?, hostname })
     }
 }

@@ -44,7 +44,7 @@ pub enum UserCommand {
         #[arg(long)]
         username: String,
         /// What the user may do.
-        #[arg(long, value_enum)]
+        #[arg(long)]
         role: Role,
         /// Read the password from the first line of standard input instead of asking.
         #[arg(long)]
@@ -61,7 +61,7 @@ pub enum TokenCommand {
     /// Create an API token and print it (shown once; only its hash is stored).
     Create {
         /// What the token may do.
-        #[arg(long, value_enum)]
+        #[arg(long)]
         role: Role,
         /// A name, recorded in the audit log as `token:NAME`.
         #[arg(long)]
@@ -72,31 +72,26 @@ pub enum TokenCommand {
     },
 }
 
-/// Creates an API token in the database and returns the secret.
-pub async fn create_token(database_url: &str, role: Role, name: &str) -> Result<String, crate::store::StoreError> {
-    let store = crate::store::connect(database_url).await?;
-    let secret = crate::auth::new_secret("flt");
-    let id = crate::store::sql::new_id();
-    let audit = crate::store::NewAudit::new(
-        "cli",
-        "api-token.create",
-        "api-token",
-        &id,
-        serde_json::json!({ "name": name, "role": role.as_str() }),
-    );
-    store.create_api_token(&id, name, role, &crate::auth::hash_secret(&secret), &audit).await?;
-    Ok(secret)
+/// The command line acts as an admin (whoever can reach the database can do anything).
+fn cli_actor() -> crate::ops::Actor {
+    crate::ops::Actor::new("cli", Role::Admin)
 }
 
-/// Creates a dashboard user in the database (see [`crate::web::create_user`]).
+/// Creates an API token in the database and returns the secret.
+pub async fn create_token(database_url: &str, role: Role, name: &str) -> Result<String, crate::error::AppError> {
+    let store = crate::store::connect(database_url).await?;
+    crate::ops::access::create_api_token(&store, &cli_actor(), role, name).await
+}
+
+/// Creates a dashboard user in the database (see [`crate::ops::access::create_user`]).
 pub async fn create_user(
     database_url: &str,
     username: &str,
     password: &str,
     role: Role,
-) -> Result<(), crate::web::session::UserError> {
+) -> Result<(), crate::error::AppError> {
     let store = crate::store::connect(database_url).await?;
-    crate::web::create_user(store.as_ref(), username, password, role, "cli").await
+    crate::ops::access::create_user(&store, &cli_actor(), username, password, role).await
 }
 
 /// Reads a password: the first line of standard input, or asked on the terminal without

@@ -10,8 +10,11 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod domain;
 pub mod error;
+pub mod limits;
 pub mod model;
+pub mod ops;
 pub mod scheduler;
 pub mod store;
 pub mod web;
@@ -80,7 +83,7 @@ pub async fn run(
         scheduler_kick: tokio::sync::Notify::new(),
         shutdown: cancel.clone(),
         metrics: metrics_handle(),
-        dashboard: web::Dashboard::default(),
+        logins: limits::LoginLimiter::default(),
     });
     tracing::info!(addr = ?listener.local_addr().ok(), backend = app.store.backend(), "fleetup-server listening");
     let tasks = [

@@ -3,9 +3,9 @@
 //! step; every page reads fine without JavaScript.
 //!
 //! Security: every route except `/login` and `/static/*` runs behind
-//! [`session::require_session`] (deny by default). Mutations go through the same store
-//! methods as the REST API, so each one writes its audit record in the same transaction,
-//! with the actor `user:NAME`.
+//! [`session::require_session`] (deny by default). Mutations go through the same use cases
+//! ([`crate::ops`]) as the REST API, with the actor `user:NAME`; errors are the same
+//! [`AppError`], shown as a page.
 
 mod agents;
 mod assets;
@@ -20,26 +20,13 @@ mod stage;
 mod view;
 
 use crate::app::AppState;
-use crate::store::StoreError;
+use crate::error::{AppError, ErrorInfo};
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-
-pub use session::create_user;
-
-/// The dashboard's in-memory state, kept in [`crate::app::App`].
-#[derive(Debug, Default)]
-pub struct Dashboard {
-    /// Failed logins, for the rate limit.
-    pub logins: session::LoginLimiter,
-}
-
-fn limiter(state: &AppState) -> &session::LoginLimiter {
-    &state.dashboard.logins
-}
 
 /// The dashboard's routes (no fallback: the API's JSON 404 answers unknown paths).
 pub fn router(state: AppState) -> Router {
@@ -66,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .route("/login", get(session::login_form).post(session::login))
         .route("/static/{file}", get(assets::serve))
+        .layer(axum::middleware::map_response(error_pages))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -118,60 +106,6 @@ pub fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// What a dashboard handler can fail with; shown as a plain page with the reason.
-#[derive(Debug, thiserror::Error)]
-pub enum WebError {
-    /// Malformed input.
-    #[error("{0}")]
-    BadRequest(String),
-    /// Not logged in.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// Logged in, not allowed.
-    #[error("{0}")]
-    Forbidden(String),
-    /// No such object.
-    #[error("{0}")]
-    NotFound(String),
-    /// The object's state does not allow it.
-    #[error("{0}")]
-    Conflict(String),
-    /// Well-formed but refused (an invalid plan, a bad package).
-    #[error("{0}")]
-    Unprocessable(String),
-    /// A bug or an outage; detail logged only.
-    #[error("internal error")]
-    Internal(String),
-}
-
-/// The same failure, as the dashboard shows it.
-impl From<crate::error::ApiError> for WebError {
-    fn from(e: crate::error::ApiError) -> Self {
-        use crate::error::ApiError as A;
-        match e {
-            A::BadRequest(m) => WebError::BadRequest(m),
-            A::Unauthorized(m) => WebError::Unauthorized(m),
-            A::Forbidden(m) => WebError::Forbidden(m),
-            A::NotFound(m) => WebError::NotFound(m),
-            A::Conflict(m) | A::StaleLease(m) => WebError::Conflict(m),
-            A::Unprocessable(m) | A::TooLarge(m) => WebError::Unprocessable(m),
-            A::Internal(m) => WebError::Internal(m),
-        }
-    }
-}
-
-impl From<StoreError> for WebError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(m) => WebError::NotFound(m),
-            StoreError::Conflict(m) => WebError::Conflict(m),
-            StoreError::Refused(m) => WebError::Unprocessable(m),
-            StoreError::Forbidden(m) => WebError::Forbidden(m),
-            other => WebError::Internal(other.to_string()),
-        }
-    }
-}
-
 #[derive(Debug, Template, WebTemplate)]
 #[template(path = "error.html")]
 pub struct ErrorPage {
@@ -181,31 +115,38 @@ pub struct ErrorPage {
     message: String,
 }
 
-impl IntoResponse for WebError {
-    fn into_response(self) -> Response {
-        let (status, title) = match &self {
-            WebError::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad request"),
-            WebError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Not logged in"),
-            WebError::Forbidden(_) => (StatusCode::FORBIDDEN, "Not allowed"),
-            WebError::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
-            WebError::Conflict(_) => (StatusCode::CONFLICT, "Not possible now"),
-            WebError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Refused"),
-            WebError::Internal(detail) => {
-                tracing::error!(error = %detail, "dashboard request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong")
-            }
-        };
-        let message = match self {
-            WebError::Internal(_) => "The server could not complete this request; the details are in its log.".into(),
-            other => other.to_string(),
-        };
-        let page = ErrorPage { css: assets::url("app.css"), status: status.as_u16(), title, message };
-        (status, page).into_response()
-    }
+/// Middleware: a response that carries an [`ErrorInfo`] (an [`AppError`] rendered as JSON
+/// by its `IntoResponse`) is shown as the dashboard's error page instead, with the same
+/// status and sentence.
+async fn error_pages(resp: Response) -> Response {
+    let Some(info) = resp.extensions().get::<ErrorInfo>().cloned() else { return resp };
+    let title = match info.status {
+        StatusCode::BAD_REQUEST => "Bad request",
+        StatusCode::UNAUTHORIZED => "Not logged in",
+        StatusCode::FORBIDDEN => "Not allowed",
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::CONFLICT => "Not possible now",
+        StatusCode::INTERNAL_SERVER_ERROR => "Something went wrong",
+        _ => "Refused",
+    };
+    let message = if info.status == StatusCode::INTERNAL_SERVER_ERROR {
+        "The server could not complete this request; the details are in its log.".to_owned()
+    } else {
+        info.message
+    };
+    let page = ErrorPage { css: assets::url("app.css"), status: info.status.as_u16(), title, message };
+    let mut out = (info.status, page).into_response();
+    out.headers_mut().extend(
+        resp.headers()
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("set-cookie"))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    out
 }
 
 /// Result of dashboard handlers.
-pub type WebResult<T> = Result<T, WebError>;
+pub type WebResult<T> = Result<T, AppError>;
 
 #[cfg(test)]
 mod tests {

@@ -5,10 +5,10 @@
 //! the held poll through the agent's `Notify` (and, across replicas, Postgres NOTIFY).
 
 use crate::app::AppState;
-use crate::auth::{AgentCaller, hash_secret, new_secret};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::model::{JobState, now_ms};
-use crate::store::{NewAgent, StoreError};
+use crate::auth::AgentCaller;
+use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
+use crate::model::{JobId, JobState, PackageId, now_ms};
+use crate::ops;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -35,23 +35,7 @@ async fn enroll(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
-    if req.hostname.trim().is_empty() {
-        return Err(ApiError::Unprocessable("hostname must not be empty".into()));
-    }
-    let secret = new_secret("fla");
-    let agent = NewAgent {
-        id: crate::store::sql::new_id(),
-        hostname: req.hostname.trim().to_owned(),
-        secret_hash: hash_secret(&secret),
-        labels: req.labels,
-        facts: req.facts,
-        version: req.version,
-    };
-    let enrolled = state.store.enroll_agent(&hash_secret(&req.token), &agent, now_ms()).await.map_err(|e| match e {
-        StoreError::Refused(m) => ApiError::Unauthorized(m),
-        other => other.into(),
-    })?;
-    Ok((StatusCode::CREATED, Json(EnrollResponse { agent_id: enrolled.id, agent_token: secret })))
+    Ok((StatusCode::CREATED, Json(ops::agents::enroll(&state, req).await?)))
 }
 
 /// `?wait=SECS`.
@@ -77,12 +61,12 @@ async fn poll(State(state): State<AppState>, agent: AgentCaller, ApiQuery(q): Ap
             if let Some(c) = state.store.claim_job(&agent.id, now_ms()).await? {
                 metrics::counter!("fleetup_jobs_dispatched_total").increment(1);
                 let assignment = JobAssignment {
-                    job_id: c.job_id.clone(),
-                    rollout_id: c.rollout_id.clone(),
+                    job_id: c.job_id.to_string(),
+                    rollout_id: c.rollout_id.to_string(),
                     fencing_token: c.fencing_token,
                     lease_secs: (c.lease_ms / 1000).max(1) as u64,
                     package: PackageRef {
-                        id: c.package.id.clone(),
+                        id: c.package.id.to_string(),
                         name: c.package.name.clone(),
                         version: c.package.version.clone(),
                         sha256: c.package.sha256.clone(),
@@ -92,7 +76,7 @@ async fn poll(State(state): State<AppState>, agent: AgentCaller, ApiQuery(q): Ap
                     policies: JobPolicies { ..c.spec.policies },
                     phase_timeouts: c.spec.phase_timeouts.clone(),
                 };
-                return Ok::<_, ApiError>(Json(assignment).into_response());
+                return Ok::<_, AppError>(Json(assignment).into_response());
             }
             tokio::select! {
                 () = &mut notified => {}
@@ -111,7 +95,7 @@ async fn poll(State(state): State<AppState>, agent: AgentCaller, ApiQuery(q): Ap
 async fn events(
     State(state): State<AppState>,
     agent: AgentCaller,
-    ApiPath(job_id): ApiPath<String>,
+    ApiPath(job_id): ApiPath<JobId>,
     ApiQuery(q): ApiQuery<Wait>,
     ApiJson(batch): ApiJson<EventBatch>,
 ) -> ApiResult<Json<ReportResponse>> {
@@ -154,7 +138,7 @@ async fn events(
 async fn logs(
     State(state): State<AppState>,
     agent: AgentCaller,
-    ApiPath(job_id): ApiPath<String>,
+    ApiPath(job_id): ApiPath<JobId>,
     ApiJson(batch): ApiJson<LogBatch>,
 ) -> ApiResult<Json<LogResponse>> {
     state.seen(&agent.id, now_ms());
@@ -165,15 +149,15 @@ async fn logs(
 async fn download(
     State(state): State<AppState>,
     agent: AgentCaller,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<PackageId>,
     req: Request,
 ) -> ApiResult<Response> {
     let package = state.store.get_package(&id).await?;
     if !state.store.agent_may_download(&agent.id, &id).await? {
-        return Err(ApiError::Forbidden(format!("package {id} is not part of any job of this agent")));
+        return Err(AppError::Forbidden(format!("package {id} is not part of any job of this agent")));
     }
-    let path = super::packages::package_path(&state, &package.sha256);
+    let path = ops::packages::package_path(&state, &package.sha256);
     let res =
-        tower_http::services::ServeFile::new(path).oneshot(req).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        tower_http::services::ServeFile::new(path).oneshot(req).await.map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(res.map(Body::new))
 }

@@ -2,10 +2,9 @@
 //! `POST /jobs/{id}/cancel`.
 
 use crate::app::AppState;
-use crate::auth::Caller;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::model::{Decision, Job};
-use crate::store::NewAudit;
+use crate::model::{Decision, Job, JobId};
+use crate::ops::{self, Actor};
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,13 +21,13 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{id}/cancel", post(cancel))
 }
 
-async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Job>> {
+async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<JobId>) -> ApiResult<Json<Job>> {
     Ok(Json(state.store.get_job(&id).await?))
 }
 
 async fn events(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<JobId>,
     ApiQuery(page): ApiQuery<super::Page>,
 ) -> ApiResult<Json<Vec<EngineEvent>>> {
     Ok(Json(state.store.list_events(&id, page.after, page.limit()).await?))
@@ -36,13 +35,13 @@ async fn events(
 
 async fn logs(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<JobId>,
     ApiQuery(page): ApiQuery<super::Page>,
 ) -> ApiResult<Json<Vec<LogLine>>> {
     Ok(Json(state.store.list_logs(&id, page.after, page.limit()).await?))
 }
 
-async fn decisions(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Vec<Decision>>> {
+async fn decisions(State(state): State<AppState>, ApiPath(id): ApiPath<JobId>) -> ApiResult<Json<Vec<Decision>>> {
     Ok(Json(state.store.list_decisions(&id).await?))
 }
 
@@ -59,26 +58,13 @@ struct Answer {
 
 async fn decide(
     State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(id): ApiPath<String>,
+    actor: Actor,
+    ApiPath(id): ApiPath<JobId>,
     ApiJson(body): ApiJson<Answer>,
 ) -> ApiResult<Json<Job>> {
-    let audit = NewAudit::new(
-        &caller.actor,
-        "job.decision",
-        "job",
-        &id,
-        serde_json::json!({ "answer": body.answer, "decision_id": body.decision_id }),
-    );
-    let (job, agent) = state.store.answer_decision(&id, body.decision_id, body.answer, &audit).await?;
-    state.wake_agents(&[agent]).await;
-    Ok(Json(job))
+    Ok(Json(ops::jobs::answer_decision(&state, &actor, &id, body.decision_id, body.answer).await?))
 }
 
-async fn cancel(State(state): State<AppState>, caller: Caller, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Job>> {
-    let audit = NewAudit::new(&caller.actor, "job.cancel", "job", &id, serde_json::json!({}));
-    let job = state.store.cancel_job(&id, &audit).await?;
-    state.wake_agents(std::slice::from_ref(&job.agent_id)).await;
-    state.scheduler_kick.notify_one();
-    Ok(Json(job))
+async fn cancel(State(state): State<AppState>, actor: Actor, ApiPath(id): ApiPath<JobId>) -> ApiResult<Json<Job>> {
+    Ok(Json(ops::jobs::cancel(&state, &actor, &id).await?))
 }

@@ -1,13 +1,14 @@
 //! Rollouts: stage (`POST /rollouts`), read, and drive (`start`, `pause`, `resume`,
-//! `cancel`, `approve`, `retry-failed`). Planning (targets → waves → jobs) happens here at
-//! creation, so an operator sees which server falls in which wave before starting.
+//! `cancel`, `approve`, `retry-failed`). Planning (targets → waves → jobs) happens at
+//! staging ([`crate::ops::rollouts::stage`]), so an operator sees which server falls in
+//! which wave before starting.
 
 use crate::app::AppState;
-use crate::auth::Caller;
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::model::{JobState, Rollout, RolloutSpec};
-use crate::scheduler;
-use crate::store::{JobFilter, NewAudit, NewRollout, RolloutAction, StoreError};
+use crate::domain::rollout::RolloutAction;
+use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
+use crate::model::{JobState, Rollout, RolloutId, RolloutSpec};
+use crate::ops::{self, Actor};
+use crate::store::JobFilter;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -18,19 +19,15 @@ pub fn router() -> Router<AppState> {
         .route("/rollouts", get(list).post(create))
         .route("/rollouts/{id}", get(show))
         .route("/rollouts/{id}/jobs", get(jobs))
-        .route("/rollouts/{id}/start", post(start))
-        .route("/rollouts/{id}/pause", post(pause))
-        .route("/rollouts/{id}/resume", post(resume))
-        .route("/rollouts/{id}/cancel", post(cancel))
-        .route("/rollouts/{id}/approve", post(approve))
         .route("/rollouts/{id}/retry-failed", post(retry_failed))
+        .route("/rollouts/{id}/{action}", post(act))
 }
 
 async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Rollout>>> {
     Ok(Json(state.store.list_rollouts().await?))
 }
 
-async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Rollout>> {
+async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<RolloutId>) -> ApiResult<Json<Rollout>> {
     Ok(Json(state.store.get_rollout(&id).await?))
 }
 
@@ -63,31 +60,25 @@ pub struct JobsPage<T> {
 
 async fn jobs(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(id): ApiPath<RolloutId>,
     ApiQuery(q): ApiQuery<JobsQuery>,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse as _;
     if q.offset.is_some() {
-        return Err(ApiError::BadRequest(
+        return Err(AppError::BadRequest(
             "offset paging is not supported: this listing pages by cursor; pass the \"next\" value of the previous \
              page as ?cursor= (omit it for the first page)"
                 .into(),
         ));
     }
-    if let Some(s) = &q.state
-        && JobState::parse(s).is_none()
-    {
-        return Err(ApiError::BadRequest(format!("unknown job state '{s}'")));
-    }
-    let after = q.cursor.as_deref().map(|c| cursor::decode(&id, c)).transpose()?;
-    let filter = JobFilter {
-        state: q.state.clone(),
-        wave: q.wave,
-        after,
-        offset: 0,
-        limit: q.limit.unwrap_or(500).clamp(1, 5000),
+    let state_filter = match &q.state {
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| AppError::BadRequest(format!("unknown job state '{s}'")))?),
+        None => None,
     };
-    let next = |k: Option<crate::store::JobKey>| k.map(|k| cursor::encode(&id, k));
+    let after = q.cursor.as_deref().map(|c| cursor::decode(id.as_str(), c)).transpose()?;
+    let filter =
+        JobFilter { state: state_filter, wave: q.wave, after, offset: 0, limit: q.limit.unwrap_or(500).clamp(1, 5000) };
+    let next = |k: Option<crate::store::JobKey>| k.map(|k| cursor::encode(id.as_str(), k));
     Ok(match q.view.as_deref().unwrap_or("full") {
         "full" => {
             let page = state.store.list_jobs(&id, &filter).await?;
@@ -98,7 +89,7 @@ async fn jobs(
             Json(JobsPage { jobs: page.items, next: next(page.next) }).into_response()
         }
         other => {
-            return Err(ApiError::BadRequest(format!("unknown view '{other}': use \"full\" or \"summary\"")));
+            return Err(AppError::BadRequest(format!("unknown view '{other}': use \"full\" or \"summary\"")));
         }
     })
 }
@@ -108,7 +99,7 @@ async fn jobs(
 /// the caller may read anyway starts); the checksum makes an altered, truncated or
 /// other-rollout cursor a clear 400 instead of a silently wrong page.
 pub(crate) mod cursor {
-    use crate::error::ApiError;
+    use crate::error::AppError;
     use crate::store::JobKey;
     use sha2::{Digest as _, Sha256};
 
@@ -124,9 +115,9 @@ pub(crate) mod cursor {
     }
 
     /// The key a cursor starts after; 400 with a sentence when it is not one of ours.
-    pub fn decode(rollout: &str, cursor: &str) -> Result<JobKey, ApiError> {
+    pub fn decode(rollout: &str, cursor: &str) -> Result<JobKey, AppError> {
         let bad = || {
-            ApiError::BadRequest(format!(
+            AppError::BadRequest(format!(
                 "invalid cursor '{cursor}': pass the \"next\" value of the previous page of this rollout's \
                  jobs unchanged, or omit cursor to start from the first page"
             ))
@@ -144,198 +135,32 @@ pub(crate) mod cursor {
     }
 }
 
-fn invalid(m: impl Into<String>) -> ApiError {
-    ApiError::Unprocessable(m.into())
-}
-
-/// Checks a plan and turns it into waves and jobs.
-/// A checked rollout spec, planned into waves.
-#[derive(Debug)]
-pub(crate) struct Plan {
-    /// Sizes of the waves.
-    pub wave_sizes: Vec<u64>,
-    /// (agent id, wave) in dispatch order.
-    pub jobs: Vec<(String, u32)>,
-    /// Every agent (the dashboard's preview names them).
-    pub agents: Vec<crate::model::Agent>,
-}
-
-/// Checks a spec and plans its waves: targets in agent order, wave sizes from
-/// `scheduler::wave_sizes`. `POST /rollouts` and the dashboard's staging form (and its
-/// preview) both plan through here.
-pub(crate) async fn plan(state: &AppState, spec: &RolloutSpec) -> ApiResult<Plan> {
-    if spec.name.trim().is_empty() {
-        return Err(invalid("name must not be empty"));
-    }
-    if spec.concurrency == 0 {
-        return Err(invalid("concurrency must be at least 1"));
-    }
-    if spec.waves.is_empty() {
-        return Err(invalid("waves must list at least one wave, e.g. [1, \"100%\"]"));
-    }
-    scheduler::check_threshold(&spec.success_threshold).map_err(invalid)?;
-    if let Some(t) = &spec.error_threshold {
-        scheduler::check_threshold(t).map_err(invalid)?;
-    }
-    if let Some(w) = &spec.maintenance_window {
-        scheduler::check_window(w).map_err(invalid)?;
-    }
-    match state.store.get_package(&spec.package_id).await {
-        Ok(_) => {}
-        Err(StoreError::NotFound(_)) => {
-            return Err(invalid(format!(
-                "package {} does not exist; upload it first (POST /api/v1/packages)",
-                spec.package_id
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let agents = state.store.list_agents().await?;
-    let targets: Vec<String> = match (&spec.targets.agents, &spec.targets.labels) {
-        (Some(ids), None) => {
-            let mut out = Vec::new();
-            for id in ids {
-                match agents.iter().find(|a| &a.id == id) {
-                    Some(a) if !a.revoked => {
-                        if !out.contains(id) {
-                            out.push(id.clone());
-                        }
-                    }
-                    Some(_) => return Err(invalid(format!("agent {id} is revoked"))),
-                    None => return Err(invalid(format!("agent {id} does not exist"))),
-                }
-            }
-            out
-        }
-        (None, Some(sel)) => agents
-            .iter()
-            .filter(|a| !a.revoked && sel.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
-            .map(|a| a.id.clone())
-            .collect(),
-        _ => {
-            return Err(invalid(
-                "targets must have exactly one of \"agents\" (a list of agent ids) or \"labels\" (a selector)",
-            ));
-        }
-    };
-    if targets.is_empty() {
-        return Err(invalid("the targets select no agent"));
-    }
-    let wave_sizes = scheduler::wave_sizes(targets.len() as u64, &spec.waves).map_err(invalid)?;
-    let mut jobs = Vec::with_capacity(targets.len());
-    let mut it = targets.into_iter();
-    for (i, size) in wave_sizes.iter().enumerate() {
-        for agent in it.by_ref().take(*size as usize) {
-            jobs.push((agent, i as u32 + 1));
-        }
-    }
-    Ok(Plan { wave_sizes, jobs, agents })
-}
-
-async fn create_from(
-    state: &AppState,
-    caller: &Caller,
-    spec: RolloutSpec,
-    retry_of: Option<String>,
-) -> ApiResult<(StatusCode, Json<Rollout>)> {
-    let Plan { wave_sizes, jobs, .. } = plan(state, &spec).await?;
-    let id = crate::store::sql::new_id();
-    let lease_secs = spec.lease_secs.unwrap_or(state.config.lease_secs).max(1);
-    let audit = NewAudit::new(
-        &caller.actor,
-        if retry_of.is_some() { "rollout.retry-failed" } else { "rollout.create" },
-        "rollout",
-        &id,
-        serde_json::json!({ "spec": spec, "retry_of": retry_of }),
-    );
-    let new = NewRollout {
-        id,
-        spec,
-        wave_sizes,
-        jobs,
-        lease_ms: i64::try_from(lease_secs).unwrap_or(60) * 1000,
-        retry_of,
-        created_by: caller.actor.clone(),
-    };
-    Ok((StatusCode::CREATED, Json(state.store.create_rollout(&new, &audit).await?)))
-}
-
 async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    actor: Actor,
     ApiJson(spec): ApiJson<RolloutSpec>,
 ) -> ApiResult<(StatusCode, Json<Rollout>)> {
-    create_from(&state, &caller, spec, None).await
+    Ok((StatusCode::CREATED, Json(ops::rollouts::stage(&state, &actor, spec, None).await?)))
 }
 
-async fn act(state: &AppState, caller: &Caller, id: &str, action: RolloutAction) -> ApiResult<Json<Rollout>> {
-    let audit =
-        NewAudit::new(&caller.actor, &format!("rollout.{}", action.as_str()), "rollout", id, serde_json::json!({}));
-    let (rollout, wake) = state.store.rollout_action(id, action, &audit).await?;
-    state.wake_agents(&wake).await;
-    state.scheduler_kick.notify_one();
-    Ok(Json(rollout))
-}
-
-async fn start(
+/// `POST /rollouts/{id}/{start|pause|resume|cancel|approve}`.
+async fn act(
     State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(id): ApiPath<String>,
+    actor: Actor,
+    ApiPath((id, action)): ApiPath<(RolloutId, String)>,
 ) -> ApiResult<Json<Rollout>> {
-    act(&state, &caller, &id, RolloutAction::Start).await
-}
-async fn pause(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Rollout>> {
-    act(&state, &caller, &id, RolloutAction::Pause).await
-}
-async fn resume(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Rollout>> {
-    act(&state, &caller, &id, RolloutAction::Resume).await
-}
-async fn cancel(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Rollout>> {
-    act(&state, &caller, &id, RolloutAction::Cancel).await
-}
-async fn approve(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Rollout>> {
-    act(&state, &caller, &id, RolloutAction::Approve).await
+    let action = RolloutAction::parse(&action).ok_or_else(|| {
+        AppError::NotFound(format!(
+            "no rollout action '{action}': use start, pause, resume, approve, cancel or retry-failed"
+        ))
+    })?;
+    Ok(Json(ops::rollouts::act(&state, &actor, &id, action).await?))
 }
 
 async fn retry_failed(
     State(state): State<AppState>,
-    caller: Caller,
-    ApiPath(id): ApiPath<String>,
+    actor: Actor,
+    ApiPath(id): ApiPath<RolloutId>,
 ) -> ApiResult<(StatusCode, Json<Rollout>)> {
-    let old = state.store.get_rollout(&id).await?;
-    let agents = failed_agents(&state, &id).await?;
-    if agents.is_empty() {
-        return Err(ApiError::Conflict(format!("rollout {id} has no failed, rolled-back or lost job to retry")));
-    }
-    let mut spec = old.spec.clone();
-    spec.name = format!("{} (retry of failed)", old.spec.name);
-    spec.targets = crate::model::Targets { agents: Some(agents), labels: None };
-    create_from(&state, &caller, spec, Some(id)).await
-}
-
-/// The agents of a rollout's failed, rolled-back and lost jobs, in listing order (what
-/// `retry-failed` targets, here and on the dashboard).
-pub(crate) async fn failed_agents(state: &AppState, id: &str) -> Result<Vec<String>, StoreError> {
-    let mut agents = Vec::new();
-    for s in [JobState::Failed, JobState::RolledBack, JobState::Lost] {
-        let filter = JobFilter { state: Some(s.as_str().into()), limit: u64::MAX >> 1, ..JobFilter::default() };
-        agents.extend(state.store.list_job_summaries(id, &filter).await?.items.into_iter().map(|j| j.agent_id));
-    }
-    Ok(agents)
+    Ok((StatusCode::CREATED, Json(ops::rollouts::retry_failed(&state, &actor, &id).await?)))
 }

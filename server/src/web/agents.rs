@@ -62,7 +62,7 @@ pub async fn page(State(state): State<AppState>, user: User) -> WebResult<Agents
                 installed: a.installed.last().map_or_else(|| "—".to_owned(), |i| format!("{} {}", i.rollup, i.version)),
                 version: a.version,
                 hostname: a.hostname,
-                id: a.id,
+                id: a.id.to_string(),
             }
         })
         .collect();

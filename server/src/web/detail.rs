@@ -6,11 +6,12 @@
 //! 10,000-server rollout ships at most `PAGE_SIZE × 12` cells. The grid and the panels are
 //! partials: the page's SSE stream (`live.rs`) says "changed" and htmx fetches them again.
 
+use super::WebResult;
 use super::session::User;
 use super::view::{Nav, Row, Summary, rollout_class};
-use super::{WebError, WebResult};
 use crate::app::AppState;
-use crate::model::{Job, JobState, Rollout, RolloutState};
+use crate::error::AppError;
+use crate::model::{Job, JobState, Rollout, RolloutId, RolloutState};
 use crate::store::JobFilter;
 use askama::Template;
 use askama_web::WebTemplate;
@@ -168,26 +169,21 @@ fn controls(r: &Rollout) -> Vec<(&'static str, &'static str, bool)> {
 /// Builds the grid partial.
 pub async fn build_grid(state: &AppState, r: &Rollout, q: &GridQuery) -> WebResult<Grid> {
     let filter_state = q.state.clone().filter(|s| !s.is_empty());
-    if let Some(s) = &filter_state
-        && JobState::parse(s).is_none()
-    {
-        return Err(WebError::BadRequest(format!("unknown job state '{s}'")));
-    }
+    let state_filter = match &filter_state {
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| AppError::BadRequest(format!("unknown job state '{s}'")))?),
+        None => None,
+    };
     let shown_total = match &filter_state {
         Some(s) => JobState::parse(s).and_then(|s| r.counts.get(&s).copied()).unwrap_or(0),
         None => r.counts.values().sum(),
     };
     let pages = shown_total.div_ceil(PAGE_SIZE).max(1);
     let page = q.page.unwrap_or(1).clamp(1, pages);
-    let filter = JobFilter {
-        state: filter_state.clone(),
-        offset: (page - 1) * PAGE_SIZE,
-        limit: PAGE_SIZE,
-        ..JobFilter::default()
-    };
+    let filter =
+        JobFilter { state: state_filter, offset: (page - 1) * PAGE_SIZE, limit: PAGE_SIZE, ..JobFilter::default() };
     let jobs = state.store.list_jobs(&r.id, &filter).await?.items;
     Ok(Grid {
-        rollout_id: r.id.clone(),
+        rollout_id: r.id.to_string(),
         rows: jobs.iter().map(Row::of).collect(),
         phases: PhaseId::INSTALL.iter().enumerate().map(|(i, p)| (i + 1, p.as_str(), p.title())).collect(),
         states: JobState::ALL
@@ -241,7 +237,7 @@ pub fn warning_items(job: &Job) -> Vec<WarningItem> {
                     None => (None, message.clone()),
                 };
             WarningItem {
-                job_id: job.id.clone(),
+                job_id: job.id.to_string(),
                 hostname: job.hostname.clone(),
                 phase: w["phase"].as_str().unwrap_or_default().to_owned(),
                 code,
@@ -270,7 +266,7 @@ pub async fn decision_items(state: &AppState, job: &Job) -> WebResult<Vec<Decisi
             None => (None, Vec::new()),
         };
         out.push(DecisionItem {
-            job_id: job.id.clone(),
+            job_id: job.id.to_string(),
             hostname: job.hostname.clone(),
             id: d.id,
             phase: d.phase.title().to_owned(),
@@ -289,7 +285,7 @@ pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResu
     let n = |s: JobState| r.counts.get(&s).copied().unwrap_or(0);
     let mut decisions = Vec::new();
     if n(JobState::Waiting) > 0 {
-        let filter = JobFilter { state: Some("waiting".into()), limit: PANEL_LIMIT, ..JobFilter::default() };
+        let filter = JobFilter { state: Some(JobState::Waiting), limit: PANEL_LIMIT, ..JobFilter::default() };
         for job in state.store.list_jobs(&r.id, &filter).await?.items {
             decisions.extend(decision_items(state, &job).await?);
         }
@@ -300,7 +296,7 @@ pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResu
         if n(s) == 0 || left == 0 {
             continue;
         }
-        let filter = JobFilter { state: Some(s.as_str().into()), limit: left, ..JobFilter::default() };
+        let filter = JobFilter { state: Some(s), limit: left, ..JobFilter::default() };
         for job in state.store.list_jobs(&r.id, &filter).await?.items {
             let lines = state
                 .store
@@ -312,7 +308,7 @@ pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResu
             failures.push(FailureItem {
                 phase: failing_phase(&job),
                 error: job.error.clone().unwrap_or_default(),
-                job_id: job.id,
+                job_id: job.id.to_string(),
                 hostname: job.hostname,
                 state: job.state.as_str(),
                 lines,
@@ -325,7 +321,7 @@ pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResu
         .store
         .get_package(&r.package_id)
         .await
-        .map_or_else(|_| r.package_id.clone(), |p| format!("{} {}", p.name, p.version));
+        .map_or_else(|_| r.package_id.to_string(), |p| format!("{} {}", p.name, p.version));
     Ok(Panels {
         nav: Nav::new(user, "rollouts"),
         class: rollout_class(r.state),
@@ -346,18 +342,18 @@ pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResu
 pub async fn page(
     State(state): State<AppState>,
     user: User,
-    Path(id): Path<String>,
+    Path(id): Path<RolloutId>,
     Query(q): Query<GridQuery>,
 ) -> WebResult<Page> {
     let r = state.store.get_rollout(&id).await?;
     let grid = build_grid(&state, &r, &q).await?;
     let panels = build_panels(&state, &user, &r).await?;
-    let render = |e: askama::Error| WebError::Internal(format!("rendering: {e}"));
+    let render = |e: askama::Error| AppError::Internal(format!("rendering: {e}"));
     Ok(Page {
         nav: Nav::new(&user, "rollouts"),
         terminal: r.state.is_terminal(),
         name: r.name.clone(),
-        id: r.id.clone(),
+        id: r.id.to_string(),
         panels_html: panels.render().map_err(render)?,
         grid_html: grid.render().map_err(render)?,
     })
@@ -367,7 +363,7 @@ pub async fn page(
 pub async fn grid(
     State(state): State<AppState>,
     _user: User,
-    Path(id): Path<String>,
+    Path(id): Path<RolloutId>,
     Query(q): Query<GridQuery>,
 ) -> WebResult<Grid> {
     let r = state.store.get_rollout(&id).await?;
@@ -375,7 +371,7 @@ pub async fn grid(
 }
 
 /// `GET /rollouts/{id}/panels`: headline, controls and panels (htmx).
-pub async fn panels(State(state): State<AppState>, user: User, Path(id): Path<String>) -> WebResult<Panels> {
+pub async fn panels(State(state): State<AppState>, user: User, Path(id): Path<RolloutId>) -> WebResult<Panels> {
     let r = state.store.get_rollout(&id).await?;
     build_panels(&state, &user, &r).await
 }

@@ -6,10 +6,11 @@
 use super::detail::{DecisionItem, WarningItem, decision_items, warning_items};
 use super::session::User;
 use super::view::{Cell, Nav, cell, duration_ms, job_class, opt_time};
-use super::{WebError, WebResult, form_pairs};
+use super::{WebResult, form_pairs};
 use crate::app::AppState;
-use crate::model::{InstalledRollup, Job, Role};
-use crate::store::NewAudit;
+use crate::error::AppError;
+use crate::model::{InstalledRollup, Job, JobId, RolloutId};
+use crate::ops;
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::body::Bytes;
@@ -53,9 +54,9 @@ pub struct PhaseLog {
 #[derive(Debug)]
 pub struct OtherJob {
     /// Job id.
-    pub id: String,
+    pub id: JobId,
     /// Rollout id.
-    pub rollout_id: String,
+    pub rollout_id: RolloutId,
     /// State.
     pub state: &'static str,
     /// Its class.
@@ -84,7 +85,7 @@ pub struct JobPage {
 }
 
 /// `GET /jobs/{id}`.
-pub async fn page(State(state): State<AppState>, user: User, Path(id): Path<String>) -> WebResult<JobPage> {
+pub async fn page(State(state): State<AppState>, user: User, Path(id): Path<JobId>) -> WebResult<JobPage> {
     let job = state.store.get_job(&id).await?;
     let rollout = state.store.get_rollout(&job.rollout_id).await?;
     let events = state.store.list_events(&id, 0, 5000).await?;
@@ -166,36 +167,23 @@ pub async fn page(State(state): State<AppState>, user: User, Path(id): Path<Stri
 pub async fn decide(
     State(state): State<AppState>,
     user: User,
-    Path(id): Path<String>,
+    Path(id): Path<JobId>,
     body: Bytes,
 ) -> WebResult<Redirect> {
-    user.require(Role::Operator)?;
     let form = form_pairs(&body);
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let answer: DecisionAnswer = get("answer")
-        .ok_or_else(|| WebError::BadRequest("choose an answer".into()))?
+        .ok_or_else(|| AppError::BadRequest("choose an answer".into()))?
         .parse()
-        .map_err(WebError::BadRequest)?;
+        .map_err(AppError::BadRequest)?;
     let decision_id = get("decision_id").and_then(|d| d.parse::<u32>().ok());
-    let audit = NewAudit::new(
-        &user.actor(),
-        "job.decision",
-        "job",
-        &id,
-        serde_json::json!({ "answer": answer, "decision_id": decision_id }),
-    );
-    let (job, agent) = state.store.answer_decision(&id, decision_id, answer, &audit).await?;
-    state.wake_agents(&[agent]).await;
+    let job = ops::jobs::answer_decision(&state, &user.actor(), &id, decision_id, answer).await?;
     Ok(Redirect::to(&back(get("back"), &format!("/rollouts/{}", job.rollout_id))))
 }
 
 /// `POST /jobs/{id}/cancel`.
-pub async fn cancel(State(state): State<AppState>, user: User, Path(id): Path<String>) -> WebResult<Redirect> {
-    user.require(Role::Operator)?;
-    let audit = NewAudit::new(&user.actor(), "job.cancel", "job", &id, serde_json::json!({}));
-    let job = state.store.cancel_job(&id, &audit).await?;
-    state.wake_agents(std::slice::from_ref(&job.agent_id)).await;
-    state.scheduler_kick.notify_one();
+pub async fn cancel(State(state): State<AppState>, user: User, Path(id): Path<JobId>) -> WebResult<Redirect> {
+    ops::jobs::cancel(&state, &user.actor(), &id).await?;
     Ok(Redirect::to(&format!("/jobs/{id}")))
 }
 

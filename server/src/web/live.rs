@@ -25,7 +25,7 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub async fn rollout_events(
     State(state): State<AppState>,
     _user: User,
-    Path(id): Path<String>,
+    Path(id): Path<crate::model::RolloutId>,
 ) -> WebResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let first = state.store.rollout_stamp(&id).await?;
     let shutdown = state.shutdown.clone();

@@ -6,7 +6,6 @@ use super::WebResult;
 use super::session::User;
 use super::view::{Nav, time};
 use crate::app::AppState;
-use crate::model::Role;
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::body::Body;
@@ -81,7 +80,7 @@ pub async fn page(State(state): State<AppState>, user: User) -> WebResult<Packag
             size_kib: p.size.div_ceil(1024),
             key_id: p.key_id,
             sha256: p.sha256,
-            id: p.id,
+            id: p.id.to_string(),
         })
         .collect();
     let trusted = state.trusted.iter().map(fleetup_proto::PublicKey::key_id).collect();
@@ -90,7 +89,6 @@ pub async fn page(State(state): State<AppState>, user: User) -> WebResult<Packag
 
 /// `POST /packages` (body: the package file; CSRF token in the `X-CSRF-Token` header).
 pub async fn upload(State(state): State<AppState>, user: User, body: Body) -> WebResult<Redirect> {
-    user.require(Role::Operator)?;
-    crate::api::ingest_package(&state, body, &user.actor()).await?;
+    crate::ops::packages::ingest(&state, &user.actor(), body).await?;
     Ok(Redirect::to("/packages"))
 }

@@ -7,11 +7,12 @@
 //! the operator role and the session's CSRF token (form field `csrf` or header
 //! `X-CSRF-Token`), so a viewer's POST is refused even if it reaches the server by hand.
 
-use super::{WebError, assets, form_pairs};
+use super::{assets, form_pairs};
 use crate::app::AppState;
+use crate::error::AppError;
 use crate::model::{Millis, Role, now_ms};
-use crate::store::{NewAudit, NewSession, NewUser, SessionInfo, Store, StoreError};
-use argon2::{PasswordHasher as _, PasswordVerifier as _};
+use crate::store::{NewAudit, NewSession, SessionInfo};
+use argon2::PasswordVerifier as _;
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::{Query, Request, State};
@@ -20,8 +21,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "fleetup_session";
@@ -29,12 +29,6 @@ pub const SESSION_COOKIE: &str = "fleetup_session";
 pub const LOGIN_COOKIE: &str = "fleetup_login";
 /// How long a session lasts.
 pub const SESSION_TTL: Duration = Duration::from_hours(12);
-/// Failed logins of one user name allowed within [`LOGIN_WINDOW`] before logins are refused.
-pub const MAX_FAILED_LOGINS: usize = 5;
-/// The rate limit's window.
-pub const LOGIN_WINDOW: Duration = Duration::from_mins(5);
-/// Failed logins of all names together allowed within [`LOGIN_WINDOW`] (slows spraying).
-pub const MAX_FAILED_LOGINS_TOTAL: usize = 100;
 
 /// The logged-in user of a dashboard request.
 #[derive(Debug, Clone)]
@@ -44,17 +38,17 @@ pub struct User {
 }
 
 impl User {
-    /// `user:NAME`, recorded in the audit log.
-    pub fn actor(&self) -> String {
-        format!("user:{}", self.session.username)
+    /// The user as the use cases see it: `user:NAME` and the role.
+    pub fn actor(&self) -> crate::ops::Actor {
+        crate::ops::Actor::new(format!("user:{}", self.session.username), self.session.role)
     }
 
     /// Refuses unless the user has at least `role`.
-    pub fn require(&self, role: Role) -> Result<(), WebError> {
+    pub fn require(&self, role: Role) -> Result<(), AppError> {
         if self.session.role >= role {
             Ok(())
         } else {
-            Err(WebError::Forbidden(format!(
+            Err(AppError::Forbidden(format!(
                 "this needs the {} role; {} has the {} role",
                 role.as_str(),
                 self.session.username,
@@ -70,62 +64,10 @@ impl User {
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for User {
-    type Rejection = WebError;
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, WebError> {
-        parts.extensions.get::<User>().cloned().ok_or_else(|| WebError::Unauthorized("log in first".into()))
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, AppError> {
+        parts.extensions.get::<User>().cloned().ok_or_else(|| AppError::Unauthorized("log in first".into()))
     }
-}
-
-/// Why a user could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum UserError {
-    /// Bad input.
-    #[error("{0}")]
-    Invalid(String),
-    /// Hashing failed.
-    #[error("hashing the password: {0}")]
-    Hash(String),
-    /// The store refused.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Creates a dashboard user with an argon2id hash of `password`. Used by
-/// `fleetup-server user create`, the demo and tests.
-pub async fn create_user(
-    store: &dyn Store,
-    username: &str,
-    password: &str,
-    role: Role,
-    actor: &str,
-) -> Result<(), UserError> {
-    let username = username.trim();
-    if username.is_empty() || username.len() > 64 || username.chars().any(char::is_whitespace) {
-        return Err(UserError::Invalid("the user name must be 1 to 64 characters without spaces".into()));
-    }
-    if password.chars().count() < 8 {
-        return Err(UserError::Invalid("the password must be at least 8 characters".into()));
-    }
-    let password_hash = hash_password(password)?;
-    let id = crate::store::sql::new_id();
-    let audit = NewAudit::new(
-        actor,
-        "user.create",
-        "user",
-        &id,
-        serde_json::json!({ "username": username, "role": role.as_str() }),
-    );
-    let user = NewUser { id, username: username.to_owned(), password_hash, role };
-    store.create_user(&user, &audit).await?;
-    Ok(())
-}
-
-/// The argon2id (default parameters: 19 MiB, 2 passes) PHC string of a password.
-pub fn hash_password(password: &str) -> Result<String, UserError> {
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| UserError::Hash(e.to_string()))
 }
 
 fn verify_password(password: &str, phc: &str) -> bool {
@@ -136,52 +78,7 @@ fn verify_password(password: &str, phc: &str) -> bool {
 /// costs as much time as a wrong password (no user enumeration by timing).
 fn dummy_hash() -> &'static str {
     static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    H.get_or_init(|| hash_password("not a real password, never matches").unwrap_or_default())
-}
-
-/// Failed login attempts kept in memory, per user name and in total. In-process on
-/// purpose: a restart forgives, and several replicas each apply the limit (docs/decisions.md).
-#[derive(Debug, Default)]
-pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
-}
-
-impl LoginLimiter {
-    fn prune(list: &mut Vec<Instant>, now: Instant) {
-        list.retain(|t| now.duration_since(*t) < LOGIN_WINDOW);
-    }
-
-    /// `Some(wait)` when logins for this name are refused for now.
-    pub fn blocked(&self, username: &str) -> Option<Duration> {
-        let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let total: usize = map
-            .values_mut()
-            .map(|l| {
-                Self::prune(l, now);
-                l.len()
-            })
-            .sum();
-        map.retain(|_, l| !l.is_empty());
-        let mine = map.get(username).map_or(&[][..], Vec::as_slice);
-        if mine.len() >= MAX_FAILED_LOGINS || total >= MAX_FAILED_LOGINS_TOTAL {
-            let oldest = mine.first().copied().unwrap_or(now);
-            Some(LOGIN_WINDOW.saturating_sub(now.duration_since(oldest)))
-        } else {
-            None
-        }
-    }
-
-    /// Records a failed attempt.
-    pub fn failed(&self, username: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(username.to_owned()).or_default().push(Instant::now());
-    }
-
-    /// Forgets a name's failures after a successful login.
-    pub fn succeeded(&self, username: &str) {
-        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(username);
-    }
+    H.get_or_init(|| crate::ops::access::hash_password("not a real password, never matches").unwrap_or_default())
 }
 
 /// The value of a cookie in the request.
@@ -281,7 +178,7 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, body: axum
             StatusCode::FORBIDDEN,
         );
     }
-    let limiter = super::limiter(&state);
+    let limiter = &state.logins;
     if let Some(wait) = limiter.blocked(&username) {
         tracing::warn!(username = %username, "login rate limited");
         return login_page(
@@ -294,7 +191,7 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, body: axum
     }
     let user = match state.store.user_by_name(&username).await {
         Ok(u) => u,
-        Err(e) => return WebError::from(e).into_response(),
+        Err(e) => return AppError::from(e).into_response(),
     };
     let pw = password.clone();
     let hash = user.as_ref().map_or_else(|| dummy_hash().to_owned(), |u| u.password_hash.clone());
@@ -317,16 +214,21 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, body: axum
     let secret = random_hex();
     let now = now_ms();
     let session = NewSession {
-        id: crate::store::sql::new_id(),
+        id: fleetup_proto::id::new_id(),
         user_id: user.id.clone(),
         token_hash: crate::auth::hash_secret(&secret),
         csrf_token: random_hex(),
         expires_at: now + SESSION_TTL.as_millis() as Millis,
     };
-    let audit =
-        NewAudit::new(&format!("user:{}", user.username), "session.login", "user", &user.id, serde_json::json!({}));
+    let audit = NewAudit::new(
+        &format!("user:{}", user.username),
+        "session.login",
+        "user",
+        user.id.as_str(),
+        serde_json::json!({}),
+    );
     if let Err(e) = state.store.create_session(&session, &audit).await {
-        return WebError::from(e).into_response();
+        return AppError::from(e).into_response();
     }
     let mut resp = Redirect::to(&next).into_response();
     let secure = over_tls(&headers);
@@ -336,7 +238,7 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, body: axum
 }
 
 /// `POST /logout` (CSRF-checked by the middleware): ends the session.
-pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, WebError> {
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
     if let Some(secret) = cookie(&headers, SESSION_COOKIE) {
         state.store.delete_session(&crate::auth::hash_secret(secret), now_ms()).await?;
     }
@@ -361,9 +263,9 @@ pub async fn require_session(State(state): State<AppState>, req: Request, next: 
                 let enc: String = form_urlencode(target);
                 return Redirect::to(&format!("/login?next={enc}")).into_response();
             }
-            return WebError::Unauthorized("your session has ended; log in again".into()).into_response();
+            return AppError::Unauthorized("your session has ended; log in again".into()).into_response();
         }
-        Err(e) => return WebError::from(e).into_response(),
+        Err(e) => return AppError::from(e).into_response(),
     };
     let user = User { session };
     let mut body = body;
@@ -380,14 +282,14 @@ pub async fn require_session(State(state): State<AppState>, req: Request, next: 
         let mut token = header_token;
         if token.is_none() && is_form {
             let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-                return WebError::BadRequest("the form is too large".into()).into_response();
+                return AppError::BadRequest("the form is too large".into()).into_response();
             };
             token = form_pairs(&bytes).into_iter().find(|(k, _)| k == "csrf").map(|(_, v)| v);
             body = axum::body::Body::from(bytes);
         }
         if !token.is_some_and(|t| same_token(&t, &user.session.csrf_token)) {
             tracing::warn!(user = %user.session.username, path = %parts.uri.path(), "request without a valid CSRF token refused");
-            return WebError::Forbidden(
+            return AppError::Forbidden(
                 "this form was not sent by this dashboard (missing or wrong CSRF token); reload the page and try again"
                     .into(),
             )

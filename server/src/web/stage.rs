@@ -1,15 +1,17 @@
 //! Staging a rollout: the form, a live preview of which servers fall in which wave, and
-//! the creation of the draft (started from its page). The plan is computed the same way as
-//! `POST /api/v1/rollouts`: targets in agent order, waves from `scheduler::wave_sizes`.
+//! the creation of the draft (started from its page). The plan is the API's: the form is
+//! read into a [`RolloutSpec`] and handed to the same use cases ([`crate::ops::rollouts`]).
 
 use super::session::User;
 use super::view::Nav;
-use super::{WebError, WebResult, form_pairs};
+use super::{WebResult, form_pairs};
 use crate::app::AppState;
+use crate::error::AppError;
 use crate::model::{
-    Agent, ErrorAction, MaintenanceWindow, Package, Role, RolloutSpec, Targets, Threshold, WaveSpec, WindowRange,
+    Agent, AgentId, ErrorAction, MaintenanceWindow, Package, Role, RolloutSpec, Targets, Threshold, WaveSpec,
+    WindowRange,
 };
-use crate::store::{NewAudit, NewRollout};
+use crate::ops;
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::body::Bytes;
@@ -17,11 +19,6 @@ use axum::extract::State;
 use axum::response::Redirect;
 use fleetup_proto::agent_api::{CrlRemediation, FilesInUsePolicy, JobPolicies, WarningPolicy};
 use std::collections::BTreeMap;
-
-/// Checks a spec and plans its waves with the API's own rules (one implementation).
-pub async fn plan(state: &AppState, spec: &RolloutSpec) -> Result<crate::api::RolloutPlan, String> {
-    crate::api::plan_rollout(state, spec).await.map_err(|e| e.to_string())
-}
 
 fn threshold(s: &str, what: &str) -> Result<Threshold, String> {
     let s = s.trim();
@@ -39,7 +36,11 @@ pub fn spec_from_form(pairs: &[(String, String)]) -> Result<RolloutSpec, String>
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map_or("", |(_, v)| v.as_str()).trim().to_owned();
     let all = |k: &str| pairs.iter().filter(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).collect::<Vec<_>>();
     let targets = if get("target_mode") == "agents" {
-        Targets { agents: Some(all("agent")), labels: None }
+        let mut ids = Vec::new();
+        for a in all("agent") {
+            ids.push(a.parse().map_err(|e: fleetup_proto::id::IdError| e.to_string())?);
+        }
+        Targets { agents: Some(ids), labels: None }
     } else {
         let mut labels = BTreeMap::new();
         for part in get("labels").split([',', ' ']).filter(|p| !p.is_empty()) {
@@ -93,7 +94,9 @@ pub fn spec_from_form(pairs: &[(String, String)]) -> Result<RolloutSpec, String>
     };
     Ok(RolloutSpec {
         name: get("name"),
-        package_id: get("package_id"),
+        package_id: get("package_id").parse().map_err(|e: fleetup_proto::id::IdError| {
+            if get("package_id").is_empty() { "choose a package".to_owned() } else { e.to_string() }
+        })?,
         targets,
         waves: if waves.is_empty() { vec![WaveSpec::Percent("100%".into())] } else { waves },
         concurrency,
@@ -151,13 +154,14 @@ pub struct Preview {
 pub async fn preview(State(state): State<AppState>, body: Bytes) -> Preview {
     let pairs = form_pairs(&body);
     let result = match spec_from_form(&pairs) {
-        Ok(spec) => plan(&state, &spec).await,
+        Ok(spec) => ops::rollouts::preview(&state, &spec).await.map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
     match result {
-        Ok(p) => {
-            let name =
-                |id: &str| p.agents.iter().find(|a| a.id == id).map_or_else(|| id.to_owned(), |a| a.hostname.clone());
+        Ok(ops::rollouts::Preview { plan: p, agents }) => {
+            let name = |id: &AgentId| {
+                agents.iter().find(|a| &a.id == id).map_or_else(|| id.to_string(), |a| a.hostname.clone())
+            };
             let waves = p
                 .wave_sizes
                 .iter()
@@ -177,26 +181,7 @@ pub async fn preview(State(state): State<AppState>, body: Bytes) -> Preview {
 /// `POST /rollouts`: stages the rollout (state draft) and shows it.
 pub async fn create(State(state): State<AppState>, user: User, body: Bytes) -> WebResult<Redirect> {
     user.require(Role::Operator)?;
-    let spec = spec_from_form(&form_pairs(&body)).map_err(WebError::Unprocessable)?;
-    let p = plan(&state, &spec).await.map_err(WebError::Unprocessable)?;
-    let id = crate::store::sql::new_id();
-    let audit = NewAudit::new(
-        &user.actor(),
-        "rollout.create",
-        "rollout",
-        &id,
-        serde_json::json!({ "spec": spec, "retry_of": null }),
-    );
-    let lease_secs = spec.lease_secs.unwrap_or(state.config.lease_secs).max(1);
-    let new = NewRollout {
-        id: id.clone(),
-        spec,
-        wave_sizes: p.wave_sizes,
-        jobs: p.jobs,
-        lease_ms: i64::try_from(lease_secs).unwrap_or(60) * 1000,
-        retry_of: None,
-        created_by: user.actor(),
-    };
-    state.store.create_rollout(&new, &audit).await?;
-    Ok(Redirect::to(&format!("/rollouts/{id}")))
+    let spec = spec_from_form(&form_pairs(&body)).map_err(AppError::Unprocessable)?;
+    let rollout = ops::rollouts::stage(&state, &user.actor(), spec, None).await?;
+    Ok(Redirect::to(&format!("/rollouts/{}", rollout.id)))
 }

@@ -115,7 +115,7 @@ impl Row {
     /// The row of a job.
     pub fn of(job: &Job) -> Self {
         Self {
-            job_id: job.id.clone(),
+            job_id: job.id.to_string(),
             hostname: job.hostname.clone(),
             wave: job.wave,
             state: job.state.as_str(),

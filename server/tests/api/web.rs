@@ -51,7 +51,8 @@ fn attr(html: &str, before: &str) -> String {
 
 async fn add_user(app: &TestApp, name: &str, role: Role) {
     let store = fleetup_server::store::connect(&app.db_url).await.unwrap();
-    fleetup_server::web::create_user(store.as_ref(), name, "correct horse battery", role, "test").await.unwrap();
+    let actor = fleetup_server::ops::Actor::new("test", Role::Admin);
+    fleetup_server::ops::access::create_user(&store, &actor, name, "correct horse battery", role).await.unwrap();
 }
 
 /// Posts the login form; returns the response.
@@ -181,13 +182,14 @@ async fn live_stamp_moves_when_a_job_changes(backend: Backend) {
     let package = app.upload_package().await;
     let agents = app.fleet("live", 1).await;
     let id = app.rollout(json!({ "package_id": package, "targets": { "labels": { "group": "live" } } }), false).await;
-    let draft = store.rollout_stamp(&id).await.unwrap();
+    let rid: fleetup_server::model::RolloutId = id.parse().unwrap();
+    let draft = store.rollout_stamp(&rid).await.unwrap();
     app.post(&format!("/api/v1/rollouts/{id}/start"), json!({})).await;
     let job = agents[0].next_job().await;
-    let started = store.rollout_stamp(&id).await.unwrap();
+    let started = store.rollout_stamp(&rid).await.unwrap();
     assert_ne!(draft, started);
     agents[0].finish(&job, fleetup_proto::InstallOutcome::Succeeded).await;
-    assert_ne!(store.rollout_stamp(&id).await.unwrap(), started);
+    assert_ne!(store.rollout_stamp(&rid).await.unwrap(), started);
     // The SSE stream says so too.
     add_user(&app, "olivia", Role::Operator).await;
     let (cookie, _, _) = login(&app, "olivia").await;

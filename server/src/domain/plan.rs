@@ -1,0 +1,377 @@
+//! Staging: a rollout spec is checked and parsed into typed [`Rules`] once, and its targets
+//! are planned into waves ([`plan`]). Parse, don't validate: the scheduler works on
+//! [`Rules`] (shares as numbers, windows as minutes), never on the spec's strings.
+//!
+//! The spec itself is stored as the operator gave it (the API shows it back unchanged); a
+//! coordinator that reads it again parses it again with [`Rules::parse`], which cannot fail
+//! on a spec that was accepted at staging.
+
+use crate::model::{Agent, AgentId, ErrorAction, MaintenanceWindow, RolloutSpec, Targets, Threshold, WaveSpec};
+use fleetup_proto::PhaseId;
+use std::collections::BTreeMap;
+
+/// A threshold, parsed: a number of jobs or a share of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Share {
+    /// This many jobs.
+    Count(u64),
+    /// This percentage (0–100) of the jobs it applies to.
+    Percent(f64),
+}
+
+impl Share {
+    /// Parses a threshold of the spec.
+    pub fn parse(t: &Threshold) -> Result<Share, String> {
+        match t {
+            Threshold::Count(n) => Ok(Share::Count(*n)),
+            Threshold::Percent(p) => parse_percent(p).map(Share::Percent),
+        }
+    }
+
+    /// True when `count` of `total` reaches the threshold (a share of nothing is reached).
+    pub fn reached(self, count: u64, total: u64) -> bool {
+        match self {
+            Share::Count(n) => count >= n,
+            Share::Percent(pct) => total == 0 || (count as f64) * 100.0 >= pct * (total as f64) - 1e-9,
+        }
+    }
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Share::Count(n) => write!(f, "{n}"),
+            Share::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// Parses `"25%"` into 25.0.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    s.strip_suffix('%')
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .filter(|n| (0.0..=100.0).contains(n))
+        .ok_or_else(|| format!("'{s}' is not a percentage: write a number from 0 to 100 followed by %, like \"25%\""))
+}
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// One weekly range of a maintenance window, in minutes of the window's local day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    /// Days the range starts on, Monday first; all false means every day.
+    pub days: [bool; 7],
+    /// Start, minutes after local midnight.
+    pub start: i64,
+    /// Length in minutes (a range ending before it starts ends the next day).
+    pub length: i64,
+}
+
+/// A maintenance window, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// Offset of the window's time zone from UTC, in minutes.
+    pub utc_offset_minutes: i64,
+    /// Weekly ranges.
+    pub ranges: Vec<Range>,
+    /// No job starts in the last this-many minutes of a range.
+    pub cutoff_minutes: i64,
+}
+
+fn parse_hhmm(s: &str) -> Result<i64, String> {
+    let bad = || format!("'{s}' is not a time: write HH:MM");
+    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+    let (h, m): (i64, i64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if !(0..=24).contains(&h) || !(0..60).contains(&m) || h * 60 + m > 1440 {
+        return Err(format!("'{s}' is not a time of day"));
+    }
+    Ok(h * 60 + m)
+}
+
+impl Window {
+    /// Parses a spec's window.
+    pub fn parse(w: &MaintenanceWindow) -> Result<Window, String> {
+        if w.ranges.is_empty() {
+            return Err("a maintenance window needs at least one range".into());
+        }
+        let mut ranges = Vec::with_capacity(w.ranges.len());
+        for r in &w.ranges {
+            let (start, end) = (parse_hhmm(&r.start)?, parse_hhmm(&r.end)?);
+            let mut days = [false; 7];
+            for d in &r.days {
+                let i = DAYS
+                    .iter()
+                    .position(|n| n == d)
+                    .ok_or_else(|| format!("'{d}' is not a day: use mon, tue, wed, thu, fri, sat or sun"))?;
+                days[i] = true;
+            }
+            let length = if end > start { end - start } else { end + 1440 - start };
+            ranges.push(Range { days, start, length });
+        }
+        Ok(Window {
+            utc_offset_minutes: i64::from(w.utc_offset_minutes),
+            ranges,
+            cutoff_minutes: i64::from(w.cutoff_minutes),
+        })
+    }
+}
+
+/// A rollout's rules, parsed from its spec once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rules {
+    /// Servers of a wave that may run at once (at least 1).
+    pub concurrency: u64,
+    /// Share of a wave's jobs that must succeed before the next wave opens.
+    pub success: Share,
+    /// Failures across the rollout that trigger `error_action`.
+    pub error: Option<Share>,
+    /// What crossing the error threshold does.
+    pub error_action: ErrorAction,
+    /// Each wave after the first waits for an approval.
+    pub approval_required: bool,
+    /// When jobs may start; none means any time.
+    pub window: Option<Window>,
+    /// Per-phase time limits in seconds.
+    pub phase_timeouts: BTreeMap<PhaseId, u64>,
+}
+
+impl Rules {
+    /// Checks a spec and parses its rules; the error is a sentence for the operator.
+    pub fn parse(spec: &RolloutSpec) -> Result<Rules, String> {
+        if spec.name.trim().is_empty() {
+            return Err("name must not be empty".into());
+        }
+        if spec.concurrency == 0 {
+            return Err("concurrency must be at least 1".into());
+        }
+        if spec.waves.is_empty() {
+            return Err("waves must list at least one wave, e.g. [1, \"100%\"]".into());
+        }
+        for w in &spec.waves {
+            if let WaveSpec::Percent(p) = w {
+                parse_percent(p)?;
+            }
+        }
+        Ok(Rules {
+            concurrency: u64::from(spec.concurrency),
+            success: Share::parse(&spec.success_threshold)?,
+            error: spec.error_threshold.as_ref().map(Share::parse).transpose()?,
+            error_action: spec.error_action,
+            approval_required: spec.approval_required,
+            window: spec.maintenance_window.as_ref().map(Window::parse).transpose()?,
+            phase_timeouts: spec.phase_timeouts.clone(),
+        })
+    }
+}
+
+/// Splits `total` servers into waves. A count is that wave's size; a percentage brings the
+/// servers covered so far up to that share of `total` (rounded up). Empty waves are dropped;
+/// servers the plan does not reach form one last wave.
+pub fn wave_sizes(total: u64, plan: &[WaveSpec]) -> Result<Vec<u64>, String> {
+    let mut sizes = Vec::new();
+    let mut covered = 0u64;
+    for w in plan {
+        let target = match w {
+            WaveSpec::Count(n) => covered.saturating_add(*n),
+            WaveSpec::Percent(p) => ((parse_percent(p)? * total as f64) / 100.0).ceil() as u64,
+        }
+        .min(total);
+        if target > covered {
+            sizes.push(target - covered);
+            covered = target;
+        }
+    }
+    if covered < total {
+        sizes.push(total - covered);
+    }
+    Ok(sizes)
+}
+
+/// The agents a rollout targets, in `agents`' order (explicit ids in the order given,
+/// each once); refused when an id is unknown or revoked, or nothing is selected.
+pub fn select_targets(targets: &Targets, agents: &[Agent]) -> Result<Vec<AgentId>, String> {
+    let selected: Vec<AgentId> = match (&targets.agents, &targets.labels) {
+        (Some(ids), None) => {
+            let mut out: Vec<AgentId> = Vec::new();
+            for id in ids {
+                match agents.iter().find(|a| &a.id == id) {
+                    Some(a) if !a.revoked => {
+                        if !out.contains(id) {
+                            out.push(id.clone());
+                        }
+                    }
+                    Some(_) => return Err(format!("agent {id} is revoked")),
+                    None => return Err(format!("agent {id} does not exist")),
+                }
+            }
+            out
+        }
+        (None, Some(sel)) => agents
+            .iter()
+            .filter(|a| !a.revoked && sel.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
+            .map(|a| a.id.clone())
+            .collect(),
+        _ => {
+            return Err(
+                "targets must have exactly one of \"agents\" (a list of agent ids) or \"labels\" (a selector)".into()
+            );
+        }
+    };
+    if selected.is_empty() {
+        return Err("the targets select no agent".into());
+    }
+    Ok(selected)
+}
+
+/// A rollout planned into waves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The rules, parsed.
+    pub rules: Rules,
+    /// Sizes of the waves, in order.
+    pub wave_sizes: Vec<u64>,
+    /// (agent, wave) per job, in dispatch order.
+    pub jobs: Vec<(AgentId, u32)>,
+}
+
+/// Checks a spec and plans its waves over the known agents.
+pub fn plan(spec: &RolloutSpec, agents: &[Agent]) -> Result<Plan, String> {
+    let rules = Rules::parse(spec)?;
+    let targets = select_targets(&spec.targets, agents)?;
+    let wave_sizes = wave_sizes(targets.len() as u64, &spec.waves)?;
+    let mut jobs = Vec::with_capacity(targets.len());
+    let mut it = targets.into_iter();
+    for (i, size) in wave_sizes.iter().enumerate() {
+        for agent in it.by_ref().take(*size as usize) {
+            jobs.push((agent, i as u32 + 1));
+        }
+    }
+    Ok(Plan { rules, wave_sizes, jobs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::WindowRange;
+
+    fn agent(id: &str, labels: &[(&str, &str)], revoked: bool) -> Agent {
+        Agent {
+            id: id.parse().unwrap(),
+            hostname: format!("host-{id}"),
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            facts: BTreeMap::new(),
+            version: "0.1.0".into(),
+            installed: Vec::new(),
+            enrolled_at: chrono::DateTime::default(),
+            last_seen: chrono::DateTime::default(),
+            online: true,
+            revoked,
+        }
+    }
+
+    fn spec(json: serde_json::Value) -> RolloutSpec {
+        let mut base = serde_json::json!({ "name": "r", "package_id": "p", "targets": { "labels": {} } });
+        base.as_object_mut().unwrap().extend(json.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn waves_mix_counts_and_percentages() {
+        let plan = vec![
+            WaveSpec::Count(1),
+            WaveSpec::Count(5),
+            WaveSpec::Percent("25%".into()),
+            WaveSpec::Percent("100%".into()),
+        ];
+        assert_eq!(wave_sizes(100, &plan).unwrap(), vec![1, 5, 19, 75]);
+        assert_eq!(wave_sizes(3, &[WaveSpec::Count(1), WaveSpec::Count(2)]).unwrap(), vec![1, 2]);
+        assert_eq!(wave_sizes(3, &plan).unwrap(), vec![1, 2]);
+        assert_eq!(wave_sizes(5, &[WaveSpec::Count(2)]).unwrap(), vec![2, 3]);
+        assert!(wave_sizes(5, &[WaveSpec::Percent("x".into())]).is_err());
+    }
+
+    #[test]
+    fn shares_are_reached_at_their_bound() {
+        let table = [
+            (Share::Count(2), 1, 10, false),
+            (Share::Count(2), 2, 10, true),
+            (Share::Percent(50.0), 4, 9, false),
+            (Share::Percent(50.0), 5, 9, true),
+            (Share::Percent(100.0), 3, 3, true),
+            (Share::Percent(100.0), 0, 0, true),
+        ];
+        for (share, count, total, want) in table {
+            assert_eq!(share.reached(count, total), want, "{share} with {count} of {total}");
+        }
+    }
+
+    /// Each refusal at staging, with the sentence the operator sees.
+    #[test]
+    fn bad_specs_are_refused_with_a_reason() {
+        let table = [
+            (serde_json::json!({ "name": " " }), "name must not be empty"),
+            (serde_json::json!({ "concurrency": 0 }), "concurrency must be at least 1"),
+            (serde_json::json!({ "waves": [] }), "waves must list at least one wave"),
+            (serde_json::json!({ "waves": ["lots"] }), "'lots' is not a percentage"),
+            (serde_json::json!({ "success_threshold": "120%" }), "'120%' is not a percentage"),
+            (
+                serde_json::json!({ "maintenance_window": { "ranges": [{ "start": "25:00", "end": "02:00" }] } }),
+                "'25:00' is not a time of day",
+            ),
+            (
+                serde_json::json!({ "maintenance_window": { "ranges": [{ "days": ["fri"], "start": "1:00", "end": "x" }] } }),
+                "'x' is not a time",
+            ),
+            (
+                serde_json::json!({ "maintenance_window": { "ranges": [{ "days": ["friday"], "start": "1:00", "end": "2:00" }] } }),
+                "'friday' is not a day",
+            ),
+            (serde_json::json!({ "maintenance_window": { "ranges": [] } }), "at least one range"),
+        ];
+        for (json, want) in table {
+            let err = Rules::parse(&spec(json.clone())).expect_err("refused");
+            assert!(err.contains(want), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn windows_parse_into_minutes() {
+        let w = MaintenanceWindow {
+            utc_offset_minutes: 60,
+            ranges: vec![WindowRange { days: vec!["sat".into()], start: "22:00".into(), end: "02:00".into() }],
+            cutoff_minutes: 30,
+        };
+        let got = Window::parse(&w).unwrap();
+        let mut sat = [false; 7];
+        sat[5] = true;
+        assert_eq!(got.ranges, vec![Range { days: sat, start: 22 * 60, length: 240 }]);
+    }
+
+    #[test]
+    fn targets_by_id_and_by_label() {
+        let agents = [
+            agent("a", &[("ring", "canary")], false),
+            agent("b", &[("ring", "main")], false),
+            agent("c", &[("ring", "main")], true),
+        ];
+        let by_label = Targets { agents: None, labels: Some([("ring".to_owned(), "main".to_owned())].into()) };
+        assert_eq!(select_targets(&by_label, &agents).unwrap(), vec!["b".parse::<AgentId>().unwrap()]);
+        let ids = |v: &[&str]| Targets { agents: Some(v.iter().map(|s| s.parse().unwrap()).collect()), labels: None };
+        assert_eq!(select_targets(&ids(&["b", "a", "b"]), &agents).unwrap().len(), 2);
+        assert_eq!(select_targets(&ids(&["c"]), &agents).unwrap_err(), "agent c is revoked");
+        assert_eq!(select_targets(&ids(&["z"]), &agents).unwrap_err(), "agent z does not exist");
+        assert!(select_targets(&Targets::default(), &agents).unwrap_err().contains("exactly one"));
+        let none = Targets { agents: None, labels: Some([("ring".to_owned(), "x".to_owned())].into()) };
+        assert_eq!(select_targets(&none, &agents).unwrap_err(), "the targets select no agent");
+    }
+
+    #[test]
+    fn plans_put_agents_in_waves_in_order() {
+        let agents: Vec<Agent> = (0..5).map(|i| agent(&format!("a{i}"), &[], false)).collect();
+        let p = plan(&spec(serde_json::json!({ "waves": [1, "50%"] })), &agents).unwrap();
+        assert_eq!(p.wave_sizes, vec![1, 2, 2]);
+        let waves: Vec<u32> = p.jobs.iter().map(|(_, w)| *w).collect();
+        assert_eq!(waves, vec![1, 2, 2, 3, 3]);
+        assert_eq!(p.jobs[0].0, "a0");
+    }
+}

@@ -1,0 +1,144 @@
+//! A rollout's state machine: which operator action is allowed in which state, and what
+//! it does. The scheduler's own transitions (pausing at the error threshold or a failed
+//! gate, aborting) are the same [`Effect`]s, so "pause" is written once for both.
+
+use crate::model::RolloutState;
+
+/// An operator action on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    /// draft → running.
+    Start,
+    /// running / awaiting-approval → paused.
+    Pause,
+    /// paused → running (accepting the failures so far and the current wave's gate).
+    Resume,
+    /// awaiting-approval → running, opening the next wave.
+    Approve,
+    /// → cancelled; unstarted jobs cancelled, jobs in flight asked to cancel.
+    Cancel,
+}
+
+impl RolloutAction {
+    /// Every action, in the order the dashboard offers them.
+    pub const ALL: [RolloutAction; 5] = [
+        RolloutAction::Start,
+        RolloutAction::Pause,
+        RolloutAction::Resume,
+        RolloutAction::Approve,
+        RolloutAction::Cancel,
+    ];
+
+    /// The id used in paths and the audit log.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Start => "start",
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Approve => "approve",
+            RolloutAction::Cancel => "cancel",
+        }
+    }
+
+    /// Parses a path segment.
+    pub fn parse(s: &str) -> Option<RolloutAction> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// What a transition does to the rollout, for the store to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// draft → running: wave 1 opens and is approved.
+    Start,
+    /// → paused, with the reason shown to people; queued jobs go back to pending.
+    Pause(String),
+    /// paused → running; the failures so far and the current wave's gate are accepted.
+    Resume,
+    /// awaiting-approval → running, with the next wave approved.
+    Approve,
+    /// → `state` (cancelled or aborted), with the reason: unstarted jobs are cancelled, jobs
+    /// in flight are asked to cancel.
+    End(RolloutState, String),
+}
+
+/// The effect of an operator's `action` on a rollout in `state`, or why it is refused (a
+/// sentence to follow "rollout ID is STATE; ").
+pub fn operator_action(state: RolloutState, action: RolloutAction, actor: &str) -> Result<Effect, &'static str> {
+    use RolloutAction as A;
+    use RolloutState as S;
+    let refuse = Err;
+    match (action, state) {
+        (A::Start, S::Draft) => Ok(Effect::Start),
+        (A::Start, _) => refuse("only a draft rollout can be started"),
+        (A::Pause, S::Running | S::AwaitingApproval) => Ok(Effect::Pause(format!("paused by {actor}"))),
+        (A::Pause, _) => refuse("only a running rollout can be paused"),
+        (A::Resume, S::Paused) => Ok(Effect::Resume),
+        (A::Resume, _) => refuse("only a paused rollout can be resumed"),
+        (A::Approve, S::AwaitingApproval) => Ok(Effect::Approve),
+        (A::Approve, _) => refuse("approve applies only to a rollout awaiting approval for its next wave"),
+        (A::Cancel, s) if !s.is_terminal() => Ok(Effect::End(S::Cancelled, format!("cancelled by {actor}"))),
+        (A::Cancel, _) => refuse("it has already ended"),
+    }
+}
+
+impl Effect {
+    /// The state the rollout is in afterwards.
+    pub fn state(&self) -> RolloutState {
+        match self {
+            Effect::Start | Effect::Resume | Effect::Approve => RolloutState::Running,
+            Effect::Pause(_) => RolloutState::Paused,
+            Effect::End(s, _) => *s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RolloutAction as A;
+    use RolloutState as S;
+
+    /// Every (state, action) pair: allowed ones give their effect, the others a reason.
+    #[test]
+    fn every_action_in_every_state() {
+        let all_states = [S::Draft, S::Running, S::Paused, S::AwaitingApproval, S::Finished, S::Cancelled, S::Aborted];
+        let table: &[(A, &[S], Effect)] = &[
+            (A::Start, &[S::Draft], Effect::Start),
+            (A::Pause, &[S::Running, S::AwaitingApproval], Effect::Pause("paused by token:ops".into())),
+            (A::Resume, &[S::Paused], Effect::Resume),
+            (A::Approve, &[S::AwaitingApproval], Effect::Approve),
+            (
+                A::Cancel,
+                &[S::Draft, S::Running, S::Paused, S::AwaitingApproval],
+                Effect::End(S::Cancelled, "cancelled by token:ops".into()),
+            ),
+        ];
+        for (action, allowed, effect) in table {
+            for state in all_states {
+                let got = operator_action(state, *action, "token:ops");
+                if allowed.contains(&state) {
+                    assert_eq!(got.as_ref(), Ok(effect), "{action:?} in {state:?}");
+                } else {
+                    let why = got.expect_err("refused");
+                    assert!(!why.is_empty(), "{action:?} in {state:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn effects_name_the_state_after() {
+        assert_eq!(Effect::Start.state(), S::Running);
+        assert_eq!(Effect::Pause(String::new()).state(), S::Paused);
+        assert_eq!(Effect::End(S::Aborted, String::new()).state(), S::Aborted);
+    }
+
+    #[test]
+    fn actions_round_trip_their_ids() {
+        for a in A::ALL {
+            assert_eq!(A::parse(a.as_str()), Some(a));
+        }
+        assert_eq!(A::parse("retry-failed"), None);
+    }
+}

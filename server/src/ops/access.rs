@@ -1,0 +1,95 @@
+//! Credentials: API tokens, enrollment tokens and dashboard users. Secrets are shown once
+//! and stored as hashes (sha256 for long random tokens, argon2id for passwords).
+
+use super::Actor;
+use crate::app::App;
+use crate::auth::{hash_secret, new_secret};
+use crate::error::AppError;
+use crate::model::{EnrollmentToken, Role, TokenId, UserId, now_ms};
+use crate::store::{NewAudit, NewEnrollmentToken, NewUser, Store};
+use argon2::PasswordHasher as _;
+use std::collections::BTreeMap;
+
+/// Creates an API token and returns its secret.
+pub async fn create_api_token(store: &Store, actor: &Actor, role: Role, name: &str) -> Result<String, AppError> {
+    actor.require(Role::Admin)?;
+    let secret = new_secret("flt");
+    let id = TokenId::new();
+    let detail = serde_json::json!({ "name": name, "role": role.as_str() });
+    let audit = NewAudit::new(&actor.name, "api-token.create", "api-token", id.as_str(), detail);
+    store.create_api_token(&id, name, role, &hash_secret(&secret), &audit).await?;
+    Ok(secret)
+}
+
+/// What an enrollment token is for.
+#[derive(Debug, Clone, Default)]
+pub struct EnrollmentOptions {
+    /// A name for people (default: derived from the id).
+    pub name: Option<String>,
+    /// Labels given to every agent enrolled with it.
+    pub labels: BTreeMap<String, String>,
+    /// Lifetime in seconds (default 24 h, at most ten years).
+    pub expires_in_secs: Option<u64>,
+    /// How many agents may use it (default unlimited).
+    pub max_uses: Option<u64>,
+}
+
+/// Creates an enrollment token (admin); returns it and its secret.
+pub async fn create_enrollment_token(
+    app: &App,
+    actor: &Actor,
+    o: EnrollmentOptions,
+) -> Result<(EnrollmentToken, String), AppError> {
+    actor.require(Role::Admin)?;
+    if o.max_uses == Some(0) {
+        return Err(AppError::Unprocessable("max_uses must be at least 1 (leave it out for unlimited)".into()));
+    }
+    let secret = new_secret("fle");
+    let id = TokenId::new();
+    let lifetime = o.expires_in_secs.unwrap_or(86_400).min(10 * 365 * 86_400);
+    let expires = now_ms() + i64::try_from(lifetime).unwrap_or(i64::MAX / 2) * 1000;
+    let new = NewEnrollmentToken {
+        name: o.name.unwrap_or_else(|| format!("enroll-{}", &id.as_str()[id.as_str().len() - 6..])),
+        id,
+        token_hash: hash_secret(&secret),
+        labels: o.labels,
+        expires_at: Some(expires),
+        max_uses: o.max_uses,
+    };
+    let detail =
+        serde_json::json!({ "name": new.name, "labels": new.labels, "max_uses": new.max_uses, "expires_at": expires });
+    let audit = NewAudit::new(&actor.name, "enrollment-token.create", "enrollment-token", new.id.as_str(), detail);
+    Ok((app.store.create_enrollment_token(&new, &audit).await?, secret))
+}
+
+/// Creates a dashboard user with an argon2id hash of `password`.
+pub async fn create_user(
+    store: &Store,
+    actor: &Actor,
+    username: &str,
+    password: &str,
+    role: Role,
+) -> Result<(), AppError> {
+    actor.require(Role::Admin)?;
+    let username = username.trim();
+    if username.is_empty() || username.len() > 64 || username.chars().any(char::is_whitespace) {
+        return Err(AppError::Unprocessable("the user name must be 1 to 64 characters without spaces".into()));
+    }
+    if password.chars().count() < 8 {
+        return Err(AppError::Unprocessable("the password must be at least 8 characters".into()));
+    }
+    let password_hash = hash_password(password)?;
+    let id = UserId::new();
+    let detail = serde_json::json!({ "username": username, "role": role.as_str() });
+    let audit = NewAudit::new(&actor.name, "user.create", "user", id.as_str(), detail);
+    store.create_user(&NewUser { id, username: username.to_owned(), password_hash, role }, &audit).await?;
+    Ok(())
+}
+
+/// The argon2id (default parameters: 19 MiB, 2 passes) PHC string of a password.
+pub fn hash_password(password: &str) -> Result<String, AppError> {
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| AppError::Internal(format!("hashing the password: {e}")))
+}

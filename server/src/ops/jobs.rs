@@ -1,0 +1,36 @@
+//! One server's job: an operator's answer to a decision it asked, and its cancel.
+
+use super::Actor;
+use crate::app::App;
+use crate::error::AppError;
+use crate::model::{Job, JobId, Role};
+use crate::store::NewAudit;
+use fleetup_proto::DecisionAnswer;
+
+/// Answers a job's open decision (the given one, or the only open one) and wakes its agent,
+/// whose report is held waiting for the answer.
+pub async fn answer_decision(
+    app: &App,
+    actor: &Actor,
+    job_id: &JobId,
+    decision_id: Option<u32>,
+    answer: DecisionAnswer,
+) -> Result<Job, AppError> {
+    actor.require(Role::Operator)?;
+    let detail = serde_json::json!({ "answer": answer, "decision_id": decision_id });
+    let audit = NewAudit::new(&actor.name, "job.decision", "job", job_id.as_str(), detail);
+    let (job, agent) = app.store.answer_decision(job_id, decision_id, answer, &audit).await?;
+    app.wake_agents(&[agent]).await;
+    Ok(job)
+}
+
+/// Cancels a job: at once when it has not started, otherwise by asking its agent (woken
+/// now); the scheduler is kicked, since a slot may have freed.
+pub async fn cancel(app: &App, actor: &Actor, job_id: &JobId) -> Result<Job, AppError> {
+    actor.require(Role::Operator)?;
+    let audit = NewAudit::new(&actor.name, "job.cancel", "job", job_id.as_str(), serde_json::json!({}));
+    let job = app.store.cancel_job(job_id, &audit).await?;
+    app.wake_agents(std::slice::from_ref(&job.agent_id)).await;
+    app.scheduler_kick.notify_one();
+    Ok(job)
+}

@@ -1,0 +1,426 @@
+//! The agent protocol's writes: a poll's claim of its next job, an event report folded into
+//! its job ([`crate::domain::report::fold`] decides what the events mean), log lines, and
+//! what the agent must hear back (cancel, answered decisions). Claims and reports are
+//! group-committed: `claim_batch` and `report_batch` write many requests in one transaction
+//! ([`batch_tx!`]).
+
+use super::jobs::lock_job;
+use super::packages::package_on;
+use super::rows::JobRow;
+use super::{
+    ClaimRequest, ClaimedJob, Dialect, JobMessages, ReportOutcome, ReportRequest, Store, StoreError, StoreResult, Tx,
+    begin_write, corrupt, from_json, stored_id, to_json,
+};
+use crate::domain::report::{Progress, auto_answer, fold, settled_state};
+use crate::model::{AgentId, InstalledRollup, JobId, JobState, Package, RolloutSpec};
+use fleetup_proto::agent_api::{DecisionReply, LogLine};
+use fleetup_proto::{DecisionKind, EngineEvent};
+use std::collections::{BTreeSet, HashMap};
+
+/// Plans and packages read once per claim batch (a wave's claims share one rollout).
+type Plans = HashMap<String, (RolloutSpec, Package)>;
+
+/// Claims: each request in the batch claims its agent's next job.
+pub(crate) async fn claim_batch(
+    pool: sqlx::AnyPool,
+    dialect: Dialect,
+    reqs: Vec<ClaimRequest>,
+) -> StoreResult<Vec<StoreResult<Option<ClaimedJob>>>> {
+    let mut plans = Plans::new();
+    batch_tx!(begin_write(&pool, dialect), reqs, key = |r| r.agent_id.clone(), |tx, r| claim_tx(
+        &mut tx,
+        dialect,
+        &mut plans,
+        &r.agent_id,
+        r.now
+    )
+    .await)
+}
+
+/// Reports: each request in the batch records its events.
+pub(crate) async fn report_batch(
+    pool: sqlx::AnyPool,
+    dialect: Dialect,
+    reqs: Vec<ReportRequest>,
+) -> StoreResult<Vec<StoreResult<ReportOutcome>>> {
+    // Row locks in one order in every transaction, so none waits on another in a cycle
+    // (Postgres): first the jobs, in id order; then the agents whose install ended, in id
+    // order, as `touch_agents` does.
+    batch_tx!(
+        begin_write(&pool, dialect),
+        reqs,
+        key = |r| r.job_id.clone(),
+        |tx, r| report_tx(&mut tx, dialect, r).await,
+        then = |results| {
+            let mut installed: Vec<(&AgentId, &InstalledRollup)> = results
+                .iter()
+                .zip(&reqs)
+                .filter_map(|(result, r)| match result {
+                    Some(Ok(out)) => out.installed.as_ref().map(|i| (&r.agent_id, i)),
+                    _ => None,
+                })
+                .collect();
+            installed.sort_by_key(|(agent, _)| *agent);
+            add_installed(&mut tx, dialect, &installed).await
+        }
+    )
+}
+
+/// Dispatches the agent's next ready job, or hands over again the one dispatched to it that
+/// it never started.
+async fn claim_tx(
+    tx: &mut Tx,
+    dialect: Dialect,
+    plans: &mut Plans,
+    agent_id: &AgentId,
+    now: i64,
+) -> StoreResult<Option<ClaimedJob>> {
+    // `fetch_all`, not `fetch_optional`, on `returning`: SQLite must step the statement to
+    // its end (see docs/decisions.md, SQLite durability). The claim returns what the
+    // assignment needs, so a claim is one statement (a wave's claims share the plan and
+    // package read below once per batch). On Postgres, concurrent claims pass over each
+    // other's rows (`skip locked`).
+    let skip_locked = if dialect == Dialect::Postgres { " for update of j skip locked" } else { "" };
+    let claimed: Vec<(String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = $2 + lease_ms, \
+         dispatched_at = $2, updated_at = $2 \
+         where id = (select j.id from jobs j join rollouts r on r.id = j.rollout_id \
+             where j.agent_id = $1 and j.state = 'queued' and r.state = 'running' \
+             and not exists (select 1 from jobs b where b.agent_id = $1 and b.state in ('dispatched', 'running', 'waiting')) \
+             order by j.created_at, j.position limit 1{skip_locked}) \
+         and state = 'queued' returning id, rollout_id, fencing_token, lease_ms"
+    )))
+    .bind(agent_id.as_str())
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    let claim = if let Some(claim) = claimed.into_iter().next() {
+        claim
+    } else {
+        // A job dispatched to this agent that it never started means the answer to the poll
+        // that claimed it was lost (a handler error after the claim, a dropped connection).
+        // An agent polls only while it holds no job, so the same dispatch, fencing token and
+        // all, is handed over again instead of stranding the job until its lease runs out
+        // (docs/benchmarks.md, defect 1).
+        let undelivered: Option<(String, String, i64, i64)> = sqlx::query_as(
+            "select id, rollout_id, fencing_token, lease_ms from jobs where agent_id = $1 and state = 'dispatched' \
+             order by dispatched_at limit 1",
+        )
+        .bind(agent_id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(claim) = undelivered else { return Ok(None) };
+        claim
+    };
+    let (job_id, rollout_id, fencing_token, lease_ms) = claim;
+    if !plans.contains_key(&rollout_id) {
+        // The claim has written: a missing package now is corruption, not a refusal.
+        let (spec, package_id): (String, String) =
+            sqlx::query_as("select spec, package_id from rollouts where id = $1")
+                .bind(&rollout_id)
+                .fetch_one(&mut **tx)
+                .await?;
+        let package = package_on(tx, &stored_id(&package_id)?).await.map_err(corrupt)?;
+        plans.insert(rollout_id.clone(), (from_json(&spec, "rollout spec")?, package));
+    }
+    let (spec, package) = plans[&rollout_id].clone();
+    Ok(Some(ClaimedJob {
+        job_id: stored_id(&job_id)?,
+        rollout_id: stored_id(&rollout_id)?,
+        fencing_token: fencing_token as u64,
+        spec,
+        package,
+        lease_ms,
+    }))
+}
+
+/// Records one report's events. Refusals (unknown job, another agent's job, a stale fencing
+/// token) come before any write, as `batch_tx!` requires.
+async fn report_tx(tx: &mut Tx, dialect: Dialect, r: &ReportRequest) -> StoreResult<ReportOutcome> {
+    let row = lock_job(tx, dialect, &r.job_id).await?;
+    check_lease(&row, &r.agent_id, r.fencing_token)?;
+    let was = row.state()?;
+    let job_id = r.job_id.as_str();
+    let mut out = ReportOutcome::default();
+    // One statement per 500 events (a round trip each inside the shared transaction);
+    // `returning` tells which were new.
+    let mut sorted: Vec<&EngineEvent> = r.events.iter().collect();
+    sorted.sort_by_key(|e| e.seq);
+    let mut new_seqs = BTreeSet::new();
+    for chunk in sorted.chunks(500) {
+        let sql = format!(
+            "insert into events (job_id, seq, phase, status, message, data, at) values {} \
+             on conflict (job_id, seq) do nothing returning seq",
+            values_placeholders(chunk.len(), 7)
+        );
+        let mut insert = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql));
+        for ev in chunk {
+            insert = insert
+                .bind(job_id)
+                .bind(ev.seq as i64)
+                .bind(ev.phase.as_str())
+                .bind(ev.status.as_str())
+                .bind(ev.message.as_str())
+                .bind(to_json(&ev.data))
+                .bind(ev.at.timestamp_millis());
+        }
+        let rows = insert.fetch_all(&mut **tx).await?;
+        new_seqs.extend(rows.into_iter().map(|(seq,)| seq as u64));
+    }
+    // The first of several events with one seq is the one stored.
+    let mut fresh = Vec::with_capacity(new_seqs.len());
+    for ev in sorted {
+        if new_seqs.remove(&ev.seq) {
+            fresh.push(ev);
+        } else {
+            out.duplicates += 1;
+        }
+    }
+    out.accepted = fresh.len() as u32;
+    if was.is_terminal() {
+        return Ok(out);
+    }
+    let job = row.to_job()?;
+    let progress = Progress {
+        phases: job.phases,
+        current_phase: job.current_phase,
+        phase_started_at: row.phase_started_at,
+        warnings: job.warnings,
+        outage_secs: job.outage_secs,
+        error: job.error,
+        restart_required: job.restart_required,
+    };
+    let folded = fold(progress, &fresh, r.now);
+    if !folded.asked.is_empty() {
+        record_decisions(tx, &row, &folded.asked, r.now).await?;
+    }
+    // Decisions are asked only in reports, and a report that leaves one open leaves the job
+    // `waiting`: a job that was not waiting and asked nothing now has none open.
+    let open = if was == JobState::Waiting || !folded.asked.is_empty() {
+        let (open,): (i64,) = sqlx::query_as("select count(*) from decisions where job_id = $1 and answer is null")
+            .bind(job_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        open > 0
+    } else {
+        false
+    };
+    let state = settled_state(folded.outcome, open);
+    let (lease, finished) =
+        if folded.outcome.is_some() { (None, Some(r.now)) } else { (Some(r.now + row.lease_ms), None) };
+    out.finished = folded.outcome.is_some();
+    let p = &folded.progress;
+    sqlx::query(
+        "update jobs set state = $2, current_phase = $3, phase_started_at = $4, phases = $5, warnings = $6, outage_ms = $7, \
+         error = $8, restart_required = $9, lease_expires_at = $10, finished_at = $11, \
+         cancel_requested = (cancel_requested and $12), updated_at = $13 where id = $1",
+    )
+    .bind(job_id)
+    .bind(state.as_str())
+    .bind(p.current_phase.map(fleetup_proto::PhaseId::as_str))
+    .bind(p.phase_started_at)
+    .bind(to_json(&p.phases))
+    .bind(to_json(&p.warnings))
+    .bind(p.outage_secs.map(|s| (s * 1000.0) as i64))
+    .bind(&p.error)
+    .bind(p.restart_required)
+    .bind(lease)
+    .bind(finished)
+    .bind(folded.outcome.is_none())
+    .bind(r.now)
+    .execute(&mut **tx)
+    .await?;
+    out.installed = folded.installed.map(|i| InstalledRollup {
+        rollup: i.rollup,
+        version: i.version,
+        job_id: r.job_id.clone(),
+        at: i.at,
+    });
+    Ok(out)
+}
+
+/// `($1, $2, …), ($n+1, …)`: `rows` tuples of `columns` numbered placeholders. Written out
+/// rather than built by `QueryBuilder`, whose `Any` placeholders are `?`, which Postgres
+/// does not accept.
+fn values_placeholders(rows: usize, columns: usize) -> String {
+    let tuple = |r: usize| {
+        let cols: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+        format!("({})", cols.join(", "))
+    };
+    (0..rows).map(tuple).collect::<Vec<_>>().join(", ")
+}
+
+/// Stores the decisions a report asked, each answered at once when the rollout's policy
+/// answers it (`policy`), or left open for an operator.
+async fn record_decisions(
+    tx: &mut Tx,
+    row: &JobRow,
+    asked: &[(fleetup_proto::DecisionRequest, &'static str)],
+    now: i64,
+) -> StoreResult<()> {
+    let (text,): (String,) =
+        sqlx::query_as("select spec from rollouts where id = $1").bind(&row.rollout_id).fetch_one(&mut **tx).await?;
+    let spec: RolloutSpec = from_json(&text, "rollout spec")?;
+    let (earlier,): (i64,) =
+        sqlx::query_as("select count(*) from decisions where job_id = $1 and kind = 'files-in-use'")
+            .bind(&row.id)
+            .fetch_one(&mut **tx)
+            .await?;
+    let mut earlier = earlier as u32;
+    for (req, kind) in asked {
+        let auto = auto_answer(&spec.policies, &req.kind, earlier);
+        if matches!(req.kind, DecisionKind::FilesInUse { .. }) {
+            earlier += 1;
+        }
+        sqlx::query(
+            "insert into decisions (job_id, id, phase, kind, request, answer, answered_by, asked_at, answered_at) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (job_id, id) do nothing",
+        )
+        .bind(&row.id)
+        .bind(i64::from(req.id))
+        .bind(req.phase.as_str())
+        .bind(*kind)
+        .bind(to_json(req))
+        .bind(auto.map(fleetup_proto::DecisionAnswer::as_str))
+        .bind(auto.map(|_| "policy"))
+        .bind(now)
+        .bind(auto.map(|_| now))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Adds installed rollups to their agents' lists (in the given order).
+async fn add_installed(tx: &mut Tx, dialect: Dialect, installed: &[(&AgentId, &InstalledRollup)]) -> StoreResult<()> {
+    let select = format!("select installed from agents where id = $1{}", dialect.for_update());
+    for (agent_id, inst) in installed {
+        let (text,): (String,) =
+            sqlx::query_as(sqlx::AssertSqlSafe(select.as_str())).bind(agent_id.as_str()).fetch_one(&mut **tx).await?;
+        let mut list: Vec<InstalledRollup> = from_json(&text, "agent installed")?;
+        list.push((*inst).clone());
+        sqlx::query("update agents set installed = $2 where id = $1")
+            .bind(agent_id.as_str())
+            .bind(to_json(&list))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Checks that `agent_id` holds the current lease of the job.
+fn check_lease(row: &JobRow, agent_id: &AgentId, fencing_token: u64) -> StoreResult<()> {
+    if row.agent_id != agent_id.as_str() {
+        return Err(StoreError::Forbidden(format!(
+            "job {} belongs to another agent; an agent token reaches only its own jobs",
+            row.id
+        )));
+    }
+    if row.fencing_token as u64 != fencing_token || row.state == "lost" {
+        return Err(StoreError::StaleLease(format!(
+            "fencing token {fencing_token} is stale: job {} is {} with token {}; stop reporting for this dispatch",
+            row.id, row.state, row.fencing_token
+        )));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Hands the agent its next ready job, if any. An idle call writes nothing.
+    #[tracing::instrument(skip_all)]
+    pub async fn claim_job(&self, agent_id: &AgentId, now: i64) -> StoreResult<Option<ClaimedJob>> {
+        // A read first: an idle poll must not write (or even take SQLite's write lock).
+        let (ready,): (i64,) =
+            sqlx::query_as("select count(*) from jobs where agent_id = $1 and state in ('queued', 'dispatched')")
+                .bind(agent_id.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+        if ready == 0 {
+            return Ok(None);
+        }
+        self.claims.submit(ClaimRequest { agent_id: agent_id.clone(), now }).await
+    }
+
+    /// Records a batch of events from the agent holding the job's lease.
+    #[tracing::instrument(skip_all)]
+    pub async fn report_events(
+        &self,
+        job_id: &JobId,
+        agent_id: &AgentId,
+        fencing_token: u64,
+        events: &[EngineEvent],
+        now: i64,
+    ) -> StoreResult<ReportOutcome> {
+        let request = ReportRequest {
+            job_id: job_id.clone(),
+            agent_id: agent_id.clone(),
+            fencing_token,
+            events: events.to_vec(),
+            now,
+        };
+        self.reports.submit(request).await
+    }
+
+    /// Records log lines from the agent holding the job's lease: (accepted, duplicates).
+    #[tracing::instrument(skip_all)]
+    pub async fn report_logs(
+        &self,
+        job_id: &JobId,
+        agent_id: &AgentId,
+        fencing_token: u64,
+        lines: &[LogLine],
+    ) -> StoreResult<(u32, u32)> {
+        let mut tx = self.write_tx().await?;
+        let row = lock_job(&mut tx, self.dialect, job_id).await?;
+        check_lease(&row, agent_id, fencing_token)?;
+        let (mut accepted, mut duplicates) = (0u32, 0u32);
+        for l in lines {
+            let n = sqlx::query(
+                "insert into logs (job_id, seq, phase, line, at) values ($1, $2, $3, $4, $5) on conflict (job_id, seq) do nothing",
+            )
+            .bind(job_id.as_str())
+            .bind(l.seq as i64)
+            .bind(l.phase.as_str())
+            .bind(&l.line)
+            .bind(l.at.timestamp_millis())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                duplicates += 1;
+            } else {
+                accepted += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok((accepted, duplicates))
+    }
+
+    /// Cancel request and answered decisions of a job.
+    #[tracing::instrument(skip_all)]
+    pub async fn job_messages(&self, job_id: &JobId) -> StoreResult<JobMessages> {
+        let (cancel,): (i64,) =
+            sqlx::query_as("select (case when cancel_requested then 1 else 0 end) from jobs where id = $1")
+                .bind(job_id.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("select id, answer from decisions where job_id = $1 and answer is not null order by id")
+                .bind(job_id.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        let decisions = rows
+            .into_iter()
+            .map(|(id, a)| Ok(DecisionReply { id: id as u32, answer: a.parse().map_err(corrupt)? }))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(JobMessages { cancel: cancel != 0, decisions })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_are_numbered_across_rows() {
+        assert_eq!(super::values_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+}

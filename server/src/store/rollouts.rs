@@ -1,0 +1,223 @@
+//! Rollouts: staging (the rollout, its waves and pending jobs in one transaction), reading
+//! with waves and counts, and applying a transition the domain decided
+//! ([`crate::domain::rollout::Effect`]), for an operator and for the scheduler alike.
+
+use super::rows::RolloutRow;
+use super::{Dialect, NewAudit, NewRollout, Store, StoreError, StoreResult, Tx, to_json};
+use crate::domain::rollout::{Effect, RolloutAction, operator_action};
+use crate::model::{AgentId, Rollout, RolloutId, now_ms};
+
+/// The rollout's row, locked for the transaction (Postgres).
+pub(crate) async fn lock_rollout(tx: &mut Tx, dialect: Dialect, id: &RolloutId) -> StoreResult<RolloutRow> {
+    let sql = format!(concat!(rollout_select!(), " where r.id = $1{}"), dialect.for_update());
+    sqlx::query_as::<_, RolloutRow>(sqlx::AssertSqlSafe(sql))
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("rollout {id} not found")))
+}
+
+/// Applies a rollout transition inside `tx`; returns the agents to wake (cancel requests).
+pub(crate) async fn apply_effect(tx: &mut Tx, id: &RolloutId, effect: &Effect, now: i64) -> StoreResult<Vec<AgentId>> {
+    let id = id.as_str();
+    match effect {
+        Effect::Start => {
+            sqlx::query("update rollouts set state = 'running', started_at = $2, current_wave = 1, approved_wave = 1 where id = $1")
+                .bind(id)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("update waves set state = 'open', opened_at = $2 where rollout_id = $1 and number = 1")
+                .bind(id)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Effect::Pause(reason) => {
+            sqlx::query("update rollouts set state = 'paused', state_reason = $2 where id = $1")
+                .bind(id)
+                .bind(reason)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(
+                "update jobs set state = 'pending', updated_at = $2 where rollout_id = $1 and state = 'queued'",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Effect::Resume => {
+            let (failures,): (i64,) = sqlx::query_as(
+                "select count(*) from jobs where rollout_id = $1 and state in ('failed', 'rolled-back', 'lost')",
+            )
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
+            sqlx::query(
+                "update rollouts set state = 'running', state_reason = null, failures_accepted = $2, \
+                 gate_override_wave = current_wave where id = $1",
+            )
+            .bind(id)
+            .bind(failures)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Effect::Approve => {
+            sqlx::query(
+                "update rollouts set state = 'running', state_reason = null, approved_wave = current_wave + 1 where id = $1",
+            )
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Effect::End(state, reason) => {
+            sqlx::query("update rollouts set state = $2, state_reason = $3, finished_at = $4 where id = $1")
+                .bind(id)
+                .bind(state.as_str())
+                .bind(reason)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            return cancel_rollout_jobs(tx, id, now).await;
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Cancels a rollout's unstarted jobs and asks its jobs in flight to cancel; returns the
+/// agents to wake.
+async fn cancel_rollout_jobs(tx: &mut Tx, id: &str, now: i64) -> StoreResult<Vec<AgentId>> {
+    sqlx::query(
+        "update jobs set state = 'cancelled', finished_at = $2, updated_at = $2 where rollout_id = $1 and state in ('pending', 'queued')",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let agents: Vec<(String,)> = sqlx::query_as(
+        "select agent_id from jobs where rollout_id = $1 and state in ('dispatched', 'running', 'waiting')",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query(
+        "update jobs set cancel_requested = true, updated_at = $2 where rollout_id = $1 and state in ('dispatched', 'running', 'waiting')",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    agents.iter().map(|(a,)| super::stored_id(a)).collect()
+}
+
+impl Store {
+    /// Adds waves and counts to a rollout row.
+    async fn rollout_view(&self, row: &RolloutRow) -> StoreResult<Rollout> {
+        let waves: Vec<(i64, i64, String)> =
+            sqlx::query_as("select number, size, state from waves where rollout_id = $1 order by number")
+                .bind(&row.id)
+                .fetch_all(&self.pool)
+                .await?;
+        let counts: Vec<(i64, String, i64)> =
+            sqlx::query_as("select wave, state, count(*) from jobs where rollout_id = $1 group by wave, state")
+                .bind(&row.id)
+                .fetch_all(&self.pool)
+                .await?;
+        row.to_rollout(&waves, &counts)
+    }
+
+    /// Creates a rollout (state draft) with its waves and pending jobs.
+    #[tracing::instrument(skip_all)]
+    pub async fn create_rollout(&self, r: &NewRollout, audit: &NewAudit) -> StoreResult<Rollout> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        sqlx::query("insert into rollouts (id, name, package_id, state, spec, retry_of, created_by, created_at) values ($1, $2, $3, 'draft', $4, $5, $6, $7)")
+            .bind(r.id.as_str())
+            .bind(&r.spec.name)
+            .bind(r.spec.package_id.as_str())
+            .bind(to_json(&r.spec))
+            .bind(r.retry_of.as_ref().map(RolloutId::as_str))
+            .bind(&r.created_by)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        for (i, size) in r.wave_sizes.iter().enumerate() {
+            sqlx::query("insert into waves (rollout_id, number, size, state) values ($1, $2, $3, 'pending')")
+                .bind(r.id.as_str())
+                .bind(i as i64 + 1)
+                .bind(*size as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (pos, (agent, wave)) in r.jobs.iter().enumerate() {
+            sqlx::query("insert into jobs (id, rollout_id, agent_id, wave, position, state, lease_ms, phases, warnings, created_at, updated_at) values ($1, $2, $3, $4, $5, 'pending', $6, '{}', '[]', $7, $7)")
+                .bind(fleetup_proto::id::new_id())
+                .bind(r.id.as_str())
+                .bind(agent.as_str())
+                .bind(i64::from(*wave))
+                .bind(pos as i64)
+                .bind(r.lease_ms)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        super::audit::record(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        if self.dialect == Dialect::Postgres && r.jobs.len() >= super::rows::ANALYZE_AFTER_JOBS {
+            // Fresh statistics for the planner: without them (a young database, before
+            // autovacuum's next pass) Postgres guesses the jobs table is tiny and reads
+            // a big rollout's pages by scanning and sorting all of its rows.
+            if let Err(e) = sqlx::query("analyze jobs").execute(&self.pool).await {
+                tracing::warn!(error = %e, "analyze jobs after staging a big rollout failed; plans may be poor until autovacuum analyzes");
+            }
+        }
+        Self::get_rollout(self, &r.id).await
+    }
+
+    /// All rollouts, newest first.
+    #[tracing::instrument(skip_all)]
+    pub async fn list_rollouts(&self) -> StoreResult<Vec<Rollout>> {
+        let rows: Vec<RolloutRow> =
+            sqlx::query_as(concat!(rollout_select!(), " order by r.created_at desc, r.id desc"))
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(self.rollout_view(row).await?);
+        }
+        Ok(out)
+    }
+
+    /// One rollout.
+    #[tracing::instrument(skip_all)]
+    pub async fn get_rollout(&self, id: &RolloutId) -> StoreResult<Rollout> {
+        let row: Option<RolloutRow> = sqlx::query_as(concat!(rollout_select!(), " where r.id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        let row = row.ok_or_else(|| StoreError::NotFound(format!("rollout {id} not found")))?;
+        self.rollout_view(&row).await
+    }
+
+    /// Applies an operator action: refused with [`StoreError::Conflict`] when the rollout's
+    /// state does not allow it (the domain says which do). Returns the rollout afterwards and
+    /// the agents to wake (cancel requests).
+    #[tracing::instrument(skip_all)]
+    pub async fn rollout_action(
+        &self,
+        id: &RolloutId,
+        action: RolloutAction,
+        audit: &NewAudit,
+    ) -> StoreResult<(Rollout, Vec<AgentId>)> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let state = lock_rollout(&mut tx, self.dialect, id).await?.state()?;
+        let effect = operator_action(state, action, &audit.actor)
+            .map_err(|why| StoreError::Conflict(format!("rollout {id} is {}; {why}", state.as_str())))?;
+        let wake = apply_effect(&mut tx, id, &effect, now).await?;
+        super::audit::record(&mut tx, audit, now).await?;
+        tx.commit().await?;
+        Ok((self.get_rollout(id).await?, wake))
+    }
+}

@@ -1,0 +1,281 @@
+//! The scheduler's transaction: the facts a pass reads (expired leases, running phases,
+//! running rollouts and their counts) and the steps it applies, in one transaction that
+//! on Postgres also holds an advisory lock, so one replica schedules at a time. What to do
+//! is decided by [`crate::domain::schedule`], called from [`crate::scheduler`]; this file
+//! only reads and writes.
+
+use super::audit::record;
+use super::rollouts::apply_effect;
+use super::rows::RolloutRow;
+use super::{Dialect, NewAudit, Store, StoreError, StoreResult, Tx, stored_id};
+use crate::domain::schedule::{Counts, RolloutView, Step};
+use crate::model::{AgentId, JobId, JobState, RolloutId};
+use fleetup_proto::PhaseId;
+
+/// Advisory lock key of the scheduler ("fleetup" in ASCII).
+const SCHEDULER_LOCK: i64 = 0x0066_6c65_6574_7570;
+
+/// One scheduler pass: an open transaction and the time it runs at.
+#[derive(Debug)]
+pub struct SchedulerPass {
+    tx: Tx,
+    now: i64,
+}
+
+/// A running job's current phase, for the phase timeouts.
+#[derive(Debug, Clone)]
+pub struct RunningPhase {
+    /// The job.
+    pub job_id: JobId,
+    /// Its phase.
+    pub phase: PhaseId,
+    /// When that phase started.
+    pub started_at: i64,
+    /// Its rollout.
+    pub rollout_id: RolloutId,
+}
+
+/// A running rollout as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct RunningRollout {
+    /// Id.
+    pub id: RolloutId,
+    /// Its spec (parsed into rules by the caller, once per rollout).
+    pub spec_text: String,
+    /// Where it stands.
+    pub view: RolloutView,
+}
+
+impl Store {
+    /// Begins a scheduler pass, or `None` when another replica holds the scheduler lock.
+    pub async fn begin_scheduler_pass(&self, now: i64) -> StoreResult<Option<SchedulerPass>> {
+        let mut tx = self.write_tx().await?;
+        if self.dialect == Dialect::Postgres {
+            let (got,): (bool,) =
+                sqlx::query_as("select pg_try_advisory_xact_lock($1)").bind(SCHEDULER_LOCK).fetch_one(&mut *tx).await?;
+            if !got {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        Ok(Some(SchedulerPass { tx, now }))
+    }
+}
+
+impl SchedulerPass {
+    /// The time of this pass.
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// Declares every job whose lease ran out `lost` (its fencing token moves on, so a late
+    /// report is refused); returns how many.
+    pub async fn expire_leases(&mut self) -> StoreResult<u64> {
+        let now = self.now;
+        let lost: Vec<(String, String, i64)> = sqlx::query_as(
+            "select id, rollout_id, lease_ms from jobs where state in ('dispatched', 'running', 'waiting') and lease_expires_at < $1",
+        )
+        .bind(now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for (id, rollout, lease_ms) in &lost {
+            sqlx::query(
+                "update jobs set state = 'lost', fencing_token = fencing_token + 1, error = $3, lease_expires_at = null, \
+                 finished_at = $2, updated_at = $2 where id = $1",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(format!("the agent sent no report for {} s (its lease); the job is lost", lease_ms / 1000))
+            .execute(&mut *self.tx)
+            .await?;
+            let audit = NewAudit::new("scheduler", "job.lost", "job", id, serde_json::json!({ "rollout_id": rollout }));
+            record(&mut self.tx, &audit, now).await?;
+        }
+        Ok(lost.len() as u64)
+    }
+
+    /// The running jobs' current phases.
+    pub async fn running_phases(&mut self) -> StoreResult<Vec<RunningPhase>> {
+        let rows: Vec<(String, Option<String>, Option<i64>, String)> = sqlx::query_as(
+            "select id, current_phase, phase_started_at, rollout_id from jobs where state = 'running' and phase_started_at is not null",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, phase, started, rollout) in rows {
+            let (Some(phase), Some(started_at)) = (phase, started) else { continue };
+            let Ok(phase) = phase.parse() else { continue };
+            out.push(RunningPhase { job_id: stored_id(&id)?, phase, started_at, rollout_id: stored_id(&rollout)? });
+        }
+        Ok(out)
+    }
+
+    /// Fails a job whose phase ran past its time limit and asks the agent to cancel.
+    pub async fn fail_timed_out(&mut self, job: &RunningPhase, limit_secs: u64) -> StoreResult<()> {
+        sqlx::query(
+            "update jobs set state = 'failed', cancel_requested = true, error = $3, lease_expires_at = null, \
+             finished_at = $2, updated_at = $2 where id = $1",
+        )
+        .bind(job.job_id.as_str())
+        .bind(self.now)
+        .bind(format!("phase {} ran longer than its timeout of {limit_secs} s", job.phase))
+        .execute(&mut *self.tx)
+        .await?;
+        let audit = NewAudit::new(
+            "scheduler",
+            "job.timeout",
+            "job",
+            job.job_id.as_str(),
+            serde_json::json!({ "phase": job.phase }),
+        );
+        record(&mut self.tx, &audit, self.now).await
+    }
+
+    /// The spec of a rollout, as stored (for the phase timeouts of its jobs).
+    pub async fn rollout_spec_text(&mut self, id: &RolloutId) -> StoreResult<String> {
+        let (text,): (String,) = sqlx::query_as("select spec from rollouts where id = $1")
+            .bind(id.as_str())
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(text)
+    }
+
+    /// The running rollouts.
+    pub async fn running_rollouts(&mut self) -> StoreResult<Vec<RunningRollout>> {
+        let rows: Vec<RolloutRow> =
+            sqlx::query_as(concat!(rollout_select!(), " where r.state = 'running'")).fetch_all(&mut *self.tx).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (wave_count,): (i64,) = sqlx::query_as("select count(*) from waves where rollout_id = $1")
+                .bind(&row.id)
+                .fetch_one(&mut *self.tx)
+                .await?;
+            out.push(RunningRollout {
+                id: stored_id(&row.id)?,
+                view: RolloutView {
+                    current_wave: row.current_wave as u32,
+                    wave_count: wave_count as u32,
+                    approved_wave: row.approved_wave as u32,
+                    failures_accepted: row.failures_accepted as u64,
+                    gate_override_wave: row.gate_override_wave as u32,
+                },
+                spec_text: row.spec,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A rollout's job counts by (wave, state).
+    pub async fn counts(&mut self, id: &RolloutId) -> StoreResult<Counts> {
+        let rows: Vec<(i64, String, i64)> =
+            sqlx::query_as("select wave, state, count(*) from jobs where rollout_id = $1 group by wave, state")
+                .bind(id.as_str())
+                .fetch_all(&mut *self.tx)
+                .await?;
+        rows.into_iter()
+            .map(|(w, s, n)| {
+                let s = JobState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("job state '{s}'")))?;
+                Ok(((w as u32, s), n as u64))
+            })
+            .collect()
+    }
+
+    /// Applies one step to a rollout (audited as the scheduler); returns the agents to wake.
+    pub async fn apply(&mut self, id: &RolloutId, current_wave: u32, step: &Step) -> StoreResult<Vec<AgentId>> {
+        let (now, rid) = (self.now, id.as_str());
+        let tx = &mut self.tx;
+        let audit =
+            |action: &str, detail: serde_json::Value| NewAudit::new("scheduler", action, "rollout", rid, detail);
+        let mut wake = Vec::new();
+        match step {
+            Step::Nothing => return Ok(wake),
+            Step::Transition(effect) => {
+                wake = apply_effect(tx, id, effect, now).await?;
+                let (action, reason) = match effect {
+                    crate::domain::rollout::Effect::End(_, reason) => ("rollout.abort", reason.clone()),
+                    crate::domain::rollout::Effect::Pause(reason) => ("rollout.pause", reason.clone()),
+                    other => ("rollout.transition", format!("{other:?}")),
+                };
+                record(tx, &audit(action, serde_json::json!({ "reason": reason })), now).await?;
+            }
+            Step::Finish => {
+                close_wave(tx, rid, current_wave, now).await?;
+                sqlx::query("update rollouts set state = 'finished', finished_at = $2 where id = $1")
+                    .bind(rid)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                record(tx, &audit("rollout.finish", serde_json::json!({})), now).await?;
+            }
+            Step::AwaitApproval => {
+                close_wave(tx, rid, current_wave, now).await?;
+                sqlx::query("update rollouts set state = 'awaiting-approval', state_reason = $2 where id = $1")
+                    .bind(rid)
+                    .bind(format!("wave {current_wave} is done; approve to open wave {}", current_wave + 1))
+                    .execute(&mut **tx)
+                    .await?;
+                let detail = serde_json::json!({ "wave": current_wave });
+                record(tx, &audit("rollout.await-approval", detail), now).await?;
+            }
+            Step::OpenWave(w) => {
+                close_wave(tx, rid, current_wave, now).await?;
+                sqlx::query("update waves set state = 'open', opened_at = $3 where rollout_id = $1 and number = $2")
+                    .bind(rid)
+                    .bind(i64::from(*w))
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("update rollouts set current_wave = $2 where id = $1")
+                    .bind(rid)
+                    .bind(i64::from(*w))
+                    .execute(&mut **tx)
+                    .await?;
+                record(tx, &audit("rollout.open-wave", serde_json::json!({ "wave": w })), now).await?;
+            }
+            Step::Queue(w, n) => {
+                // One statement for the whole step, not one per job: a 10,000-server wave is
+                // queued in one round trip (docs/benchmarks.md, P1).
+                let ready: Vec<(String,)> = sqlx::query_as(
+                    "update jobs set state = 'queued', updated_at = $4 where id in \
+                     (select id from jobs where rollout_id = $1 and wave = $2 and state = 'pending' order by position limit $3) \
+                     returning agent_id",
+                )
+                .bind(rid)
+                .bind(i64::from(*w))
+                .bind(*n as i64)
+                .bind(now)
+                .fetch_all(&mut **tx)
+                .await?;
+                wake = ready.iter().map(|(a,)| stored_id(a)).collect::<StoreResult<_>>()?;
+            }
+            Step::Unqueue(w) => {
+                sqlx::query(
+                    "update jobs set state = 'pending', updated_at = $3 where rollout_id = $1 and wave = $2 and state = 'queued'",
+                )
+                .bind(rid)
+                .bind(i64::from(*w))
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Ok(wake)
+    }
+
+    /// Commits everything the pass applied.
+    pub async fn commit(self) -> StoreResult<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Marks a wave done.
+async fn close_wave(tx: &mut Tx, rollout_id: &str, wave: u32, now: i64) -> StoreResult<()> {
+    sqlx::query("update waves set state = 'done', done_at = $3 where rollout_id = $1 and number = $2")
+        .bind(rollout_id)
+        .bind(i64::from(wave))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
