@@ -9,6 +9,7 @@ use super::{
 use crate::model::{EnrollmentToken, Role, TokenId, now_ms, to_time};
 
 impl Store {
+    /// Creates an API token (its hash).
     #[tracing::instrument(skip_all)]
     pub async fn create_api_token(
         &self,
@@ -33,6 +34,7 @@ impl Store {
         Ok(())
     }
 
+    /// The live token with this hash.
     #[tracing::instrument(skip_all)]
     pub async fn api_token_by_hash(&self, token_hash: &str) -> StoreResult<Option<ApiTokenInfo>> {
         let row: Option<(String, String, String)> =
@@ -47,6 +49,7 @@ impl Store {
         .transpose()
     }
 
+    /// Creates an enrollment token.
     #[tracing::instrument(skip_all)]
     pub async fn create_enrollment_token(
         &self,
@@ -78,6 +81,7 @@ impl Store {
         })
     }
 
+    /// Lists enrollment tokens.
     #[tracing::instrument(skip_all)]
     pub async fn list_enrollment_tokens(&self) -> StoreResult<Vec<EnrollmentToken>> {
         let rows: Vec<EnrollmentRow> = sqlx::query_as("select id, name, labels, expires_at, max_uses, uses, revoked_at from enrollment_tokens order by created_at desc")
@@ -86,6 +90,7 @@ impl Store {
         rows.iter().map(EnrollmentRow::to_token).collect()
     }
 
+    /// Creates a dashboard user; [`StoreError::Conflict`] when the name is taken.
     #[tracing::instrument(skip_all)]
     pub async fn create_user(&self, u: &NewUser, audit: &NewAudit) -> StoreResult<()> {
         let now = now_ms();
@@ -110,6 +115,7 @@ impl Store {
         Ok(())
     }
 
+    /// The user with this login name, disabled or not.
     #[tracing::instrument(skip_all)]
     pub async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
         let row: Option<(String, String, String, String, Option<i64>)> =
@@ -124,6 +130,7 @@ impl Store {
         .transpose()
     }
 
+    /// Records a new session (login), audited.
     #[tracing::instrument(skip_all)]
     pub async fn create_session(&self, sess: &NewSession, audit: &NewAudit) -> StoreResult<()> {
         let now = now_ms();
@@ -142,6 +149,7 @@ impl Store {
         Ok(())
     }
 
+    /// The unexpired session with this cookie hash, if its user is not disabled.
     #[tracing::instrument(skip_all)]
     pub async fn session_by_hash(&self, token_hash: &str, now: i64) -> StoreResult<Option<SessionInfo>> {
         let row: Option<(String, String, String, String, String)> = sqlx::query_as(
@@ -159,6 +167,7 @@ impl Store {
         .transpose()
     }
 
+    /// Ends a session (logout) and drops expired ones.
     #[tracing::instrument(skip_all)]
     pub async fn delete_session(&self, token_hash: &str, now: i64) -> StoreResult<()> {
         sqlx::query("delete from sessions where token_hash = $1 or expires_at <= $2")

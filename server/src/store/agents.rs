@@ -7,6 +7,7 @@ use crate::model::{Agent, AgentId, Millis, now_ms};
 use std::collections::BTreeMap;
 
 impl Store {
+    /// Uses an enrollment token to create an agent.
     #[tracing::instrument(skip_all)]
     pub async fn enroll_agent(&self, token_hash: &str, agent: &NewAgent, now: i64) -> StoreResult<Agent> {
         let mut tx = self.write_tx().await?;
@@ -62,6 +63,7 @@ impl Store {
         self.get_agent(&agent.id).await
     }
 
+    /// The live agent with this secret hash: (id, hostname).
     #[tracing::instrument(skip_all)]
     pub async fn agent_by_secret_hash(&self, secret_hash: &str) -> StoreResult<Option<(String, String)>> {
         Ok(sqlx::query_as("select id, hostname from agents where secret_hash = $1 and revoked_at is null")
@@ -70,6 +72,7 @@ impl Store {
             .await?)
     }
 
+    /// All agents (revoked ones too), `online` left false.
     #[tracing::instrument(skip_all)]
     pub async fn list_agents(&self) -> StoreResult<Vec<Agent>> {
         let rows: Vec<AgentRow> = sqlx::query_as("select id, hostname, labels, facts, version, installed, enrolled_at, last_seen, revoked_at from agents order by hostname, id")
@@ -78,6 +81,7 @@ impl Store {
         rows.iter().map(AgentRow::to_agent).collect()
     }
 
+    /// One agent.
     #[tracing::instrument(skip_all)]
     pub async fn get_agent(&self, id: &AgentId) -> StoreResult<Agent> {
         let row: Option<AgentRow> = sqlx::query_as("select id, hostname, labels, facts, version, installed, enrolled_at, last_seen, revoked_at from agents where id = $1")
@@ -87,6 +91,7 @@ impl Store {
         row.ok_or_else(|| StoreError::NotFound(format!("agent {id} not found")))?.to_agent()
     }
 
+    /// Replaces an agent's labels.
     #[tracing::instrument(skip_all)]
     pub async fn set_agent_labels(
         &self,
@@ -110,6 +115,7 @@ impl Store {
         self.get_agent(id).await
     }
 
+    /// Revokes an agent; its unstarted jobs are cancelled.
     #[tracing::instrument(skip_all)]
     pub async fn revoke_agent(&self, id: &AgentId, audit: &NewAudit) -> StoreResult<()> {
         let now = now_ms();
@@ -141,6 +147,7 @@ impl Store {
         Ok(())
     }
 
+    /// Writes last-seen times collected in memory, in one transaction.
     #[tracing::instrument(skip_all)]
     pub async fn touch_agents(&self, seen: &[(AgentId, Millis)]) -> StoreResult<()> {
         if seen.is_empty() {

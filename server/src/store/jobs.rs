@@ -61,18 +61,21 @@ impl Store {
             .await?)
     }
 
+    /// A page of a rollout's jobs, full view.
     #[tracing::instrument(skip_all)]
     pub async fn list_jobs(&self, rollout_id: &RolloutId, f: &JobFilter) -> StoreResult<JobPage<Job>> {
         let rows: Vec<JobRow> = self.jobs_page(rollout_id, f, false).await?;
         cut_page(rows, f.limit, JobRow::key, JobRow::to_job)
     }
 
+    /// A page of a rollout's jobs, compact view (no phase map, no warning texts).
     #[tracing::instrument(skip_all)]
     pub async fn list_job_summaries(&self, rollout_id: &RolloutId, f: &JobFilter) -> StoreResult<JobPage<JobSummary>> {
         let rows: Vec<JobSummaryRow> = self.jobs_page(rollout_id, f, true).await?;
         cut_page(rows, f.limit, JobSummaryRow::key, JobSummaryRow::to_summary)
     }
 
+    /// One job.
     #[tracing::instrument(skip_all)]
     pub async fn get_job(&self, id: &JobId) -> StoreResult<Job> {
         let row: Option<JobRow> = sqlx::query_as(concat!(job_select!(), " where j.id = $1"))
@@ -82,6 +85,7 @@ impl Store {
         row.ok_or_else(|| StoreError::NotFound(format!("job {id} not found")))?.to_job()
     }
 
+    /// A job's events after `after_seq`.
     #[tracing::instrument(skip_all)]
     pub async fn list_events(&self, job_id: &JobId, after_seq: u64, limit: u64) -> StoreResult<Vec<EngineEvent>> {
         self.get_job(job_id).await?;
@@ -105,6 +109,7 @@ impl Store {
             .collect()
     }
 
+    /// A job's log lines after `after_seq`.
     #[tracing::instrument(skip_all)]
     pub async fn list_logs(&self, job_id: &JobId, after_seq: u64, limit: u64) -> StoreResult<Vec<LogLine>> {
         self.get_job(job_id).await?;
@@ -123,6 +128,7 @@ impl Store {
             .collect()
     }
 
+    /// A job's decisions.
     #[tracing::instrument(skip_all)]
     pub async fn list_decisions(&self, job_id: &JobId) -> StoreResult<Vec<Decision>> {
         self.get_job(job_id).await?;
@@ -133,6 +139,7 @@ impl Store {
         rows.iter().map(DecisionRow::to_decision).collect()
     }
 
+    /// Answers a job's open decision (the given one, or the only open one). Returns the agent.
     #[tracing::instrument(skip_all)]
     pub async fn answer_decision(
         &self,
@@ -194,6 +201,7 @@ impl Store {
         Ok((self.get_job(job_id).await?, stored_id(&job.agent_id)?))
     }
 
+    /// Cancels one job (unstarted: at once; in flight: asks the agent).
     #[tracing::instrument(skip_all)]
     pub async fn cancel_job(&self, job_id: &JobId, audit: &NewAudit) -> StoreResult<Job> {
         let now = now_ms();
@@ -229,6 +237,8 @@ impl Store {
         self.get_job(job_id).await
     }
 
+    /// A cheap fingerprint of everything the rollout page shows: it changes when a job,
+    /// a decision or the rollout's state changes (the dashboard's live updates poll it).
     #[tracing::instrument(skip_all)]
     pub async fn rollout_stamp(&self, rollout_id: &RolloutId) -> StoreResult<String> {
         let row: Option<(String, String, i64, i64, i64)> = sqlx::query_as(
@@ -245,6 +255,7 @@ impl Store {
         Ok(format!("{state}|{wave}|{updated}|{open}|{reason}"))
     }
 
+    /// Jobs of a rollout that reported warnings, in dispatch order, and how many there are.
     #[tracing::instrument(skip_all)]
     pub async fn list_warned_jobs(&self, rollout_id: &RolloutId, limit: u64) -> StoreResult<(Vec<Job>, u64)> {
         let rows: Vec<JobRow> = sqlx::query_as(concat!(
@@ -262,6 +273,7 @@ impl Store {
         Ok((rows.iter().map(JobRow::to_job).collect::<StoreResult<Vec<_>>>()?, n as u64))
     }
 
+    /// The last `limit` log lines of a job, oldest first.
     #[tracing::instrument(skip_all)]
     pub async fn tail_logs(&self, job_id: &JobId, limit: u64) -> StoreResult<Vec<LogLine>> {
         let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
@@ -280,6 +292,7 @@ impl Store {
             .collect()
     }
 
+    /// Jobs of one agent across rollouts, newest first (the server page's previous installs).
     #[tracing::instrument(skip_all)]
     pub async fn list_agent_jobs(&self, agent_id: &AgentId, limit: u64) -> StoreResult<Vec<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(concat!(

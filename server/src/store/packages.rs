@@ -15,6 +15,7 @@ pub(crate) async fn package_on(conn: &mut sqlx::AnyConnection, id: &PackageId) -
 }
 
 impl Store {
+    /// Records an uploaded package.
     #[tracing::instrument(skip_all)]
     pub async fn insert_package(&self, p: &NewPackage, audit: &NewAudit) -> StoreResult<Package> {
         let now = now_ms();
@@ -43,6 +44,7 @@ impl Store {
         self.get_package(&p.id).await
     }
 
+    /// All packages, newest first.
     #[tracing::instrument(skip_all)]
     pub async fn list_packages(&self) -> StoreResult<Vec<Package>> {
         let rows: Vec<PackageRow> = sqlx::query_as("select id, name, version, sha256, size, key_id, manifest, uploaded_by, uploaded_at from packages order by uploaded_at desc, id desc")
@@ -51,11 +53,13 @@ impl Store {
         rows.iter().map(PackageRow::to_package).collect()
     }
 
+    /// One package.
     #[tracing::instrument(skip_all)]
     pub async fn get_package(&self, id: &PackageId) -> StoreResult<Package> {
         package_on(&mut *self.pool.acquire().await?, id).await
     }
 
+    /// May this agent download this package (it has a job installing it)?
     #[tracing::instrument(skip_all)]
     pub async fn agent_may_download(&self, agent_id: &AgentId, package_id: &PackageId) -> StoreResult<bool> {
         let (n,): (i64,) = sqlx::query_as("select count(*) from jobs j join rollouts r on r.id = j.rollout_id where j.agent_id = $1 and r.package_id = $2")
