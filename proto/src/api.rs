@@ -148,9 +148,16 @@ pub enum RolloutState {
     AwaitingApproval,
     /// Every wave ran.
     Finished,
-    /// Cancelled by an operator.
+    /// Cancelled by an operator, while jobs in flight are still ending (each was asked to
+    /// cancel; one past the point of no return finishes forward). Becomes `cancelled` when
+    /// the last of them ends.
+    Cancelling,
+    /// Cancelled by an operator; every job has ended.
     Cancelled,
-    /// Stopped by the error threshold with action `abort`.
+    /// Stopped by the error threshold with action `abort`, while jobs in flight are still
+    /// ending. Becomes `aborted` when the last of them ends.
+    Aborting,
+    /// Stopped by the error threshold with action `abort`; every job has ended.
     Aborted,
 }
 
@@ -163,7 +170,9 @@ impl RolloutState {
             RolloutState::Paused => "paused",
             RolloutState::AwaitingApproval => "awaiting-approval",
             RolloutState::Finished => "finished",
+            RolloutState::Cancelling => "cancelling",
             RolloutState::Cancelled => "cancelled",
+            RolloutState::Aborting => "aborting",
             RolloutState::Aborted => "aborted",
         }
     }
@@ -176,7 +185,9 @@ impl RolloutState {
             RolloutState::Paused,
             RolloutState::AwaitingApproval,
             RolloutState::Finished,
+            RolloutState::Cancelling,
             RolloutState::Cancelled,
+            RolloutState::Aborting,
             RolloutState::Aborted,
         ]
         .into_iter()
@@ -186,6 +197,11 @@ impl RolloutState {
     /// Ended for good.
     pub const fn is_terminal(self) -> bool {
         matches!(self, RolloutState::Finished | RolloutState::Cancelled | RolloutState::Aborted)
+    }
+
+    /// Ending: cancelled or aborted, with jobs still in flight.
+    pub const fn is_ending(self) -> bool {
+        matches!(self, RolloutState::Cancelling | RolloutState::Aborting)
     }
 }
 

@@ -104,7 +104,7 @@ async fn events(
     let out = state.store.report_events(&job_id, &agent.id, batch.fencing_token, &batch.events, now).await?;
     metrics::counter!("fleetup_events_accepted_total").increment(u64::from(out.accepted));
     metrics::counter!("fleetup_events_duplicate_total").increment(u64::from(out.duplicates));
-    if out.finished {
+    if out.finished.is_some() {
         state.scheduler_kick.notify_one();
     }
     // With `wait`, hold while the job waits for an operator and no cancel is requested.

@@ -148,8 +148,16 @@ impl Rules {
             return Err("waves must list at least one wave, e.g. [1, \"100%\"]".into());
         }
         for w in &spec.waves {
-            if let WaveSpec::Percent(p) = w {
-                parse_percent(p)?;
+            let empty = match w {
+                WaveSpec::Count(n) => *n == 0,
+                WaveSpec::Percent(p) => parse_percent(p)? == 0.0,
+            };
+            if empty {
+                return Err(format!(
+                    "wave {} adds no server: each wave is a number of servers (at least 1) or a share above 0%, \
+                     like [1, \"25%\", \"100%\"]",
+                    serde_json::to_string(w).unwrap_or_default()
+                ));
             }
         }
         Ok(Rules {
@@ -168,6 +176,12 @@ impl Rules {
 /// servers covered so far up to that share of `total` (rounded up). Empty waves are dropped;
 /// servers the plan does not reach form one last wave.
 pub fn wave_sizes(total: u64, plan: &[WaveSpec]) -> Result<Vec<u64>, String> {
+    Ok(split(total, plan)?.0)
+}
+
+/// [`wave_sizes`], and whether the last wave is the one added for servers the plan's own
+/// waves did not reach.
+fn split(total: u64, plan: &[WaveSpec]) -> Result<(Vec<u64>, bool), String> {
     let mut sizes = Vec::new();
     let mut covered = 0u64;
     for w in plan {
@@ -181,10 +195,11 @@ pub fn wave_sizes(total: u64, plan: &[WaveSpec]) -> Result<Vec<u64>, String> {
             covered = target;
         }
     }
-    if covered < total {
+    let added = covered < total;
+    if added {
         sizes.push(total - covered);
     }
-    Ok(sizes)
+    Ok((sizes, added))
 }
 
 /// The agents a rollout targets, in `agents`' order (explicit ids in the order given,
@@ -232,13 +247,16 @@ pub struct Plan {
     pub wave_sizes: Vec<u64>,
     /// (agent, wave) per job, in dispatch order.
     pub jobs: Vec<(AgentId, u32)>,
+    /// The last wave was added: the plan's waves did not reach every target (e.g. `[1, 5]`
+    /// over 20 servers adds a wave of 14). The preview says so.
+    pub catch_all: bool,
 }
 
 /// Checks a spec and plans its waves over the known agents.
 pub fn plan(spec: &RolloutSpec, agents: &[Agent]) -> Result<Plan, String> {
     let rules = Rules::parse(spec)?;
     let targets = select_targets(&spec.targets, agents)?;
-    let wave_sizes = wave_sizes(targets.len() as u64, &spec.waves)?;
+    let (wave_sizes, catch_all) = split(targets.len() as u64, &spec.waves)?;
     let mut jobs = Vec::with_capacity(targets.len());
     let mut it = targets.into_iter();
     for (i, size) in wave_sizes.iter().enumerate() {
@@ -246,7 +264,7 @@ pub fn plan(spec: &RolloutSpec, agents: &[Agent]) -> Result<Plan, String> {
             jobs.push((agent, i as u32 + 1));
         }
     }
-    Ok(Plan { rules, wave_sizes, jobs })
+    Ok(Plan { rules, wave_sizes, jobs, catch_all })
 }
 
 #[cfg(test)]
@@ -313,6 +331,8 @@ mod tests {
             (serde_json::json!({ "concurrency": 0 }), "concurrency must be at least 1"),
             (serde_json::json!({ "waves": [] }), "waves must list at least one wave"),
             (serde_json::json!({ "waves": ["lots"] }), "'lots' is not a percentage"),
+            (serde_json::json!({ "waves": [0] }), "wave 0 adds no server"),
+            (serde_json::json!({ "waves": [1, "0%"] }), "wave \"0%\" adds no server"),
             (serde_json::json!({ "success_threshold": "120%" }), "'120%' is not a percentage"),
             (
                 serde_json::json!({ "maintenance_window": { "ranges": [{ "start": "25:00", "end": "02:00" }] } }),
@@ -373,5 +393,8 @@ mod tests {
         let waves: Vec<u32> = p.jobs.iter().map(|(_, w)| *w).collect();
         assert_eq!(waves, vec![1, 2, 2, 3, 3]);
         assert_eq!(p.jobs[0].0, "a0");
+        assert!(p.catch_all, "[1, 50%] of 5 leaves 2 servers for an added wave");
+        let exact = plan(&spec(serde_json::json!({ "waves": [1, "100%"] })), &agents).unwrap();
+        assert!(!exact.catch_all);
     }
 }

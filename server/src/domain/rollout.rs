@@ -77,8 +77,28 @@ pub fn operator_action(state: RolloutState, action: RolloutAction, actor: &str) 
         (A::Resume, _) => refuse("only a paused rollout can be resumed"),
         (A::Approve, S::AwaitingApproval) => Ok(Effect::Approve),
         (A::Approve, _) => refuse("approve applies only to a rollout awaiting approval for its next wave"),
+        (A::Cancel, s) if s.is_ending() => refuse("it is already ending: its jobs in flight are finishing"),
         (A::Cancel, s) if !s.is_terminal() => Ok(Effect::End(S::Cancelled, format!("cancelled by {actor}"))),
         (A::Cancel, _) => refuse("it has already ended"),
+    }
+}
+
+/// The state a rollout that ends as `target` (cancelled or aborted) is in while `in_flight`
+/// of its jobs are still ending: a rollout says it has ended only once every job has.
+pub fn ending_state(target: RolloutState, in_flight: usize) -> RolloutState {
+    match (target, in_flight) {
+        (_, 0) => target,
+        (RolloutState::Aborted, _) => RolloutState::Aborting,
+        _ => RolloutState::Cancelling,
+    }
+}
+
+/// The final state of an ending rollout once its last job in flight has ended, if it now is.
+pub fn settled(state: RolloutState, in_flight: u64) -> Option<RolloutState> {
+    match (state, in_flight) {
+        (RolloutState::Cancelling, 0) => Some(RolloutState::Cancelled),
+        (RolloutState::Aborting, 0) => Some(RolloutState::Aborted),
+        _ => None,
     }
 }
 
@@ -124,6 +144,21 @@ mod tests {
                     assert!(!why.is_empty(), "{action:?} in {state:?}");
                 }
             }
+        }
+    }
+
+    /// A cancelled or aborted rollout says so only when no job is in flight any more.
+    #[test]
+    fn ending_rollouts_settle_when_their_last_job_ends() {
+        assert_eq!(ending_state(S::Cancelled, 2), S::Cancelling);
+        assert_eq!(ending_state(S::Aborted, 1), S::Aborting);
+        assert_eq!(ending_state(S::Cancelled, 0), S::Cancelled);
+        assert_eq!(ending_state(S::Aborted, 0), S::Aborted);
+        assert_eq!(settled(S::Cancelling, 1), None);
+        assert_eq!(settled(S::Cancelling, 0), Some(S::Cancelled));
+        assert_eq!(settled(S::Aborting, 0), Some(S::Aborted));
+        for s in [S::Running, S::Paused, S::Cancelled, S::Finished] {
+            assert_eq!(settled(s, 0), None, "{s:?}");
         }
     }
 

@@ -6,13 +6,14 @@
 
 use super::jobs::lock_job;
 use super::packages::package_on;
+use super::rollouts::settle_if_ending;
 use super::rows::JobRow;
 use super::{
     ClaimRequest, ClaimedJob, Dialect, JobMessages, ReportOutcome, ReportRequest, Store, StoreError, StoreResult, Tx,
     begin_write, corrupt, from_json, stored_id, to_json,
 };
 use crate::domain::report::{Progress, auto_answer, fold, settled_state};
-use crate::model::{AgentId, InstalledRollup, JobId, JobState, Package, RolloutSpec};
+use crate::model::{AgentId, InstalledRollup, JobId, JobState, Package, RolloutId, RolloutSpec, now_ms};
 use fleetup_proto::agent_api::{DecisionReply, LogLine};
 use fleetup_proto::{DecisionKind, EngineEvent};
 use std::collections::{BTreeSet, HashMap};
@@ -44,26 +45,44 @@ pub(crate) async fn report_batch(
     reqs: Vec<ReportRequest>,
 ) -> StoreResult<Vec<StoreResult<ReportOutcome>>> {
     // Row locks in one order in every transaction, so none waits on another in a cycle
-    // (Postgres): first the jobs, in id order; then the agents whose install ended, in id
-    // order, as `touch_agents` does.
+    // (Postgres): first the jobs, in id order; then the agents whose install ended, and the
+    // rollouts whose last job ended, each in id order.
     batch_tx!(
         begin_write(&pool, dialect),
         reqs,
         key = |r| r.job_id.clone(),
         |tx, r| report_tx(&mut tx, dialect, r).await,
-        then = |results| {
-            let mut installed: Vec<(&AgentId, &InstalledRollup)> = results
-                .iter()
-                .zip(&reqs)
-                .filter_map(|(result, r)| match result {
-                    Some(Ok(out)) => out.installed.as_ref().map(|i| (&r.agent_id, i)),
-                    _ => None,
-                })
-                .collect();
-            installed.sort_by_key(|(agent, _)| *agent);
-            add_installed(&mut tx, dialect, &installed).await
-        }
+        then = |results| after_reports(&mut tx, dialect, results, &reqs).await
     )
+}
+
+/// What follows from a batch's reports, written after all of them: the rollups finished
+/// installs put on their agents, and the ending rollouts whose last job in flight just ended.
+async fn after_reports(
+    tx: &mut Tx,
+    dialect: Dialect,
+    results: &[Option<StoreResult<ReportOutcome>>],
+    reqs: &[ReportRequest],
+) -> StoreResult<()> {
+    let written: Vec<(&ReportOutcome, &ReportRequest)> = results
+        .iter()
+        .zip(reqs)
+        .filter_map(|(result, r)| match result {
+            Some(Ok(out)) => Some((out, r)),
+            _ => None,
+        })
+        .collect();
+    let mut installed: Vec<(&AgentId, &InstalledRollup)> =
+        written.iter().filter_map(|(out, r)| out.installed.as_ref().map(|i| (&r.agent_id, i))).collect();
+    installed.sort_by_key(|(agent, _)| *agent);
+    add_installed(tx, dialect, &installed).await?;
+    let mut ended: Vec<&RolloutId> = written.iter().filter_map(|(out, _)| out.finished.as_ref()).collect();
+    ended.sort();
+    ended.dedup();
+    for rollout in ended {
+        settle_if_ending(tx, rollout.as_str(), now_ms()).await?;
+    }
+    Ok(())
 }
 
 /// Dispatches the agent's next ready job, or hands over again the one dispatched to it that
@@ -208,7 +227,7 @@ async fn report_tx(tx: &mut Tx, dialect: Dialect, r: &ReportRequest) -> StoreRes
     let state = settled_state(folded.outcome, open);
     let (lease, finished) =
         if folded.outcome.is_some() { (None, Some(r.now)) } else { (Some(r.now + row.lease_ms), None) };
-    out.finished = folded.outcome.is_some();
+    out.finished = folded.outcome.is_some().then(|| stored_id(&row.rollout_id)).transpose()?;
     let p = &folded.progress;
     sqlx::query(
         "update jobs set state = $2, current_phase = $3, phase_started_at = $4, phases = $5, warnings = $6, outage_ms = $7, \

@@ -225,6 +225,10 @@ impl Store {
                 )));
             }
             _ => {
+                let phase = job.current_phase.as_deref().map(str::parse).transpose().map_err(corrupt)?;
+                if let Some(why) = crate::domain::job::cancel_refused(phase) {
+                    return Err(StoreError::Conflict(format!("job {job_id} cannot be cancelled: {why}")));
+                }
                 sqlx::query("update jobs set cancel_requested = true, updated_at = $2 where id = $1")
                     .bind(job_id.as_str())
                     .bind(now)

@@ -4,7 +4,7 @@
 
 use super::rows::RolloutRow;
 use super::{Dialect, NewAudit, NewRollout, Store, StoreError, StoreResult, Tx, to_json};
-use crate::domain::rollout::{Effect, RolloutAction, operator_action};
+use crate::domain::rollout::{Effect, RolloutAction, ending_state, operator_action, settled};
 use crate::model::{AgentId, Rollout, RolloutId, now_ms};
 
 /// The rollout's row, locked for the transaction (Postgres).
@@ -71,18 +71,45 @@ pub(crate) async fn apply_effect(tx: &mut Tx, id: &RolloutId, effect: &Effect, n
             .execute(&mut **tx)
             .await?;
         }
-        Effect::End(state, reason) => {
+        Effect::End(target, reason) => {
+            let in_flight = cancel_rollout_jobs(tx, id, now).await?;
+            let state = ending_state(*target, in_flight.len());
             sqlx::query("update rollouts set state = $2, state_reason = $3, finished_at = $4 where id = $1")
                 .bind(id)
                 .bind(state.as_str())
                 .bind(reason)
-                .bind(now)
+                .bind(state.is_terminal().then_some(now))
                 .execute(&mut **tx)
                 .await?;
-            return cancel_rollout_jobs(tx, id, now).await;
+            return Ok(in_flight);
         }
     }
     Ok(Vec::new())
+}
+
+/// Ends a cancelling or aborting rollout whose last job in flight has just ended: called in
+/// the transaction that ended a job, so a rollout never says `cancelling` after its last job
+/// ended, nor `cancelled` before.
+pub(crate) async fn settle_if_ending(tx: &mut Tx, rollout_id: &str, now: i64) -> StoreResult<()> {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "select r.state, (select count(*) from jobs j where j.rollout_id = r.id \
+         and j.state in ('dispatched', 'running', 'waiting')) from rollouts r where r.id = $1",
+    )
+    .bind(rollout_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((state, in_flight)) = row else { return Ok(()) };
+    let state = crate::model::RolloutState::parse(&state)
+        .ok_or_else(|| StoreError::Corrupt(format!("rollout state '{state}'")))?;
+    if let Some(done) = settled(state, in_flight as u64) {
+        sqlx::query("update rollouts set state = $2, finished_at = $3 where id = $1")
+            .bind(rollout_id)
+            .bind(done.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Cancels a rollout's unstarted jobs and asks its jobs in flight to cancel; returns the

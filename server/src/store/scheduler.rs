@@ -20,6 +20,8 @@ const SCHEDULER_LOCK: i64 = 0x0066_6c65_6574_7570;
 pub struct SchedulerPass {
     tx: Tx,
     now: i64,
+    /// Rollouts with a job this pass ended (lost, timed out): an ending one may settle.
+    ended: std::collections::BTreeSet<String>,
 }
 
 /// A running job's current phase, for the phase timeouts.
@@ -58,7 +60,7 @@ impl Store {
                 return Ok(None);
             }
         }
-        Ok(Some(SchedulerPass { tx, now }))
+        Ok(Some(SchedulerPass { tx, now, ended: std::collections::BTreeSet::new() }))
     }
 }
 
@@ -90,6 +92,7 @@ impl SchedulerPass {
             .await?;
             let audit = NewAudit::new("scheduler", "job.lost", "job", id, serde_json::json!({ "rollout_id": rollout }));
             record(&mut self.tx, &audit, now).await?;
+            self.ended.insert(rollout.clone());
         }
         Ok(lost.len() as u64)
     }
@@ -121,6 +124,7 @@ impl SchedulerPass {
         .bind(format!("phase {} ran longer than its timeout of {limit_secs} s", job.phase))
         .execute(&mut *self.tx)
         .await?;
+        self.ended.insert(job.rollout_id.to_string());
         let audit = NewAudit::new(
             "scheduler",
             "job.timeout",
@@ -262,8 +266,12 @@ impl SchedulerPass {
         Ok(wake)
     }
 
-    /// Commits everything the pass applied.
-    pub async fn commit(self) -> StoreResult<()> {
+    /// Settles the ending rollouts whose last job this pass ended, then commits everything
+    /// the pass applied.
+    pub async fn commit(mut self) -> StoreResult<()> {
+        for rollout in &self.ended {
+            super::rollouts::settle_if_ending(&mut self.tx, rollout, self.now).await?;
+        }
         self.tx.commit().await?;
         Ok(())
     }

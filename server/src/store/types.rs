@@ -226,8 +226,8 @@ pub struct ReportOutcome {
     pub accepted: u32,
     /// Events already recorded.
     pub duplicates: u32,
-    /// The job ended with this report.
-    pub finished: bool,
+    /// The job ended with this report: its rollout (whose state may settle now).
+    pub finished: Option<RolloutId>,
     /// The rollup this report installed, added to the agent's list at the end of the
     /// report's transaction.
     pub installed: Option<crate::model::InstalledRollup>,

@@ -157,7 +157,7 @@ fn controls(r: &Rollout) -> Vec<(&'static str, &'static str, bool)> {
         }
         _ => {}
     }
-    if !r.state.is_terminal() {
+    if !r.state.is_terminal() && !r.state.is_ending() {
         out.push(("cancel", "Cancel rollout", true));
     }
     if failed {

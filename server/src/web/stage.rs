@@ -148,6 +148,7 @@ pub struct Preview {
     error: Option<String>,
     waves: Vec<PreviewWave>,
     total: usize,
+    catch_all: bool,
 }
 
 /// `POST /rollouts/preview`: which servers fall in which wave (nothing is written).
@@ -172,9 +173,9 @@ pub async fn preview(State(state): State<AppState>, body: Bytes) -> Preview {
                     hosts: p.jobs.iter().filter(|(_, w)| *w as usize == i + 1).take(50).map(|(a, _)| name(a)).collect(),
                 })
                 .collect();
-            Preview { error: None, waves, total: p.jobs.len() }
+            Preview { error: None, waves, total: p.jobs.len(), catch_all: p.catch_all }
         }
-        Err(e) => Preview { error: Some(e), waves: Vec::new(), total: 0 },
+        Err(e) => Preview { error: Some(e), waves: Vec::new(), total: 0, catch_all: false },
     }
 }
 

@@ -89,8 +89,8 @@ pub fn rollout_class(s: RolloutState) -> &'static str {
         RolloutState::Running => "st-running",
         RolloutState::Paused | RolloutState::AwaitingApproval => "st-warn",
         RolloutState::Finished => "st-ok",
-        RolloutState::Cancelled => "st-cancel",
-        RolloutState::Aborted => "st-fail",
+        RolloutState::Cancelling | RolloutState::Cancelled => "st-cancel",
+        RolloutState::Aborting | RolloutState::Aborted => "st-fail",
     }
 }
 

@@ -104,3 +104,91 @@ async fn error_threshold_pauses_and_retry_failed(backend: Backend) {
     app.post(&format!("/api/v1/rollouts/{id}/resume"), json!({})).await;
     app.wait_rollout(&id, "wave 2", |r| r["current_wave"] == 2).await;
 }
+
+crate::both_backends!(
+    a_cancelled_rollout_is_cancelling_until_its_last_job_ends,
+    a_cancel_the_engine_would_refuse_is_a_conflict_naming_the_phase,
+    an_empty_wave_is_refused
+);
+
+/// A rollout says `cancelled` (with `finished_at`) only once none of its jobs is in flight;
+/// until then it is `cancelling`. It settles in the transaction of the report that ends its
+/// last job: the answer to that report already sees `cancelled`.
+async fn a_cancelled_rollout_is_cancelling_until_its_last_job_ends(backend: Backend) {
+    use crate::helpers::{ev, final_ev};
+    use fleetup_proto::{PhaseId, PhaseStatus};
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("cxl", 2).await;
+    let id = app
+        .rollout(json!({ "package_id": package, "targets": { "labels": { "group": "cxl" } }, "waves": [2], "concurrency": 2 }), true)
+        .await;
+    let jobs = [agents[0].next_job().await, agents[1].next_job().await];
+    for (a, j) in agents.iter().zip(&jobs) {
+        let (s, _) =
+            a.report(&j.job_id, j.fencing_token, vec![ev(1, PhaseId::CheckSystem, PhaseStatus::Running)]).await;
+        assert_eq!(s, 200);
+    }
+    let r = app.post(&format!("/api/v1/rollouts/{id}/cancel"), json!({})).await;
+    assert_eq!(r["state"], "cancelling", "{r}");
+    assert!(r["finished_at"].is_null(), "{r}");
+    let (s, again) = app.call("POST", &format!("/api/v1/rollouts/{id}/cancel"), &app.operator, Some(json!({}))).await;
+    assert_eq!(s, 409, "{again}");
+    assert!(again["error"]["message"].as_str().unwrap().contains("already ending"), "{again}");
+
+    agents[0].report(&jobs[0].job_id, jobs[0].fencing_token, vec![final_ev(2, InstallOutcome::Cancelled)]).await;
+    let r = app.get(&format!("/api/v1/rollouts/{id}")).await;
+    assert_eq!((r["state"].as_str(), r["finished_at"].is_null()), (Some("cancelling"), true), "{r}");
+    agents[1].report(&jobs[1].job_id, jobs[1].fencing_token, vec![final_ev(2, InstallOutcome::Cancelled)]).await;
+    let r = app.get(&format!("/api/v1/rollouts/{id}")).await;
+    assert_eq!(r["state"], "cancelled", "{r}");
+    assert!(r["finished_at"].is_string(), "{r}");
+    assert_eq!(r["counts"]["cancelled"], 2, "{r}");
+}
+
+/// From post-precompile on the engine refuses a cancel: the API says so (409, naming the
+/// phase) instead of answering 200 and having the request silently dropped.
+async fn a_cancel_the_engine_would_refuse_is_a_conflict_naming_the_phase(backend: Backend) {
+    use crate::helpers::ev;
+    use fleetup_proto::{PhaseId, PhaseStatus};
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("late", 1).await;
+    app.rollout(json!({ "package_id": package, "targets": { "agents": [agents[0].id] } }), true).await;
+    let job = agents[0].next_job().await;
+    let (s, _) =
+        agents[0].report(&job.job_id, job.fencing_token, vec![ev(1, PhaseId::UpdateFiles, PhaseStatus::Running)]).await;
+    assert_eq!(s, 200);
+    // In update-files a cancel is a full rollback: accepted.
+    let (s, v) = app.call("POST", &format!("/api/v1/jobs/{}/cancel", job.job_id), &app.operator, Some(json!({}))).await;
+    assert_eq!((s, v["cancel_requested"].as_bool()), (200, Some(true)), "{v}");
+
+    let agents = app.fleet("later", 1).await;
+    app.rollout(json!({ "package_id": package, "targets": { "agents": [agents[0].id] } }), true).await;
+    let job = agents[0].next_job().await;
+    agents[0].report(&job.job_id, job.fencing_token, vec![ev(1, PhaseId::PostPrecompile, PhaseStatus::Running)]).await;
+    let audit_before = app.audit_len().await;
+    let (s, v) = app.call("POST", &format!("/api/v1/jobs/{}/cancel", job.job_id), &app.operator, Some(json!({}))).await;
+    assert_eq!(s, 409, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("post-precompile") && msg.contains("finishes forward"), "{msg}");
+    let j = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
+    assert_eq!((j["state"].as_str(), j["cancel_requested"].as_bool()), (Some("running"), Some(false)), "{j}");
+    assert_eq!(app.audit_len().await, audit_before, "a refused cancel is not audited as done");
+}
+
+/// `waves: [0]` used to become one wave of the whole fleet; a wave that adds no server is
+/// refused, and nothing is staged.
+async fn an_empty_wave_is_refused(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    app.fleet("zero", 2).await;
+    for waves in [json!([0]), json!([1, "0%"])] {
+        let body =
+            json!({ "name": "z", "package_id": package, "targets": { "labels": { "group": "zero" } }, "waves": waves });
+        let (s, v) = app.call("POST", "/api/v1/rollouts", &app.operator, Some(body)).await;
+        assert_eq!(s, 422, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("adds no server"), "{v}");
+    }
+    assert_eq!(app.get("/api/v1/rollouts").await.as_array().unwrap().len(), 0);
+}
