@@ -69,6 +69,9 @@ pub enum JobState {
     Waiting,
     /// Installed.
     Succeeded,
+    /// The server already ran this version when the rollout was staged: nothing to do.
+    /// Counts as a success.
+    Skipped,
     /// Ended without changing the server, or failed by the coordinator (phase timeout).
     Failed,
     /// Changes were undone.
@@ -77,21 +80,27 @@ pub enum JobState {
     Cancelled,
     /// The agent stopped reporting past its lease.
     Lost,
+    /// The agent did not collect its ready job within the rollout's delivery timeout (it is
+    /// offline): the job freed its slot. Not a failure unless the rollout says so; retry it
+    /// when the agent is back.
+    Undeliverable,
 }
 
 impl JobState {
     /// Every state, in life-cycle order.
-    pub const ALL: [JobState; 10] = [
+    pub const ALL: [JobState; 12] = [
         JobState::Pending,
         JobState::Queued,
         JobState::Dispatched,
         JobState::Running,
         JobState::Waiting,
         JobState::Succeeded,
+        JobState::Skipped,
         JobState::Failed,
         JobState::RolledBack,
         JobState::Cancelled,
         JobState::Lost,
+        JobState::Undeliverable,
     ];
 
     /// The stable kebab-case id.
@@ -103,10 +112,12 @@ impl JobState {
             JobState::Running => "running",
             JobState::Waiting => "waiting",
             JobState::Succeeded => "succeeded",
+            JobState::Skipped => "skipped",
             JobState::Failed => "failed",
             JobState::RolledBack => "rolled-back",
             JobState::Cancelled => "cancelled",
             JobState::Lost => "lost",
+            JobState::Undeliverable => "undeliverable",
         }
     }
 
@@ -119,11 +130,23 @@ impl JobState {
     pub const fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::RolledBack | JobState::Cancelled | JobState::Lost
+            JobState::Succeeded
+                | JobState::Skipped
+                | JobState::Failed
+                | JobState::RolledBack
+                | JobState::Cancelled
+                | JobState::Lost
+                | JobState::Undeliverable
         )
     }
 
-    /// Counts against the error threshold.
+    /// Counts as a success for a wave's gate (installed, or nothing to install).
+    pub const fn is_success(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Skipped)
+    }
+
+    /// Counts against the error threshold (an undeliverable job counts only when its rollout
+    /// says so: `undeliverable_is_failure`).
     pub const fn is_failure(self) -> bool {
         matches!(self, JobState::Failed | JobState::RolledBack | JobState::Lost)
     }
@@ -316,6 +339,15 @@ pub struct RolloutSpec {
     /// Lease in seconds (default: the server's `--lease-secs`).
     #[serde(default)]
     pub lease_secs: Option<u64>,
+    /// A ready job its agent does not collect within this many seconds becomes
+    /// `undeliverable` and frees its slot (default: the server's `--delivery-timeout-secs`).
+    #[serde(default)]
+    pub delivery_timeout_secs: Option<u64>,
+    /// Undeliverable jobs count toward the error threshold and against the success gate,
+    /// like failures. By default they are counted apart: a wave's gate is taken over the
+    /// servers that could be reached.
+    #[serde(default)]
+    pub undeliverable_is_failure: bool,
 }
 
 fn default_waves() -> Vec<WaveSpec> {

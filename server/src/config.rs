@@ -22,6 +22,10 @@ pub struct Config {
     /// Default job lease in seconds: an agent silent for longer loses its job.
     #[arg(long, default_value_t = 60)]
     pub lease_secs: u64,
+    /// Default delivery timeout in seconds: a ready job its agent does not collect within it
+    /// becomes `undeliverable` and frees its slot (a rollout may set its own).
+    #[arg(long, default_value_t = 900, env = "FLEETUP_DELIVERY_TIMEOUT_SECS")]
+    pub delivery_timeout_secs: u64,
     /// Milliseconds between scheduler passes (a pass also runs when a job ends).
     #[arg(long, default_value_t = 1000)]
     pub scheduler_interval_ms: u64,
@@ -48,6 +52,7 @@ impl Config {
             trust: Vec::new(),
             data_dir,
             lease_secs: 60,
+            delivery_timeout_secs: 900,
             scheduler_interval_ms: 1000,
             heartbeat_flush_ms: 10_000,
             offline_after_secs: 90,
@@ -84,6 +89,7 @@ impl std::fmt::Debug for Config {
             .field("trust", &self.trust)
             .field("data_dir", &self.data_dir)
             .field("lease_secs", &self.lease_secs)
+            .field("delivery_timeout_secs", &self.delivery_timeout_secs)
             .field("scheduler_interval_ms", &self.scheduler_interval_ms)
             .finish_non_exhaustive()
     }

@@ -27,6 +27,8 @@ pub struct PassReport {
     pub wake_agents: Vec<AgentId>,
     /// Jobs declared lost.
     pub lost: u64,
+    /// Jobs declared undeliverable.
+    pub undeliverable: u64,
 }
 
 /// Parsed rules of the rollouts seen so far.
@@ -62,6 +64,7 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
                     metrics::counter!("fleetup_scheduler_passes_total").increment(1);
                 }
                 metrics::counter!("fleetup_jobs_lost_total").increment(report.lost);
+                metrics::counter!("fleetup_jobs_undeliverable_total").increment(report.undeliverable);
                 app.wake_agents(&report.wake_agents).await;
             }
             Err(e) => tracing::error!(error = %e, "scheduler pass failed"),
@@ -72,7 +75,12 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
 /// One pass at `now`.
 pub async fn pass(app: &App, cache: &mut RulesCache, now: i64) -> StoreResult<PassReport> {
     let Some(mut tx) = app.store.begin_scheduler_pass(now).await? else { return Ok(PassReport::default()) };
-    let mut report = PassReport { ran: true, lost: tx.expire_leases().await?, ..PassReport::default() };
+    let mut report = PassReport {
+        ran: true,
+        lost: tx.expire_leases().await?,
+        undeliverable: tx.expire_deliveries().await?,
+        ..PassReport::default()
+    };
     for job in tx.running_phases().await? {
         let rules = if let Some(r) = cache.0.get(&job.rollout_id) {
             r.clone()

@@ -133,6 +133,8 @@ pub struct Rules {
     pub window: Option<Window>,
     /// Per-phase time limits in seconds.
     pub phase_timeouts: BTreeMap<PhaseId, u64>,
+    /// Undeliverable jobs count like failures (error threshold, success gate).
+    pub undeliverable_is_failure: bool,
 }
 
 impl Rules {
@@ -143,6 +145,9 @@ impl Rules {
         }
         if spec.concurrency == 0 {
             return Err("concurrency must be at least 1".into());
+        }
+        if spec.delivery_timeout_secs == Some(0) {
+            return Err("delivery_timeout_secs must be at least 1 (leave it out for the server's default)".into());
         }
         if spec.waves.is_empty() {
             return Err("waves must list at least one wave, e.g. [1, \"100%\"]".into());
@@ -168,6 +173,7 @@ impl Rules {
             approval_required: spec.approval_required,
             window: spec.maintenance_window.as_ref().map(Window::parse).transpose()?,
             phase_timeouts: spec.phase_timeouts.clone(),
+            undeliverable_is_failure: spec.undeliverable_is_failure,
         })
     }
 }
@@ -238,6 +244,17 @@ pub fn select_targets(targets: &Targets, agents: &[Agent]) -> Result<Vec<AgentId
     Ok(selected)
 }
 
+/// One server's place in a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedJob {
+    /// The server.
+    pub agent: AgentId,
+    /// Its wave (1-based).
+    pub wave: u32,
+    /// It already runs the package's version: the job is `skipped` from the start.
+    pub skip: bool,
+}
+
 /// A rollout planned into waves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -245,23 +262,35 @@ pub struct Plan {
     pub rules: Rules,
     /// Sizes of the waves, in order.
     pub wave_sizes: Vec<u64>,
-    /// (agent, wave) per job, in dispatch order.
-    pub jobs: Vec<(AgentId, u32)>,
+    /// The jobs, in dispatch order.
+    pub jobs: Vec<PlannedJob>,
     /// The last wave was added: the plan's waves did not reach every target (e.g. `[1, 5]`
     /// over 20 servers adds a wave of 14). The preview says so.
     pub catch_all: bool,
 }
 
-/// Checks a spec and plans its waves over the known agents.
-pub fn plan(spec: &RolloutSpec, agents: &[Agent]) -> Result<Plan, String> {
+/// True when the newest install of rollup `name` on the agent is `version` (what the
+/// coordinator recorded when a job of it succeeded).
+pub fn runs(agent: &Agent, name: &str, version: &str) -> bool {
+    agent.installed.iter().rev().find(|i| i.rollup == name).is_some_and(|i| i.version == version)
+}
+
+/// Checks a spec and plans its waves over the known agents, for the package's rollup
+/// `(name, version)`. Servers that already run it are planned last and skipped, so the first
+/// waves (the canaries) are servers that really install.
+pub fn plan(spec: &RolloutSpec, agents: &[Agent], package: (&str, &str)) -> Result<Plan, String> {
     let rules = Rules::parse(spec)?;
     let targets = select_targets(&spec.targets, agents)?;
-    let (wave_sizes, catch_all) = split(targets.len() as u64, &spec.waves)?;
-    let mut jobs = Vec::with_capacity(targets.len());
-    let mut it = targets.into_iter();
+    let already = |id: &AgentId| agents.iter().find(|a| &a.id == id).is_some_and(|a| runs(a, package.0, package.1));
+    let (mut ordered, skipped): (Vec<AgentId>, Vec<AgentId>) = targets.into_iter().partition(|id| !already(id));
+    let to_install = ordered.len();
+    ordered.extend(skipped);
+    let (wave_sizes, catch_all) = split(ordered.len() as u64, &spec.waves)?;
+    let mut jobs = Vec::with_capacity(ordered.len());
+    let mut it = ordered.into_iter().enumerate();
     for (i, size) in wave_sizes.iter().enumerate() {
-        for agent in it.by_ref().take(*size as usize) {
-            jobs.push((agent, i as u32 + 1));
+        for (n, agent) in it.by_ref().take(*size as usize) {
+            jobs.push(PlannedJob { agent, wave: i as u32 + 1, skip: n >= to_install });
         }
     }
     Ok(Plan { rules, wave_sizes, jobs, catch_all })
@@ -388,13 +417,34 @@ mod tests {
     #[test]
     fn plans_put_agents_in_waves_in_order() {
         let agents: Vec<Agent> = (0..5).map(|i| agent(&format!("a{i}"), &[], false)).collect();
-        let p = plan(&spec(serde_json::json!({ "waves": [1, "50%"] })), &agents).unwrap();
+        let p = plan(&spec(serde_json::json!({ "waves": [1, "50%"] })), &agents, ("demo", "1.1")).unwrap();
         assert_eq!(p.wave_sizes, vec![1, 2, 2]);
-        let waves: Vec<u32> = p.jobs.iter().map(|(_, w)| *w).collect();
+        let waves: Vec<u32> = p.jobs.iter().map(|j| j.wave).collect();
         assert_eq!(waves, vec![1, 2, 2, 3, 3]);
-        assert_eq!(p.jobs[0].0, "a0");
+        assert_eq!(p.jobs[0].agent, "a0");
+        assert!(p.jobs.iter().all(|j| !j.skip));
         assert!(p.catch_all, "[1, 50%] of 5 leaves 2 servers for an added wave");
-        let exact = plan(&spec(serde_json::json!({ "waves": [1, "100%"] })), &agents).unwrap();
+        let exact = plan(&spec(serde_json::json!({ "waves": [1, "100%"] })), &agents, ("demo", "1.1")).unwrap();
         assert!(!exact.catch_all);
+    }
+
+    /// A server already on the version is skipped, and planned after the ones that install,
+    /// so that wave 1 is a real canary.
+    #[test]
+    fn servers_on_the_version_are_skipped_and_planned_last() {
+        let mut agents: Vec<Agent> = (0..3).map(|i| agent(&format!("a{i}"), &[], false)).collect();
+        let at = chrono::DateTime::default();
+        let done = |version: &str| crate::model::InstalledRollup {
+            rollup: "demo".into(),
+            version: version.into(),
+            job_id: "j".parse().unwrap(),
+            at,
+        };
+        agents[0].installed = vec![done("1.0"), done("1.1")];
+        agents[2].installed = vec![done("1.1"), done("1.0")];
+        assert!(runs(&agents[0], "demo", "1.1") && !runs(&agents[2], "demo", "1.1"));
+        let p = plan(&spec(serde_json::json!({ "waves": [1, "100%"] })), &agents, ("demo", "1.1")).unwrap();
+        let got: Vec<(&str, u32, bool)> = p.jobs.iter().map(|j| (j.agent.as_str(), j.wave, j.skip)).collect();
+        assert_eq!(got, vec![("a1", 1, false), ("a2", 2, false), ("a0", 2, true)]);
     }
 }

@@ -73,7 +73,11 @@ pub type Counts = BTreeMap<(u32, JobState), u64>;
 /// Decides the next step of a running rollout.
 pub fn next_step(view: &RolloutView, rules: &Rules, counts: &Counts, in_window: bool) -> Step {
     let total: u64 = counts.values().sum();
-    let failures: u64 = counts.iter().filter(|((_, s), _)| s.is_failure()).map(|(_, n)| n).sum();
+    // An undeliverable job is a failure only when the rollout says so; otherwise it is left
+    // out of the gate's count too (the gate is taken over the servers that could be reached).
+    let failed = |s: JobState| s.is_failure() || (rules.undeliverable_is_failure && s == JobState::Undeliverable);
+    let apart = |s: JobState| !rules.undeliverable_is_failure && s == JobState::Undeliverable;
+    let failures: u64 = counts.iter().filter(|((_, s), _)| failed(*s)).map(|(_, n)| n).sum();
     if let Some(th) = rules.error
         && failures > view.failures_accepted
         && th.reached(failures, total)
@@ -91,10 +95,11 @@ pub fn next_step(view: &RolloutView, rules: &Rules, counts: &Counts, in_window: 
     let size = in_wave(&|_| true);
     let done = in_wave(&|s| s.is_terminal());
     if done == size {
-        let succeeded = in_wave(&|s| s == JobState::Succeeded);
-        if !rules.success.reached(succeeded, size) && view.gate_override_wave < w {
+        let succeeded = in_wave(&|s| s.is_success());
+        let reached = size - in_wave(&|s| apart(s));
+        if !rules.success.reached(succeeded, reached) && view.gate_override_wave < w {
             return Step::Transition(Effect::Pause(format!(
-                "wave {w}: {succeeded} of {size} jobs succeeded, below the success threshold {}; resume to go on anyway",
+                "wave {w}: {succeeded} of {reached} jobs succeeded, below the success threshold {}; resume to go on anyway",
                 rules.success
             )));
         }
@@ -132,6 +137,7 @@ mod tests {
             approval_required: false,
             window: None,
             phase_timeouts: BTreeMap::new(),
+            undeliverable_is_failure: false,
         }
     }
 
@@ -152,6 +158,8 @@ mod tests {
         let abort = Rules { error_action: ErrorAction::Abort, ..threshold.clone() };
         let approval = Rules { approval_required: true, ..rules() };
         let half = Rules { success: Share::Percent(50.0), ..rules() };
+        let strict = Rules { undeliverable_is_failure: true, ..rules() };
+        let strict_threshold = Rules { undeliverable_is_failure: true, ..threshold.clone() };
         let accepted = RolloutView { failures_accepted: 1, ..view(1) };
         let overridden = RolloutView { gate_override_wave: 1, ..view(1) };
         let approved = RolloutView { approved_wave: 2, ..view(1) };
@@ -243,6 +251,54 @@ mod tests {
                     RolloutState::Aborted,
                     "1 of 5 jobs failed, crossing the error threshold 1".into(),
                 )),
+            ),
+            (
+                "skipped servers pass the gate",
+                view(1),
+                &base,
+                counts(&[(1, J::Succeeded, 1), (1, J::Skipped, 1), (2, J::Pending, 3)]),
+                true,
+                Step::OpenWave(2),
+            ),
+            (
+                "an undeliverable server is left out of the gate",
+                view(1),
+                &base,
+                counts(&[(1, J::Succeeded, 1), (1, J::Undeliverable, 1), (2, J::Pending, 3)]),
+                true,
+                Step::OpenWave(2),
+            ),
+            (
+                "an undeliverable job frees its slot",
+                view(1),
+                &base,
+                counts(&[(1, J::Undeliverable, 1), (1, J::Running, 1), (1, J::Pending, 3)]),
+                true,
+                Step::Queue(1, 1),
+            ),
+            (
+                "undeliverable as failure: the gate counts it",
+                view(1),
+                &strict,
+                counts(&[(1, J::Succeeded, 1), (1, J::Undeliverable, 1), (2, J::Pending, 3)]),
+                true,
+                pause("wave 1: 1 of 2 jobs succeeded, below the success threshold 100%; resume to go on anyway"),
+            ),
+            (
+                "undeliverable as failure: the error threshold counts it",
+                view(1),
+                &strict_threshold,
+                counts(&[(1, J::Undeliverable, 1), (1, J::Pending, 4)]),
+                true,
+                pause("1 of 5 jobs failed, crossing the error threshold 1"),
+            ),
+            (
+                "undeliverable apart: no error threshold",
+                view(1),
+                &threshold,
+                counts(&[(1, J::Undeliverable, 1), (1, J::Pending, 4)]),
+                true,
+                Step::Queue(1, 2),
             ),
             (
                 "accepted failures do not pause again",

@@ -22,8 +22,8 @@ pub struct Preview {
 /// Checks a spec and plans its waves without writing anything: targets in agent order,
 /// waves from the domain's rules. Staging and the dashboard's preview both plan here.
 pub async fn preview(app: &App, spec: &RolloutSpec) -> Result<Preview, AppError> {
-    match app.store.get_package(&spec.package_id).await {
-        Ok(_) => {}
+    let package = match app.store.get_package(&spec.package_id).await {
+        Ok(p) => p,
         Err(StoreError::NotFound(_)) => {
             return Err(AppError::Unprocessable(format!(
                 "package {} does not exist; upload it first (POST /api/v1/packages)",
@@ -31,9 +31,9 @@ pub async fn preview(app: &App, spec: &RolloutSpec) -> Result<Preview, AppError>
             )));
         }
         Err(e) => return Err(e.into()),
-    }
+    };
     let agents = app.store.list_agents().await?;
-    let plan = plan(spec, &agents).map_err(AppError::Unprocessable)?;
+    let plan = plan(spec, &agents, (&package.name, &package.version)).map_err(AppError::Unprocessable)?;
     Ok(Preview { plan, agents })
 }
 
@@ -49,6 +49,7 @@ pub async fn stage(
     let Preview { plan, .. } = preview(app, &spec).await?;
     let id = RolloutId::new();
     let lease_secs = spec.lease_secs.unwrap_or(app.config.lease_secs).max(1);
+    let delivery_secs = spec.delivery_timeout_secs.unwrap_or(app.config.delivery_timeout_secs).max(1);
     let audit = NewAudit::new(
         &actor.name,
         if retry_of.is_some() { "rollout.retry-failed" } else { "rollout.create" },
@@ -62,6 +63,7 @@ pub async fn stage(
         wave_sizes: plan.wave_sizes,
         jobs: plan.jobs,
         lease_ms: i64::try_from(lease_secs).unwrap_or(60) * 1000,
+        delivery_ms: i64::try_from(delivery_secs).unwrap_or(900).saturating_mul(1000),
         retry_of,
         created_by: actor.name.clone(),
     };
@@ -84,13 +86,15 @@ pub async fn act(app: &App, actor: &Actor, id: &RolloutId, action: RolloutAction
     Ok(rollout)
 }
 
-/// Stages a new rollout of a rollout's failed, rolled-back and lost servers.
+/// Stages a new rollout of a rollout's failed, rolled-back, lost and undeliverable servers.
 pub async fn retry_failed(app: &App, actor: &Actor, id: &RolloutId) -> Result<Rollout, AppError> {
     actor.require(Role::Operator)?;
     let old = app.store.get_rollout(id).await?;
     let agents = failed_agents(app, id).await?;
     if agents.is_empty() {
-        return Err(AppError::Conflict(format!("rollout {id} has no failed, rolled-back or lost job to retry")));
+        return Err(AppError::Conflict(format!(
+            "rollout {id} has no failed, rolled-back, lost or undeliverable job to retry"
+        )));
     }
     let mut spec = old.spec.clone();
     spec.name = format!("{} (retry of failed)", old.spec.name);
@@ -98,10 +102,11 @@ pub async fn retry_failed(app: &App, actor: &Actor, id: &RolloutId) -> Result<Ro
     stage(app, actor, spec, Some(id.clone())).await
 }
 
-/// The agents of a rollout's failed, rolled-back and lost jobs, in listing order.
+/// The agents of a rollout's failed, rolled-back, lost and undeliverable jobs, in listing
+/// order.
 async fn failed_agents(app: &App, id: &RolloutId) -> Result<Vec<AgentId>, StoreError> {
     let mut agents = Vec::new();
-    for s in [JobState::Failed, JobState::RolledBack, JobState::Lost] {
+    for s in [JobState::Failed, JobState::RolledBack, JobState::Lost, JobState::Undeliverable] {
         let filter = JobFilter { state: Some(s), limit: u64::MAX >> 1, ..JobFilter::default() };
         agents.extend(app.store.list_job_summaries(id, &filter).await?.items.into_iter().map(|j| j.agent_id));
     }

@@ -177,17 +177,24 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        for (pos, (agent, wave)) in r.jobs.iter().enumerate() {
-            sqlx::query("insert into jobs (id, rollout_id, agent_id, wave, position, state, lease_ms, phases, warnings, created_at, updated_at) values ($1, $2, $3, $4, $5, 'pending', $6, '{}', '[]', $7, $7)")
-                .bind(fleetup_proto::id::new_id())
-                .bind(r.id.as_str())
-                .bind(agent.as_str())
-                .bind(i64::from(*wave))
-                .bind(pos as i64)
-                .bind(r.lease_ms)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+        for (pos, job) in r.jobs.iter().enumerate() {
+            sqlx::query(
+                "insert into jobs (id, rollout_id, agent_id, wave, position, state, lease_ms, delivery_ms, phases, warnings, \
+                 error, created_at, updated_at, finished_at) values ($1, $2, $3, $4, $5, $6, $7, $8, '{}', '[]', $9, $10, $10, $11)",
+            )
+            .bind(fleetup_proto::id::new_id())
+            .bind(r.id.as_str())
+            .bind(job.agent.as_str())
+            .bind(i64::from(job.wave))
+            .bind(pos as i64)
+            .bind(if job.skip { "skipped" } else { "pending" })
+            .bind(r.lease_ms)
+            .bind(r.delivery_ms)
+            .bind(job.skip.then_some("the server already runs this version"))
+            .bind(now)
+            .bind(job.skip.then_some(now))
+            .execute(&mut *tx)
+            .await?;
         }
         super::audit::record(&mut tx, audit, now).await?;
         tx.commit().await?;

@@ -97,6 +97,38 @@ impl SchedulerPass {
         Ok(lost.len() as u64)
     }
 
+    /// Declares every ready job its agent did not collect within its delivery timeout
+    /// `undeliverable` (it frees its slot); returns how many.
+    pub async fn expire_deliveries(&mut self) -> StoreResult<u64> {
+        let now = self.now;
+        let late: Vec<(String, String, i64, i64, String)> = sqlx::query_as(
+            "select j.id, j.rollout_id, j.delivery_ms, a.last_seen, a.hostname from jobs j join agents a on a.id = j.agent_id \
+             where j.state = 'queued' and j.queued_at + j.delivery_ms < $1",
+        )
+        .bind(now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for (id, rollout, delivery_ms, last_seen, hostname) in &late {
+            let seen = crate::model::to_time(*last_seen).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            sqlx::query(
+                "update jobs set state = 'undeliverable', error = $3, finished_at = $2, updated_at = $2 \
+                 where id = $1 and state = 'queued'",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(format!(
+                "{hostname} did not collect its job within {} s (the delivery timeout); it was last seen at {seen}. \
+                 Retry it when the agent is back",
+                delivery_ms / 1000
+            ))
+            .execute(&mut *self.tx)
+            .await?;
+            let detail = serde_json::json!({ "rollout_id": rollout, "last_seen": seen });
+            record(&mut self.tx, &NewAudit::new("scheduler", "job.undeliverable", "job", id, detail), now).await?;
+        }
+        Ok(late.len() as u64)
+    }
+
     /// The running jobs' current phases.
     pub async fn running_phases(&mut self) -> StoreResult<Vec<RunningPhase>> {
         let rows: Vec<(String, Option<String>, Option<i64>, String)> = sqlx::query_as(
@@ -240,7 +272,7 @@ impl SchedulerPass {
                 // One statement for the whole step, not one per job: a 10,000-server wave is
                 // queued in one round trip (docs/benchmarks.md, P1).
                 let ready: Vec<(String,)> = sqlx::query_as(
-                    "update jobs set state = 'queued', updated_at = $4 where id in \
+                    "update jobs set state = 'queued', queued_at = $4, updated_at = $4 where id in \
                      (select id from jobs where rollout_id = $1 and wave = $2 and state = 'pending' order by position limit $3) \
                      returning agent_id",
                 )
@@ -254,7 +286,8 @@ impl SchedulerPass {
             }
             Step::Unqueue(w) => {
                 sqlx::query(
-                    "update jobs set state = 'pending', updated_at = $3 where rollout_id = $1 and wave = $2 and state = 'queued'",
+                    "update jobs set state = 'pending', queued_at = null, updated_at = $3 \
+                     where rollout_id = $1 and wave = $2 and state = 'queued'",
                 )
                 .bind(rid)
                 .bind(i64::from(*w))

@@ -110,10 +110,12 @@ pub struct NewRollout {
     pub spec: crate::model::RolloutSpec,
     /// Sizes of the waves, in order.
     pub wave_sizes: Vec<u64>,
-    /// (agent id, wave number) per job, in dispatch order.
-    pub jobs: Vec<(AgentId, u32)>,
+    /// The jobs, in dispatch order.
+    pub jobs: Vec<crate::domain::plan::PlannedJob>,
     /// Lease of its jobs, in milliseconds.
     pub lease_ms: i64,
+    /// How long an agent has to collect its ready job, in milliseconds.
+    pub delivery_ms: i64,
     /// The rollout this one retries.
     pub retry_of: Option<RolloutId>,
     /// Creator.

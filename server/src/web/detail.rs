@@ -143,7 +143,7 @@ pub struct Page {
 
 fn controls(r: &Rollout) -> Vec<(&'static str, &'static str, bool)> {
     // (action, label, dangerous)
-    let failed = [JobState::Failed, JobState::RolledBack, JobState::Lost]
+    let failed = [JobState::Failed, JobState::RolledBack, JobState::Lost, JobState::Undeliverable]
         .iter()
         .any(|s| r.counts.get(s).copied().unwrap_or(0) > 0);
     let mut out = Vec::new();

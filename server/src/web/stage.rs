@@ -112,6 +112,11 @@ pub fn spec_from_form(pairs: &[(String, String)]) -> Result<RolloutSpec, String>
         phase_timeouts: BTreeMap::new(),
         maintenance_window: window,
         lease_secs: None,
+        delivery_timeout_secs: match get("delivery_timeout").as_str() {
+            "" => None,
+            t => Some(t.parse().map_err(|_| "the delivery timeout must be a whole number of seconds".to_owned())?),
+        },
+        undeliverable_is_failure: get("undeliverable_is_failure") == "on",
     })
 }
 
@@ -148,6 +153,7 @@ pub struct Preview {
     error: Option<String>,
     waves: Vec<PreviewWave>,
     total: usize,
+    skipped: usize,
     catch_all: bool,
 }
 
@@ -170,12 +176,26 @@ pub async fn preview(State(state): State<AppState>, body: Bytes) -> Preview {
                 .map(|(i, size)| PreviewWave {
                     number: i + 1,
                     size: *size,
-                    hosts: p.jobs.iter().filter(|(_, w)| *w as usize == i + 1).take(50).map(|(a, _)| name(a)).collect(),
+                    hosts: p
+                        .jobs
+                        .iter()
+                        .filter(|j| j.wave as usize == i + 1)
+                        .take(50)
+                        .map(|j| {
+                            if j.skip { format!("{} (already on it: skipped)", name(&j.agent)) } else { name(&j.agent) }
+                        })
+                        .collect(),
                 })
                 .collect();
-            Preview { error: None, waves, total: p.jobs.len(), catch_all: p.catch_all }
+            Preview {
+                error: None,
+                waves,
+                total: p.jobs.len(),
+                skipped: p.jobs.iter().filter(|j| j.skip).count(),
+                catch_all: p.catch_all,
+            }
         }
-        Err(e) => Preview { error: Some(e), waves: Vec::new(), total: 0, catch_all: false },
+        Err(e) => Preview { error: Some(e), waves: Vec::new(), total: 0, skipped: 0, catch_all: false },
     }
 }
 

@@ -75,8 +75,9 @@ pub fn job_class(s: JobState) -> &'static str {
     match s {
         JobState::Pending | JobState::Queued => "st-none",
         JobState::Dispatched | JobState::Running => "st-running",
-        JobState::Waiting => "st-warn",
+        JobState::Waiting | JobState::Undeliverable => "st-warn",
         JobState::Succeeded => "st-ok",
+        JobState::Skipped => "st-skip",
         JobState::Failed | JobState::RolledBack | JobState::Lost => "st-fail",
         JobState::Cancelled => "st-cancel",
     }
@@ -142,6 +143,10 @@ pub struct Summary {
     pub pending: u64,
     /// Cancelled.
     pub cancelled: u64,
+    /// Skipped (already on the version).
+    pub skipped: u64,
+    /// Undeliverable (the agent did not collect its job).
+    pub undeliverable: u64,
     /// Percent done (ended jobs), 0–100.
     pub done_pct: u64,
     /// Percent succeeded, for the bar.
@@ -158,6 +163,7 @@ impl Summary {
         let succeeded = n(JobState::Succeeded);
         let failed = n(JobState::Failed) + n(JobState::RolledBack) + n(JobState::Lost);
         let cancelled = n(JobState::Cancelled);
+        let (skipped, undeliverable) = (n(JobState::Skipped), n(JobState::Undeliverable));
         let pct = |x: u64| (x * 100).checked_div(total).unwrap_or(0);
         Self {
             total,
@@ -167,7 +173,9 @@ impl Summary {
             running: n(JobState::Dispatched) + n(JobState::Running),
             pending: n(JobState::Pending) + n(JobState::Queued),
             cancelled,
-            done_pct: pct(succeeded + failed + cancelled),
+            skipped,
+            undeliverable,
+            done_pct: pct(succeeded + failed + cancelled + skipped + undeliverable),
             ok_pct: pct(succeeded),
             fail_pct: pct(failed),
         }

@@ -373,7 +373,7 @@ pub fn ev(seq: u64, phase: PhaseId, status: PhaseStatus) -> EngineEvent {
 pub fn final_ev(seq: u64, outcome: InstallOutcome) -> EngineEvent {
     let summary = InstallSummary {
         outcome,
-        rollup: "sample".into(),
+        rollup: "demo-service".into(),
         version: "1.1.0".into(),
         outage_ms: 1500,
         total_ms: 4000,

@@ -192,3 +192,79 @@ async fn an_empty_wave_is_refused(backend: Backend) {
     }
     assert_eq!(app.get("/api/v1/rollouts").await.as_array().unwrap().len(), 0);
 }
+
+crate::both_backends!(
+    an_offline_server_becomes_undeliverable_and_frees_its_slot,
+    servers_already_on_the_version_are_skipped
+);
+
+/// A job queued for an agent that never polls holds its wave's only slot until its delivery
+/// timeout; then it is `undeliverable` (not a failure: the wave's gate is taken over the
+/// servers that could be reached), the next server gets its job, and retry-failed takes the
+/// offline one.
+async fn an_offline_server_becomes_undeliverable_and_frees_its_slot(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("away", 2).await;
+    let (offline, online) = (&agents[0], &agents[1]);
+    let spec = json!({
+        "package_id": package,
+        "targets": { "agents": [offline.id, online.id] },
+        "waves": [2],
+        "concurrency": 1,
+        "delivery_timeout_secs": 1,
+        "error_threshold": 1,
+    });
+    let id = app.rollout(spec, true).await;
+    // The offline server's job is first and takes the only slot: the online one waits.
+    assert!(online.poll(0).await.is_none(), "one slot, held by the offline server's job");
+    let job = online.next_job().await;
+    let jobs = app.get(&format!("/api/v1/rollouts/{id}/jobs")).await;
+    let away = jobs["jobs"].as_array().unwrap().iter().find(|j| j["agent_id"] == offline.id.as_str()).unwrap().clone();
+    assert_eq!(away["state"], "undeliverable", "{away}");
+    let error = away["error"].as_str().unwrap();
+    assert!(error.contains("within 1 s") && error.contains("last seen at"), "{error}");
+    assert!(away["dispatched_at"].is_null(), "{away}");
+    online.finish(&job, InstallOutcome::Succeeded).await;
+    let r = app.wait_rollout(&id, "finished", |r| r["state"] == "finished").await;
+    assert_eq!((r["counts"]["undeliverable"].as_u64(), r["counts"]["succeeded"].as_u64()), (Some(1), Some(1)), "{r}");
+    let audit = app.get(&format!("/api/v1/audit?object_id={}", away["id"].as_str().unwrap())).await;
+    assert!(audit.to_string().contains("job.undeliverable"), "{audit}");
+    // The offline server never got the job, even when it comes back.
+    assert!(offline.poll(0).await.is_none());
+    let retry = app.post(&format!("/api/v1/rollouts/{id}/retry-failed"), json!({})).await;
+    assert_eq!(retry["spec"]["targets"]["agents"], json!([offline.id]), "{retry}");
+}
+
+/// A server that already runs the package's version is `skipped` at staging (counted as a
+/// success, planned last so wave 1 is a real canary) and is never handed the job.
+async fn servers_already_on_the_version_are_skipped(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("again", 2).await;
+    let first = app.rollout(json!({ "package_id": package, "targets": { "agents": [agents[0].id] } }), true).await;
+    let job = agents[0].next_job().await;
+    agents[0].finish(&job, InstallOutcome::Succeeded).await;
+    app.wait_rollout(&first, "finished", |r| r["state"] == "finished").await;
+
+    let id = app
+        .rollout(
+            json!({ "package_id": package, "targets": { "labels": { "group": "again" } }, "waves": [1, "100%"] }),
+            false,
+        )
+        .await;
+    let jobs = app.get(&format!("/api/v1/rollouts/{id}/jobs")).await;
+    let states: Vec<(&str, u64, &str)> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["agent_id"].as_str().unwrap(), j["wave"].as_u64().unwrap(), j["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, vec![(agents[1].id.as_str(), 1, "pending"), (agents[0].id.as_str(), 2, "skipped")]);
+    app.post(&format!("/api/v1/rollouts/{id}/start"), json!({})).await;
+    assert!(agents[0].poll(0).await.is_none(), "a skipped server gets no job");
+    let job = agents[1].next_job().await;
+    agents[1].finish(&job, InstallOutcome::Succeeded).await;
+    let r = app.wait_rollout(&id, "finished", |r| r["state"] == "finished").await;
+    assert_eq!((r["counts"]["skipped"].as_u64(), r["counts"]["succeeded"].as_u64()), (Some(1), Some(1)), "{r}");
+}
