@@ -7,6 +7,7 @@
 //! fold into a job ([`report`]). The store reads the facts these functions need and applies
 //! what they return; the use cases in [`crate::ops`] call them.
 
+pub mod decide;
 pub mod job;
 pub mod plan;
 pub mod report;

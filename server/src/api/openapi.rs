@@ -52,7 +52,13 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "post",
         "/api/v1/rollouts/{id}/retry-failed",
         "operator",
-        "A new draft rollout of the failed, rolled-back and lost servers",
+        "A new draft rollout of the failed, rolled-back, lost and undeliverable servers",
+    ),
+    (
+        "post",
+        "/api/v1/rollouts/{id}/decisions",
+        "operator",
+        "Answer every open decision of a kind at once ({kind, code?, matching?, answer}) → {answered}; audited once",
     ),
     (
         "get",

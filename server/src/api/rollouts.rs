@@ -20,6 +20,7 @@ pub fn router() -> Router<AppState> {
         .route("/rollouts/{id}", get(show))
         .route("/rollouts/{id}/jobs", get(jobs))
         .route("/rollouts/{id}/retry-failed", post(retry_failed))
+        .route("/rollouts/{id}/decisions", post(decide_all))
         .route("/rollouts/{id}/{action}", post(act))
 }
 
@@ -163,4 +164,32 @@ async fn retry_failed(
     ApiPath(id): ApiPath<RolloutId>,
 ) -> ApiResult<(StatusCode, Json<Rollout>)> {
     Ok((StatusCode::CREATED, Json(ops::rollouts::retry_failed(&state, &actor, &id).await?)))
+}
+
+/// Body of `POST /rollouts/{id}/decisions`: the filter and the answer.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideAll {
+    /// `warning` or `files-in-use`.
+    kind: String,
+    /// Only warnings with this code.
+    #[serde(default)]
+    code: Option<String>,
+    /// Only questions whose text names this (an endpoint, a prerequisite).
+    #[serde(default)]
+    matching: Option<String>,
+    /// The answer for every one of them.
+    answer: fleetup_proto::DecisionAnswer,
+}
+
+/// `POST /rollouts/{id}/decisions`: answers every open decision the filter covers.
+async fn decide_all(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath(id): ApiPath<RolloutId>,
+    ApiJson(body): ApiJson<DecideAll>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let filter = crate::domain::decide::DecisionFilter { kind: body.kind, code: body.code, matching: body.matching };
+    let answered = ops::jobs::answer_all(&state, &actor, &id, &filter, body.answer).await?;
+    Ok(Json(serde_json::json!({ "answered": answered })))
 }

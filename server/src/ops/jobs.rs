@@ -34,3 +34,21 @@ pub async fn cancel(app: &App, actor: &Actor, job_id: &JobId) -> Result<Job, App
     app.scheduler_kick.notify_one();
     Ok(job)
 }
+
+/// Answers every open decision of a rollout that `filter` covers (one audit record with the
+/// count) and wakes their agents. Answering none is not an error: the count says 0.
+pub async fn answer_all(
+    app: &App,
+    actor: &Actor,
+    rollout_id: &crate::model::RolloutId,
+    filter: &crate::domain::decide::DecisionFilter,
+    answer: DecisionAnswer,
+) -> Result<u64, AppError> {
+    actor.require(Role::Operator)?;
+    filter.check(answer).map_err(AppError::Unprocessable)?;
+    let detail = serde_json::json!({ "answer": answer, "filter": filter });
+    let audit = NewAudit::new(&actor.name, "rollout.decisions", "rollout", rollout_id.as_str(), detail);
+    let (count, agents) = app.store.answer_rollout_decisions(rollout_id, filter, answer, &audit).await?;
+    app.wake_agents(&agents).await;
+    Ok(count)
+}

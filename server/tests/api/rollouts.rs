@@ -268,3 +268,79 @@ async fn servers_already_on_the_version_are_skipped(backend: Backend) {
     let r = app.wait_rollout(&id, "finished", |r| r["state"] == "finished").await;
     assert_eq!((r["counts"]["skipped"].as_u64(), r["counts"]["succeeded"].as_u64()), (Some(1), Some(1)), "{r}");
 }
+
+crate::both_backends!(one_call_answers_every_open_decision_of_a_kind);
+
+/// Four servers ask about two unreachable CRL endpoints and one prerequisite. One call
+/// answers the warnings naming one endpoint; the others stay open; the audit has one record
+/// with the count.
+async fn one_call_answers_every_open_decision_of_a_kind(backend: Backend) {
+    use crate::helpers::ev;
+    use fleetup_proto::{DecisionKind, DecisionRequest, PhaseId, PhaseStatus};
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("crl", 4).await;
+    let id = app
+        .rollout(json!({ "package_id": package, "targets": { "labels": { "group": "crl" } }, "waves": [4], "concurrency": 4 }), true)
+        .await;
+    let mut jobs = Vec::new();
+    for (i, a) in agents.iter().enumerate() {
+        let job = a.next_job().await;
+        let (code, message) = match i {
+            0 | 1 => ("crl-unreachable", "CRL endpoint http://crl.a.test/x.crl is unreachable: refused"),
+            2 => ("crl-unreachable", "CRL endpoint http://crl.b.test/y.crl is unreachable: refused"),
+            _ => ("prerequisite", "libfoo 2 is missing"),
+        };
+        let kind = DecisionKind::Warning { code: code.into(), remediation: None };
+        let req = DecisionRequest {
+            id: 1,
+            phase: PhaseId::CheckSystem,
+            message: message.into(),
+            options: DecisionRequest::options_for(&kind),
+            kind,
+        };
+        let mut e = ev(1, PhaseId::CheckSystem, PhaseStatus::Warning);
+        e.data = json!({ "decision": req });
+        let (s, _) = a.report(&job.job_id, job.fencing_token, vec![e]).await;
+        assert_eq!(s, 200);
+        jobs.push(job);
+    }
+    let r = app.wait_rollout(&id, "four waiting", |r| r["counts"]["waiting"] == 4).await;
+    assert_eq!(r["counts"]["waiting"], 4);
+    let audit_before = app.audit_len().await;
+    // A wrong answer for the kind is refused, nothing answered.
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/api/v1/rollouts/{id}/decisions"),
+            &app.operator,
+            Some(json!({ "kind": "warning", "answer": "retry" })),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    let body = json!({ "kind": "warning", "code": "crl-unreachable", "matching": "crl.a.test", "answer": "continue" });
+    let v = app.post(&format!("/api/v1/rollouts/{id}/decisions"), body).await;
+    assert_eq!(v["answered"], 2, "{v}");
+    for (i, job) in jobs.iter().enumerate() {
+        let j = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
+        let want = if i < 2 { "running" } else { "waiting" };
+        assert_eq!(j["state"], want, "server {i}: {j}");
+    }
+    let (_, r) = agents[0].report(&jobs[0].job_id, jobs[0].fencing_token, vec![]).await;
+    assert_eq!(r["decisions"][0]["answer"], "continue", "the agent hears the answer: {r}");
+    let audit = app.get("/api/v1/audit?limit=5000").await;
+    assert_eq!(audit.as_array().unwrap().len(), audit_before + 1, "one audit record for the bulk answer");
+    let entry = &audit[0];
+    assert_eq!(
+        (entry["action"].as_str(), entry["detail"]["count"].as_u64()),
+        (Some("rollout.decisions"), Some(2)),
+        "{entry}"
+    );
+    // Every remaining warning, whatever its code.
+    let v =
+        app.post(&format!("/api/v1/rollouts/{id}/decisions"), json!({ "kind": "warning", "answer": "cancel" })).await;
+    assert_eq!(v["answered"], 2, "{v}");
+    let v =
+        app.post(&format!("/api/v1/rollouts/{id}/decisions"), json!({ "kind": "warning", "answer": "cancel" })).await;
+    assert_eq!(v["answered"], 0, "nothing left open: {v}");
+}
