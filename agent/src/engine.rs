@@ -17,6 +17,7 @@ mod files;
 mod http;
 mod inuse;
 mod journal;
+mod lock;
 mod patch;
 mod recovery;
 mod rollback;
@@ -27,6 +28,7 @@ mod webapp;
 pub use decide::{AutoDecider, Decider, ScriptedDecider};
 pub use events::{EventSink, MemorySink, NullSink, recorded_events};
 pub use journal::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_UNDO_ENV};
+pub use lock::Holder;
 pub use services::{BackendKind, Services, pid_alive};
 
 use fleetup_proto::{InstallSummary, PhaseId, PublicKey};
@@ -84,6 +86,20 @@ pub enum EngineError {
     /// The root cannot be used.
     #[error("install root {0}")]
     Root(String),
+    /// Another install or recovery holds the state dir or the root (one at a time).
+    #[error(
+        "{what} is in use by another fleetup engine: {}; wait for it to end (lock {})",
+        holder.as_ref().map_or_else(|| "a process that has not yet said who it is".to_owned(), ToString::to_string),
+        lock.display()
+    )]
+    Busy {
+        /// `state dir <path>` or `install root <path>`.
+        what: String,
+        /// The lock file.
+        lock: PathBuf,
+        /// Who holds it, as it wrote into the lock file.
+        holder: Option<Box<Holder>>,
+    },
 }
 
 /// Asks a running install to stop. Cloneable; safe to use from any thread.

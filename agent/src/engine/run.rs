@@ -3,6 +3,7 @@
 use super::events::Emitter;
 use super::exec::{self, ExecError, Shell};
 use super::journal::{Journal, Record};
+use super::lock::{self, Locks};
 use super::services::Services;
 use super::{CancelHandle, CrlRemediation, Engine, EngineError, InstallRequest, crl, rollback};
 use fleetup_proto::manifest::{FileAction, Manifest};
@@ -51,6 +52,8 @@ pub(crate) struct Run<'e> {
     pub(crate) restart_required: bool,
     pub(crate) remediate_hosts: Vec<String>,
     pub(crate) decisions: u32,
+    /// The state dir's and the root's install locks, released when the run is dropped.
+    pub(crate) _locks: Locks,
 }
 
 impl Run<'_> {
@@ -485,6 +488,15 @@ pub(crate) fn install(
 ) -> Result<InstallSummary, EngineError> {
     fs::create_dir_all(&req.state_dir).map_err(state_err(&req.state_dir))?;
     let state_dir = fs::canonicalize(&req.state_dir).map_err(state_err(&req.state_dir))?;
+    let id = install_id.map_or_else(
+        || format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"), std::process::id()),
+        str::to_owned,
+    );
+    let holder = lock::me("install", &id, &req.package.display().to_string());
+    // Held until the journal is closed: a second engine must not take this install's
+    // journal for an interrupted one.
+    let mut locks =
+        Locks::state(&state_dir, &holder).map_err(|e| e.into_engine(&format!("state dir {}", state_dir.display())))?;
     if Journal::path_in(&state_dir).exists() {
         return Err(EngineError::Unfinished(Journal::path_in(&state_dir)));
     }
@@ -494,10 +506,7 @@ pub(crate) fn install(
         .and_then(|n| n.to_str())
         .ok_or_else(|| EngineError::Root("the root must not be /".into()))?
         .to_owned();
-    let id = install_id.map_or_else(
-        || format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"), std::process::id()),
-        str::to_owned,
-    );
+    locks.root(&root, &holder).map_err(|e| e.into_engine(&format!("install root {}", root.display())))?;
     let stage = root.parent().expect("has a name, so a parent").join(format!(".{name}.fleetup-{id}"));
     let mut vars = req.vars.clone();
     vars.insert("root".into(), root.display().to_string());
@@ -543,6 +552,7 @@ pub(crate) fn install(
         restart_required: false,
         remediate_hosts: Vec::new(),
         decisions: 0,
+        _locks: locks,
     };
     Ok(run.run_from(0))
 }

@@ -8,16 +8,14 @@
 //! stops after its K-th change, and `FLEETUP_ENGINE_PAUSE_AFTER_UNDO=J` stops a rollback
 //! (here: recovery's) after its J-th file undo.
 
-use crate::support::{Fixture, crl_stub_ok, parse_events, tree};
+use crate::support::{Fixture, crl_stub_ok, parse_events, pause_and_kill, tree};
 use fleetup_agent::engine::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_UNDO_ENV};
 use fleetup_proto::{EngineEvent, InstallOutcome};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 type Tree = BTreeMap<String, String>;
 
@@ -48,35 +46,6 @@ fn reference() -> &'static (usize, Tree) {
         let steps = std::fs::read_to_string(logs.path().join("journal.jsonl")).unwrap().lines().count();
         (steps, tree(&fx.root))
     })
-}
-
-/// Spawns `cmd` with the pause variable `var=value`, waits (with a deadline) until the
-/// engine says `paused after <want>`, then SIGKILLs it.
-fn pause_and_kill(mut cmd: Command, var: &str, value: usize, want: &str) {
-    let mut child = cmd.env(var, value.to_string()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let want = format!("paused after {want}");
-    let deadline = Instant::now() + Duration::from_mins(1);
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(l) if l.contains(&want) => break,
-            Ok(l) => seen.push(l),
-            Err(e) => {
-                let status = child.try_wait();
-                let _ = child.kill();
-                panic!("{var}={value}: engine never said '{want}' ({e}); stderr: {seen:?}; status {status:?}");
-            }
-        }
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
 }
 
 /// Restarts the engine after a kill and checks what the user sees: one install with one

@@ -9,3 +9,4 @@ mod crl;
 mod failures;
 mod happy;
 mod inuse;
+mod lock;

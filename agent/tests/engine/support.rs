@@ -190,6 +190,11 @@ impl Fixture {
 
     /// The real binary's `install --json --yes` command.
     pub fn cli(&self) -> std::process::Command {
+        self.cli_with_state(&self.state)
+    }
+
+    /// [`Fixture::cli`] with another state dir.
+    pub fn cli_with_state(&self, state: &Path) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_fleetup-agent"));
         c.arg("install")
             .arg(&self.package)
@@ -198,7 +203,7 @@ impl Fixture {
             .arg("--trust")
             .arg(&self.key_pub)
             .arg("--state-dir")
-            .arg(&self.state)
+            .arg(state)
             .arg("--hosts-file")
             .arg(&self.hosts)
             .args(["--services-backend", "exec", "--json", "--yes"]);
@@ -294,4 +299,44 @@ pub fn parse_events(stdout: &[u8]) -> Vec<EngineEvent> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}")))
         .collect()
+}
+
+/// Spawns `cmd` with the pause variable `var=value` and waits (with a deadline) until the
+/// engine says `paused after <want>` on stderr; the engine then waits there until killed.
+pub fn spawn_paused(mut cmd: std::process::Command, var: &str, value: usize, want: &str) -> std::process::Child {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .env(var, value.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let want = format!("paused after {want}");
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(l) if l.contains(&want) => return child,
+            Ok(l) => seen.push(l),
+            Err(e) => {
+                let status = child.try_wait();
+                let _ = child.kill();
+                panic!("{var}={value}: engine never said '{want}' ({e}); stderr: {seen:?}; status {status:?}");
+            }
+        }
+    }
+}
+
+/// [`spawn_paused`], then SIGKILL.
+pub fn pause_and_kill(cmd: std::process::Command, var: &str, value: usize, want: &str) {
+    let mut child = spawn_paused(cmd, var, value, want);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
 }
