@@ -7,6 +7,7 @@
 //! `tokio::task::spawn_blocking`. Decisions come from a [`Decider`], events go to an
 //! [`EventSink`], a [`CancelHandle`] asks it to stop. See `docs/engine.md`.
 
+mod beneath;
 mod check;
 mod config_patch;
 mod crl;

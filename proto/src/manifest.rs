@@ -392,9 +392,7 @@ impl Manifest {
         if self.rollup.name.trim().is_empty() {
             return Err(invalid("rollup.name", "must not be empty"));
         }
-        if self.rollup.version.trim().is_empty() {
-            return Err(invalid("rollup.version", "must not be empty"));
-        }
+        check_version(&self.rollup.version)?;
         let mut seen = BTreeSet::new();
         for (i, f) in self.files.iter().enumerate() {
             check_relative(&format!("files[{i}].path"), &f.path)?;
@@ -471,6 +469,28 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
         return Err(format!("'{text}': only permission bits (up to 0777) are allowed, no setuid/setgid/sticky"));
     }
     Ok(mode)
+}
+
+/// A version names a directory (`<web_root>/releases/<version>`) and is shown
+/// everywhere: letters, digits and `.` `_` `+` `~` `-`, starting with a letter or digit,
+/// at most 64 characters. `../../..` or `1.0/x` would put the web app elsewhere.
+pub fn check_version(version: &str) -> Result<(), ManifestError> {
+    let field = "rollup.version";
+    if version.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    let first_ok = version.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let chars_ok = version.chars().all(|c| c.is_ascii_alphanumeric() || "._+~-".contains(c));
+    if !first_ok || !chars_ok || version.len() > 64 {
+        return Err(invalid(
+            field,
+            format!(
+                "'{version}' is not a version: use letters, digits and . _ + ~ - (starting with a letter or digit, \
+                 at most 64 characters), e.g. 1.1.0"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses empty, absolute and `..`-containing paths.
@@ -552,6 +572,19 @@ mod tests {
         assert!(err.contains("files[") && err.contains("../etc/passwd"), "{err}");
         let bad = SAMPLE.replacen("path = \"lib/demo/VERSION\"", "path = \"/etc/passwd\"", 1);
         assert!(Manifest::from_toml(&bad).is_err());
+    }
+
+    #[test]
+    fn versions_that_are_not_one_directory_name_are_refused() {
+        for bad in ["../../..", "1.0/x", ".hidden", "", "1 0", "-1"] {
+            let text = SAMPLE.replacen("version = \"1.1.0\"", &format!("version = {bad:?}"), 1);
+            let err = Manifest::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains("rollup.version"), "{bad}: {err}");
+        }
+        for good in ["1.1.0", "2.0.0-rc.1", "1.0+build.7", "1.0~beta"] {
+            let text = SAMPLE.replacen("version = \"1.1.0\"", &format!("version = {good:?}"), 1);
+            assert!(Manifest::from_toml(&text).is_ok(), "{good}");
+        }
     }
 
     #[test]

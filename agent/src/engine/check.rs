@@ -53,6 +53,8 @@ impl Run<'_> {
                 fatal.push(e);
             }
         }
+        // Nothing may be written outside the root, whatever symlinks lie on the way.
+        fatal.extend(super::beneath::offenders(&self.root, &m, &verified.index));
         // Files: adds must be new, replaces and removes must exist.
         let mut backup_bytes = 0u64;
         for f in &m.files {

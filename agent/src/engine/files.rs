@@ -133,6 +133,10 @@ impl Run<'_> {
         let mut plan = RenamePlan::default();
         let mut mkdirs = BTreeSet::new();
         for f in files {
+            // Checked in check-system too; the disk may have changed since.
+            if let Some(why) = super::beneath::escapes(&self.root, &f.path, false) {
+                return Err(Stop::Failed(format!("refusing to write outside the install root: {why}")));
+            }
             let dst = self.root.join(&f.path);
             let exists = fs::symlink_metadata(&dst).is_ok();
             match (f.action, exists) {

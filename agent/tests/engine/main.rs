@@ -3,6 +3,7 @@
 
 mod support;
 
+mod beneath;
 mod cancel;
 mod crash;
 mod crl;

@@ -72,6 +72,18 @@ impl Fixture {
     /// The sample rollup with extra payload files (`(path under payload/, content)`;
     /// `edit` lists them in the manifest), and `edit` applied to its manifest text.
     pub fn with_payload(crl_base: &str, edit: impl FnOnce(String) -> String, extra: &[(&str, &str)]) -> Self {
+        Self::with_source(crl_base, edit, |src| {
+            for (path, content) in extra {
+                let file = src.join("payload").join(path);
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(file, content).unwrap();
+            }
+        })
+    }
+
+    /// The sample rollup with `prepare` run on its source directory before packing (and
+    /// after the root exists), and `edit` applied to its manifest text.
+    pub fn with_source(crl_base: &str, edit: impl FnOnce(String) -> String, prepare: impl FnOnce(&Path)) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let ws = fleetup_e2e::workspace_root();
         let root = tmp.path().join("root");
@@ -82,11 +94,7 @@ impl Fixture {
         std::fs::write(&hosts, "127.0.0.1 localhost\n# test hosts file\n").unwrap();
         let src = tmp.path().join("rollup-src");
         fleetup_e2e::copy_tree(&ws.join("examples/sample-rollup"), &src).unwrap();
-        for (path, content) in extra {
-            let file = src.join("payload").join(path);
-            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(file, content).unwrap();
-        }
+        prepare(&src);
         // Tests keep deadlines short.
         let text = std::fs::read_to_string(src.join("manifest.toml")).unwrap();
         let text = text
