@@ -12,6 +12,7 @@ use fleetup_proto::{DecisionAnswer, DecisionKind, PhaseId, PhaseStatus};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -85,7 +86,7 @@ impl Run<'_> {
             root_dirs.insert(parent_of(&dir));
         }
         let mut backup_dirs = BTreeSet::new();
-        for (path, action) in &plan.backups {
+        for (path, action, _) in &plan.backups {
             let (dst, bak) = (self.root.join(path), self.backup().join(path));
             fs::rename(&dst, &bak).map_err(|e| Stop::Failed(format!("backing up {path}: {e}")))?;
             pause.step(steps);
@@ -138,7 +139,8 @@ impl Run<'_> {
                 return Err(Stop::Failed(format!("refusing to write outside the install root: {why}")));
             }
             let dst = self.root.join(&f.path);
-            let exists = fs::symlink_metadata(&dst).is_ok();
+            let meta = fs::symlink_metadata(&dst).ok();
+            let exists = meta.is_some();
             match (f.action, exists) {
                 (FileAction::Add, true) => {
                     return Err(Stop::Failed(format!("{} already exists, but the rollup adds it", f.path)));
@@ -163,7 +165,7 @@ impl Run<'_> {
                 let bak = self.backup().join(&f.path);
                 fs::create_dir_all(parent_of(&bak))
                     .map_err(|e| Stop::Failed(format!("creating the backup dir of {}: {e}", f.path)))?;
-                plan.backups.push((f.path.clone(), f.action));
+                plan.backups.push((f.path.clone(), f.action, meta.map_or(0, |m| m.ino())));
             }
             if f.action != FileAction::Remove {
                 let src = self.pkg().join(f.source_path());
@@ -184,8 +186,9 @@ impl Run<'_> {
 struct RenamePlan {
     /// Directories to create under the root, parents first.
     mkdirs: Vec<String>,
-    /// Files to move into the backup dir, with their action (`replace` or `remove`).
-    backups: Vec<(String, FileAction)>,
+    /// Files to move into the backup dir, with their action (`replace` or `remove`) and
+    /// inode.
+    backups: Vec<(String, FileAction, u64)>,
     /// Staged files to rename into place, with their staged path.
     places: Vec<(Placement, PathBuf)>,
 }
@@ -194,7 +197,8 @@ impl RenamePlan {
     fn record(&self) -> Record {
         Record::RenameSet {
             mkdirs: self.mkdirs.clone(),
-            backups: self.backups.iter().map(|(p, _)| p.clone()).collect(),
+            backups: self.backups.iter().map(|(p, _, _)| p.clone()).collect(),
+            backup_inodes: self.backups.iter().map(|(_, _, ino)| *ino).collect(),
             places: self.places.iter().map(|(p, _)| p.clone()).collect(),
         }
     }

@@ -85,6 +85,11 @@ pub enum Record {
         mkdirs: Vec<String>,
         /// Existing files (`replace`, `remove`) to move into the backup directory.
         backups: Vec<String>,
+        /// The inode of each of `backups` before the move (a rename keeps it), so undo can
+        /// tell the old file from anything else: a backup that is missing or is another
+        /// file means the old version is not there to restore. Empty in older journals.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        backup_inodes: Vec<u64>,
         /// Staged files (`add`, `replace`) to rename into place.
         places: Vec<Placement>,
     },
@@ -99,6 +104,9 @@ pub enum Record {
     Backup {
         /// Path under the root.
         path: String,
+        /// Its inode before the move (from a rename set; None in per-file journals).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ino: Option<u64>,
     },
     /// A staged file is about to be renamed into place (per-file journals only; still
     /// read, never written).
@@ -179,9 +187,14 @@ pub fn expand_rename_sets(records: &[Record]) -> Vec<Record> {
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         match r {
-            Record::RenameSet { mkdirs, backups, places } => {
+            Record::RenameSet { mkdirs, backups, backup_inodes, places } => {
                 out.extend(mkdirs.iter().map(|path| Record::MkDir { path: path.clone() }));
-                out.extend(backups.iter().map(|path| Record::Backup { path: path.clone() }));
+                out.extend(
+                    backups
+                        .iter()
+                        .enumerate()
+                        .map(|(i, path)| Record::Backup { path: path.clone(), ino: backup_inodes.get(i).copied() }),
+                );
                 out.extend(places.iter().map(|p| Record::Place { path: p.path.clone(), added: p.added }));
             }
             other => out.push(other.clone()),

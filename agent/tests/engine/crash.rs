@@ -213,11 +213,7 @@ fn sigkill_during_the_recovery_undo_then_restart_rolls_back_whole() {
 
 #[test]
 fn sigkill_at_the_start_of_a_rollback_then_restart_finishes_it() {
-    let unhealthy = |fx: &Fixture| {
-        let conf = fx.root.join("etc/demo.conf");
-        let text = std::fs::read_to_string(&conf).unwrap() + "unhealthy_versions = 1.1.0\n";
-        std::fs::write(&conf, text).unwrap();
-    };
+    let unhealthy = |fx: &Fixture| fx.mark_unhealthy("1.1.0");
     let short =
         |t: String| t.replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 1\n\n[[prerequisites]]");
     // Reference: where the rollback starts in the journal.

@@ -28,10 +28,7 @@ fn failing_health_check_rolls_back() {
         t.replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 2\n\n[[prerequisites]]")
     });
     // The new version is listed as unhealthy on this host: /health answers 503.
-    let conf = fx.root.join("etc/demo.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("unhealthy_versions = 1.1.0\n");
-    std::fs::write(&conf, text).unwrap();
+    fx.mark_unhealthy("1.1.0");
     let before = tree(&fx.root);
     let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
     assert_eq!(summary.outcome, InstallOutcome::RolledBack, "{summary:?}");
@@ -87,4 +84,35 @@ fn warning_prerequisite_continue_installs() {
     assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
     assert!(events.iter().any(|e| e.phase == PhaseId::CheckSystem && e.status == PhaseStatus::Warning));
     fx.wait_version("1.1.0");
+}
+
+#[test]
+fn a_rollback_with_a_missing_or_replaced_backup_is_recovery_required_naming_the_files() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| {
+        t.replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 2\n\n[[prerequisites]]")
+    });
+    fx.mark_unhealthy("1.1.0");
+    let tmp = fx.tmp.path().to_path_buf();
+    // Once the files are in place, one backup disappears and another is overwritten.
+    let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), move |ev, _| {
+        if ev.phase == PhaseId::StartServices && ev.data.get("number").is_some() {
+            let backup = Fixture::staging_dir(&tmp).join("backup/lib/demo");
+            std::fs::remove_file(backup.join("legacy.txt")).unwrap();
+            let other = backup.join("messages.other");
+            std::fs::write(&other, "not the old messages\n").unwrap();
+            std::fs::rename(&other, backup.join("messages.txt")).unwrap();
+        }
+    });
+    assert_eq!(summary.outcome, InstallOutcome::RecoveryRequired, "{summary:?}");
+    let error = summary.error.unwrap_or_default();
+    for want in ["lib/demo/legacy.txt: its backup", "is missing", "lib/demo/messages.txt: its backup", "another file"] {
+        assert!(error.contains(want), "the error does not say '{want}': {error}");
+    }
+    assert!(
+        !events.iter().any(|e| e.message.contains("holds the previous version")),
+        "the rollback claimed the previous version"
+    );
+    assert!(!fx.root.join("lib/demo/legacy.txt").exists());
+    // What could be restored was, and the old version runs again.
+    fx.wait_version("1.0.0");
 }

@@ -222,6 +222,23 @@ impl Fixture {
         c
     }
 
+    /// Makes the demo service answer 503 on /health when it runs `version`.
+    pub fn mark_unhealthy(&self, version: &str) {
+        let conf = self.root.join("etc/demo.conf");
+        let text = std::fs::read_to_string(&conf).unwrap() + &format!("unhealthy_versions = {version}\n");
+        std::fs::write(&conf, text).unwrap();
+    }
+
+    /// The staging directory of the install running now.
+    pub fn staging_dir(tmp: &Path) -> PathBuf {
+        std::fs::read_dir(tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".root.fleetup-")))
+            .expect("an install is staged")
+    }
+
     /// Adds a host hook script.
     pub fn host_hook(&self, dir: &str, name: &str, body: &str) {
         let d = self.state.join("hooks").join(dir);
