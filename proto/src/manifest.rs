@@ -393,12 +393,35 @@ impl Manifest {
             return Err(invalid("rollup.name", "must not be empty"));
         }
         check_version(&self.rollup.version)?;
-        let mut seen = BTreeSet::new();
+        // Compared in normal form: `./lib/x` and `lib//x` are `lib/x`. A second entry for
+        // a path, or a second use of one staged source, would fail mid-outage.
+        let mut paths: BTreeMap<String, usize> = BTreeMap::new();
+        let mut sources: BTreeMap<String, usize> = BTreeMap::new();
         for (i, f) in self.files.iter().enumerate() {
             check_relative(&format!("files[{i}].path"), &f.path)?;
             check_relative(&format!("files[{i}].source"), &f.source_path())?;
-            if !seen.insert(f.path.as_str()) {
-                return Err(invalid(format!("files[{i}].path"), format!("'{}' is listed twice", f.path)));
+            if let Some(j) = paths.insert(normal_path(&f.path), i) {
+                return Err(invalid(
+                    format!("files[{i}].path"),
+                    format!(
+                        "'{}' is the same path as files[{j}] ('{}'): list each path once",
+                        f.path, self.files[j].path
+                    ),
+                ));
+            }
+            if f.action != FileAction::Remove
+                && let Some(j) = sources.insert(normal_path(&f.source_path()), i)
+            {
+                return Err(invalid(
+                    format!("files[{i}].source"),
+                    format!(
+                        "'{}' (for '{}') is also the source of files[{j}] ('{}'): each staged file is moved into \
+                         place once, so give each entry its own source",
+                        f.source_path(),
+                        f.path,
+                        self.files[j].path
+                    ),
+                ));
             }
             if let Some(mode) = &f.mode {
                 parse_mode(mode).map_err(|p| invalid(format!("files[{i}].mode"), p))?;
@@ -493,6 +516,11 @@ pub fn check_version(version: &str) -> Result<(), ManifestError> {
     Ok(())
 }
 
+/// A relative path in normal form: no `.` and no empty components (`./lib//x` → `lib/x`).
+pub fn normal_path(path: &str) -> String {
+    path.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
+}
+
 /// Refuses empty, absolute and `..`-containing paths.
 pub fn check_relative(field: &str, path: &str) -> Result<(), ManifestError> {
     if path.is_empty() {
@@ -585,6 +613,25 @@ mod tests {
             let text = SAMPLE.replacen("version = \"1.1.0\"", &format!("version = {good:?}"), 1);
             assert!(Manifest::from_toml(&text).is_ok(), "{good}");
         }
+    }
+
+    #[test]
+    fn duplicate_entries_are_refused_naming_both() {
+        let dot = SAMPLE.to_owned() + "\n[[files]]\npath = \"./lib/demo/VERSION\"\naction = \"replace\"\n";
+        let err = Manifest::from_toml(&dot).unwrap_err().to_string();
+        assert!(
+            err.contains("files[4].path") && err.contains("./lib/demo/VERSION") && err.contains("files[0]"),
+            "{err}"
+        );
+        let shared = SAMPLE.to_owned()
+            + "\n[[files]]\npath = \"lib/demo/copy.txt\"\naction = \"add\"\nsource = \"payload/lib/demo/feature-x.txt\"\n";
+        let err = Manifest::from_toml(&shared).unwrap_err().to_string();
+        assert!(
+            err.contains("files[4].source")
+                && err.contains("lib/demo/copy.txt")
+                && err.contains("lib/demo/feature-x.txt"),
+            "{err}"
+        );
     }
 
     #[test]

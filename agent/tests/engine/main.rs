@@ -11,3 +11,4 @@ mod failures;
 mod happy;
 mod inuse;
 mod lock;
+mod pack;
