@@ -163,10 +163,11 @@ impl Run<'_> {
         let mut status = PhaseStatus::Succeeded;
         for w in warnings {
             status = PhaseStatus::Warning;
+            // The manifest's message says what is wrong and how to fix it: shown once.
             let answer = self.ask(
                 p,
                 format!("prerequisite not met: {w}"),
-                DecisionKind::Warning { code: "prerequisite".into(), remediation: Some(w.clone()) },
+                DecisionKind::Warning { code: "prerequisite".into(), remediation: None },
             );
             if answer != DecisionAnswer::Continue {
                 return Err(Stop::Cancelled(format!("cancelled at the prerequisite warning: {w}")));
@@ -182,25 +183,38 @@ impl Run<'_> {
             let bad: Vec<_> = probes.iter().filter(|p| p.problem.is_some()).cloned().collect();
             self.em.emit(p, PhaseStatus::Running, format!("probed {} CRL endpoint(s) in {} ms: {} unreachable", probes.len(), elapsed.as_millis(), bad.len()),
                 json!({ "step": "crl", "probe_ms": elapsed.as_millis() as u64, "probes": probes.iter().map(|p| json!({"url": p.url, "ok": p.problem.is_none(), "problem": p.problem, "ms": p.elapsed.as_millis() as u64})).collect::<Vec<_>>() }));
+            let mut ask_about = Vec::new();
             for b in bad {
                 status = PhaseStatus::Warning;
-                let text = crl::remediation(&b);
                 let can_remediate = b.host.parse::<std::net::IpAddr>().is_err() && !b.host.is_empty();
                 if self.remediation == CrlRemediation::HostsFile && can_remediate {
+                    let text = crl::remediation(std::slice::from_ref(&b), &self.hosts_file);
                     self.em.emit(p, PhaseStatus::Warning, format!("CRL endpoint {} is unreachable: {}; {} will map {} to 127.0.0.1 for this install only (--crl-remediation hosts-file)", b.url, b.problem.as_deref().unwrap_or("?"), self.hosts_file.display(), b.host),
                         json!({ "warning": { "code": "crl-unreachable", "remediation": text, "applied": "hosts-file" } }));
                     if !self.remediate_hosts.contains(&b.host) {
                         self.remediate_hosts.push(b.host.clone());
                     }
                 } else {
-                    let answer = self.ask(
-                        p,
-                        format!("CRL endpoint {} is unreachable: {}", b.url, b.problem.as_deref().unwrap_or("?")),
-                        DecisionKind::Warning { code: "crl-unreachable".into(), remediation: Some(text) },
-                    );
-                    if answer != DecisionAnswer::Continue {
-                        return Err(Stop::Cancelled(format!("cancelled at the CRL warning for {}", b.url)));
-                    }
+                    ask_about.push(b);
+                }
+            }
+            // One question for all of them: the answer is the same decision.
+            if !ask_about.is_empty() {
+                let list: Vec<String> =
+                    ask_about.iter().map(|b| format!("{} ({})", b.url, b.problem.as_deref().unwrap_or("?"))).collect();
+                let message = match list.as_slice() {
+                    [one] => format!("CRL endpoint {one} is unreachable"),
+                    many => format!("{} CRL endpoints are unreachable: {}", many.len(), many.join("; ")),
+                };
+                let text = crl::remediation(&ask_about, &self.hosts_file);
+                let answer = self.ask(
+                    p,
+                    message,
+                    DecisionKind::Warning { code: "crl-unreachable".into(), remediation: Some(text) },
+                );
+                if answer != DecisionAnswer::Continue {
+                    let urls: Vec<&str> = ask_about.iter().map(|b| b.url.as_str()).collect();
+                    return Err(Stop::Cancelled(format!("cancelled at the CRL warning for {}", urls.join(", "))));
                 }
             }
         }

@@ -76,7 +76,7 @@ pub fn run(cmd: &Shell<'_>, cancelled: &dyn Fn() -> bool) -> Result<(), ExecErro
     let result = loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => break Ok(()),
-            Ok(Some(status)) => break Err(ExecError::Failed(format!("`{}` failed ({status})", cmd.command))),
+            Ok(Some(status)) => break Err(ExecError::Failed(status.to_string())),
             Ok(None) => {}
             Err(e) => break Err(ExecError::Failed(e.to_string())),
         }

@@ -98,6 +98,19 @@ impl Run<'_> {
     /// Runs a shell command for a phase, honouring the deadline and (where the phase
     /// allows it) a cancel.
     pub(crate) fn shell(&self, phase: PhaseId, command: &str, cwd: &Path, deadline_secs: u64) -> Result<(), Stop> {
+        self.shell_named(phase, command, &format!("`{command}`"), cwd, deadline_secs)
+    }
+
+    /// [`Run::shell`], naming the command `what` in a failure (said once: a hook is
+    /// `hook <path> failed: exit status 7`, not its path twice).
+    pub(crate) fn shell_named(
+        &self,
+        phase: PhaseId,
+        command: &str,
+        what: &str,
+        cwd: &Path,
+        deadline_secs: u64,
+    ) -> Result<(), Stop> {
         let env = self.hook_env(phase);
         let log = self.em.phase_log(phase);
         let cancellable = phase.cancellability() == Cancellability::Immediate;
@@ -108,7 +121,7 @@ impl Run<'_> {
         )
         .map_err(|e| match e {
             ExecError::Cancelled => Stop::Cancelled(format!("cancelled while running `{command}`")),
-            other => Stop::Failed(format!("`{command}`: {other}")),
+            other => Stop::Failed(format!("{what}: {other}")),
         })
     }
 
@@ -253,10 +266,7 @@ impl Run<'_> {
         for s in &scripts {
             self.check_cancel(p)?;
             let cmd = format!("sh '{}'", s.display());
-            self.shell(p, &cmd, &self.root, deadline).map_err(|e| match e {
-                Stop::Failed(msg) => Stop::Failed(format!("hook {} failed: {msg}", s.display())),
-                other => other,
-            })?;
+            self.shell_named(p, &cmd, &format!("hook {} failed", s.display()), &self.root, deadline)?;
             self.em.emit(p, PhaseStatus::Running, format!("hook {} done", s.display()), serde_json::Value::Null);
         }
         self.check_cancel(p)?;

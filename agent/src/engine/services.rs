@@ -74,7 +74,7 @@ impl Services {
 
     fn short(&self, command: &str, deadline: Duration) -> Result<(), String> {
         exec::run(&Shell { command, cwd: &self.root, env: &[], deadline, log: &self.log }, &|| false)
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("`{command}`: {e}"))
     }
 
     fn pidfile(&self, svc: &Service) -> Result<PathBuf, String> {

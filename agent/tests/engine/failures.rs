@@ -14,7 +14,9 @@ fn failing_pre_hook_leaves_everything_untouched() {
     let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
     assert_eq!(summary.outcome, InstallOutcome::Failed, "{summary:?}");
     assert_eq!(summary.failed_phase, Some(PhaseId::PreHooks));
-    assert!(summary.error.as_deref().unwrap().contains("50-fail"), "{summary:?}");
+    let error = summary.error.as_deref().unwrap();
+    assert_eq!(error.matches("50-fail").count(), 1, "the hook is named once: {error}");
+    assert!(error.contains("failed: exit status: 7"), "{error}");
     assert_eq!(tree(&fx.root), before);
     assert_eq!(fx.service_pid(), pid, "the service was restarted");
     assert!(fx.service_running());
@@ -68,6 +70,10 @@ fn warning_prerequisite_asks_and_cancel_ends_untouched() {
     assert_eq!(asked[0].phase, PhaseId::CheckSystem);
     assert!(matches!(&asked[0].kind, DecisionKind::Warning { code, .. } if code == "prerequisite"));
     assert!(asked[0].message.contains("maintenance mode"));
+    // What the operator reads (the question and its copyable text) says it once.
+    let DecisionKind::Warning { remediation, .. } = &asked[0].kind else { unreachable!() };
+    let shown = format!("{}\n{}", asked[0].message, remediation.as_deref().unwrap_or_default());
+    assert_eq!(shown.matches("in maintenance mode").count(), 1, "{shown}");
     assert_eq!(asked[0].options, vec![DecisionAnswer::Continue, DecisionAnswer::Cancel]);
     assert!(events.iter().any(|e| e.data.get("decision").is_some()), "decision not in the event stream");
     assert_eq!(summary.outcome, InstallOutcome::Cancelled);
