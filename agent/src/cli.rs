@@ -2,6 +2,7 @@
 
 mod install;
 mod run;
+mod signals;
 
 use crate::engine::{BackendKind, CrlRemediation};
 use clap::{Parser, Subcommand};

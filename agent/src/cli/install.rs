@@ -5,6 +5,7 @@
 //! the terminal, answered by `--yes`, or (no terminal, no `--yes`) answered with the
 //! safe choice. On a terminal, typing `c` + Enter requests a cancel.
 
+use super::signals::SignalWatch;
 use crate::engine::{
     AutoDecider, BackendKind, CancelHandle, CrlRemediation, Decider, Engine, EventSink, InstallRequest, ScriptedDecider,
 };
@@ -229,7 +230,9 @@ fn watch_cancel(lines: Lines, cancel: CancelHandle) {
 pub fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     let trusted = crate::packaging::read_trusted(&args.trust)?;
     let vars = parse_vars(&args.vars)?;
+    SignalWatch::block()?;
     let (engine, stdin) = engine_for(args.json, args.yes);
+    let signals = SignalWatch::start(engine.cancel_handle())?;
     // An interrupted install is finished first, and reported as its own (one) outcome.
     if let Some(s) = engine.recover(&args.state_dir)? {
         eprintln!(
@@ -255,14 +258,18 @@ pub fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
         crl_remediation: args.crl_remediation,
     };
     let summary = engine.install(&req)?;
-    Ok(exit_for(&summary))
+    Ok(signals.exit_code(exit_for(&summary), summary.outcome == InstallOutcome::Succeeded))
 }
 
 /// `fleetup-agent recover`
 pub fn recover(state_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    SignalWatch::block()?;
     let (engine, _) = engine_for(json, true);
+    // A recovery is never cancelled (it is the way back to one state), but a signal is
+    // still answered with a line instead of a kill halfway through.
+    let signals = SignalWatch::start(engine.cancel_handle())?;
     if let Some(s) = engine.recover(state_dir)? {
-        return Ok(exit_for(&s));
+        return Ok(signals.exit_code(exit_for(&s), s.outcome == InstallOutcome::Succeeded));
     }
     eprintln!("nothing to recover in {}", state_dir.display());
     Ok(ExitCode::SUCCESS)

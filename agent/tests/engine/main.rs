@@ -12,3 +12,4 @@ mod happy;
 mod inuse;
 mod lock;
 mod pack;
+mod signals;

@@ -326,37 +326,60 @@ pub fn parse_events(stdout: &[u8]) -> Vec<EngineEvent> {
         .collect()
 }
 
+/// The lines a child writes on stderr, read by a thread, waited for with a deadline.
+pub struct StderrLines {
+    rx: std::sync::mpsc::Receiver<String>,
+    /// Every line seen so far.
+    pub seen: Vec<String>,
+}
+
+impl StderrLines {
+    /// Takes `child`'s piped stderr.
+    pub fn of(child: &mut std::process::Child) -> Self {
+        use std::io::BufRead as _;
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { rx, seen: Vec::new() }
+    }
+
+    /// The first (new) line containing `want`, or `Err` with why not within `deadline`.
+    pub fn wait_for(&mut self, want: &str, deadline: Duration) -> Result<String, String> {
+        let until = std::time::Instant::now() + deadline;
+        loop {
+            match self.rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(want) {
+                        return Ok(l);
+                    }
+                }
+                Err(e) => return Err(format!("no line with '{want}' ({e}); stderr: {:?}", self.seen)),
+            }
+        }
+    }
+}
+
 /// Spawns `cmd` with the pause variable `var=value` and waits (with a deadline) until the
 /// engine says `paused after <want>` on stderr; the engine then waits there until killed.
 pub fn spawn_paused(mut cmd: std::process::Command, var: &str, value: usize, want: &str) -> std::process::Child {
-    use std::io::BufRead as _;
     let mut child = cmd
         .env(var, value.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let want = format!("paused after {want}");
-    let deadline = std::time::Instant::now() + Duration::from_mins(1);
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-            Ok(l) if l.contains(&want) => return child,
-            Ok(l) => seen.push(l),
-            Err(e) => {
-                let status = child.try_wait();
-                let _ = child.kill();
-                panic!("{var}={value}: engine never said '{want}' ({e}); stderr: {seen:?}; status {status:?}");
-            }
-        }
+    let mut lines = StderrLines::of(&mut child);
+    if let Err(e) = lines.wait_for(&format!("paused after {want}"), Duration::from_mins(1)) {
+        let status = child.try_wait();
+        let _ = child.kill();
+        panic!("{var}={value}: {e}; status {status:?}");
     }
+    child
 }
 
 /// [`spawn_paused`], then SIGKILL.
