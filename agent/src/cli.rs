@@ -1,6 +1,7 @@
 //! Command-line interface of `fleetup-agent`.
 
 mod install;
+mod prompt;
 mod run;
 mod signals;
 

@@ -5,20 +5,16 @@
 //! the terminal, answered by `--yes`, or (no terminal, no `--yes`) answered with the
 //! safe choice. On a terminal, typing `c` + Enter requests a cancel.
 
+use super::prompt::TerminalDecider;
 use super::signals::SignalWatch;
-use crate::engine::{
-    AutoDecider, BackendKind, CancelHandle, CrlRemediation, Decider, Engine, EventSink, InstallRequest, ScriptedDecider,
-};
+use crate::engine::{AutoDecider, BackendKind, CrlRemediation, Engine, EventSink, InstallRequest, ScriptedDecider};
 use anyhow::Context as _;
-use fleetup_proto::{
-    DecisionAnswer, DecisionKind, DecisionRequest, EngineEvent, InstallOutcome, InstallSummary, PhaseStatus,
-};
+use fleetup_proto::{DecisionAnswer, EngineEvent, InstallOutcome, InstallSummary, PhaseStatus};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,7 +56,8 @@ impl EventSink for JsonSink {
 
 /// A progress line per phase (a spinner on a terminal, plain lines otherwise).
 struct HumanSink {
-    bar: Mutex<Option<ProgressBar>>,
+    /// The current phase's spinner; shared with the prompt, which suspends it.
+    bar: Arc<Mutex<Option<ProgressBar>>>,
     tty: bool,
 }
 
@@ -112,45 +109,6 @@ fn print_summary(s: &InstallSummary) {
     }
 }
 
-/// Asks on the terminal; shares stdin with the cancel watcher.
-struct TerminalDecider {
-    lines: Arc<Mutex<Receiver<String>>>,
-    bar_sink: Arc<HumanSink>,
-}
-
-impl Decider for TerminalDecider {
-    fn decide(&self, req: &DecisionRequest) -> DecisionAnswer {
-        let lines = self.lines.lock().expect("lock");
-        if let Some(pb) = self.bar_sink.bar.lock().expect("lock").as_ref() {
-            pb.suspend(|| {});
-        }
-        println!("\n{}", req.message);
-        match &req.kind {
-            DecisionKind::Warning { remediation: Some(r), .. } => {
-                println!("---- remediation (copy this) ----\n{r}\n---------------------------------");
-            }
-            DecisionKind::FilesInUse { processes } => {
-                for p in processes {
-                    println!("  pid {:>7}  {:<16} {}", p.pid, p.name, p.files.join(", "));
-                }
-            }
-            DecisionKind::Warning { .. } => {}
-        }
-        let opts: Vec<&str> = req.options.iter().map(|o| o.as_str()).collect();
-        loop {
-            print!("answer [{}]: ", opts.join("/"));
-            let _ = std::io::stdout().flush();
-            let Ok(line) = lines.recv() else { return *req.options.last().expect("options") };
-            let line = line.trim().to_lowercase();
-            if let Some(a) =
-                req.options.iter().find(|o| o.as_str() == line || o.as_str().starts_with(&line) && !line.is_empty())
-            {
-                return *a;
-            }
-        }
-    }
-}
-
 pub(crate) fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     vars.iter()
         .map(|v| {
@@ -173,12 +131,9 @@ fn exit_for(s: &InstallSummary) -> ExitCode {
     }
 }
 
-/// Lines typed on the terminal, shared by the prompt and the cancel watcher.
-type Lines = Arc<Mutex<Receiver<String>>>;
-
-fn engine_for(json: bool, yes: bool) -> (Engine, Option<Lines>) {
+fn engine_for(json: bool, yes: bool) -> (Engine, Option<Arc<TerminalDecider>>) {
     let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    let human = Arc::new(HumanSink { bar: Mutex::new(None), tty: tty && !json });
+    let human = Arc::new(HumanSink { bar: Arc::new(Mutex::new(None)), tty: tty && !json });
     let sink: Arc<dyn EventSink> = if json { Arc::new(JsonSink) } else { human.clone() };
     if yes {
         return (Engine::new(Arc::new(AutoDecider::default()), sink), None);
@@ -190,40 +145,8 @@ fn engine_for(json: bool, yes: bool) -> (Engine, Option<Lines>) {
         });
         return (Engine::new(Arc::new(d), sink), None);
     }
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let lines = Arc::new(Mutex::new(rx));
-    let decider = TerminalDecider { lines: lines.clone(), bar_sink: human };
-    (Engine::new(Arc::new(decider), sink), Some(lines))
-}
-
-/// Typing `c` + Enter (outside a prompt) asks for a cancel.
-fn watch_cancel(lines: Lines, cancel: CancelHandle) {
-    std::thread::spawn(move || {
-        loop {
-            let Ok(rx) = lines.try_lock() else {
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            };
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) if matches!(l.trim(), "c" | "cancel") => {
-                    let (Ok(m) | Err(m)) = cancel.cancel();
-                    println!("\n{m}");
-                }
-                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            drop(rx);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
+    let decider = Arc::new(TerminalDecider::new(human.bar.clone()));
+    (Engine::new(decider.clone(), sink), Some(decider))
 }
 
 /// `fleetup-agent install`
@@ -244,8 +167,8 @@ pub fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(exit_for(&s));
     }
-    if let Some(lines) = stdin {
-        watch_cancel(lines, engine.cancel_handle());
+    if let Some(terminal) = stdin {
+        terminal.read_stdin(engine.cancel_handle());
     }
     let req = InstallRequest {
         package: args.package,

@@ -12,4 +12,5 @@ mod happy;
 mod inuse;
 mod lock;
 mod pack;
+mod prompt;
 mod signals;

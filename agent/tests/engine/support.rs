@@ -203,6 +203,14 @@ impl Fixture {
 
     /// [`Fixture::cli`] with another state dir.
     pub fn cli_with_state(&self, state: &Path) -> std::process::Command {
+        let mut c = self.cli_interactive(state);
+        c.args(["--json", "--yes"]);
+        c.stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// The real binary's `install` as an operator types it: no `--json`, no `--yes`.
+    pub fn cli_interactive(&self, state: &Path) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_fleetup-agent"));
         c.arg("install")
             .arg(&self.package)
@@ -214,11 +222,10 @@ impl Fixture {
             .arg(state)
             .arg("--hosts-file")
             .arg(&self.hosts)
-            .args(["--services-backend", "exec", "--json", "--yes"]);
+            .args(["--services-backend", "exec"]);
         for (k, v) in &self.vars {
             c.arg("--var").arg(format!("{k}={v}"));
         }
-        c.stdin(std::process::Stdio::null());
         c
     }
 
