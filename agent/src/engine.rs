@@ -19,6 +19,7 @@ mod http;
 mod inuse;
 mod journal;
 mod lock;
+mod orphans;
 mod patch;
 mod recovery;
 mod rollback;
@@ -28,7 +29,7 @@ mod webapp;
 
 pub use decide::{AutoDecider, Decider, ScriptedDecider};
 pub use events::{EventSink, MemorySink, NullSink, recorded_events};
-pub use journal::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_UNDO_ENV};
+pub use journal::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_SPAWN_ENV, PAUSE_UNDO_ENV};
 pub use lock::Holder;
 pub use services::{BackendKind, Services, pid_alive};
 

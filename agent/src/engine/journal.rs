@@ -25,6 +25,12 @@ pub const PAUSE_ENV: &str = "FLEETUP_ENGINE_PAUSE_AFTER_JOURNAL_STEP";
 /// and waits forever. Never set in production.
 pub const PAUSE_RENAME_ENV: &str = "FLEETUP_ENGINE_PAUSE_AFTER_RENAME";
 
+/// Env var for kill tests: after the K-th service process the exec backend started has
+/// been let run, and before its pid is written to the pidfile, the engine prints
+/// `fleetup-engine: paused after service start K` and waits forever. Never set in
+/// production.
+pub const PAUSE_SPAWN_ENV: &str = "FLEETUP_ENGINE_PAUSE_AFTER_SERVICE_START";
+
 /// Env var for kill tests: after the K-th file undo step of a rollback (one `mk-dir`,
 /// `backup` or `place` of the journal, newest first), the engine prints
 /// `fleetup-engine: paused after undo K of N` and waits forever. Never set in production.
@@ -116,6 +122,18 @@ pub enum Record {
         /// True for `add`: the path did not exist before.
         added: bool,
     },
+    /// The exec backend has spawned a service's start shell, held before it runs the
+    /// service, in its own process group `pgid`: whatever it starts belongs to that group.
+    /// Recovery stops any live member of the group that the pidfile does not name (an
+    /// engine killed between the start and the pidfile write left it untracked).
+    ServiceSpawned {
+        /// The service.
+        name: String,
+        /// The process group (the start shell's pid).
+        pgid: i32,
+        /// `/proc/sys/kernel/random/boot_id` then: after a reboot the group is gone.
+        boot_id: String,
+    },
     /// All files are in place: from here on, recovery rolls forward.
     Committed,
     /// A config file is about to be backed up (copy) and rewritten.
@@ -161,6 +179,7 @@ impl Record {
             Record::MkDir { .. } => "mk-dir",
             Record::Backup { .. } => "backup",
             Record::Place { .. } => "place",
+            Record::ServiceSpawned { .. } => "service-spawned",
             Record::Committed => "committed",
             Record::ConfigPatch { .. } => "config-patch",
             Record::WebappDeploy { .. } => "webapp-deploy",
@@ -290,7 +309,7 @@ fn pause_from_env() -> Option<usize> {
 }
 
 /// Says where the engine paused (kill tests wait for this line) and waits to be killed.
-fn park_forever(what: &str) -> ! {
+pub(crate) fn park_forever(what: &str) -> ! {
     eprintln!("fleetup-engine: paused after {what}");
     loop {
         std::thread::park();

@@ -101,6 +101,8 @@ pub(crate) fn recover(engine: &Engine, state_dir: &Path) -> Result<Option<Instal
         format!("recovering: the engine was interrupted during '{where_}'"),
         json!({ "recovery": true }),
     );
+    // Before any service is started or stopped: no process of this install runs untracked.
+    super::orphans::stop_untracked(&mut run, last_phase.unwrap_or(PhaseId::CheckSystem));
     if let Some((outcome, reason)) = rolling {
         return Ok(Some(run.rollback_and_finish(
             outcome,

@@ -122,13 +122,14 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
         }
     }
     if stopped && let Some(m) = run.manifest.clone() {
-        for s in m.services.iter().filter(|s| run.was_running.contains(&s.name)) {
+        let was_running = run.was_running.clone();
+        for s in m.services.iter().filter(|s| was_running.contains(&s.name)) {
             let mut old = s.clone();
             // The old version does not answer with the new version's text.
             if let Some(h) = &mut old.health {
                 h.expect = None;
             }
-            match run.services.start_and_wait_healthy(&old, &run.hosts_file.clone()) {
+            match run.start_service(&old, true) {
                 Ok(()) => run.em.emit(
                     p,
                     PhaseStatus::Running,

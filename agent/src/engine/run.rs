@@ -4,9 +4,9 @@ use super::events::Emitter;
 use super::exec::{self, ExecError, Shell};
 use super::journal::{Journal, Record};
 use super::lock::{self, Locks};
-use super::services::Services;
+use super::services::{Services, Spawned};
 use super::{CancelHandle, CrlRemediation, Engine, EngineError, InstallRequest, crl, rollback};
-use fleetup_proto::manifest::{FileAction, Manifest};
+use fleetup_proto::manifest::{FileAction, Manifest, Service};
 use fleetup_proto::package::{self, Limits};
 use fleetup_proto::{
     Cancellability, DecisionAnswer, DecisionKind, DecisionRequest, InstallOutcome, InstallSummary, PhaseId,
@@ -123,6 +123,23 @@ impl Run<'_> {
             ExecError::Cancelled => Stop::Cancelled(format!("cancelled while running `{command}`")),
             other => Stop::Failed(format!("{what}: {other}")),
         })
+    }
+
+    /// Starts `svc` (with `healthy`, also waits for its health check), journaling the
+    /// exec backend's process group before the service runs (see `orphans`).
+    pub(crate) fn start_service(&mut self, svc: &Service, healthy: bool) -> Result<(), String> {
+        let boot_id = super::orphans::boot_id();
+        let (services, journal, hosts) = (&self.services, &mut self.journal, &self.hosts_file);
+        let mut record = |sp: Spawned<'_>| {
+            journal
+                .append(Record::ServiceSpawned { name: sp.name.to_owned(), pgid: sp.pgid, boot_id: boot_id.clone() })
+                .map_err(|e| format!("cannot write the journal: {e}"))
+        };
+        if healthy {
+            services.start_and_wait_healthy(svc, hosts, &mut record)
+        } else {
+            services.start_tracked(svc, &mut record)
+        }
     }
 
     pub(crate) fn check_cancel(&self, phase: PhaseId) -> Result<(), Stop> {
@@ -310,8 +327,9 @@ impl Run<'_> {
         let p = PhaseId::StartServices;
         let m = self.manifest().clone();
         let mut started = Vec::new();
-        for s in m.services.iter().filter(|s| self.was_running.contains(&s.name)) {
-            self.services.start_and_wait_healthy(s, &self.hosts_file).map_err(Stop::Failed)?;
+        let was_running = self.was_running.clone();
+        for s in m.services.iter().filter(|s| was_running.contains(&s.name)) {
+            self.start_service(s, true).map_err(Stop::Failed)?;
             self.em.emit(
                 p,
                 PhaseStatus::Running,
@@ -340,8 +358,9 @@ impl Run<'_> {
     fn restart_prior(&mut self) -> Result<(), String> {
         let m = self.manifest().clone();
         let mut errors = Vec::new();
-        for s in m.services.iter().filter(|s| self.was_running.contains(&s.name)) {
-            if let Err(e) = self.services.start(s) {
+        let was_running = self.was_running.clone();
+        for s in m.services.iter().filter(|s| was_running.contains(&s.name)) {
+            if let Err(e) = self.start_service(s, false) {
                 errors.push(format!("{}: {e}", s.name));
             } else {
                 self.em.emit(

@@ -9,7 +9,7 @@
 //! (here: recovery's) after its J-th file undo.
 
 use crate::support::{Fixture, crl_stub_ok, parse_events, pause_and_kill, tree};
-use fleetup_agent::engine::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_UNDO_ENV};
+use fleetup_agent::engine::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_SPAWN_ENV, PAUSE_UNDO_ENV};
 use fleetup_proto::{EngineEvent, InstallOutcome};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -82,6 +82,11 @@ fn assert_converges(fx: &Fixture, label: &str, old_tree: &Tree, new_tree: Option
         }
     }
     assert!(fx.service_running(), "{label}: service not running");
+    assert_eq!(
+        fx.service_processes(),
+        fx.service_pid().into_iter().collect::<Vec<_>>(),
+        "{label}: a service process runs that the pidfile does not name"
+    );
     assert!(fx.leftover_staging().is_empty(), "{label}: staging left: {:?}", fx.leftover_staging());
     assert!(!fx.state.join("journal.jsonl").exists(), "{label}: journal still open");
     outcome
@@ -263,4 +268,24 @@ fn sigkill_with_hosts_remediation_applied_restores_the_hosts_file_on_restart() {
     assert_eq!(std::fs::read(&fx.hosts).unwrap(), original, "hosts file not restored by recovery");
     assert_eq!(tree(&fx.root), before);
     fx.wait_version("1.0.0");
+}
+
+#[test]
+fn sigkill_at_each_service_start_leaves_no_untracked_service() {
+    // Start 1: the new version in start-services, running, its pid not yet in the pidfile.
+    let (_, new_tree) = reference();
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    let old_tree = tree(&fx.root);
+    pause_and_kill(fx.cli(), PAUSE_SPAWN_ENV, 1, "service start 1");
+    assert_converges(&fx, "service start 1", &old_tree, Some(new_tree));
+
+    // Start 2 of an unhealthy install: the old version restarted by the rollback.
+    let fx = Fixture::new(&crl_stub_ok(), |t| {
+        t.replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 1\n\n[[prerequisites]]")
+    });
+    fx.mark_unhealthy("1.1.0");
+    let old_tree = tree(&fx.root);
+    pause_and_kill(fx.cli(), PAUSE_SPAWN_ENV, 2, "service start 2");
+    let outcome = assert_converges(&fx, "service start 2 (rollback)", &old_tree, None);
+    assert_eq!(outcome, InstallOutcome::RolledBack);
 }

@@ -145,6 +145,25 @@ impl Fixture {
         self.service_pid().is_some_and(fleetup_agent::engine::pid_alive)
     }
 
+    /// Every live demo service process serving this root, tracked by the pidfile or not.
+    pub fn service_processes(&self) -> Vec<i32> {
+        let root = std::fs::canonicalize(&self.root).unwrap().display().to_string();
+        let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                args.first().is_some_and(|a| a.ends_with(b"fleetup-demo-service"))
+                    && args.windows(2).any(|w| w[0] == b"--root" && w[1] == root.as_bytes())
+                    && fleetup_agent::engine::pid_alive(*pid)
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
     /// GET a path from the demo service.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         let mut s = std::net::TcpStream::connect_timeout(
