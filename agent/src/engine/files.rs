@@ -1,66 +1,33 @@
-//! `validate-files` and `update-files`: find who holds the files about to change, then
+//! `validate-files` and `update-files`: re-check who holds the files about to change, then
 //! back up and replace by rename from staging (same filesystem), the whole rename set
 //! journaled as one record before the first change. No byte is copied while services
 //! are down.
 
 use super::events::append_log_lines;
-use super::inuse;
 use super::journal::{PAUSE_RENAME_ENV, PausePoint, Placement, Record, sync_dir};
 use super::run::{PhaseResult, Run, Stop, action_word};
 use fleetup_proto::manifest::{FileAction, FileChange};
-use fleetup_proto::{DecisionAnswer, DecisionKind, PhaseId, PhaseStatus};
+use fleetup_proto::{PhaseId, PhaseStatus};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 impl Run<'_> {
+    /// Re-checks, now that the services are stopped, who holds the files about to change
+    /// (the question was first asked before the services stopped, in `stop-services`).
     pub(crate) fn validate_files(&mut self) -> PhaseResult {
-        let p = PhaseId::ValidateFiles;
-        let m = self.manifest().clone();
-        let mut targets = BTreeMap::new();
-        for f in m.files.iter().filter(|f| f.action != FileAction::Add) {
-            targets.insert(self.root.join(&f.path), f.path.clone());
-        }
-        for c in &m.config_patches {
-            targets.insert(self.root.join(&c.file), c.file.clone());
-        }
-        loop {
-            self.check_cancel(p)?;
-            let holders = inuse::scan(&targets);
-            if holders.is_empty() {
-                return Ok(if self.restart_required {
-                    (PhaseStatus::Warning, "files in use were ignored: restart required after the install".into())
-                } else {
-                    (PhaseStatus::Succeeded, "no process holds a file that will be replaced".into())
-                });
+        let ignored = self.ignored_holders.clone();
+        let status = self.ask_files_in_use(PhaseId::ValidateFiles, &ignored)?;
+        Ok(match status {
+            _ if self.restart_required => {
+                (PhaseStatus::Warning, "files in use were ignored: restart required after the install".into())
             }
-            let names: Vec<String> =
-                holders.iter().map(|h| format!("{} (pid {}) holds {}", h.name, h.pid, h.files.join(", "))).collect();
-            let answer = self.ask(
-                p,
-                format!("files in use: {}", names.join("; ")),
-                DecisionKind::FilesInUse { processes: holders },
-            );
-            match answer {
-                DecisionAnswer::Retry => {
-                    let t = Instant::now();
-                    while t.elapsed() < Duration::from_secs(1) && !self.cancel().is_requested() {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
-                DecisionAnswer::Ignore => {
-                    self.restart_required = true;
-                    return Ok((
-                        PhaseStatus::Warning,
-                        format!("files in use ignored: restart required ({})", names.join("; ")),
-                    ));
-                }
-                _ => return Err(Stop::Exit(format!("files in use; exit chosen: {}", names.join("; ")))),
-            }
-        }
+            None => (PhaseStatus::Succeeded, "no process holds a file that will be replaced".into()),
+            Some(msg) => (PhaseStatus::Warning, msg),
+        })
     }
 
     /// Replaces the files by rename: the whole set of changes is journaled as one record

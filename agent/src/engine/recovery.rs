@@ -72,6 +72,7 @@ pub(crate) fn recover(engine: &Engine, state_dir: &Path) -> Result<Option<Instal
         manifest,
         was_running: was_running.clone().unwrap_or_default(),
         restart_required: false,
+        ignored_holders: std::collections::BTreeSet::new(),
         remediate_hosts: Vec::new(),
         decisions: 0,
         _locks: locks,

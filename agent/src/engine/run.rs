@@ -50,6 +50,8 @@ pub(crate) struct Run<'e> {
     pub(crate) manifest: Option<Manifest>,
     pub(crate) was_running: Vec<String>,
     pub(crate) restart_required: bool,
+    /// Processes holding files that the operator chose to ignore (not asked about again).
+    pub(crate) ignored_holders: std::collections::BTreeSet<u32>,
     pub(crate) remediate_hosts: Vec<String>,
     pub(crate) decisions: u32,
     /// The state dir's and the root's install locks, released when the run is dropped.
@@ -298,6 +300,13 @@ impl Run<'_> {
             if self.services.is_running(s).map_err(Stop::Failed)? {
                 running.push(s.name.clone());
             }
+        }
+        // Files in use are asked about while the services still run: the operator's
+        // thinking time is not outage. The services' own processes are left out.
+        let own: std::collections::BTreeSet<u32> =
+            m.services.iter().filter_map(|s| self.services.main_pid(s)).collect();
+        if let Some(msg) = self.ask_files_in_use(p, &own)? {
+            self.em.emit(p, PhaseStatus::Warning, msg, serde_json::Value::Null);
         }
         self.record(Record::ServicesStopping { was_running: running.clone() })?;
         self.was_running.clone_from(&running);
@@ -579,6 +588,7 @@ pub(crate) fn install(
         manifest: None,
         was_running: Vec::new(),
         restart_required: false,
+        ignored_holders: std::collections::BTreeSet::new(),
         remediate_hosts: Vec::new(),
         decisions: 0,
         _locks: locks,

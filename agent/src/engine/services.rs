@@ -77,6 +77,22 @@ impl Services {
             .map_err(|e| format!("`{command}`: {e}"))
     }
 
+    /// The service's main process, if it runs: the pidfile's pid (exec), or systemd's
+    /// `MainPID`.
+    pub(crate) fn main_pid(&self, svc: &Service) -> Option<u32> {
+        let pid = match self.kind {
+            BackendKind::Exec => self.tracked_pid(svc).filter(|p| pid_alive(*p))?,
+            BackendKind::Systemd => {
+                let out = Command::new("systemctl")
+                    .args(["show", "--property=MainPID", "--value", &Self::unit(svc)])
+                    .output()
+                    .ok()?;
+                String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|p| *p > 0)?
+            }
+        };
+        u32::try_from(pid).ok()
+    }
+
     /// The pid the exec backend's pidfile names for `svc`, if any.
     pub(crate) fn tracked_pid(&self, svc: &Service) -> Option<i32> {
         read_pid(&self.pidfile(svc).ok()?)
