@@ -283,6 +283,10 @@ pub struct Command {
     /// Killed (with its process group) after this many seconds.
     #[serde(default = "default_command_deadline")]
     pub deadline_secs: u64,
+    /// (`precompile.after` only) Run once the services have started and are healthy,
+    /// outside the outage, instead of in `post-precompile` before they start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_start: bool,
 }
 
 fn default_command_deadline() -> u64 {
@@ -451,6 +455,12 @@ impl Manifest {
             if crl.probe_deadline_secs == 0 || crl.probe_deadline_secs > 60 {
                 return Err(invalid("crl.probe_deadline_secs", "must be between 1 and 60 seconds"));
             }
+        }
+        if let Some(i) = self.precompile.before.iter().position(|c| c.after_start) {
+            return Err(invalid(
+                format!("precompile.before[{i}].after_start"),
+                "only a `precompile.after` command can run after the start",
+            ));
         }
         for (i, s) in
             self.scripts.pre_install.iter().chain(&self.scripts.post_install).chain(&self.scripts.rollback).enumerate()

@@ -44,7 +44,7 @@ impl Run<'_> {
         self.record(plan.record())?;
         let steps = mkdirs + backups + places;
         let mut pause = PausePoint::from_env(PAUSE_RENAME_ENV, "rename");
-        let mut progress = Progress::new(m.files.len());
+        let mut progress = Progress::new(m.files.len() + self.config_originals.len());
         let mut root_dirs = BTreeSet::new();
         for d in &plan.mkdirs {
             let dir = self.root.join(d);
@@ -141,6 +141,24 @@ impl Run<'_> {
                 }
                 plan.places.push((Placement { path: f.path.clone(), added: f.action == FileAction::Add }, src));
             }
+        }
+        // Patched config files swap in with the payload: the services start on them.
+        for (file, original) in &self.config_originals {
+            let dst = self.root.join(file);
+            if let Some(why) = super::beneath::escapes(&self.root, file, true) {
+                return Err(Stop::Failed(format!("refusing to write outside the install root: {why}")));
+            }
+            if fs::read(&dst).ok().as_ref() != Some(original) {
+                return Err(Stop::Failed(format!(
+                    "{file} changed since its patch was computed while staging; nothing was changed, run the install again"
+                )));
+            }
+            let bak = self.backup().join(file);
+            fs::create_dir_all(parent_of(&bak))
+                .map_err(|e| Stop::Failed(format!("creating the backup dir of {file}: {e}")))?;
+            let ino = fs::symlink_metadata(&dst).map_or(0, |m| m.ino());
+            plan.backups.push((file.clone(), FileAction::Replace, ino));
+            plan.places.push((Placement { path: file.clone(), added: false }, self.staged_config(file)));
         }
         // Sorted paths put every parent before its children.
         plan.mkdirs = mkdirs.into_iter().collect();

@@ -73,6 +73,7 @@ pub(crate) fn recover(engine: &Engine, state_dir: &Path) -> Result<Option<Instal
         was_running: was_running.clone().unwrap_or_default(),
         restart_required: false,
         ignored_holders: std::collections::BTreeSet::new(),
+        config_originals: std::collections::BTreeMap::new(),
         remediate_hosts: Vec::new(),
         decisions: 0,
         _locks: locks,

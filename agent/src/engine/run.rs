@@ -52,6 +52,8 @@ pub(crate) struct Run<'e> {
     pub(crate) restart_required: bool,
     /// Processes holding files that the operator chose to ignore (not asked about again).
     pub(crate) ignored_holders: std::collections::BTreeSet<u32>,
+    /// Original bytes of each config file patched by the rename set (drift check).
+    pub(crate) config_originals: BTreeMap<String, Vec<u8>>,
     pub(crate) remediate_hosts: Vec<String>,
     pub(crate) decisions: u32,
     /// The state dir's and the root's install locks, released when the run is dropped.
@@ -196,7 +198,10 @@ impl Run<'_> {
             PhaseId::UpdateFiles => self.update_files(),
             PhaseId::PostPrecompile => self.post_precompile(),
             PhaseId::StartServices => self.start_services(),
-            PhaseId::PostHooks => self.hooks(PhaseId::PostHooks, "post-install.d"),
+            PhaseId::PostHooks => {
+                self.precompile_after(PhaseId::PostHooks, true)?;
+                self.hooks(PhaseId::PostHooks, "post-install.d")
+            }
             PhaseId::PatchConfig => self.patch_config(),
             PhaseId::PatchWebapp => self.patch_webapp(),
             PhaseId::Cleanup => self.cleanup(),
@@ -245,6 +250,7 @@ impl Run<'_> {
                 fs::set_permissions(&src, fs::Permissions::from_mode(mode)).map_err(|e| Stop::Failed(e.to_string()))?;
             }
         }
+        self.stage_config_patches()?;
         self.em.emit(
             p,
             PhaseStatus::Running,
@@ -320,16 +326,31 @@ impl Run<'_> {
     }
 
     fn post_precompile(&mut self) -> PhaseResult {
-        let p = PhaseId::PostPrecompile;
-        let m = self.manifest().clone();
-        if m.precompile.after.is_empty() {
-            return Ok((PhaseStatus::Skipped, "no post-install precompile".into()));
+        let n = self.precompile_after(PhaseId::PostPrecompile, false)?;
+        if n == 0 {
+            return Ok((PhaseStatus::Skipped, "no post-install precompile inside the outage".into()));
         }
-        for c in &m.precompile.after {
+        Ok((PhaseStatus::Succeeded, format!("{n} precompile command(s) ran on the new files")))
+    }
+
+    /// Runs the `precompile.after` commands with this `after_start`, in the install root;
+    /// returns how many ran. Those marked `after_start` run in post-hooks, once the
+    /// services are healthy: outside the outage.
+    fn precompile_after(&mut self, p: PhaseId, after_start: bool) -> Result<usize, Stop> {
+        let m = self.manifest().clone();
+        let commands: Vec<_> = m.precompile.after.iter().filter(|c| c.after_start == after_start).collect();
+        for (i, c) in commands.iter().enumerate() {
             let cmd = self.expand(&c.command)?;
             self.shell(p, &cmd, &self.root, c.deadline_secs)?;
+            let total = commands.len();
+            self.em.emit(
+                p,
+                PhaseStatus::Running,
+                format!("post-install precompile {}/{total} done", i + 1),
+                json!({ "progress": { "done": i + 1, "total": total } }),
+            );
         }
-        Ok((PhaseStatus::Succeeded, format!("{} precompile command(s) ran on the new files", m.precompile.after.len())))
+        Ok(commands.len())
     }
 
     fn start_services(&mut self) -> PhaseResult {
@@ -589,6 +610,7 @@ pub(crate) fn install(
         was_running: Vec::new(),
         restart_required: false,
         ignored_holders: std::collections::BTreeSet::new(),
+        config_originals: BTreeMap::new(),
         remediate_hosts: Vec::new(),
         decisions: 0,
         _locks: locks,

@@ -172,9 +172,10 @@ fn nested_fixture() -> Fixture {
     )
 }
 
-/// Changes of the nested fixture's rename set: 2 mkdirs, 3 backups (2 replaces, 1
-/// remove), 4 placements (2 replaces, 2 adds). Undo has one step per change.
-const SET: usize = 9;
+/// Changes of the nested fixture's rename set: 2 mkdirs, 6 backups (2 replaces, 1
+/// remove, 3 patched config files), 7 placements (2 replaces, 2 adds, 3 config files).
+/// Undo has one step per change.
+const SET: usize = 15;
 
 /// Kills the install right after change `k` of the rename set: the root is neither old
 /// nor new on disk. The restart must roll back to the whole old tree.

@@ -122,3 +122,21 @@ fn a_rollback_with_a_missing_or_replaced_backup_is_recovery_required_naming_the_
     // What could be restored was, and the old version runs again.
     fx.wait_version("1.0.0");
 }
+
+#[test]
+fn config_patches_are_in_place_when_the_services_start_and_the_health_check_covers_them() {
+    // A second edit of etc/demo.conf lists the new version as unhealthy: the new service
+    // must start on the patched file, fail its health check, and roll everything back.
+    let fx = Fixture::new(&crl_stub_ok(), |t| {
+        t.replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 2\n\n[[prerequisites]]")
+            + "\n[[config_patches]]\nfile = \"etc/demo.conf\"\nformat = \"key-value\"\nkey = \"unhealthy_versions\"\nvalue = \"1.1.0\"\n"
+    });
+    let before = tree(&fx.root);
+    let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::RolledBack, "{summary:?}");
+    assert_eq!(summary.failed_phase, Some(PhaseId::StartServices), "{summary:?}");
+    assert!(summary.error.as_deref().unwrap_or_default().contains("503"), "{summary:?}");
+    assert!(!events.iter().any(|e| e.phase == PhaseId::PatchConfig), "patch-config ran after the start");
+    assert_eq!(tree(&fx.root), before, "the config files are not the originals again");
+    fx.wait_version("1.0.0");
+}

@@ -1,8 +1,10 @@
 //! The sample upgrade 1.0 -> 1.1 through the real CLI.
 
 use crate::support::{Fixture, crl_stub_ok, parse_events, tree};
+use fleetup_agent::engine::AutoDecider;
 use fleetup_proto::{InstallOutcome, PhaseId, PhaseStatus};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::sync::Arc;
 
 #[test]
 fn sample_upgrade_succeeds_end_to_end() {
@@ -157,4 +159,30 @@ fn untrusted_package_fails_in_check_system_without_touching_anything() {
     assert!(s.error.as_deref().unwrap().contains("not trusted"), "{s:?}");
     assert_eq!(tree(&fx.root), before);
     fx.wait_version("1.0.0");
+}
+
+#[test]
+fn post_install_precompile_runs_inside_the_outage_or_after_the_start_as_the_manifest_says() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| {
+        t + r#"
+[[precompile.after]]
+command = 'test ! -e run/demo.pid && touch "${root}/../ran-while-stopped"'
+deadline_secs = 10
+
+[[precompile.after]]
+command = 'kill -0 "$(cat run/demo.pid)" && touch "${root}/../ran-while-running"'
+deadline_secs = 10
+after_start = true
+"#
+    });
+    let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    assert!(fx.tmp.path().join("ran-while-stopped").exists(), "the outage command did not run during the outage");
+    assert!(fx.tmp.path().join("ran-while-running").exists(), "the after-start command did not run after the start");
+    let after_start = events
+        .iter()
+        .position(|e| e.phase == PhaseId::PostHooks && e.message.starts_with("post-install precompile 1/1"))
+        .expect("after-start precompile reported in post-hooks");
+    let started = events.iter().position(|e| e.phase == PhaseId::StartServices && e.status.is_terminal()).unwrap();
+    assert!(after_start > started);
 }

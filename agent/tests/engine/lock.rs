@@ -29,7 +29,7 @@ fn a_second_install_or_recover_is_refused_while_an_install_runs() {
     let fx = Fixture::new(&crl_stub_ok(), |t| t);
     let old_tree = tree(&fx.root);
     // The first install stops in the middle of update-files: services down, files mixed.
-    let mut first = spawn_paused(fx.cli(), PAUSE_RENAME_ENV, 2, "rename 2 of 6");
+    let mut first = spawn_paused(fx.cli(), PAUSE_RENAME_ENV, 2, "rename 2 of 12");
     let mid_tree = tree(&fx.root);
     assert_ne!(mid_tree, old_tree);
     let state = std::fs::canonicalize(&fx.state).unwrap();
