@@ -81,6 +81,9 @@ impl EventSink for HumanSink {
             return;
         }
         match bar.as_ref() {
+            Some(pb) if ev.status == PhaseStatus::Running && ev.data.get("progress").is_some() => {
+                show_progress(pb, &ev.data["progress"], &ev.message);
+            }
             Some(pb) if ev.status == PhaseStatus::Running => pb.set_message(ev.message.clone()),
             Some(pb) if ev.status.is_terminal() => {
                 pb.finish_and_clear();
@@ -94,6 +97,26 @@ impl EventSink for HumanSink {
             print_summary(&s);
         }
     }
+}
+
+/// Turns the phase's spinner into a bar: bytes when the event counts them (staging),
+/// otherwise steps; indicatif derives the rate and the ETA from the positions.
+fn show_progress(pb: &ProgressBar, progress: &serde_json::Value, message: &str) {
+    let n = |k: &str| progress.get(k).and_then(serde_json::Value::as_u64);
+    let (template, pos, len) = match (n("bytes_done"), n("bytes_total")) {
+        (Some(done), Some(total)) if total > 0 => {
+            ("{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes}, ETA {eta} {wide_msg}", done, total)
+        }
+        _ => (
+            "{spinner} {prefix} [{bar:30}] {pos}/{len}, ETA {eta} {wide_msg}",
+            n("done").unwrap_or(0),
+            n("total").unwrap_or(0),
+        ),
+    };
+    pb.set_style(ProgressStyle::with_template(template).expect("template").progress_chars("=> "));
+    pb.set_length(len);
+    pb.set_position(pos);
+    pb.set_message(message.to_owned());
 }
 
 fn print_summary(s: &InstallSummary) {

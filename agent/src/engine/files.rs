@@ -3,7 +3,7 @@
 //! journaled as one record before the first change. No byte is copied while services
 //! are down.
 
-use super::events::append_log_lines;
+use super::events::{Throttle, append_log_lines};
 use super::journal::{PAUSE_RENAME_ENV, PausePoint, Placement, Record, sync_dir};
 use super::run::{PhaseResult, Run, Stop, action_word};
 use fleetup_proto::manifest::{FileAction, FileChange};
@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 impl Run<'_> {
     /// Re-checks, now that the services are stopped, who holds the files about to change
@@ -189,28 +189,24 @@ impl RenamePlan {
     }
 }
 
-/// Throttled progress of `update-files`: an event at most every [`PROGRESS_EVERY`], and
-/// one for the last file, each with `data.progress.done/total`.
+/// Throttled progress of `update-files` ([`Throttle`]), each event with
+/// `data.progress.done/total`.
 struct Progress {
     total: usize,
     done: usize,
-    last: Instant,
+    throttle: Throttle,
 }
-
-/// The least time between two progress events of `update-files`.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 impl Progress {
     fn new(total: usize) -> Self {
-        Self { total, done: 0, last: Instant::now() }
+        Self { total, done: 0, throttle: Throttle::new() }
     }
 
     fn file_done(&mut self, run: &mut Run<'_>, action: FileAction, path: &str) {
         self.done += 1;
-        if self.done < self.total && self.last.elapsed() < PROGRESS_EVERY {
+        if !self.throttle.due(self.done as u64, self.total as u64) {
             return;
         }
-        self.last = Instant::now();
         let total = self.total;
         run.em.emit(
             PhaseId::UpdateFiles,

@@ -234,8 +234,20 @@ impl Run<'_> {
         }
         fs::create_dir(&self.stage)
             .map_err(|e| Stop::Failed(format!("creating staging {}: {e}", self.stage.display())))?;
-        let verified = package::extract_file(&self.package, &self.trusted, &Limits::default(), &self.pkg())
-            .map_err(|e| Stop::Failed(format!("unpacking {}: {e}", self.package.display())))?;
+        let pkg = self.pkg();
+        let (package, trusted, em) = (&self.package, &self.trusted, &mut self.em);
+        let mut throttle = super::events::Throttle::new();
+        let verified = package::extract_file_with_progress(package, trusted, &Limits::default(), &pkg, &mut |pr| {
+            if throttle.due(pr.entries_done as u64, pr.entries_total as u64) {
+                em.emit(
+                    p,
+                    PhaseStatus::Running,
+                    format!("staging {}/{} entries, {} of {} bytes", pr.entries_done, pr.entries_total, pr.bytes_done, pr.bytes_total),
+                    json!({ "step": "staging", "progress": { "done": pr.entries_done, "total": pr.entries_total, "bytes_done": pr.bytes_done, "bytes_total": pr.bytes_total } }),
+                );
+            }
+        })
+        .map_err(|e| Stop::Failed(format!("unpacking {}: {e}", self.package.display())))?;
         let manifest_text = verified.index.manifest.clone();
         self.record(Record::Staged { manifest: manifest_text })?;
         fs::create_dir_all(self.backup()).map_err(|e| Stop::Failed(e.to_string()))?;

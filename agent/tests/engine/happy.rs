@@ -186,3 +186,43 @@ after_start = true
     let started = events.iter().position(|e| e.phase == PhaseId::StartServices && e.status.is_terminal()).unwrap();
     assert!(after_start > started);
 }
+
+#[test]
+fn staging_and_update_files_report_progress_at_a_bounded_rate() {
+    const N: usize = 400;
+    let extra: Vec<(String, String)> =
+        (0..N).map(|i| (format!("lib/demo/data/f{i:04}.txt"), format!("{i}\n"))).collect();
+    let entries = extra.iter().fold(String::new(), |mut out, (p, _)| {
+        use std::fmt::Write as _;
+        let _ = write!(out, "\n[[files]]\npath = \"{p}\"\naction = \"add\"\n");
+        out
+    });
+    let extra_refs: Vec<(&str, &str)> = extra.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let fx = crate::support::Fixture::with_payload(&crl_stub_ok(), |t| t + &entries, &extra_refs);
+    let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    for phase in [PhaseId::PrePrecompile, PhaseId::UpdateFiles] {
+        let progress: Vec<_> = events
+            .iter()
+            .filter(|e| {
+                e.phase == phase
+                    && e.data
+                        .get("progress")
+                        .is_some_and(|p| p.get("bytes_total").is_some() || phase == PhaseId::UpdateFiles)
+            })
+            .collect();
+        assert!(!progress.is_empty(), "{phase}: no progress events");
+        let last = &progress.last().unwrap().data["progress"];
+        assert_eq!(last["done"], last["total"], "{phase}: the last progress event is not the end: {last}");
+        assert!(last["total"].as_u64().unwrap() >= N as u64, "{phase}: {last}");
+        if phase == PhaseId::PrePrecompile {
+            assert_eq!(last["bytes_done"], last["bytes_total"]);
+            assert!(last["bytes_total"].as_u64().unwrap() > 0);
+        }
+        // Bounded rate: at least 250 ms between two events, except before the last.
+        for w in progress[..progress.len() - 1].windows(2) {
+            let gap = w[1].at - w[0].at;
+            assert!(gap >= chrono::Duration::milliseconds(250), "{phase}: two progress events {gap} apart");
+        }
+    }
+}
