@@ -31,6 +31,7 @@ pub use decide::{AutoDecider, Decider, ScriptedDecider};
 pub use events::{EventSink, MemorySink, NullSink, recorded_events};
 pub use journal::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_SPAWN_ENV, PAUSE_UNDO_ENV};
 pub use lock::Holder;
+pub use run::BUILT_IN_VARS;
 pub use services::{BackendKind, Services, pid_alive};
 
 use fleetup_proto::{InstallSummary, PhaseId, PublicKey};

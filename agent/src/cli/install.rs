@@ -138,7 +138,7 @@ pub(crate) fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, Str
             let (k, val) = v.split_once('=').with_context(|| format!("--var {v}: expected name=value"))?;
             anyhow::ensure!(!k.is_empty(), "--var {v}: the name is empty");
             anyhow::ensure!(
-                !["root", "staging", "state_dir", "version"].contains(&k),
+                !crate::engine::BUILT_IN_VARS.contains(&k),
                 "--var {k}: '{k}' is a built-in variable and cannot be set"
             );
             Ok((k.to_owned(), val.to_owned()))

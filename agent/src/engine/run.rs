@@ -19,6 +19,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Variables the engine sets itself; a host cannot set them (`--var`).
+pub const BUILT_IN_VARS: [&str; 4] = ["root", "staging", "state_dir", "version"];
+
 /// Why a phase stopped the install.
 #[derive(Debug)]
 pub(crate) enum Stop {
@@ -81,9 +84,17 @@ impl Run<'_> {
         self.manifest.as_ref().expect("manifest known after check-system")
     }
 
+    /// The environment of hooks, precompile commands, prerequisite commands and rollback
+    /// scripts: the install's facts, and each host variable (`--var name=value`) as
+    /// `FLEETUP_VAR_<NAME>` (upper case, anything but letters and digits as `_`).
     pub(crate) fn hook_env(&self, phase: PhaseId) -> Vec<(String, String)> {
         let m = self.manifest.as_ref();
-        vec![
+        let host_vars = self.vars.iter().filter(|(k, _)| !BUILT_IN_VARS.contains(&k.as_str())).map(|(k, v)| {
+            let name: String =
+                k.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+            (format!("FLEETUP_VAR_{name}"), v.clone())
+        });
+        let mut env = vec![
             ("FLEETUP_ROOT".into(), self.root.display().to_string()),
             ("FLEETUP_STAGING".into(), self.pkg().display().to_string()),
             ("FLEETUP_STATE_DIR".into(), self.state_dir.display().to_string()),
@@ -92,7 +103,9 @@ impl Run<'_> {
             ("FLEETUP_ROLLUP_VERSION".into(), m.map(|m| m.rollup.version.clone()).unwrap_or_default()),
             ("FLEETUP_HOSTS_FILE".into(), self.hosts_file.display().to_string()),
             ("FLEETUP_PHASE".into(), phase.as_str().into()),
-        ]
+        ];
+        env.extend(host_vars);
+        env
     }
 
     pub(crate) fn expand(&self, s: &str) -> Result<String, Stop> {

@@ -226,3 +226,18 @@ fn staging_and_update_files_report_progress_at_a_bounded_rate() {
         }
     }
 }
+
+#[test]
+fn host_variables_reach_hooks_as_environment_variables() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    let seen = fx.tmp.path().join("hook-env");
+    fx.host_hook(
+        "post-install.d",
+        "10-env",
+        &format!("echo \"$FLEETUP_VAR_PORT $FLEETUP_VAR_CRL_BASE\" > '{}'", seen.display()),
+    );
+    let (summary, _) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    let want = format!("{} {}\n", fx.port, fx.vars["crl_base"]);
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), want);
+}
