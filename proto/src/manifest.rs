@@ -82,12 +82,26 @@ pub struct CheckSettings {
     /// Free space required beyond payload + backups, in MiB.
     #[serde(default = "default_margin_mb")]
     pub free_space_margin_mb: u64,
+    /// The versions this rollup upgrades from; any other installed version stops the
+    /// install in `check-system`, before anything changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<FromVersion>,
 }
 
 impl Default for CheckSettings {
     fn default() -> Self {
-        Self { free_space_margin_mb: default_margin_mb() }
+        Self { free_space_margin_mb: default_margin_mb(), from_version: None }
     }
+}
+
+/// `[check.from_version]`: where the installed version is written, and which it may be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromVersion {
+    /// A file under the install root whose content (trimmed) is the installed version.
+    pub file: String,
+    /// The versions this rollup may be installed over.
+    pub versions: Vec<String>,
 }
 
 fn default_margin_mb() -> u64 {
@@ -473,6 +487,12 @@ impl Manifest {
                 && !pointer.starts_with('/')
             {
                 return Err(invalid(format!("config_patches[{i}].pointer"), "a JSON pointer starts with '/'"));
+            }
+        }
+        if let Some(f) = &self.check.from_version {
+            check_relative("check.from_version.file", &f.file)?;
+            if f.versions.is_empty() {
+                return Err(invalid("check.from_version.versions", "list at least one version to upgrade from"));
             }
         }
         if let Some(w) = &self.webapp {

@@ -53,6 +53,9 @@ impl Run<'_> {
                 fatal.push(e);
             }
         }
+        if let Some(f) = &m.check.from_version {
+            fatal.extend(from_version_problem(&self.root, f));
+        }
         // Nothing may be written outside the root, whatever symlinks lie on the way.
         fatal.extend(super::beneath::offenders(&self.root, &m, &verified.index));
         // Files: adds must be new, replaces and removes must exist.
@@ -225,5 +228,23 @@ impl Run<'_> {
                 "system checked: package verified, {need} bytes of space needed and available, permissions and prerequisites ok"
             ),
         ))
+    }
+}
+
+/// Why the installed version (read from `f.file`) is not one this rollup upgrades from.
+fn from_version_problem(root: &std::path::Path, f: &fleetup_proto::manifest::FromVersion) -> Option<String> {
+    let wanted = f.versions.join(", ");
+    let found = match super::beneath::escapes(root, &f.file, true) {
+        Some(why) => return Some(format!("the installed version cannot be read: {why}")),
+        None => fs::read_to_string(root.join(&f.file)),
+    };
+    match found {
+        Ok(v) if f.versions.iter().any(|w| w == v.trim()) => None,
+        Ok(v) => Some(format!(
+            "this rollup upgrades from {wanted}, but {} says the installed version is {}",
+            f.file,
+            v.trim()
+        )),
+        Err(e) => Some(format!("this rollup upgrades from {wanted}, but {} cannot be read: {e}", f.file)),
     }
 }

@@ -140,3 +140,30 @@ fn config_patches_are_in_place_when_the_services_start_and_the_health_check_cove
     assert_eq!(tree(&fx.root), before, "the config files are not the originals again");
     fx.wait_version("1.0.0");
 }
+
+#[test]
+fn a_from_version_precondition_stops_an_install_over_another_version() {
+    let from = |versions: &'static str| {
+        move |t: String| {
+            t.replace(
+                "free_space_margin_mb = 8\n",
+                &format!("free_space_margin_mb = 8\n\n[check.from_version]\nfile = \"lib/demo/VERSION\"\nversions = {versions}\n"),
+            )
+        }
+    };
+    let fx = Fixture::new(&crl_stub_ok(), from(r#"["0.9.0", "0.9.1"]"#));
+    let before = tree(&fx.root);
+    let (summary, _) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Failed, "{summary:?}");
+    assert_eq!(summary.failed_phase, Some(PhaseId::CheckSystem));
+    let error = summary.error.unwrap_or_default();
+    assert!(
+        error.contains("upgrades from 0.9.0, 0.9.1, but lib/demo/VERSION says the installed version is 1.0.0"),
+        "{error}"
+    );
+    assert_eq!(tree(&fx.root), before);
+
+    let fx = Fixture::new(&crl_stub_ok(), from(r#"["1.0.0"]"#));
+    let (summary, _) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+}
