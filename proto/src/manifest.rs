@@ -369,6 +369,10 @@ pub struct Webapp {
     /// Directory under the install root that holds `releases/<version>/` and the
     /// `current` symlink that is switched atomically.
     pub web_root: String,
+    /// How many releases to keep in `releases/`, the new current one included; older
+    /// ones are removed in `cleanup`. None: keep them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_releases: Option<u32>,
 }
 
 /// A manifest that cannot be used, with what is wrong and where.
@@ -498,6 +502,9 @@ impl Manifest {
         if let Some(w) = &self.webapp {
             check_relative("webapp.source", &w.source)?;
             check_relative("webapp.web_root", &w.web_root)?;
+            if w.keep_releases == Some(0) {
+                return Err(invalid("webapp.keep_releases", "keep at least 1 release (the current one)"));
+            }
         }
         Ok(())
     }

@@ -1,11 +1,12 @@
 //! The phase sequence of one install, and recovery of an interrupted one.
 
 use super::events::Emitter;
+use super::events::append_log;
 use super::exec::{self, ExecError, Shell};
 use super::journal::{Journal, Record};
 use super::lock::{self, Locks};
 use super::services::{Services, Spawned};
-use super::{CancelHandle, CrlRemediation, Engine, EngineError, InstallRequest, crl, rollback};
+use super::{CancelHandle, CrlRemediation, Engine, EngineError, InstallRequest, crl, rollback, webapp};
 use fleetup_proto::manifest::{FileAction, Manifest, Service};
 use fleetup_proto::package::{self, Limits};
 use fleetup_proto::{
@@ -404,7 +405,26 @@ impl Run<'_> {
             fs::remove_dir_all(&self.stage)
                 .map_err(|e| Stop::Failed(format!("removing {}: {e}", self.stage.display())))?;
         }
-        Ok((PhaseStatus::Succeeded, "backups and staging removed".into()))
+        let m = self.manifest().clone();
+        let mut msg = "backups and staging removed".to_owned();
+        if let Some(w) = &m.webapp
+            && let Some(keep) = w.keep_releases
+        {
+            let releases = self.root.join(&w.web_root).join("releases");
+            let removed = webapp::prune_releases(&releases, &m.rollup.version, keep as usize)
+                .map_err(|e| Stop::Failed(format!("removing old releases in {}: {e}", releases.display())))?;
+            append_log(
+                &self.em.logs.join("update-webapp.log"),
+                &format!(
+                    "kept {keep} release(s); removed: {}",
+                    if removed.is_empty() { "none".into() } else { removed.join(", ") }
+                ),
+            );
+            if !removed.is_empty() {
+                msg = format!("{msg}; old web app release(s) removed (keep {keep}): {}", removed.join(", "));
+            }
+        }
+        Ok((PhaseStatus::Succeeded, msg))
     }
 
     // ---------------------------------------------------------------- endings

@@ -241,3 +241,22 @@ fn host_variables_reach_hooks_as_environment_variables() {
     let want = format!("{} {}\n", fx.port, fx.vars["crl_base"]);
     assert_eq!(std::fs::read_to_string(&seen).unwrap(), want);
 }
+
+#[test]
+fn old_web_app_releases_beyond_keep_releases_are_removed() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| t.replace("web_root = \"www\"", "web_root = \"www\"\nkeep_releases = 2"));
+    let releases = fx.root.join("www/releases");
+    for (v, when) in [("0.8.0", "2020-01-01"), ("0.9.0", "2021-01-01"), ("1.0.0", "2022-01-01")] {
+        std::fs::create_dir_all(releases.join(v)).unwrap();
+        assert!(
+            std::process::Command::new("touch").args(["-d", when]).arg(releases.join(v)).status().unwrap().success()
+        );
+    }
+    let (summary, _) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    let mut left: Vec<String> =
+        std::fs::read_dir(&releases).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["1.0.0", "1.1.0"], "the current release and the one before it are kept");
+    assert_eq!(std::fs::read_link(fx.root.join("www/current")).unwrap().to_str().unwrap(), "releases/1.1.0");
+}
