@@ -339,6 +339,15 @@ pub enum PatchEdit {
         /// e.g. `/cache/size_mb`.
         pointer: String,
     },
+    /// An INI file: set `key` in `[section]` (keys before any section when absent); the
+    /// section is added at the end if missing.
+    Ini {
+        /// The section name, without brackets.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        section: Option<String>,
+        /// The key.
+        key: String,
+    },
     /// An XML document: set an attribute on the element at a `/`-separated path of names.
     Xml {
         /// e.g. `configuration/runtime/generatePublisherEvidence`.
@@ -356,8 +365,13 @@ pub struct ConfigPatch {
     /// Format and location of the edit.
     #[serde(flatten)]
     pub edit: PatchEdit,
-    /// The new value (for JSON: any JSON value; otherwise a string).
-    pub value: toml::Value,
+    /// The new value (for JSON: any JSON value; otherwise a string). Absent with `remove`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<toml::Value>,
+    /// Remove the key (key-value, INI) or the member (JSON) instead of setting it;
+    /// already absent is fine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
 }
 
 /// `[webapp]`
@@ -492,6 +506,21 @@ impl Manifest {
             {
                 return Err(invalid(format!("config_patches[{i}].pointer"), "a JSON pointer starts with '/'"));
             }
+            match (&p.value, p.remove) {
+                (Some(_), true) => {
+                    return Err(invalid(format!("config_patches[{i}]"), "give `value` or `remove = true`, not both"));
+                }
+                (None, false) => {
+                    return Err(invalid(format!("config_patches[{i}].value"), "missing (or say remove = true)"));
+                }
+                (None, true) if matches!(p.edit, PatchEdit::Xml { .. }) => {
+                    return Err(invalid(
+                        format!("config_patches[{i}].remove"),
+                        "an XML attribute cannot be removed, only set",
+                    ));
+                }
+                _ => {}
+            }
         }
         if let Some(f) = &self.check.from_version {
             check_relative("check.from_version.file", &f.file)?;
@@ -619,6 +648,7 @@ mod tests {
             .iter()
             .map(|p| match p.edit {
                 PatchEdit::KeyValue { .. } => "kv",
+                PatchEdit::Ini { .. } => "ini",
                 PatchEdit::Json { .. } => "json",
                 PatchEdit::Xml { .. } => "xml",
             })

@@ -46,8 +46,7 @@ impl Run<'_> {
                 texts.insert(file.clone(), (out, text));
             }
             let (_, text) = texts.get_mut(&file).expect("inserted above");
-            *text = config_patch::apply(text, &c.edit, &c.value)
-                .map_err(|e| Stop::Failed(format!("patching {}: {e}", c.file)))?;
+            *text = config_patch::apply(text, c).map_err(|e| Stop::Failed(format!("patching {}: {e}", c.file)))?;
         }
         for (file, (out, text)) in &texts {
             fs::create_dir_all(out.parent().expect("has a parent")).map_err(|e| Stop::Failed(e.to_string()))?;
@@ -81,10 +80,10 @@ impl Run<'_> {
             append_log(
                 &log,
                 &format!(
-                    "{}: {:?} = {} (swapped in with the file update; the original is in {})",
+                    "{}: {:?} {} (swapped in with the file update; the original is in {})",
                     c.file,
                     c.edit,
-                    c.value,
+                    c.value.as_ref().map_or_else(|| "removed".to_owned(), |v| format!("= {v}")),
                     self.backup().join(&c.file).display()
                 ),
             );

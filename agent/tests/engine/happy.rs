@@ -260,3 +260,40 @@ fn old_web_app_releases_beyond_keep_releases_are_removed() {
     assert_eq!(left, ["1.0.0", "1.1.0"], "the current release and the one before it are kept");
     assert_eq!(std::fs::read_link(fx.root.join("www/current")).unwrap().to_str().unwrap(), "releases/1.1.0");
 }
+
+#[test]
+fn config_patches_set_ini_keys_and_remove_keys() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| {
+        t + r#"
+[[config_patches]]
+file = "etc/app.ini"
+format = "ini"
+section = "cache"
+key = "port"
+value = 6380
+
+[[config_patches]]
+file = "etc/demo.conf"
+format = "key-value"
+key = "log_level"
+remove = true
+
+[[config_patches]]
+file = "etc/settings.json"
+format = "json"
+pointer = "/cache/size_mb"
+remove = true
+"#
+    });
+    std::fs::write(fx.root.join("etc/app.ini"), "[db]\nport = 5432\n\n[cache]\nport = 6379\n").unwrap();
+    let (summary, _) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    let r = &fx.root;
+    assert_eq!(std::fs::read_to_string(r.join("etc/app.ini")).unwrap(), "[db]\nport = 5432\n\n[cache]\nport = 6380\n");
+    let conf = std::fs::read_to_string(r.join("etc/demo.conf")).unwrap();
+    assert!(!conf.contains("log_level") && conf.contains("cache_mb = 256"), "{conf}");
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.join("etc/settings.json")).unwrap()).unwrap();
+    assert_eq!(settings["cache"], serde_json::json!({}), "{settings}");
+    assert_eq!(settings["features"]["fast_start"], true);
+}
