@@ -15,6 +15,7 @@ mod decide;
 mod events;
 mod exec;
 mod files;
+mod hooks;
 mod http;
 mod inuse;
 mod journal;
@@ -31,7 +32,7 @@ pub use decide::{AutoDecider, Decider, ScriptedDecider};
 pub use events::{EventSink, MemorySink, NullSink, recorded_events};
 pub use journal::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_SPAWN_ENV, PAUSE_UNDO_ENV};
 pub use lock::Holder;
-pub use run::BUILT_IN_VARS;
+pub use run::{BUILT_IN_VARS, RETRY_LATER, RETRY_LATER_EXIT};
 pub use services::{BackendKind, Services, pid_alive};
 
 use fleetup_proto::{InstallSummary, PhaseId, PublicKey};

@@ -320,6 +320,16 @@ pub struct Scripts {
     /// Run during `rollback`, after files are restored and before services start.
     #[serde(default)]
     pub rollback: Vec<String>,
+    /// Run at the end of `post-hooks`, once the services are healthy and the other
+    /// post-install hooks passed: the point of commit (Mender's ArtifactCommit). A
+    /// failure still rolls back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commit: Vec<String>,
+    /// Run when an install ends without success, after any rollback (Mender's `_Error`
+    /// states): to alert or clean up. Their own failure is reported, never changes the
+    /// outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error: Vec<String>,
     /// Deadline of each script, in seconds.
     #[serde(default = "default_command_deadline")]
     pub deadline_secs: u64,
@@ -494,8 +504,15 @@ impl Manifest {
                 "only a `precompile.after` command can run after the start",
             ));
         }
-        for (i, s) in
-            self.scripts.pre_install.iter().chain(&self.scripts.post_install).chain(&self.scripts.rollback).enumerate()
+        let sc = &self.scripts;
+        for (i, s) in sc
+            .pre_install
+            .iter()
+            .chain(&sc.post_install)
+            .chain(&sc.rollback)
+            .chain(&sc.commit)
+            .chain(&sc.error)
+            .enumerate()
         {
             check_relative(&format!("scripts[{i}]"), s)?;
         }
@@ -546,6 +563,8 @@ impl Manifest {
         out.extend(self.scripts.pre_install.iter().cloned());
         out.extend(self.scripts.post_install.iter().cloned());
         out.extend(self.scripts.rollback.iter().cloned());
+        out.extend(self.scripts.commit.iter().cloned());
+        out.extend(self.scripts.error.iter().cloned());
         out
     }
 }

@@ -150,6 +150,9 @@ fn exit_for(s: &InstallSummary) -> ExitCode {
     match s.outcome {
         InstallOutcome::Succeeded => ExitCode::SUCCESS,
         InstallOutcome::RecoveryRequired => ExitCode::from(3),
+        _ if s.error.as_deref().is_some_and(|e| e.starts_with(crate::engine::RETRY_LATER)) => {
+            ExitCode::from(crate::engine::RETRY_LATER_EXIT as u8)
+        }
         _ => ExitCode::FAILURE,
     }
 }

@@ -20,6 +20,14 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The exit status (EX_TEMPFAIL) by which a hook or command says "not now, try the
+/// install again later": the install ends as for a failure (rolled back if anything
+/// changed), its error starts with [`RETRY_LATER`], and the CLI exits with this status.
+pub const RETRY_LATER_EXIT: i32 = 75;
+
+/// How the error of an install ended by [`RETRY_LATER_EXIT`] begins.
+pub const RETRY_LATER: &str = "retry later:";
+
 /// Variables the engine sets itself; a host cannot set them (`--var`).
 pub const BUILT_IN_VARS: [&str; 4] = ["root", "staging", "state_dir", "version"];
 
@@ -139,6 +147,9 @@ impl Run<'_> {
         )
         .map_err(|e| match e {
             ExecError::Cancelled => Stop::Cancelled(format!("cancelled while running `{command}`")),
+            ExecError::Exited(RETRY_LATER_EXIT) => Stop::Failed(format!(
+                "{RETRY_LATER} {what}: exit status {RETRY_LATER_EXIT} asks to try the install again later"
+            )),
             other => Stop::Failed(format!("{what}: {other}")),
         })
     }
@@ -206,7 +217,7 @@ impl Run<'_> {
         match phase {
             PhaseId::CheckSystem => self.check_system(),
             PhaseId::PrePrecompile => self.pre_precompile(),
-            PhaseId::PreHooks => self.hooks(PhaseId::PreHooks, "pre-install.d"),
+            PhaseId::PreHooks => self.pre_hooks(),
             PhaseId::StopServices => self.stop_services(),
             PhaseId::ValidateFiles => self.validate_files(),
             PhaseId::UpdateFiles => self.update_files(),
@@ -214,7 +225,7 @@ impl Run<'_> {
             PhaseId::StartServices => self.start_services(),
             PhaseId::PostHooks => {
                 self.precompile_after(PhaseId::PostHooks, true)?;
-                self.hooks(PhaseId::PostHooks, "post-install.d")
+                self.post_hooks()
             }
             PhaseId::PatchConfig => self.patch_config(),
             PhaseId::PatchWebapp => self.patch_webapp(),
@@ -297,31 +308,6 @@ impl Run<'_> {
             self.check_cancel(p)?;
         }
         Ok((PhaseStatus::Succeeded, format!("staged and precompiled ({n} command(s)) while services kept running")))
-    }
-
-    fn hooks(&mut self, p: PhaseId, dir: &str) -> PhaseResult {
-        let mut scripts: Vec<PathBuf> = fs::read_dir(self.state_dir.join("hooks").join(dir))
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
-            .unwrap_or_default();
-        scripts.sort();
-        let m = self.manifest().clone();
-        let (pkg_scripts, deadline) = if p == PhaseId::PreHooks {
-            (&m.scripts.pre_install, m.scripts.deadline_secs)
-        } else {
-            (&m.scripts.post_install, m.scripts.deadline_secs)
-        };
-        scripts.extend(pkg_scripts.iter().map(|s| self.pkg().join(s)));
-        if scripts.is_empty() {
-            return Ok((PhaseStatus::Skipped, "no hooks".into()));
-        }
-        for s in &scripts {
-            self.check_cancel(p)?;
-            let cmd = format!("sh '{}'", s.display());
-            self.shell_named(p, &cmd, &format!("hook {} failed", s.display()), &self.root, deadline)?;
-            self.em.emit(p, PhaseStatus::Running, format!("hook {} done", s.display()), serde_json::Value::Null);
-        }
-        self.check_cancel(p)?;
-        Ok((PhaseStatus::Succeeded, format!("{} hook(s) ran", scripts.len())))
     }
 
     fn stop_services(&mut self) -> PhaseResult {
@@ -463,6 +449,9 @@ impl Run<'_> {
             outcome = InstallOutcome::RecoveryRequired;
             error = Some(format!("{}; hosts file not restored: {e}", error.unwrap_or_default()));
         }
+        if outcome != InstallOutcome::Succeeded {
+            self.error_hooks(outcome, failed_phase.unwrap_or(PhaseId::Rollback), error.as_deref().unwrap_or(""));
+        }
         if outcome != InstallOutcome::RecoveryRequired && self.stage.exists() {
             let _ = fs::remove_dir_all(&self.stage);
         }
@@ -487,7 +476,8 @@ impl Run<'_> {
             ),
             (o, e) => format!("install of {name} {version} ended: {o}: {}", e.as_deref().unwrap_or("")),
         };
-        self.em.emit(phase, status, msg, json!({ "summary": summary }));
+        let retry_later = error.as_deref().is_some_and(|e| e.starts_with(RETRY_LATER));
+        self.em.emit(phase, status, msg, json!({ "summary": summary, "retry_later": retry_later }));
         self.cancel().set_phase(None);
         let _ = self.journal.append(Record::End { outcome });
         let logs = self.em.logs.clone();

@@ -9,6 +9,7 @@ mod crash;
 mod crl;
 mod failures;
 mod happy;
+mod hooks;
 mod inuse;
 mod lock;
 mod pack;
