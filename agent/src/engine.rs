@@ -22,6 +22,7 @@ mod journal;
 mod lock;
 mod orphans;
 mod patch;
+mod phases;
 mod recovery;
 mod rollback;
 mod run;
