@@ -27,6 +27,7 @@ mod recovery;
 mod rollback;
 mod run;
 mod services;
+mod tree;
 mod webapp;
 
 pub use decide::{AutoDecider, Decider, ScriptedDecider};

@@ -118,6 +118,11 @@ pub enum FileAction {
     Replace,
     /// The file exists and is removed (backed up first).
     Remove,
+    /// `path` is a directory that becomes, file by file, the package directory `source`
+    /// (default `payload/<path>`): its files are added or replaced, files under `path`
+    /// that are not in it are removed. The engine expands it into those changes in
+    /// `check-system`; directories are created as needed and never removed.
+    Tree,
 }
 
 /// `[[files]]`
@@ -473,6 +478,18 @@ impl Manifest {
                 parse_mode(mode).map_err(|p| invalid(format!("files[{i}].mode"), p))?;
             }
         }
+        for (i, t) in self.files.iter().enumerate().filter(|(_, f)| f.action == FileAction::Tree) {
+            let tree = format!("{}/", normal_path(&t.path));
+            if let Some(j) = self.files.iter().position(|f| normal_path(&f.path).starts_with(&tree)) {
+                return Err(invalid(
+                    format!("files[{j}].path"),
+                    format!(
+                        "'{}' lies inside the tree files[{i}] ('{}'): the tree decides it",
+                        self.files[j].path, t.path
+                    ),
+                ));
+            }
+        }
         let mut names = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             if !names.insert(s.name.as_str()) {
@@ -555,11 +572,20 @@ impl Manifest {
         Ok(())
     }
 
+    /// The package directories of `tree` entries.
+    pub fn referenced_package_dirs(&self) -> Vec<String> {
+        self.files.iter().filter(|f| f.action == FileAction::Tree).map(FileChange::source_path).collect()
+    }
+
     /// Every path inside the package that the manifest refers to (payload sources,
     /// scripts, the web app directory prefix is not included).
     pub fn referenced_package_files(&self) -> Vec<String> {
-        let mut out: Vec<String> =
-            self.files.iter().filter(|f| f.action != FileAction::Remove).map(FileChange::source_path).collect();
+        let mut out: Vec<String> = self
+            .files
+            .iter()
+            .filter(|f| matches!(f.action, FileAction::Add | FileAction::Replace))
+            .map(FileChange::source_path)
+            .collect();
         out.extend(self.scripts.pre_install.iter().cloned());
         out.extend(self.scripts.post_install.iter().cloned());
         out.extend(self.scripts.rollback.iter().cloned());
@@ -718,6 +744,13 @@ mod tests {
                 && err.contains("lib/demo/feature-x.txt"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_entry_inside_a_tree_is_refused() {
+        let text = SAMPLE.to_owned() + "\n[[files]]\npath = \"lib\"\naction = \"tree\"\n";
+        let err = Manifest::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("files[0].path") && err.contains("inside the tree files[4] ('lib')"), "{err}");
     }
 
     #[test]

@@ -27,7 +27,9 @@ impl Run<'_> {
             ),
             json!({ "step": "integrity" }),
         );
-        let m = verified.manifest;
+        let mut m = verified.manifest;
+        // From here on a tree entry is its per-file changes (see `tree`).
+        m.files = super::tree::expand(&self.root, &m.files, &verified.index).map_err(Stop::Failed)?;
         self.vars.insert("version".into(), m.rollup.version.clone());
         self.services.vars.clone_from(&self.vars);
         let mut fatal = Vec::new();

@@ -222,6 +222,7 @@ fn action_verb(a: FileAction) -> &'static str {
         FileAction::Add => "add",
         FileAction::Replace => "replace",
         FileAction::Remove => "remove",
+        FileAction::Tree => "replace as a tree",
     }
 }
 

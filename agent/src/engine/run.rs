@@ -380,6 +380,7 @@ pub(crate) fn action_word(a: FileAction) -> &'static str {
         FileAction::Add => "added",
         FileAction::Replace => "replaced",
         FileAction::Remove => "removed",
+        FileAction::Tree => "replaced as a tree",
     }
 }
 

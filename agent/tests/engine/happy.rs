@@ -297,3 +297,42 @@ remove = true
     assert_eq!(settings["cache"], serde_json::json!({}), "{settings}");
     assert_eq!(settings["features"]["fast_start"], true);
 }
+
+/// The sample's four `[[files]]` entries as one `tree` entry.
+fn as_tree(t: &str) -> String {
+    let per_file = "[[files]]\npath = \"lib/demo/VERSION\"\naction = \"replace\"\n\n[[files]]\npath = \"lib/demo/messages.txt\"\naction = \"replace\"\nmode = \"0644\"\n\n[[files]]\npath = \"lib/demo/feature-x.txt\"\naction = \"add\"\n\n[[files]]\npath = \"lib/demo/legacy.txt\"\naction = \"remove\"\n";
+    assert!(t.contains(per_file), "the sample's [[files]] changed");
+    t.replace(per_file, "[[files]]\npath = \"lib/demo\"\naction = \"tree\"\n")
+}
+
+#[test]
+fn a_tree_entry_replaces_a_directory_as_a_unit() {
+    let per_file = Fixture::new(&crl_stub_ok(), |t| t);
+    let (summary, _) = per_file.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    let fx = Fixture::new(&crl_stub_ok(), |t| as_tree(&t));
+    let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    // Added, replaced, and legacy.txt (no longer in the tree) removed: as the four entries.
+    assert_eq!(tree(&fx.root), tree(&per_file.root));
+    assert!(!fx.root.join("lib/demo/legacy.txt").exists());
+    assert!(
+        events.iter().any(|e| e.phase == PhaseId::UpdateFiles && e.message.starts_with("4 file(s) updated")),
+        "{:?}",
+        events.iter().filter(|e| e.phase == PhaseId::UpdateFiles).map(|e| &e.message).collect::<Vec<_>>()
+    );
+    fx.wait_version("1.1.0");
+}
+
+#[test]
+fn a_tree_entry_is_rolled_back_whole() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| {
+        as_tree(&t).replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 1\n\n[[prerequisites]]")
+    });
+    fx.mark_unhealthy("1.1.0");
+    let before = tree(&fx.root);
+    let (summary, _) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::RolledBack, "{summary:?}");
+    assert_eq!(tree(&fx.root), before);
+    fx.wait_version("1.0.0");
+}
