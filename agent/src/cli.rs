@@ -1,7 +1,9 @@
 //! Command-line interface of `fleetup-agent`.
 
 mod install;
+mod prompt;
 mod run;
+mod signals;
 
 use crate::engine::{BackendKind, CrlRemediation};
 use clap::{Parser, Subcommand};

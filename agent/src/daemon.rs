@@ -77,6 +77,9 @@ pub(crate) struct Ctx {
     config: DaemonConfig,
     client: Client,
     backoff: Backoff,
+    /// The cancel handle of the install running now, for a stop request (SIGTERM from
+    /// `systemctl stop`) to cancel it as its phase allows.
+    current: std::sync::Mutex<Option<crate::engine::CancelHandle>>,
 }
 
 impl Ctx {
@@ -97,7 +100,19 @@ impl Ctx {
     }
 }
 
-/// Runs until `shutdown` resolves (between jobs; a job in progress is finished first).
+impl Ctx {
+    /// Asks the running install (if any) to cancel, logging what that will do.
+    fn cancel_current(&self) {
+        let current = self.current.lock().expect("current job").clone();
+        if let Some(c) = current {
+            let (Ok(m) | Err(m)) = c.cancel();
+            tracing::warn!("stop requested during a job: {m}; exiting once it has ended");
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves. A job in progress is cancelled as its phase allows
+/// (finished forward from `post-precompile`), ends, is reported, then the daemon exits.
 pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)?;
     let identity = match identity::load(&config.state_dir)? {
@@ -109,6 +124,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
         client: Client::new(&config.server)?.with_token(&identity.agent_token),
         config,
         backoff: Backoff::default(),
+        current: std::sync::Mutex::new(None),
     };
     if let Some(job) = job::unfinished(&ctx.config.state_dir)? {
         tracing::info!(job = %job.job_id, "resuming the job interrupted by a restart");
@@ -124,7 +140,18 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
             Ok(Some(assignment)) => {
                 ctx.backoff.reset();
                 tracing::info!(job = %assignment.job_id, package = %assignment.package.name, version = %assignment.package.version, "job received");
-                job::run(&ctx, assignment).await?;
+                let job = job::run(&ctx, assignment);
+                tokio::pin!(job);
+                tokio::select! {
+                    r = &mut job => r?,
+                    // A stop request during a job is a cancel, honoured as the phase allows
+                    // (as Ctrl-C on the command line); the job then ends and is reported.
+                    () = &mut shutdown => {
+                        ctx.cancel_current();
+                        job.await?;
+                        return Ok(());
+                    }
+                }
             }
             Ok(None) => ctx.backoff.reset(),
             Err(CallError::Refused(e)) => anyhow::bail!("the coordinator refused this agent: {e}"),

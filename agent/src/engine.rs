@@ -7,6 +7,7 @@
 //! `tokio::task::spawn_blocking`. Decisions come from a [`Decider`], events go to an
 //! [`EventSink`], a [`CancelHandle`] asks it to stop. See `docs/engine.md`.
 
+mod beneath;
 mod check;
 mod config_patch;
 mod crl;
@@ -14,19 +15,26 @@ mod decide;
 mod events;
 mod exec;
 mod files;
+mod hooks;
 mod http;
 mod inuse;
 mod journal;
+mod lock;
+mod orphans;
 mod patch;
+mod phases;
 mod recovery;
 mod rollback;
 mod run;
 mod services;
+mod tree;
 mod webapp;
 
 pub use decide::{AutoDecider, Decider, ScriptedDecider};
 pub use events::{EventSink, MemorySink, NullSink, recorded_events};
-pub use journal::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_UNDO_ENV};
+pub use journal::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_SPAWN_ENV, PAUSE_UNDO_ENV};
+pub use lock::Holder;
+pub use run::{BUILT_IN_VARS, RETRY_LATER, RETRY_LATER_EXIT};
 pub use services::{BackendKind, Services, pid_alive};
 
 use fleetup_proto::{InstallSummary, PhaseId, PublicKey};
@@ -84,6 +92,20 @@ pub enum EngineError {
     /// The root cannot be used.
     #[error("install root {0}")]
     Root(String),
+    /// Another install or recovery holds the state dir or the root (one at a time).
+    #[error(
+        "{what} is in use by another fleetup engine: {}; wait for it to end (lock {})",
+        holder.as_ref().map_or_else(|| "a process that has not yet said who it is".to_owned(), ToString::to_string),
+        lock.display()
+    )]
+    Busy {
+        /// `state dir <path>` or `install root <path>`.
+        what: String,
+        /// The lock file.
+        lock: PathBuf,
+        /// Who holds it, as it wrote into the lock file.
+        holder: Option<Box<Holder>>,
+    },
 }
 
 /// Asks a running install to stop. Cloneable; safe to use from any thread.

@@ -82,12 +82,26 @@ pub struct CheckSettings {
     /// Free space required beyond payload + backups, in MiB.
     #[serde(default = "default_margin_mb")]
     pub free_space_margin_mb: u64,
+    /// The versions this rollup upgrades from; any other installed version stops the
+    /// install in `check-system`, before anything changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<FromVersion>,
 }
 
 impl Default for CheckSettings {
     fn default() -> Self {
-        Self { free_space_margin_mb: default_margin_mb() }
+        Self { free_space_margin_mb: default_margin_mb(), from_version: None }
     }
+}
+
+/// `[check.from_version]`: where the installed version is written, and which it may be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromVersion {
+    /// A file under the install root whose content (trimmed) is the installed version.
+    pub file: String,
+    /// The versions this rollup may be installed over.
+    pub versions: Vec<String>,
 }
 
 fn default_margin_mb() -> u64 {
@@ -104,6 +118,11 @@ pub enum FileAction {
     Replace,
     /// The file exists and is removed (backed up first).
     Remove,
+    /// `path` is a directory that becomes, file by file, the package directory `source`
+    /// (default `payload/<path>`): its files are added or replaced, files under `path`
+    /// that are not in it are removed. The engine expands it into those changes in
+    /// `check-system`; directories are created as needed and never removed.
+    Tree,
 }
 
 /// `[[files]]`
@@ -283,6 +302,10 @@ pub struct Command {
     /// Killed (with its process group) after this many seconds.
     #[serde(default = "default_command_deadline")]
     pub deadline_secs: u64,
+    /// (`precompile.after` only) Run once the services have started and are healthy,
+    /// outside the outage, instead of in `post-precompile` before they start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_start: bool,
 }
 
 fn default_command_deadline() -> u64 {
@@ -302,6 +325,16 @@ pub struct Scripts {
     /// Run during `rollback`, after files are restored and before services start.
     #[serde(default)]
     pub rollback: Vec<String>,
+    /// Run at the end of `post-hooks`, once the services are healthy and the other
+    /// post-install hooks passed: the point of commit (Mender's ArtifactCommit). A
+    /// failure still rolls back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commit: Vec<String>,
+    /// Run when an install ends without success, after any rollback (Mender's `_Error`
+    /// states): to alert or clean up. Their own failure is reported, never changes the
+    /// outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error: Vec<String>,
     /// Deadline of each script, in seconds.
     #[serde(default = "default_command_deadline")]
     pub deadline_secs: u64,
@@ -321,6 +354,15 @@ pub enum PatchEdit {
         /// e.g. `/cache/size_mb`.
         pointer: String,
     },
+    /// An INI file: set `key` in `[section]` (keys before any section when absent); the
+    /// section is added at the end if missing.
+    Ini {
+        /// The section name, without brackets.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        section: Option<String>,
+        /// The key.
+        key: String,
+    },
     /// An XML document: set an attribute on the element at a `/`-separated path of names.
     Xml {
         /// e.g. `configuration/runtime/generatePublisherEvidence`.
@@ -338,8 +380,13 @@ pub struct ConfigPatch {
     /// Format and location of the edit.
     #[serde(flatten)]
     pub edit: PatchEdit,
-    /// The new value (for JSON: any JSON value; otherwise a string).
-    pub value: toml::Value,
+    /// The new value (for JSON: any JSON value; otherwise a string). Absent with `remove`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<toml::Value>,
+    /// Remove the key (key-value, INI) or the member (JSON) instead of setting it;
+    /// already absent is fine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
 }
 
 /// `[webapp]`
@@ -351,6 +398,10 @@ pub struct Webapp {
     /// Directory under the install root that holds `releases/<version>/` and the
     /// `current` symlink that is switched atomically.
     pub web_root: String,
+    /// How many releases to keep in `releases/`, the new current one included; older
+    /// ones are removed in `cleanup`. None: keep them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_releases: Option<u32>,
 }
 
 /// A manifest that cannot be used, with what is wrong and where.
@@ -392,18 +443,51 @@ impl Manifest {
         if self.rollup.name.trim().is_empty() {
             return Err(invalid("rollup.name", "must not be empty"));
         }
-        if self.rollup.version.trim().is_empty() {
-            return Err(invalid("rollup.version", "must not be empty"));
-        }
-        let mut seen = BTreeSet::new();
+        check_version(&self.rollup.version)?;
+        // Compared in normal form: `./lib/x` and `lib//x` are `lib/x`. A second entry for
+        // a path, or a second use of one staged source, would fail mid-outage.
+        let mut paths: BTreeMap<String, usize> = BTreeMap::new();
+        let mut sources: BTreeMap<String, usize> = BTreeMap::new();
         for (i, f) in self.files.iter().enumerate() {
             check_relative(&format!("files[{i}].path"), &f.path)?;
             check_relative(&format!("files[{i}].source"), &f.source_path())?;
-            if !seen.insert(f.path.as_str()) {
-                return Err(invalid(format!("files[{i}].path"), format!("'{}' is listed twice", f.path)));
+            if let Some(j) = paths.insert(normal_path(&f.path), i) {
+                return Err(invalid(
+                    format!("files[{i}].path"),
+                    format!(
+                        "'{}' is the same path as files[{j}] ('{}'): list each path once",
+                        f.path, self.files[j].path
+                    ),
+                ));
+            }
+            if f.action != FileAction::Remove
+                && let Some(j) = sources.insert(normal_path(&f.source_path()), i)
+            {
+                return Err(invalid(
+                    format!("files[{i}].source"),
+                    format!(
+                        "'{}' (for '{}') is also the source of files[{j}] ('{}'): each staged file is moved into \
+                         place once, so give each entry its own source",
+                        f.source_path(),
+                        f.path,
+                        self.files[j].path
+                    ),
+                ));
             }
             if let Some(mode) = &f.mode {
                 parse_mode(mode).map_err(|p| invalid(format!("files[{i}].mode"), p))?;
+            }
+        }
+        for (i, t) in self.files.iter().enumerate().filter(|(_, f)| f.action == FileAction::Tree) {
+            let tree = format!("{}/", normal_path(&t.path));
+            if let Some(j) = self.files.iter().position(|f| normal_path(&f.path).starts_with(&tree)) {
+                return Err(invalid(
+                    format!("files[{j}].path"),
+                    format!(
+                        "'{}' lies inside the tree files[{i}] ('{}'): the tree decides it",
+                        self.files[j].path, t.path
+                    ),
+                ));
             }
         }
         let mut names = BTreeSet::new();
@@ -431,8 +515,21 @@ impl Manifest {
                 return Err(invalid("crl.probe_deadline_secs", "must be between 1 and 60 seconds"));
             }
         }
-        for (i, s) in
-            self.scripts.pre_install.iter().chain(&self.scripts.post_install).chain(&self.scripts.rollback).enumerate()
+        if let Some(i) = self.precompile.before.iter().position(|c| c.after_start) {
+            return Err(invalid(
+                format!("precompile.before[{i}].after_start"),
+                "only a `precompile.after` command can run after the start",
+            ));
+        }
+        let sc = &self.scripts;
+        for (i, s) in sc
+            .pre_install
+            .iter()
+            .chain(&sc.post_install)
+            .chain(&sc.rollback)
+            .chain(&sc.commit)
+            .chain(&sc.error)
+            .enumerate()
         {
             check_relative(&format!("scripts[{i}]"), s)?;
         }
@@ -443,22 +540,57 @@ impl Manifest {
             {
                 return Err(invalid(format!("config_patches[{i}].pointer"), "a JSON pointer starts with '/'"));
             }
+            match (&p.value, p.remove) {
+                (Some(_), true) => {
+                    return Err(invalid(format!("config_patches[{i}]"), "give `value` or `remove = true`, not both"));
+                }
+                (None, false) => {
+                    return Err(invalid(format!("config_patches[{i}].value"), "missing (or say remove = true)"));
+                }
+                (None, true) if matches!(p.edit, PatchEdit::Xml { .. }) => {
+                    return Err(invalid(
+                        format!("config_patches[{i}].remove"),
+                        "an XML attribute cannot be removed, only set",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(f) = &self.check.from_version {
+            check_relative("check.from_version.file", &f.file)?;
+            if f.versions.is_empty() {
+                return Err(invalid("check.from_version.versions", "list at least one version to upgrade from"));
+            }
         }
         if let Some(w) = &self.webapp {
             check_relative("webapp.source", &w.source)?;
             check_relative("webapp.web_root", &w.web_root)?;
+            if w.keep_releases == Some(0) {
+                return Err(invalid("webapp.keep_releases", "keep at least 1 release (the current one)"));
+            }
         }
         Ok(())
+    }
+
+    /// The package directories of `tree` entries.
+    pub fn referenced_package_dirs(&self) -> Vec<String> {
+        self.files.iter().filter(|f| f.action == FileAction::Tree).map(FileChange::source_path).collect()
     }
 
     /// Every path inside the package that the manifest refers to (payload sources,
     /// scripts, the web app directory prefix is not included).
     pub fn referenced_package_files(&self) -> Vec<String> {
-        let mut out: Vec<String> =
-            self.files.iter().filter(|f| f.action != FileAction::Remove).map(FileChange::source_path).collect();
+        let mut out: Vec<String> = self
+            .files
+            .iter()
+            .filter(|f| matches!(f.action, FileAction::Add | FileAction::Replace))
+            .map(FileChange::source_path)
+            .collect();
         out.extend(self.scripts.pre_install.iter().cloned());
         out.extend(self.scripts.post_install.iter().cloned());
         out.extend(self.scripts.rollback.iter().cloned());
+        out.extend(self.scripts.commit.iter().cloned());
+        out.extend(self.scripts.error.iter().cloned());
         out
     }
 }
@@ -471,6 +603,33 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
         return Err(format!("'{text}': only permission bits (up to 0777) are allowed, no setuid/setgid/sticky"));
     }
     Ok(mode)
+}
+
+/// A version names a directory (`<web_root>/releases/<version>`) and is shown
+/// everywhere: letters, digits and `.` `_` `+` `~` `-`, starting with a letter or digit,
+/// at most 64 characters. `../../..` or `1.0/x` would put the web app elsewhere.
+pub fn check_version(version: &str) -> Result<(), ManifestError> {
+    let field = "rollup.version";
+    if version.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    let first_ok = version.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let chars_ok = version.chars().all(|c| c.is_ascii_alphanumeric() || "._+~-".contains(c));
+    if !first_ok || !chars_ok || version.len() > 64 {
+        return Err(invalid(
+            field,
+            format!(
+                "'{version}' is not a version: use letters, digits and . _ + ~ - (starting with a letter or digit, \
+                 at most 64 characters), e.g. 1.1.0"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A relative path in normal form: no `.` and no empty components (`./lib//x` → `lib/x`).
+pub fn normal_path(path: &str) -> String {
+    path.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
 }
 
 /// Refuses empty, absolute and `..`-containing paths.
@@ -534,6 +693,7 @@ mod tests {
             .iter()
             .map(|p| match p.edit {
                 PatchEdit::KeyValue { .. } => "kv",
+                PatchEdit::Ini { .. } => "ini",
                 PatchEdit::Json { .. } => "json",
                 PatchEdit::Xml { .. } => "xml",
             })
@@ -552,6 +712,45 @@ mod tests {
         assert!(err.contains("files[") && err.contains("../etc/passwd"), "{err}");
         let bad = SAMPLE.replacen("path = \"lib/demo/VERSION\"", "path = \"/etc/passwd\"", 1);
         assert!(Manifest::from_toml(&bad).is_err());
+    }
+
+    #[test]
+    fn versions_that_are_not_one_directory_name_are_refused() {
+        for bad in ["../../..", "1.0/x", ".hidden", "", "1 0", "-1"] {
+            let text = SAMPLE.replacen("version = \"1.1.0\"", &format!("version = {bad:?}"), 1);
+            let err = Manifest::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains("rollup.version"), "{bad}: {err}");
+        }
+        for good in ["1.1.0", "2.0.0-rc.1", "1.0+build.7", "1.0~beta"] {
+            let text = SAMPLE.replacen("version = \"1.1.0\"", &format!("version = {good:?}"), 1);
+            assert!(Manifest::from_toml(&text).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn duplicate_entries_are_refused_naming_both() {
+        let dot = SAMPLE.to_owned() + "\n[[files]]\npath = \"./lib/demo/VERSION\"\naction = \"replace\"\n";
+        let err = Manifest::from_toml(&dot).unwrap_err().to_string();
+        assert!(
+            err.contains("files[4].path") && err.contains("./lib/demo/VERSION") && err.contains("files[0]"),
+            "{err}"
+        );
+        let shared = SAMPLE.to_owned()
+            + "\n[[files]]\npath = \"lib/demo/copy.txt\"\naction = \"add\"\nsource = \"payload/lib/demo/feature-x.txt\"\n";
+        let err = Manifest::from_toml(&shared).unwrap_err().to_string();
+        assert!(
+            err.contains("files[4].source")
+                && err.contains("lib/demo/copy.txt")
+                && err.contains("lib/demo/feature-x.txt"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_entry_inside_a_tree_is_refused() {
+        let text = SAMPLE.to_owned() + "\n[[files]]\npath = \"lib\"\naction = \"tree\"\n";
+        let err = Manifest::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("files[0].path") && err.contains("inside the tree files[4] ('lib')"), "{err}");
     }
 
     #[test]

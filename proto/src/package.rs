@@ -22,7 +22,7 @@ pub mod index;
 mod pack;
 mod read;
 
-pub use extract::extract_file;
+pub use extract::{Progress as ExtractProgress, extract_file, extract_file_with_progress};
 pub use index::{ContentInfo, EntryKind, IndexEntry, PackageIndex};
 pub use pack::{PackSummary, pack_dir, seal};
 pub use read::{VerifiedPackage, file_sha256, verify_file, verify_reader};

@@ -5,19 +5,16 @@
 //! the terminal, answered by `--yes`, or (no terminal, no `--yes`) answered with the
 //! safe choice. On a terminal, typing `c` + Enter requests a cancel.
 
-use crate::engine::{
-    AutoDecider, BackendKind, CancelHandle, CrlRemediation, Decider, Engine, EventSink, InstallRequest, ScriptedDecider,
-};
+use super::prompt::TerminalDecider;
+use super::signals::SignalWatch;
+use crate::engine::{AutoDecider, BackendKind, CrlRemediation, Engine, EventSink, InstallRequest, ScriptedDecider};
 use anyhow::Context as _;
-use fleetup_proto::{
-    DecisionAnswer, DecisionKind, DecisionRequest, EngineEvent, InstallOutcome, InstallSummary, PhaseStatus,
-};
+use fleetup_proto::{DecisionAnswer, EngineEvent, InstallOutcome, InstallSummary, PhaseStatus};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,7 +56,8 @@ impl EventSink for JsonSink {
 
 /// A progress line per phase (a spinner on a terminal, plain lines otherwise).
 struct HumanSink {
-    bar: Mutex<Option<ProgressBar>>,
+    /// The current phase's spinner; shared with the prompt, which suspends it.
+    bar: Arc<Mutex<Option<ProgressBar>>>,
     tty: bool,
 }
 
@@ -83,6 +81,9 @@ impl EventSink for HumanSink {
             return;
         }
         match bar.as_ref() {
+            Some(pb) if ev.status == PhaseStatus::Running && ev.data.get("progress").is_some() => {
+                show_progress(pb, &ev.data["progress"], &ev.message);
+            }
             Some(pb) if ev.status == PhaseStatus::Running => pb.set_message(ev.message.clone()),
             Some(pb) if ev.status.is_terminal() => {
                 pb.finish_and_clear();
@@ -98,6 +99,26 @@ impl EventSink for HumanSink {
     }
 }
 
+/// Turns the phase's spinner into a bar: bytes when the event counts them (staging),
+/// otherwise steps; indicatif derives the rate and the ETA from the positions.
+fn show_progress(pb: &ProgressBar, progress: &serde_json::Value, message: &str) {
+    let n = |k: &str| progress.get(k).and_then(serde_json::Value::as_u64);
+    let (template, pos, len) = match (n("bytes_done"), n("bytes_total")) {
+        (Some(done), Some(total)) if total > 0 => {
+            ("{spinner} {prefix} [{bar:30}] {bytes}/{total_bytes}, ETA {eta} {wide_msg}", done, total)
+        }
+        _ => (
+            "{spinner} {prefix} [{bar:30}] {pos}/{len}, ETA {eta} {wide_msg}",
+            n("done").unwrap_or(0),
+            n("total").unwrap_or(0),
+        ),
+    };
+    pb.set_style(ProgressStyle::with_template(template).expect("template").progress_chars("=> "));
+    pb.set_length(len);
+    pb.set_position(pos);
+    pb.set_message(message.to_owned());
+}
+
 fn print_summary(s: &InstallSummary) {
     println!("\noutcome: {}  (outage {} ms, total {} ms)", s.outcome, s.outage_ms, s.total_ms);
     for (p, ms) in &s.phase_ms {
@@ -111,52 +132,13 @@ fn print_summary(s: &InstallSummary) {
     }
 }
 
-/// Asks on the terminal; shares stdin with the cancel watcher.
-struct TerminalDecider {
-    lines: Arc<Mutex<Receiver<String>>>,
-    bar_sink: Arc<HumanSink>,
-}
-
-impl Decider for TerminalDecider {
-    fn decide(&self, req: &DecisionRequest) -> DecisionAnswer {
-        let lines = self.lines.lock().expect("lock");
-        if let Some(pb) = self.bar_sink.bar.lock().expect("lock").as_ref() {
-            pb.suspend(|| {});
-        }
-        println!("\n{}", req.message);
-        match &req.kind {
-            DecisionKind::Warning { remediation: Some(r), .. } => {
-                println!("---- remediation (copy this) ----\n{r}\n---------------------------------");
-            }
-            DecisionKind::FilesInUse { processes } => {
-                for p in processes {
-                    println!("  pid {:>7}  {:<16} {}", p.pid, p.name, p.files.join(", "));
-                }
-            }
-            DecisionKind::Warning { .. } => {}
-        }
-        let opts: Vec<&str> = req.options.iter().map(|o| o.as_str()).collect();
-        loop {
-            print!("answer [{}]: ", opts.join("/"));
-            let _ = std::io::stdout().flush();
-            let Ok(line) = lines.recv() else { return *req.options.last().expect("options") };
-            let line = line.trim().to_lowercase();
-            if let Some(a) =
-                req.options.iter().find(|o| o.as_str() == line || o.as_str().starts_with(&line) && !line.is_empty())
-            {
-                return *a;
-            }
-        }
-    }
-}
-
 pub(crate) fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     vars.iter()
         .map(|v| {
             let (k, val) = v.split_once('=').with_context(|| format!("--var {v}: expected name=value"))?;
             anyhow::ensure!(!k.is_empty(), "--var {v}: the name is empty");
             anyhow::ensure!(
-                !["root", "staging", "state_dir", "version"].contains(&k),
+                !crate::engine::BUILT_IN_VARS.contains(&k),
                 "--var {k}: '{k}' is a built-in variable and cannot be set"
             );
             Ok((k.to_owned(), val.to_owned()))
@@ -168,16 +150,16 @@ fn exit_for(s: &InstallSummary) -> ExitCode {
     match s.outcome {
         InstallOutcome::Succeeded => ExitCode::SUCCESS,
         InstallOutcome::RecoveryRequired => ExitCode::from(3),
+        _ if s.error.as_deref().is_some_and(|e| e.starts_with(crate::engine::RETRY_LATER)) => {
+            ExitCode::from(crate::engine::RETRY_LATER_EXIT as u8)
+        }
         _ => ExitCode::FAILURE,
     }
 }
 
-/// Lines typed on the terminal, shared by the prompt and the cancel watcher.
-type Lines = Arc<Mutex<Receiver<String>>>;
-
-fn engine_for(json: bool, yes: bool) -> (Engine, Option<Lines>) {
+fn engine_for(json: bool, yes: bool) -> (Engine, Option<Arc<TerminalDecider>>) {
     let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    let human = Arc::new(HumanSink { bar: Mutex::new(None), tty: tty && !json });
+    let human = Arc::new(HumanSink { bar: Arc::new(Mutex::new(None)), tty: tty && !json });
     let sink: Arc<dyn EventSink> = if json { Arc::new(JsonSink) } else { human.clone() };
     if yes {
         return (Engine::new(Arc::new(AutoDecider::default()), sink), None);
@@ -189,47 +171,17 @@ fn engine_for(json: bool, yes: bool) -> (Engine, Option<Lines>) {
         });
         return (Engine::new(Arc::new(d), sink), None);
     }
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let lines = Arc::new(Mutex::new(rx));
-    let decider = TerminalDecider { lines: lines.clone(), bar_sink: human };
-    (Engine::new(Arc::new(decider), sink), Some(lines))
-}
-
-/// Typing `c` + Enter (outside a prompt) asks for a cancel.
-fn watch_cancel(lines: Lines, cancel: CancelHandle) {
-    std::thread::spawn(move || {
-        loop {
-            let Ok(rx) = lines.try_lock() else {
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            };
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) if matches!(l.trim(), "c" | "cancel") => {
-                    let (Ok(m) | Err(m)) = cancel.cancel();
-                    println!("\n{m}");
-                }
-                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            drop(rx);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
+    let decider = Arc::new(TerminalDecider::new(human.bar.clone()));
+    (Engine::new(decider.clone(), sink), Some(decider))
 }
 
 /// `fleetup-agent install`
 pub fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     let trusted = crate::packaging::read_trusted(&args.trust)?;
     let vars = parse_vars(&args.vars)?;
+    SignalWatch::block()?;
     let (engine, stdin) = engine_for(args.json, args.yes);
+    let signals = SignalWatch::start(engine.cancel_handle())?;
     // An interrupted install is finished first, and reported as its own (one) outcome.
     if let Some(s) = engine.recover(&args.state_dir)? {
         eprintln!(
@@ -241,8 +193,8 @@ pub fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(exit_for(&s));
     }
-    if let Some(lines) = stdin {
-        watch_cancel(lines, engine.cancel_handle());
+    if let Some(terminal) = stdin {
+        terminal.read_stdin(engine.cancel_handle());
     }
     let req = InstallRequest {
         package: args.package,
@@ -255,14 +207,18 @@ pub fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
         crl_remediation: args.crl_remediation,
     };
     let summary = engine.install(&req)?;
-    Ok(exit_for(&summary))
+    Ok(signals.exit_code(exit_for(&summary), summary.outcome == InstallOutcome::Succeeded))
 }
 
 /// `fleetup-agent recover`
 pub fn recover(state_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    SignalWatch::block()?;
     let (engine, _) = engine_for(json, true);
+    // A recovery is never cancelled (it is the way back to one state), but a signal is
+    // still answered with a line instead of a kill halfway through.
+    let signals = SignalWatch::start(engine.cancel_handle())?;
     if let Some(s) = engine.recover(state_dir)? {
-        return Ok(exit_for(&s));
+        return Ok(signals.exit_code(exit_for(&s), s.outcome == InstallOutcome::Succeeded));
     }
     eprintln!("nothing to recover in {}", state_dir.display());
     Ok(ExitCode::SUCCESS)

@@ -119,6 +119,7 @@ async fn drive(
         tokio::task::spawn_blocking(move || work(engine))
     };
     let cancel = engine.cancel_handle();
+    *ctx.current.lock().expect("current job") = Some(cancel.clone());
     let finished = Arc::new(tokio::sync::Notify::new());
     let reporter = {
         let finished = finished.clone();
@@ -166,6 +167,7 @@ async fn drive(
         r
     };
     let (result, ()) = tokio::join!(engine_result, reporter);
+    *ctx.current.lock().expect("current job") = None;
     match result {
         Ok(Ok(Some(summary))) => {
             tracing::info!(job = %job.job_id, outcome = %summary.outcome, "install ended");

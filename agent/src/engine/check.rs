@@ -27,7 +27,9 @@ impl Run<'_> {
             ),
             json!({ "step": "integrity" }),
         );
-        let m = verified.manifest;
+        let mut m = verified.manifest;
+        // From here on a tree entry is its per-file changes (see `tree`).
+        m.files = super::tree::expand(&self.root, &m.files, &verified.index).map_err(Stop::Failed)?;
         self.vars.insert("version".into(), m.rollup.version.clone());
         self.services.vars.clone_from(&self.vars);
         let mut fatal = Vec::new();
@@ -53,6 +55,11 @@ impl Run<'_> {
                 fatal.push(e);
             }
         }
+        if let Some(f) = &m.check.from_version {
+            fatal.extend(from_version_problem(&self.root, f));
+        }
+        // Nothing may be written outside the root, whatever symlinks lie on the way.
+        fatal.extend(super::beneath::offenders(&self.root, &m, &verified.index));
         // Files: adds must be new, replaces and removes must exist.
         let mut backup_bytes = 0u64;
         for f in &m.files {
@@ -161,10 +168,11 @@ impl Run<'_> {
         let mut status = PhaseStatus::Succeeded;
         for w in warnings {
             status = PhaseStatus::Warning;
+            // The manifest's message says what is wrong and how to fix it: shown once.
             let answer = self.ask(
                 p,
                 format!("prerequisite not met: {w}"),
-                DecisionKind::Warning { code: "prerequisite".into(), remediation: Some(w.clone()) },
+                DecisionKind::Warning { code: "prerequisite".into(), remediation: None },
             );
             if answer != DecisionAnswer::Continue {
                 return Err(Stop::Cancelled(format!("cancelled at the prerequisite warning: {w}")));
@@ -180,25 +188,38 @@ impl Run<'_> {
             let bad: Vec<_> = probes.iter().filter(|p| p.problem.is_some()).cloned().collect();
             self.em.emit(p, PhaseStatus::Running, format!("probed {} CRL endpoint(s) in {} ms: {} unreachable", probes.len(), elapsed.as_millis(), bad.len()),
                 json!({ "step": "crl", "probe_ms": elapsed.as_millis() as u64, "probes": probes.iter().map(|p| json!({"url": p.url, "ok": p.problem.is_none(), "problem": p.problem, "ms": p.elapsed.as_millis() as u64})).collect::<Vec<_>>() }));
+            let mut ask_about = Vec::new();
             for b in bad {
                 status = PhaseStatus::Warning;
-                let text = crl::remediation(&b);
                 let can_remediate = b.host.parse::<std::net::IpAddr>().is_err() && !b.host.is_empty();
                 if self.remediation == CrlRemediation::HostsFile && can_remediate {
+                    let text = crl::remediation(std::slice::from_ref(&b), &self.hosts_file);
                     self.em.emit(p, PhaseStatus::Warning, format!("CRL endpoint {} is unreachable: {}; {} will map {} to 127.0.0.1 for this install only (--crl-remediation hosts-file)", b.url, b.problem.as_deref().unwrap_or("?"), self.hosts_file.display(), b.host),
                         json!({ "warning": { "code": "crl-unreachable", "remediation": text, "applied": "hosts-file" } }));
                     if !self.remediate_hosts.contains(&b.host) {
                         self.remediate_hosts.push(b.host.clone());
                     }
                 } else {
-                    let answer = self.ask(
-                        p,
-                        format!("CRL endpoint {} is unreachable: {}", b.url, b.problem.as_deref().unwrap_or("?")),
-                        DecisionKind::Warning { code: "crl-unreachable".into(), remediation: Some(text) },
-                    );
-                    if answer != DecisionAnswer::Continue {
-                        return Err(Stop::Cancelled(format!("cancelled at the CRL warning for {}", b.url)));
-                    }
+                    ask_about.push(b);
+                }
+            }
+            // One question for all of them: the answer is the same decision.
+            if !ask_about.is_empty() {
+                let list: Vec<String> =
+                    ask_about.iter().map(|b| format!("{} ({})", b.url, b.problem.as_deref().unwrap_or("?"))).collect();
+                let message = match list.as_slice() {
+                    [one] => format!("CRL endpoint {one} is unreachable"),
+                    many => format!("{} CRL endpoints are unreachable: {}", many.len(), many.join("; ")),
+                };
+                let text = crl::remediation(&ask_about, &self.hosts_file);
+                let answer = self.ask(
+                    p,
+                    message,
+                    DecisionKind::Warning { code: "crl-unreachable".into(), remediation: Some(text) },
+                );
+                if answer != DecisionAnswer::Continue {
+                    let urls: Vec<&str> = ask_about.iter().map(|b| b.url.as_str()).collect();
+                    return Err(Stop::Cancelled(format!("cancelled at the CRL warning for {}", urls.join(", "))));
                 }
             }
         }
@@ -209,5 +230,23 @@ impl Run<'_> {
                 "system checked: package verified, {need} bytes of space needed and available, permissions and prerequisites ok"
             ),
         ))
+    }
+}
+
+/// Why the installed version (read from `f.file`) is not one this rollup upgrades from.
+fn from_version_problem(root: &std::path::Path, f: &fleetup_proto::manifest::FromVersion) -> Option<String> {
+    let wanted = f.versions.join(", ");
+    let found = match super::beneath::escapes(root, &f.file, true) {
+        Some(why) => return Some(format!("the installed version cannot be read: {why}")),
+        None => fs::read_to_string(root.join(&f.file)),
+    };
+    match found {
+        Ok(v) if f.versions.iter().any(|w| w == v.trim()) => None,
+        Ok(v) => Some(format!(
+            "this rollup upgrades from {wanted}, but {} says the installed version is {}",
+            f.file,
+            v.trim()
+        )),
+        Err(e) => Some(format!("this rollup upgrades from {wanted}, but {} cannot be read: {e}", f.file)),
     }
 }

@@ -1,17 +1,85 @@
-//! Config file edits: key = value lines, a JSON pointer, an XML attribute.
+//! Config file edits: key = value lines, INI sections, a JSON pointer, an XML attribute;
+//! each sets a value or (except XML) removes the key.
 //!
 //! Each edit is a pure function from old text to new text, so applying it twice gives
 //! the same file: recovery can redo a patch after a crash without harm.
 
-use fleetup_proto::manifest::PatchEdit;
+use fleetup_proto::manifest::{ConfigPatch, PatchEdit};
 
-/// Applies one edit to a file's text.
-pub fn apply(text: &str, edit: &PatchEdit, value: &toml::Value) -> Result<String, String> {
-    match edit {
-        PatchEdit::KeyValue { key } => Ok(key_value(text, key, &scalar(value))),
+/// Applies one patch to a file's text.
+pub fn apply(text: &str, patch: &ConfigPatch) -> Result<String, String> {
+    let value = patch.value.as_ref();
+    let set = |v: Option<&toml::Value>| v.map(scalar);
+    match &patch.edit {
+        PatchEdit::KeyValue { key } => Ok(lines_edit(text, None, key, set(value).as_deref())),
+        PatchEdit::Ini { section, key } => {
+            Ok(lines_edit(text, Some(section.as_deref().unwrap_or("")), key, set(value).as_deref()))
+        }
         PatchEdit::Json { pointer } => json(text, pointer, value),
-        PatchEdit::Xml { element, attribute } => xml(text, element, attribute, &scalar(value)),
+        PatchEdit::Xml { element, attribute } => {
+            let v = value.ok_or("an XML attribute cannot be removed")?;
+            xml(text, element, attribute, &scalar(v))
+        }
     }
+}
+
+/// `key = value` lines, optionally inside INI `[section]`s (`Some("")`: the keys before the
+/// first section). `Some(value)` sets the key (in place, or appended to its section, the
+/// section added at the end if missing); `None` removes it. Other lines are kept.
+fn lines_edit(text: &str, section: Option<&str>, key: &str, value: Option<&str>) -> String {
+    let header = |line: &str| {
+        let t = line.trim();
+        (t.starts_with('[') && t.ends_with(']')).then(|| t[1..t.len() - 1].trim().to_owned())
+    };
+    let is_key = |line: &str| {
+        let t = line.trim_start();
+        !t.starts_with('#') && !t.starts_with(';') && t.split_once('=').is_some_and(|(k, _)| k.trim() == key)
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut current = String::new(); // the section of the line being read ("" before any)
+    let mut found = false;
+    let mut end_of_section: Option<usize> = None; // where to append in the wanted section
+    let wanted = |cur: &str| section.is_none_or(|s| s == cur);
+    for line in text.lines() {
+        if section.is_some()
+            && let Some(name) = header(line)
+        {
+            current = name;
+            out.push(line.to_owned());
+            if wanted(&current) {
+                end_of_section = Some(out.len());
+            }
+            continue;
+        }
+        if wanted(&current) && is_key(line) {
+            found = true;
+            if let Some(v) = value {
+                let sep = if line.contains(" = ") { " = " } else { "=" };
+                out.push(format!("{key}{sep}{v}"));
+                end_of_section = Some(out.len());
+            }
+            continue;
+        }
+        out.push(line.to_owned());
+        if wanted(&current) && !line.trim().is_empty() {
+            end_of_section = Some(out.len());
+        }
+    }
+    if !found && let Some(v) = value {
+        let line = format!("{key} = {v}");
+        match (section, end_of_section) {
+            (None, _) => out.push(line),
+            (Some(_), Some(at)) => out.insert(at, line),
+            (Some(""), None) => out.insert(0, line),
+            (Some(s), None) => {
+                out.push(format!("[{s}]"));
+                out.push(line);
+            }
+        }
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
 }
 
 fn scalar(v: &toml::Value) -> String {
@@ -21,46 +89,25 @@ fn scalar(v: &toml::Value) -> String {
     }
 }
 
-/// Sets `key` in `key = value` lines, keeping comments and the other lines; appends if absent.
-pub fn key_value(text: &str, key: &str, value: &str) -> String {
-    let mut found = false;
-    let mut out: Vec<String> = text
-        .lines()
-        .map(|line| {
-            let t = line.trim_start();
-            if !t.starts_with('#')
-                && let Some((k, _)) = t.split_once('=')
-                && k.trim() == key
-            {
-                found = true;
-                let sep = if line.contains(" = ") { " = " } else { "=" };
-                return format!("{key}{sep}{value}");
-            }
-            line.to_owned()
-        })
-        .collect();
-    if !found {
-        out.push(format!("{key} = {value}"));
-    }
-    let mut s = out.join("\n");
-    s.push('\n');
-    s
-}
-
-fn json(text: &str, pointer: &str, value: &toml::Value) -> Result<String, String> {
+/// Sets (`Some`) or removes (`None`) the member at `pointer`.
+fn json(text: &str, pointer: &str, value: Option<&toml::Value>) -> Result<String, String> {
     let mut doc: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
-    let new = serde_json::to_value(value).map_err(|e| e.to_string())?;
+    let new = value.map(serde_json::to_value).transpose().map_err(|e| e.to_string())?;
     let (parent, last) = pointer.rsplit_once('/').ok_or_else(|| format!("'{pointer}' is not a JSON pointer"))?;
     let last = last.replace("~1", "/").replace("~0", "~");
     let target = doc.pointer_mut(parent).ok_or_else(|| format!("{parent} does not exist (parents must exist)"))?;
-    match target {
-        serde_json::Value::Object(map) => {
+    match (target, new) {
+        (serde_json::Value::Object(map), Some(new)) => {
             map.insert(last, new);
         }
-        serde_json::Value::Array(items) => {
+        (serde_json::Value::Object(map), None) => {
+            map.remove(&last);
+        }
+        (serde_json::Value::Array(items), Some(new)) => {
             let i: usize = last.parse().map_err(|_| format!("{pointer}: '{last}' is not an array index"))?;
             *items.get_mut(i).ok_or_else(|| format!("{pointer}: index {i} is out of range"))? = new;
         }
+        (serde_json::Value::Array(_), None) => return Err(format!("{pointer}: array items are not removed")),
         _ => return Err(format!("{parent} is not an object or array")),
     }
     let mut s = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
@@ -136,18 +183,44 @@ mod tests {
     #[test]
     fn key_value_sets_and_appends_idempotently() {
         let t = "# c\ncache_mb = 64\nlog = info\n";
-        let once = key_value(t, "cache_mb", "256");
+        let once = lines_edit(t, None, "cache_mb", Some("256"));
         assert_eq!(once, "# c\ncache_mb = 256\nlog = info\n");
-        assert_eq!(key_value(&once, "cache_mb", "256"), once);
-        assert_eq!(key_value(t, "x", "1"), "# c\ncache_mb = 64\nlog = info\nx = 1\n");
+        assert_eq!(lines_edit(&once, None, "cache_mb", Some("256")), once);
+        assert_eq!(lines_edit(t, None, "x", Some("1")), "# c\ncache_mb = 64\nlog = info\nx = 1\n");
     }
 
     #[test]
     fn json_pointer_sets_value() {
         let t = "{\"features\":{\"fast_start\":false}}";
-        let v = json(t, "/features/fast_start", &toml::Value::Boolean(true)).unwrap();
+        let v = json(t, "/features/fast_start", Some(&toml::Value::Boolean(true))).unwrap();
         assert!(v.contains("\"fast_start\": true"), "{v}");
-        assert!(json(t, "/nope/x", &toml::Value::Boolean(true)).is_err());
+        assert!(json(t, "/nope/x", Some(&toml::Value::Boolean(true))).is_err());
+        let removed = json(&v, "/features/fast_start", None).unwrap();
+        assert!(!removed.contains("fast_start"), "{removed}");
+        assert_eq!(json(&removed, "/features/fast_start", None).unwrap(), removed);
+    }
+
+    #[test]
+    fn key_value_and_ini_keys_are_removed_idempotently() {
+        let t = "# c\ncache_mb = 64\nlog = info\n";
+        let once = lines_edit(t, None, "cache_mb", None);
+        assert_eq!(once, "# c\nlog = info\n");
+        assert_eq!(lines_edit(&once, None, "cache_mb", None), once);
+        let ini = "top = 1\n\n[db]\nhost = a\nport = 5432\n\n[cache]\nport = 6379\n";
+        assert_eq!(lines_edit(ini, Some("cache"), "port", None), "top = 1\n\n[db]\nhost = a\nport = 5432\n\n[cache]\n");
+    }
+
+    #[test]
+    fn ini_sets_a_key_in_its_section_only() {
+        let ini = "top = 1\n\n[db]\nhost = a\nport = 5432\n\n[cache]\nport = 6379\n";
+        let v = lines_edit(ini, Some("cache"), "port", Some("6380"));
+        assert_eq!(v, "top = 1\n\n[db]\nhost = a\nport = 5432\n\n[cache]\nport = 6380\n");
+        assert_eq!(lines_edit(&v, Some("cache"), "port", Some("6380")), v);
+        let added = lines_edit(ini, Some("db"), "user", Some("app"));
+        assert_eq!(added, "top = 1\n\n[db]\nhost = a\nport = 5432\nuser = app\n\n[cache]\nport = 6379\n");
+        let new_section = lines_edit(ini, Some("log"), "level", Some("warn"));
+        assert!(new_section.ends_with("port = 6379\n[log]\nlevel = warn\n"), "{new_section}");
+        assert_eq!(lines_edit(ini, Some(""), "top", Some("2")), ini.replacen("top = 1", "top = 2", 1));
     }
 
     #[test]

@@ -76,22 +76,45 @@ pub fn probe_all(urls: &[String], hosts_file: &Path, deadline: Duration) -> Vec<
         .collect()
 }
 
-/// The copyable remediation text for an unreachable endpoint.
-pub fn remediation(p: &Probe) -> String {
-    let host_line = if p.host.parse::<std::net::IpAddr>().is_ok() {
-        String::from("(the endpoint is an IP address, so a hosts-file entry cannot help; open the firewall instead)")
-    } else {
-        format!(
-            "or, for this install only, make the lookup fail fast by adding this line to /etc/hosts (remove it afterwards):\n    127.0.0.1 {}\nfleetup can do this for you and restore the file afterwards: --crl-remediation hosts-file",
-            p.host
-        )
-    };
-    format!(
-        "The certificate revocation list {} cannot be reached from this server ({}). Software that checks revocation may stall for minutes while it waits.\nFix: allow this server to reach {} through the firewall or proxy,\n{host_line}",
-        p.url,
-        p.problem.as_deref().unwrap_or("?"),
-        p.host
-    )
+/// The copyable remediation text for the unreachable endpoints `bad` (all of them in one
+/// text: the operator answers one question), naming the hosts file this install uses.
+pub fn remediation(bad: &[Probe], hosts_file: &std::path::Path) -> String {
+    use std::fmt::Write as _;
+    let mut names: Vec<&str> = Vec::new();
+    let mut ips: Vec<&str> = Vec::new();
+    for p in bad {
+        let list = if p.host.parse::<std::net::IpAddr>().is_ok() { &mut ips } else { &mut names };
+        if !p.host.is_empty() && !list.contains(&p.host.as_str()) {
+            list.push(&p.host);
+        }
+    }
+    let mut text = String::from("These certificate revocation list endpoints cannot be reached from this server:\n");
+    for p in bad {
+        let _ = writeln!(text, "    {} ({})", p.url, p.problem.as_deref().unwrap_or("?"));
+    }
+    text.push_str("Software that checks revocation may stall for minutes while it waits.\n");
+    let all: Vec<&str> = names.iter().chain(&ips).copied().collect();
+    let _ = write!(text, "Fix: allow this server to reach {} through the firewall or proxy", all.join(", "));
+    if !names.is_empty() {
+        let _ = write!(
+            text,
+            ",\nor, for this install only, make the lookup fail fast by adding these lines to {} (remove them afterwards):\n",
+            hosts_file.display()
+        );
+        for h in &names {
+            let _ = writeln!(text, "    127.0.0.1 {h}");
+        }
+        text.push_str("fleetup can do this for you and restore the file afterwards: --crl-remediation hosts-file");
+    }
+    if !ips.is_empty() {
+        let _ = write!(
+            text,
+            "\n({} {} an IP address, so a hosts-file entry cannot help; open the firewall instead)",
+            ips.join(", "),
+            if ips.len() == 1 { "is" } else { "are" }
+        );
+    }
+    text
 }
 
 /// The hosts-file text with `127.0.0.1 <host>` lines prepended (first match wins, so

@@ -193,3 +193,29 @@ pub fn recorded_events(state_dir: &Path, install_id: &str) -> Vec<EngineEvent> {
     let Ok(f) = File::open(path) else { return Vec::new() };
     BufReader::new(f).lines().map_while(Result::ok).map_while(|l| serde_json::from_str(&l).ok()).collect()
 }
+
+/// The least time between two progress events of one phase: each event is an fsync and a
+/// line in `--json`, and the services may be down.
+pub(crate) const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Bounds the rate of progress events: the first step, then at most one per
+/// [`PROGRESS_EVERY`], and always the last.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    last: Option<std::time::Instant>,
+}
+
+impl Throttle {
+    pub(crate) fn new() -> Self {
+        Self { last: None }
+    }
+
+    /// Whether step `done` of `total` gets an event.
+    pub(crate) fn due(&mut self, done: u64, total: u64) -> bool {
+        let due = done >= total || self.last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+        if due {
+            self.last = Some(std::time::Instant::now());
+        }
+        due
+    }
+}

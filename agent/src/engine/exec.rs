@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 pub enum ExecError {
     /// It could not be started.
     Spawn(String),
-    /// It exited non-zero (or by a signal).
+    /// It exited with this non-zero status.
+    Exited(i32),
+    /// It failed otherwise (killed by a signal, could not be waited for).
     Failed(String),
     /// It ran past its deadline; its process group was killed.
     Deadline(Duration),
@@ -29,6 +31,7 @@ impl std::fmt::Display for ExecError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ExecError::Spawn(e) => write!(f, "could not start: {e}"),
+            ExecError::Exited(code) => write!(f, "exit status: {code}"),
             ExecError::Failed(s) => write!(f, "{s}"),
             ExecError::Deadline(d) => {
                 write!(f, "still running after its deadline of {} s; killed with its process group", d.as_secs_f32())
@@ -76,7 +79,9 @@ pub fn run(cmd: &Shell<'_>, cancelled: &dyn Fn() -> bool) -> Result<(), ExecErro
     let result = loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => break Ok(()),
-            Ok(Some(status)) => break Err(ExecError::Failed(format!("`{}` failed ({status})", cmd.command))),
+            Ok(Some(status)) => {
+                break Err(status.code().map_or_else(|| ExecError::Failed(status.to_string()), ExecError::Exited));
+            }
             Ok(None) => {}
             Err(e) => break Err(ExecError::Failed(e.to_string())),
         }

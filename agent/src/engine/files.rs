@@ -1,65 +1,33 @@
-//! `validate-files` and `update-files`: find who holds the files about to change, then
+//! `validate-files` and `update-files`: re-check who holds the files about to change, then
 //! back up and replace by rename from staging (same filesystem), the whole rename set
 //! journaled as one record before the first change. No byte is copied while services
 //! are down.
 
-use super::events::append_log_lines;
-use super::inuse;
+use super::events::{Throttle, append_log_lines};
 use super::journal::{PAUSE_RENAME_ENV, PausePoint, Placement, Record, sync_dir};
 use super::run::{PhaseResult, Run, Stop, action_word};
 use fleetup_proto::manifest::{FileAction, FileChange};
-use fleetup_proto::{DecisionAnswer, DecisionKind, PhaseId, PhaseStatus};
+use fleetup_proto::{PhaseId, PhaseStatus};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 impl Run<'_> {
+    /// Re-checks, now that the services are stopped, who holds the files about to change
+    /// (the question was first asked before the services stopped, in `stop-services`).
     pub(crate) fn validate_files(&mut self) -> PhaseResult {
-        let p = PhaseId::ValidateFiles;
-        let m = self.manifest().clone();
-        let mut targets = BTreeMap::new();
-        for f in m.files.iter().filter(|f| f.action != FileAction::Add) {
-            targets.insert(self.root.join(&f.path), f.path.clone());
-        }
-        for c in &m.config_patches {
-            targets.insert(self.root.join(&c.file), c.file.clone());
-        }
-        loop {
-            self.check_cancel(p)?;
-            let holders = inuse::scan(&targets);
-            if holders.is_empty() {
-                return Ok(if self.restart_required {
-                    (PhaseStatus::Warning, "files in use were ignored: restart required after the install".into())
-                } else {
-                    (PhaseStatus::Succeeded, "no process holds a file that will be replaced".into())
-                });
+        let ignored = self.ignored_holders.clone();
+        let status = self.ask_files_in_use(PhaseId::ValidateFiles, &ignored)?;
+        Ok(match status {
+            _ if self.restart_required => {
+                (PhaseStatus::Warning, "files in use were ignored: restart required after the install".into())
             }
-            let names: Vec<String> =
-                holders.iter().map(|h| format!("{} (pid {}) holds {}", h.name, h.pid, h.files.join(", "))).collect();
-            let answer = self.ask(
-                p,
-                format!("files in use: {}", names.join("; ")),
-                DecisionKind::FilesInUse { processes: holders },
-            );
-            match answer {
-                DecisionAnswer::Retry => {
-                    let t = Instant::now();
-                    while t.elapsed() < Duration::from_secs(1) && !self.cancel().is_requested() {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                }
-                DecisionAnswer::Ignore => {
-                    self.restart_required = true;
-                    return Ok((
-                        PhaseStatus::Warning,
-                        format!("files in use ignored: restart required ({})", names.join("; ")),
-                    ));
-                }
-                _ => return Err(Stop::Exit(format!("files in use; exit chosen: {}", names.join("; ")))),
-            }
-        }
+            None => (PhaseStatus::Succeeded, "no process holds a file that will be replaced".into()),
+            Some(msg) => (PhaseStatus::Warning, msg),
+        })
     }
 
     /// Replaces the files by rename: the whole set of changes is journaled as one record
@@ -76,7 +44,7 @@ impl Run<'_> {
         self.record(plan.record())?;
         let steps = mkdirs + backups + places;
         let mut pause = PausePoint::from_env(PAUSE_RENAME_ENV, "rename");
-        let mut progress = Progress::new(m.files.len());
+        let mut progress = Progress::new(m.files.len() + self.config_originals.len());
         let mut root_dirs = BTreeSet::new();
         for d in &plan.mkdirs {
             let dir = self.root.join(d);
@@ -85,7 +53,7 @@ impl Run<'_> {
             root_dirs.insert(parent_of(&dir));
         }
         let mut backup_dirs = BTreeSet::new();
-        for (path, action) in &plan.backups {
+        for (path, action, _) in &plan.backups {
             let (dst, bak) = (self.root.join(path), self.backup().join(path));
             fs::rename(&dst, &bak).map_err(|e| Stop::Failed(format!("backing up {path}: {e}")))?;
             pause.step(steps);
@@ -133,8 +101,13 @@ impl Run<'_> {
         let mut plan = RenamePlan::default();
         let mut mkdirs = BTreeSet::new();
         for f in files {
+            // Checked in check-system too; the disk may have changed since.
+            if let Some(why) = super::beneath::escapes(&self.root, &f.path, false) {
+                return Err(Stop::Failed(format!("refusing to write outside the install root: {why}")));
+            }
             let dst = self.root.join(&f.path);
-            let exists = fs::symlink_metadata(&dst).is_ok();
+            let meta = fs::symlink_metadata(&dst).ok();
+            let exists = meta.is_some();
             match (f.action, exists) {
                 (FileAction::Add, true) => {
                     return Err(Stop::Failed(format!("{} already exists, but the rollup adds it", f.path)));
@@ -159,7 +132,7 @@ impl Run<'_> {
                 let bak = self.backup().join(&f.path);
                 fs::create_dir_all(parent_of(&bak))
                     .map_err(|e| Stop::Failed(format!("creating the backup dir of {}: {e}", f.path)))?;
-                plan.backups.push((f.path.clone(), f.action));
+                plan.backups.push((f.path.clone(), f.action, meta.map_or(0, |m| m.ino())));
             }
             if f.action != FileAction::Remove {
                 let src = self.pkg().join(f.source_path());
@@ -168,6 +141,24 @@ impl Run<'_> {
                 }
                 plan.places.push((Placement { path: f.path.clone(), added: f.action == FileAction::Add }, src));
             }
+        }
+        // Patched config files swap in with the payload: the services start on them.
+        for (file, original) in &self.config_originals {
+            let dst = self.root.join(file);
+            if let Some(why) = super::beneath::escapes(&self.root, file, true) {
+                return Err(Stop::Failed(format!("refusing to write outside the install root: {why}")));
+            }
+            if fs::read(&dst).ok().as_ref() != Some(original) {
+                return Err(Stop::Failed(format!(
+                    "{file} changed since its patch was computed while staging; nothing was changed, run the install again"
+                )));
+            }
+            let bak = self.backup().join(file);
+            fs::create_dir_all(parent_of(&bak))
+                .map_err(|e| Stop::Failed(format!("creating the backup dir of {file}: {e}")))?;
+            let ino = fs::symlink_metadata(&dst).map_or(0, |m| m.ino());
+            plan.backups.push((file.clone(), FileAction::Replace, ino));
+            plan.places.push((Placement { path: file.clone(), added: false }, self.staged_config(file)));
         }
         // Sorted paths put every parent before its children.
         plan.mkdirs = mkdirs.into_iter().collect();
@@ -180,8 +171,9 @@ impl Run<'_> {
 struct RenamePlan {
     /// Directories to create under the root, parents first.
     mkdirs: Vec<String>,
-    /// Files to move into the backup dir, with their action (`replace` or `remove`).
-    backups: Vec<(String, FileAction)>,
+    /// Files to move into the backup dir, with their action (`replace` or `remove`) and
+    /// inode.
+    backups: Vec<(String, FileAction, u64)>,
     /// Staged files to rename into place, with their staged path.
     places: Vec<(Placement, PathBuf)>,
 }
@@ -190,34 +182,31 @@ impl RenamePlan {
     fn record(&self) -> Record {
         Record::RenameSet {
             mkdirs: self.mkdirs.clone(),
-            backups: self.backups.iter().map(|(p, _)| p.clone()).collect(),
+            backups: self.backups.iter().map(|(p, _, _)| p.clone()).collect(),
+            backup_inodes: self.backups.iter().map(|(_, _, ino)| *ino).collect(),
             places: self.places.iter().map(|(p, _)| p.clone()).collect(),
         }
     }
 }
 
-/// Throttled progress of `update-files`: an event at most every [`PROGRESS_EVERY`], and
-/// one for the last file, each with `data.progress.done/total`.
+/// Throttled progress of `update-files` ([`Throttle`]), each event with
+/// `data.progress.done/total`.
 struct Progress {
     total: usize,
     done: usize,
-    last: Instant,
+    throttle: Throttle,
 }
-
-/// The least time between two progress events of `update-files`.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 impl Progress {
     fn new(total: usize) -> Self {
-        Self { total, done: 0, last: Instant::now() }
+        Self { total, done: 0, throttle: Throttle::new() }
     }
 
     fn file_done(&mut self, run: &mut Run<'_>, action: FileAction, path: &str) {
         self.done += 1;
-        if self.done < self.total && self.last.elapsed() < PROGRESS_EVERY {
+        if !self.throttle.due(self.done as u64, self.total as u64) {
             return;
         }
-        self.last = Instant::now();
         let total = self.total;
         run.em.emit(
             PhaseId::UpdateFiles,
@@ -233,6 +222,7 @@ fn action_verb(a: FileAction) -> &'static str {
         FileAction::Add => "add",
         FileAction::Replace => "replace",
         FileAction::Remove => "remove",
+        FileAction::Tree => "replace as a tree",
     }
 }
 

@@ -25,6 +25,12 @@ pub const PAUSE_ENV: &str = "FLEETUP_ENGINE_PAUSE_AFTER_JOURNAL_STEP";
 /// and waits forever. Never set in production.
 pub const PAUSE_RENAME_ENV: &str = "FLEETUP_ENGINE_PAUSE_AFTER_RENAME";
 
+/// Env var for kill tests: after the K-th service process the exec backend started has
+/// been let run, and before its pid is written to the pidfile, the engine prints
+/// `fleetup-engine: paused after service start K` and waits forever. Never set in
+/// production.
+pub const PAUSE_SPAWN_ENV: &str = "FLEETUP_ENGINE_PAUSE_AFTER_SERVICE_START";
+
 /// Env var for kill tests: after the K-th file undo step of a rollback (one `mk-dir`,
 /// `backup` or `place` of the journal, newest first), the engine prints
 /// `fleetup-engine: paused after undo K of N` and waits forever. Never set in production.
@@ -85,6 +91,11 @@ pub enum Record {
         mkdirs: Vec<String>,
         /// Existing files (`replace`, `remove`) to move into the backup directory.
         backups: Vec<String>,
+        /// The inode of each of `backups` before the move (a rename keeps it), so undo can
+        /// tell the old file from anything else: a backup that is missing or is another
+        /// file means the old version is not there to restore. Empty in older journals.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        backup_inodes: Vec<u64>,
         /// Staged files (`add`, `replace`) to rename into place.
         places: Vec<Placement>,
     },
@@ -99,6 +110,9 @@ pub enum Record {
     Backup {
         /// Path under the root.
         path: String,
+        /// Its inode before the move (from a rename set; None in per-file journals).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ino: Option<u64>,
     },
     /// A staged file is about to be renamed into place (per-file journals only; still
     /// read, never written).
@@ -107,6 +121,18 @@ pub enum Record {
         path: String,
         /// True for `add`: the path did not exist before.
         added: bool,
+    },
+    /// The exec backend has spawned a service's start shell, held before it runs the
+    /// service, in its own process group `pgid`: whatever it starts belongs to that group.
+    /// Recovery stops any live member of the group that the pidfile does not name (an
+    /// engine killed between the start and the pidfile write left it untracked).
+    ServiceSpawned {
+        /// The service.
+        name: String,
+        /// The process group (the start shell's pid).
+        pgid: i32,
+        /// `/proc/sys/kernel/random/boot_id` then: after a reboot the group is gone.
+        boot_id: String,
     },
     /// All files are in place: from here on, recovery rolls forward.
     Committed,
@@ -153,6 +179,7 @@ impl Record {
             Record::MkDir { .. } => "mk-dir",
             Record::Backup { .. } => "backup",
             Record::Place { .. } => "place",
+            Record::ServiceSpawned { .. } => "service-spawned",
             Record::Committed => "committed",
             Record::ConfigPatch { .. } => "config-patch",
             Record::WebappDeploy { .. } => "webapp-deploy",
@@ -179,9 +206,14 @@ pub fn expand_rename_sets(records: &[Record]) -> Vec<Record> {
     let mut out = Vec::with_capacity(records.len());
     for r in records {
         match r {
-            Record::RenameSet { mkdirs, backups, places } => {
+            Record::RenameSet { mkdirs, backups, backup_inodes, places } => {
                 out.extend(mkdirs.iter().map(|path| Record::MkDir { path: path.clone() }));
-                out.extend(backups.iter().map(|path| Record::Backup { path: path.clone() }));
+                out.extend(
+                    backups
+                        .iter()
+                        .enumerate()
+                        .map(|(i, path)| Record::Backup { path: path.clone(), ino: backup_inodes.get(i).copied() }),
+                );
                 out.extend(places.iter().map(|p| Record::Place { path: p.path.clone(), added: p.added }));
             }
             other => out.push(other.clone()),
@@ -277,7 +309,7 @@ fn pause_from_env() -> Option<usize> {
 }
 
 /// Says where the engine paused (kill tests wait for this line) and waits to be killed.
-fn park_forever(what: &str) -> ! {
+pub(crate) fn park_forever(what: &str) -> ! {
     eprintln!("fleetup-engine: paused after {what}");
     loop {
         std::thread::park();

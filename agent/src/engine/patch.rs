@@ -1,16 +1,74 @@
-//! `patch-config` and `patch-webapp`: config edits with a backup taken once (so a redo
-//! after a crash never backs up an already patched file), and the web app deployed into
-//! a new versioned directory with an atomic switch of the `current` link.
+//! Config patches and `patch-webapp`. Config edits are computed while staging and swapped
+//! in with update-files' rename set, so the new services start on them and the health
+//! check covers them (`patch-config` only records what was applied). The web app is
+//! deployed into a new versioned directory with an atomic switch of the `current` link.
 
 use super::events::append_log;
-use super::journal::{Record, sync_dir};
+use super::journal::Record;
 use super::run::{PhaseResult, Run, Stop, write_durable};
 use super::{config_patch, webapp};
+use fleetup_proto::manifest::{FileAction, normal_path};
 use fleetup_proto::{PhaseId, PhaseStatus};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::fs;
+use std::path::PathBuf;
 
 impl Run<'_> {
+    /// Computes every patched config file while staging, before anything changes: each
+    /// file's edits are applied in order to its current text (or, when the rollup also
+    /// replaces or adds it, to the staged new file, in place). A file not in `[[files]]`
+    /// is written to `<staging>/config/<file>` with the original's permissions, and
+    /// update-files swaps it in with the rename set; its original is kept to detect a
+    /// change made between staging and the outage.
+    pub(crate) fn stage_config_patches(&mut self) -> Result<(), Stop> {
+        let m = self.manifest().clone();
+        let staged_sources: BTreeMap<String, String> = m
+            .files
+            .iter()
+            .filter(|f| f.action != FileAction::Remove)
+            .map(|f| (normal_path(&f.path), f.source_path()))
+            .collect();
+        let mut texts: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
+        for c in &m.config_patches {
+            let file = normal_path(&c.file);
+            if !texts.contains_key(&file) {
+                let (from, out) = match staged_sources.get(&file) {
+                    Some(source) => (self.pkg().join(source), self.pkg().join(source)),
+                    None => (self.root.join(&file), self.staged_config(&file)),
+                };
+                let original = fs::read(&from).map_err(|e| Stop::Failed(format!("reading {file}: {e}")))?;
+                let text = String::from_utf8(original.clone())
+                    .map_err(|_| Stop::Failed(format!("{file} is not UTF-8 text; it cannot be patched")))?;
+                if !staged_sources.contains_key(&file) {
+                    self.config_originals.insert(file.clone(), original);
+                }
+                texts.insert(file.clone(), (out, text));
+            }
+            let (_, text) = texts.get_mut(&file).expect("inserted above");
+            *text = config_patch::apply(text, c).map_err(|e| Stop::Failed(format!("patching {}: {e}", c.file)))?;
+        }
+        for (file, (out, text)) in &texts {
+            fs::create_dir_all(out.parent().expect("has a parent")).map_err(|e| Stop::Failed(e.to_string()))?;
+            // The staged file's own mode (set from the manifest), or the original's.
+            let mode_of = if staged_sources.contains_key(file) { out.clone() } else { self.root.join(file) };
+            let mode = fs::metadata(&mode_of).map_err(|e| Stop::Failed(format!("{file}: {e}")))?.permissions();
+            let tmp = out.with_extension("fleetup-tmp");
+            write_durable(&tmp, text.as_bytes()).map_err(|e| Stop::Failed(format!("staging {file}: {e}")))?;
+            fs::set_permissions(&tmp, mode).map_err(|e| Stop::Failed(e.to_string()))?;
+            fs::rename(&tmp, out).map_err(|e| Stop::Failed(format!("staging {file}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Where the patched copy of a config file (not in `[[files]]`) is staged.
+    pub(crate) fn staged_config(&self, file: &str) -> PathBuf {
+        self.stage.join("config").join(file)
+    }
+
+    /// The edits were applied with update-files' rename set, before the services started
+    /// (so the health check covered them); this phase records what was applied.
+    #[allow(clippy::unnecessary_wraps, reason = "every phase returns a PhaseResult")]
     pub(crate) fn patch_config(&mut self) -> PhaseResult {
         let p = PhaseId::PatchConfig;
         let m = self.manifest().clone();
@@ -19,38 +77,25 @@ impl Run<'_> {
         }
         let log = self.em.logs.join("patch-config.log");
         for c in &m.config_patches {
-            let path = self.root.join(&c.file);
-            let bak = self.backup().join("config").join(&c.file);
-            let recorded =
-                self.journal.records().iter().any(|r| matches!(r, Record::ConfigPatch { file } if *file == c.file));
-            if !recorded {
-                self.record(Record::ConfigPatch { file: c.file.clone() })?;
-                let original = fs::read(&path).map_err(|e| Stop::Failed(format!("reading {}: {e}", c.file)))?;
-                fs::create_dir_all(bak.parent().expect("has parent")).map_err(|e| Stop::Failed(e.to_string()))?;
-                let tmp = bak.with_extension("fleetup-tmp");
-                write_durable(&tmp, &original).map_err(|e| Stop::Failed(e.to_string()))?;
-                fs::rename(&tmp, &bak).map_err(|e| Stop::Failed(e.to_string()))?;
-                append_log(&log, &format!("backed up {} to {}", c.file, bak.display()));
-            }
-            let text = fs::read_to_string(&path).map_err(|e| Stop::Failed(format!("reading {}: {e}", c.file)))?;
-            let new = config_patch::apply(&text, &c.edit, &c.value)
-                .map_err(|e| Stop::Failed(format!("patching {}: {e}", c.file)))?;
-            if new != text {
-                let tmp = path.with_file_name(format!(
-                    ".{}.fleetup-tmp",
-                    path.file_name().and_then(|n| n.to_str()).unwrap_or("config")
-                ));
-                write_durable(&tmp, new.as_bytes()).map_err(|e| Stop::Failed(e.to_string()))?;
-                if let Ok(md) = fs::metadata(&path) {
-                    let _ = fs::set_permissions(&tmp, md.permissions());
-                }
-                fs::rename(&tmp, &path).map_err(|e| Stop::Failed(format!("replacing {}: {e}", c.file)))?;
-                sync_dir(path.parent().expect("has parent")).map_err(|e| Stop::Failed(e.to_string()))?;
-            }
-            append_log(&log, &format!("{}: {:?} = {}", c.file, c.edit, c.value));
+            append_log(
+                &log,
+                &format!(
+                    "{}: {:?} {} (swapped in with the file update; the original is in {})",
+                    c.file,
+                    c.edit,
+                    c.value.as_ref().map_or_else(|| "removed".to_owned(), |v| format!("= {v}")),
+                    self.backup().join(&c.file).display()
+                ),
+            );
             self.em.emit(p, PhaseStatus::Running, format!("patched {}", c.file), json!({ "file": c.file }));
         }
-        Ok((PhaseStatus::Succeeded, format!("{} config edit(s) applied (originals backed up)", m.config_patches.len())))
+        Ok((
+            PhaseStatus::Succeeded,
+            format!(
+                "{} config edit(s) applied with the file update, before the services started (originals backed up)",
+                m.config_patches.len()
+            ),
+        ))
     }
 
     pub(crate) fn patch_webapp(&mut self) -> PhaseResult {

@@ -4,6 +4,7 @@
 
 use super::events::Emitter;
 use super::journal::{Journal, Record};
+use super::lock::{self, Locks};
 use super::run::{Run, state_err};
 use super::services::Services;
 use super::{CrlRemediation, Engine, EngineError};
@@ -15,6 +16,13 @@ use std::path::Path;
 
 pub(crate) fn recover(engine: &Engine, state_dir: &Path) -> Result<Option<InstallSummary>, EngineError> {
     let Ok(state_dir) = fs::canonicalize(state_dir) else { return Ok(None) };
+    if !Journal::path_in(&state_dir).exists() {
+        return Ok(None);
+    }
+    // A journal is only "interrupted" if no live engine holds the lock: a running install's
+    // journal must never be rolled back underneath it.
+    let mut locks = Locks::state(&state_dir, &lock::me("recover", "", ""))
+        .map_err(|e| e.into_engine(&format!("state dir {}", state_dir.display())))?;
     let Some(journal) = Journal::open(&state_dir).map_err(state_err(&state_dir))? else { return Ok(None) };
     let Some(Record::Begin { install_id, package, root, stage, vars, backend, hosts_file }) =
         journal.records().first().cloned()
@@ -23,6 +31,8 @@ pub(crate) fn recover(engine: &Engine, state_dir: &Path) -> Result<Option<Instal
         let _ = fs::remove_file(Journal::path_in(&state_dir));
         return Ok(None);
     };
+    let holder = lock::me("recover", &install_id, &package.display().to_string());
+    locks.root(&root, &holder).map_err(|e| e.into_engine(&format!("install root {}", root.display())))?;
     let logs = state_dir.join("logs").join(&install_id);
     let em = Emitter::open(&logs, engine.sink.clone()).map_err(state_err(&logs))?;
     let manifest = journal.records().iter().find_map(|r| match r {
@@ -62,8 +72,11 @@ pub(crate) fn recover(engine: &Engine, state_dir: &Path) -> Result<Option<Instal
         manifest,
         was_running: was_running.clone().unwrap_or_default(),
         restart_required: false,
+        ignored_holders: std::collections::BTreeSet::new(),
+        config_originals: std::collections::BTreeMap::new(),
         remediate_hosts: Vec::new(),
         decisions: 0,
+        _locks: locks,
     };
     // The final event may have been emitted just before the kill: report nothing twice.
     if let Some(done) = run.em.history_summary() {
@@ -90,6 +103,8 @@ pub(crate) fn recover(engine: &Engine, state_dir: &Path) -> Result<Option<Instal
         format!("recovering: the engine was interrupted during '{where_}'"),
         json!({ "recovery": true }),
     );
+    // Before any service is started or stopped: no process of this install runs untracked.
+    super::orphans::stop_untracked(&mut run, last_phase.unwrap_or(PhaseId::CheckSystem));
     if let Some((outcome, reason)) = rolling {
         return Ok(Some(run.rollback_and_finish(
             outcome,

@@ -43,6 +43,8 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
     let mut pause = PausePoint::from_env(PAUSE_UNDO_ENV, "undo");
     // Directories whose entries changed, fsynced once after the last undo.
     let mut touched = BTreeSet::new();
+    // Old files that cannot be restored: the rollback cannot claim the previous version.
+    let mut lost = Vec::new();
     for r in records.iter().rev() {
         let result = match r {
             Record::WebappSwitch { link, old_target } => {
@@ -66,16 +68,17 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
             }
             // A backup present means the file was moved away and not yet moved back:
             // whatever is at the path now (nothing, or the staged file) gives way to it.
-            Record::Backup { path } => {
-                let bak = run.backup().join(path);
-                if bak.exists() {
-                    let dst = run.root.join(path);
-                    touched.extend(dst.parent().map(Path::to_path_buf));
-                    fs::rename(&bak, &dst)
-                } else {
+            Record::Backup { path, ino } => match undo_backup(&run.root, &run.backup(), path, *ino) {
+                Ok(dir) => {
+                    touched.extend(dir);
                     Ok(())
                 }
-            }
+                Err(BackupProblem::Io(e)) => Err(e),
+                Err(BackupProblem::Lost(why)) => {
+                    lost.push(why);
+                    Ok(())
+                }
+            },
             Record::MkDir { path } => {
                 let dir = run.root.join(path);
                 touched.extend(dir.parent().map(Path::to_path_buf));
@@ -90,6 +93,12 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
             files_changed = true;
             pause.step(undo_steps);
         }
+    }
+    if !lost.is_empty() {
+        errors.push(format!(
+            "the previous version cannot be restored: {} (the root still holds the new file(s) there)",
+            lost.join("; ")
+        ));
     }
     for dir in &touched {
         // A directory the rollback removed is gone with its entries.
@@ -113,13 +122,14 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
         }
     }
     if stopped && let Some(m) = run.manifest.clone() {
-        for s in m.services.iter().filter(|s| run.was_running.contains(&s.name)) {
+        let was_running = run.was_running.clone();
+        for s in m.services.iter().filter(|s| was_running.contains(&s.name)) {
             let mut old = s.clone();
             // The old version does not answer with the new version's text.
             if let Some(h) = &mut old.health {
                 h.expect = None;
             }
-            match run.services.start_and_wait_healthy(&old, &run.hosts_file.clone()) {
+            match run.start_service(&old, true) {
                 Ok(()) => run.em.emit(
                     p,
                     PhaseStatus::Running,
@@ -142,6 +152,42 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
         let e = errors.join("; ");
         run.em.emit(p, PhaseStatus::Failed, format!("rollback incomplete: {e}"), serde_json::Value::Null);
         Err(e)
+    }
+}
+
+/// Why a backup cannot be renamed back.
+enum BackupProblem {
+    /// The rename failed.
+    Io(std::io::Error),
+    /// The old file is not in the backup (missing, or another file): named for the person.
+    Lost(String),
+}
+
+/// Renames the backup of `path` back over it, if the file was moved away. With the old
+/// file's inode (journals since the rename set carry it), a backup that is missing while
+/// the path holds another file, or a backup that is another file, is the old version
+/// lost, never a no-op. Returns the directory whose entries changed.
+fn undo_backup(
+    root: &Path,
+    backup: &Path,
+    path: &str,
+    ino: Option<u64>,
+) -> Result<Option<std::path::PathBuf>, BackupProblem> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (bak, dst) = (backup.join(path), root.join(path));
+    match (fs::symlink_metadata(&bak), ino) {
+        (Ok(md), Some(ino)) if md.ino() != ino => Err(BackupProblem::Lost(format!(
+            "{path}: its backup {} is not the file that was there (another file replaced it)",
+            bak.display()
+        ))),
+        (Ok(_), _) => {
+            fs::rename(&bak, &dst).map_err(BackupProblem::Io)?;
+            Ok(dst.parent().map(Path::to_path_buf))
+        }
+        (Err(_), None) => Ok(None),
+        // Never moved: the old file is still at its path.
+        (Err(_), Some(ino)) if fs::symlink_metadata(&dst).is_ok_and(|md| md.ino() == ino) => Ok(None),
+        (Err(_), Some(_)) => Err(BackupProblem::Lost(format!("{path}: its backup {} is missing", bak.display()))),
     }
 }
 

@@ -1,12 +1,14 @@
-//! The phase sequence of one install, and recovery of an interrupted one.
+//! The phase sequence of one install, its shared helpers (shell, decisions, service
+//! starts) and its endings (finish, rollback, cancel); the phases themselves live in
+//! `phases`, `check`, `files`, `hooks` and `patch`.
 
 use super::events::Emitter;
 use super::exec::{self, ExecError, Shell};
 use super::journal::{Journal, Record};
-use super::services::Services;
-use super::{CancelHandle, CrlRemediation, Engine, EngineError, InstallRequest, crl, rollback};
-use fleetup_proto::manifest::{FileAction, Manifest};
-use fleetup_proto::package::{self, Limits};
+use super::lock::{self, Locks};
+use super::services::{Services, Spawned};
+use super::{CancelHandle, CrlRemediation, Engine, EngineError, InstallRequest, rollback};
+use fleetup_proto::manifest::{FileAction, Manifest, Service};
 use fleetup_proto::{
     Cancellability, DecisionAnswer, DecisionKind, DecisionRequest, InstallOutcome, InstallSummary, PhaseId,
     PhaseStatus, PublicKey,
@@ -14,9 +16,19 @@ use fleetup_proto::{
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The exit status (EX_TEMPFAIL) by which a hook or command says "not now, try the
+/// install again later": the install ends as for a failure (rolled back if anything
+/// changed), its error starts with [`RETRY_LATER`], and the CLI exits with this status.
+pub const RETRY_LATER_EXIT: i32 = 75;
+
+/// How the error of an install ended by [`RETRY_LATER_EXIT`] begins.
+pub const RETRY_LATER: &str = "retry later:";
+
+/// Variables the engine sets itself; a host cannot set them (`--var`).
+pub const BUILT_IN_VARS: [&str; 4] = ["root", "staging", "state_dir", "version"];
 
 /// Why a phase stopped the install.
 #[derive(Debug)]
@@ -49,8 +61,14 @@ pub(crate) struct Run<'e> {
     pub(crate) manifest: Option<Manifest>,
     pub(crate) was_running: Vec<String>,
     pub(crate) restart_required: bool,
+    /// Processes holding files that the operator chose to ignore (not asked about again).
+    pub(crate) ignored_holders: std::collections::BTreeSet<u32>,
+    /// Original bytes of each config file patched by the rename set (drift check).
+    pub(crate) config_originals: BTreeMap<String, Vec<u8>>,
     pub(crate) remediate_hosts: Vec<String>,
     pub(crate) decisions: u32,
+    /// The state dir's and the root's install locks, released when the run is dropped.
+    pub(crate) _locks: Locks,
 }
 
 impl Run<'_> {
@@ -74,9 +92,17 @@ impl Run<'_> {
         self.manifest.as_ref().expect("manifest known after check-system")
     }
 
+    /// The environment of hooks, precompile commands, prerequisite commands and rollback
+    /// scripts: the install's facts, and each host variable (`--var name=value`) as
+    /// `FLEETUP_VAR_<NAME>` (upper case, anything but letters and digits as `_`).
     pub(crate) fn hook_env(&self, phase: PhaseId) -> Vec<(String, String)> {
         let m = self.manifest.as_ref();
-        vec![
+        let host_vars = self.vars.iter().filter(|(k, _)| !BUILT_IN_VARS.contains(&k.as_str())).map(|(k, v)| {
+            let name: String =
+                k.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+            (format!("FLEETUP_VAR_{name}"), v.clone())
+        });
+        let mut env = vec![
             ("FLEETUP_ROOT".into(), self.root.display().to_string()),
             ("FLEETUP_STAGING".into(), self.pkg().display().to_string()),
             ("FLEETUP_STATE_DIR".into(), self.state_dir.display().to_string()),
@@ -85,7 +111,9 @@ impl Run<'_> {
             ("FLEETUP_ROLLUP_VERSION".into(), m.map(|m| m.rollup.version.clone()).unwrap_or_default()),
             ("FLEETUP_HOSTS_FILE".into(), self.hosts_file.display().to_string()),
             ("FLEETUP_PHASE".into(), phase.as_str().into()),
-        ]
+        ];
+        env.extend(host_vars);
+        env
     }
 
     pub(crate) fn expand(&self, s: &str) -> Result<String, Stop> {
@@ -95,6 +123,19 @@ impl Run<'_> {
     /// Runs a shell command for a phase, honouring the deadline and (where the phase
     /// allows it) a cancel.
     pub(crate) fn shell(&self, phase: PhaseId, command: &str, cwd: &Path, deadline_secs: u64) -> Result<(), Stop> {
+        self.shell_named(phase, command, &format!("`{command}`"), cwd, deadline_secs)
+    }
+
+    /// [`Run::shell`], naming the command `what` in a failure (said once: a hook is
+    /// `hook <path> failed: exit status 7`, not its path twice).
+    pub(crate) fn shell_named(
+        &self,
+        phase: PhaseId,
+        command: &str,
+        what: &str,
+        cwd: &Path,
+        deadline_secs: u64,
+    ) -> Result<(), Stop> {
         let env = self.hook_env(phase);
         let log = self.em.phase_log(phase);
         let cancellable = phase.cancellability() == Cancellability::Immediate;
@@ -105,8 +146,28 @@ impl Run<'_> {
         )
         .map_err(|e| match e {
             ExecError::Cancelled => Stop::Cancelled(format!("cancelled while running `{command}`")),
-            other => Stop::Failed(format!("`{command}`: {other}")),
+            ExecError::Exited(RETRY_LATER_EXIT) => Stop::Failed(format!(
+                "{RETRY_LATER} {what}: exit status {RETRY_LATER_EXIT} asks to try the install again later"
+            )),
+            other => Stop::Failed(format!("{what}: {other}")),
         })
+    }
+
+    /// Starts `svc` (with `healthy`, also waits for its health check), journaling the
+    /// exec backend's process group before the service runs (see `orphans`).
+    pub(crate) fn start_service(&mut self, svc: &Service, healthy: bool) -> Result<(), String> {
+        let boot_id = super::orphans::boot_id();
+        let (services, journal, hosts) = (&self.services, &mut self.journal, &self.hosts_file);
+        let mut record = |sp: Spawned<'_>| {
+            journal
+                .append(Record::ServiceSpawned { name: sp.name.to_owned(), pgid: sp.pgid, boot_id: boot_id.clone() })
+                .map_err(|e| format!("cannot write the journal: {e}"))
+        };
+        if healthy {
+            services.start_and_wait_healthy(svc, hosts, &mut record)
+        } else {
+            services.start_tracked(svc, &mut record)
+        }
     }
 
     pub(crate) fn check_cancel(&self, phase: PhaseId) -> Result<(), Stop> {
@@ -155,170 +216,21 @@ impl Run<'_> {
         match phase {
             PhaseId::CheckSystem => self.check_system(),
             PhaseId::PrePrecompile => self.pre_precompile(),
-            PhaseId::PreHooks => self.hooks(PhaseId::PreHooks, "pre-install.d"),
+            PhaseId::PreHooks => self.pre_hooks(),
             PhaseId::StopServices => self.stop_services(),
             PhaseId::ValidateFiles => self.validate_files(),
             PhaseId::UpdateFiles => self.update_files(),
             PhaseId::PostPrecompile => self.post_precompile(),
             PhaseId::StartServices => self.start_services(),
-            PhaseId::PostHooks => self.hooks(PhaseId::PostHooks, "post-install.d"),
+            PhaseId::PostHooks => {
+                self.precompile_after(PhaseId::PostHooks, true)?;
+                self.post_hooks()
+            }
             PhaseId::PatchConfig => self.patch_config(),
             PhaseId::PatchWebapp => self.patch_webapp(),
             PhaseId::Cleanup => self.cleanup(),
             PhaseId::Rollback => Ok((PhaseStatus::Skipped, String::new())),
         }
-    }
-
-    fn pre_precompile(&mut self) -> PhaseResult {
-        let p = PhaseId::PrePrecompile;
-        if !self.remediate_hosts.is_empty() {
-            let original = fs::read(&self.hosts_file)
-                .map_err(|e| Stop::Failed(format!("reading {}: {e}", self.hosts_file.display())))?;
-            let saved = self.state_dir.join(format!("hosts.saved-{}", self.id));
-            write_durable(&saved, &original)
-                .map_err(|e| Stop::Failed(format!("saving {}: {e}", self.hosts_file.display())))?;
-            self.record(Record::HostsFile { path: self.hosts_file.clone(), saved })?;
-            let new = crl::remediated_hosts(&original, &self.remediate_hosts, &self.id);
-            crl::write_in_place(&self.hosts_file, &new)
-                .map_err(|e| Stop::Failed(format!("writing {}: {e}", self.hosts_file.display())))?;
-            self.em.emit(
-                p,
-                PhaseStatus::Running,
-                format!(
-                    "CRL remediation: {} now maps {} to 127.0.0.1 until the install ends",
-                    self.hosts_file.display(),
-                    self.remediate_hosts.join(", ")
-                ),
-                json!({ "step": "crl-remediation", "hosts": self.remediate_hosts }),
-            );
-        }
-        fs::create_dir(&self.stage)
-            .map_err(|e| Stop::Failed(format!("creating staging {}: {e}", self.stage.display())))?;
-        let verified = package::extract_file(&self.package, &self.trusted, &Limits::default(), &self.pkg())
-            .map_err(|e| Stop::Failed(format!("unpacking {}: {e}", self.package.display())))?;
-        let manifest_text = verified.index.manifest.clone();
-        self.record(Record::Staged { manifest: manifest_text })?;
-        fs::create_dir_all(self.backup()).map_err(|e| Stop::Failed(e.to_string()))?;
-        let m = self.manifest().clone();
-        for f in m.files.iter().filter(|f| f.action != FileAction::Remove) {
-            let src = self.pkg().join(f.source_path());
-            if !src.is_file() {
-                return Err(Stop::Failed(format!("{} is not a file in the package", f.source_path())));
-            }
-            if let Some(mode) = &f.mode {
-                let mode = fleetup_proto::manifest::parse_mode(mode).map_err(Stop::Failed)?;
-                fs::set_permissions(&src, fs::Permissions::from_mode(mode)).map_err(|e| Stop::Failed(e.to_string()))?;
-            }
-        }
-        self.em.emit(
-            p,
-            PhaseStatus::Running,
-            format!("payload unpacked and verified into {}", self.pkg().display()),
-            json!({ "step": "staged", "entries": verified.index.entries.len() }),
-        );
-        self.check_cancel(p)?;
-        let n = m.precompile.before.len();
-        for (i, c) in m.precompile.before.iter().enumerate() {
-            let cmd = self.expand(&c.command)?;
-            self.shell(p, &cmd, &self.pkg(), c.deadline_secs)?;
-            self.em.emit(
-                p,
-                PhaseStatus::Running,
-                format!("precompile {}/{n} done", i + 1),
-                json!({ "progress": { "done": i + 1, "total": n } }),
-            );
-            self.check_cancel(p)?;
-        }
-        Ok((PhaseStatus::Succeeded, format!("staged and precompiled ({n} command(s)) while services kept running")))
-    }
-
-    fn hooks(&mut self, p: PhaseId, dir: &str) -> PhaseResult {
-        let mut scripts: Vec<PathBuf> = fs::read_dir(self.state_dir.join("hooks").join(dir))
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
-            .unwrap_or_default();
-        scripts.sort();
-        let m = self.manifest().clone();
-        let (pkg_scripts, deadline) = if p == PhaseId::PreHooks {
-            (&m.scripts.pre_install, m.scripts.deadline_secs)
-        } else {
-            (&m.scripts.post_install, m.scripts.deadline_secs)
-        };
-        scripts.extend(pkg_scripts.iter().map(|s| self.pkg().join(s)));
-        if scripts.is_empty() {
-            return Ok((PhaseStatus::Skipped, "no hooks".into()));
-        }
-        for s in &scripts {
-            self.check_cancel(p)?;
-            let cmd = format!("sh '{}'", s.display());
-            self.shell(p, &cmd, &self.root, deadline).map_err(|e| match e {
-                Stop::Failed(msg) => Stop::Failed(format!("hook {} failed: {msg}", s.display())),
-                other => other,
-            })?;
-            self.em.emit(p, PhaseStatus::Running, format!("hook {} done", s.display()), serde_json::Value::Null);
-        }
-        self.check_cancel(p)?;
-        Ok((PhaseStatus::Succeeded, format!("{} hook(s) ran", scripts.len())))
-    }
-
-    fn stop_services(&mut self) -> PhaseResult {
-        let p = PhaseId::StopServices;
-        let m = self.manifest().clone();
-        let mut running = Vec::new();
-        for s in &m.services {
-            if self.services.is_running(s).map_err(Stop::Failed)? {
-                running.push(s.name.clone());
-            }
-        }
-        self.record(Record::ServicesStopping { was_running: running.clone() })?;
-        self.was_running.clone_from(&running);
-        // A cancel here takes effect only once every service has stopped (seeds).
-        for s in m.services.iter().rev().filter(|s| running.contains(&s.name)) {
-            self.services.stop(s).map_err(|e| Stop::Failed(format!("stopping {}: {e}", s.name)))?;
-            self.em.emit(p, PhaseStatus::Running, format!("service {} stopped", s.name), json!({ "service": s.name }));
-        }
-        self.check_cancel(p)?;
-        Ok((PhaseStatus::Succeeded, format!("stopped {} service(s): {}", running.len(), running.join(", "))))
-    }
-
-    fn post_precompile(&mut self) -> PhaseResult {
-        let p = PhaseId::PostPrecompile;
-        let m = self.manifest().clone();
-        if m.precompile.after.is_empty() {
-            return Ok((PhaseStatus::Skipped, "no post-install precompile".into()));
-        }
-        for c in &m.precompile.after {
-            let cmd = self.expand(&c.command)?;
-            self.shell(p, &cmd, &self.root, c.deadline_secs)?;
-        }
-        Ok((PhaseStatus::Succeeded, format!("{} precompile command(s) ran on the new files", m.precompile.after.len())))
-    }
-
-    fn start_services(&mut self) -> PhaseResult {
-        let p = PhaseId::StartServices;
-        let m = self.manifest().clone();
-        let mut started = Vec::new();
-        for s in m.services.iter().filter(|s| self.was_running.contains(&s.name)) {
-            self.services.start_and_wait_healthy(s, &self.hosts_file).map_err(Stop::Failed)?;
-            self.em.emit(
-                p,
-                PhaseStatus::Running,
-                format!("service {} started and healthy", s.name),
-                json!({ "service": s.name }),
-            );
-            started.push(s.name.clone());
-        }
-        Ok((
-            PhaseStatus::Succeeded,
-            format!("started {} service(s) that ran before: {}", started.len(), started.join(", ")),
-        ))
-    }
-
-    fn cleanup(&mut self) -> PhaseResult {
-        if self.stage.exists() {
-            fs::remove_dir_all(&self.stage)
-                .map_err(|e| Stop::Failed(format!("removing {}: {e}", self.stage.display())))?;
-        }
-        Ok((PhaseStatus::Succeeded, "backups and staging removed".into()))
     }
 
     // ---------------------------------------------------------------- endings
@@ -327,8 +239,9 @@ impl Run<'_> {
     fn restart_prior(&mut self) -> Result<(), String> {
         let m = self.manifest().clone();
         let mut errors = Vec::new();
-        for s in m.services.iter().filter(|s| self.was_running.contains(&s.name)) {
-            if let Err(e) = self.services.start(s) {
+        let was_running = self.was_running.clone();
+        for s in m.services.iter().filter(|s| was_running.contains(&s.name)) {
+            if let Err(e) = self.start_service(s, false) {
                 errors.push(format!("{}: {e}", s.name));
             } else {
                 self.em.emit(
@@ -356,6 +269,9 @@ impl Run<'_> {
             outcome = InstallOutcome::RecoveryRequired;
             error = Some(format!("{}; hosts file not restored: {e}", error.unwrap_or_default()));
         }
+        if outcome != InstallOutcome::Succeeded {
+            self.error_hooks(outcome, failed_phase.unwrap_or(PhaseId::Rollback), error.as_deref().unwrap_or(""));
+        }
         if outcome != InstallOutcome::RecoveryRequired && self.stage.exists() {
             let _ = fs::remove_dir_all(&self.stage);
         }
@@ -380,7 +296,8 @@ impl Run<'_> {
             ),
             (o, e) => format!("install of {name} {version} ended: {o}: {}", e.as_deref().unwrap_or("")),
         };
-        self.em.emit(phase, status, msg, json!({ "summary": summary }));
+        let retry_later = error.as_deref().is_some_and(|e| e.starts_with(RETRY_LATER));
+        self.em.emit(phase, status, msg, json!({ "summary": summary, "retry_later": retry_later }));
         self.cancel().set_phase(None);
         let _ = self.journal.append(Record::End { outcome });
         let logs = self.em.logs.clone();
@@ -463,6 +380,7 @@ pub(crate) fn action_word(a: FileAction) -> &'static str {
         FileAction::Add => "added",
         FileAction::Replace => "replaced",
         FileAction::Remove => "removed",
+        FileAction::Tree => "replaced as a tree",
     }
 }
 
@@ -485,6 +403,15 @@ pub(crate) fn install(
 ) -> Result<InstallSummary, EngineError> {
     fs::create_dir_all(&req.state_dir).map_err(state_err(&req.state_dir))?;
     let state_dir = fs::canonicalize(&req.state_dir).map_err(state_err(&req.state_dir))?;
+    let id = install_id.map_or_else(
+        || format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"), std::process::id()),
+        str::to_owned,
+    );
+    let holder = lock::me("install", &id, &req.package.display().to_string());
+    // Held until the journal is closed: a second engine must not take this install's
+    // journal for an interrupted one.
+    let mut locks =
+        Locks::state(&state_dir, &holder).map_err(|e| e.into_engine(&format!("state dir {}", state_dir.display())))?;
     if Journal::path_in(&state_dir).exists() {
         return Err(EngineError::Unfinished(Journal::path_in(&state_dir)));
     }
@@ -494,10 +421,7 @@ pub(crate) fn install(
         .and_then(|n| n.to_str())
         .ok_or_else(|| EngineError::Root("the root must not be /".into()))?
         .to_owned();
-    let id = install_id.map_or_else(
-        || format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3f"), std::process::id()),
-        str::to_owned,
-    );
+    locks.root(&root, &holder).map_err(|e| e.into_engine(&format!("install root {}", root.display())))?;
     let stage = root.parent().expect("has a name, so a parent").join(format!(".{name}.fleetup-{id}"));
     let mut vars = req.vars.clone();
     vars.insert("root".into(), root.display().to_string());
@@ -541,8 +465,11 @@ pub(crate) fn install(
         manifest: None,
         was_running: Vec::new(),
         restart_required: false,
+        ignored_holders: std::collections::BTreeSet::new(),
+        config_originals: BTreeMap::new(),
         remediate_hosts: Vec::new(),
         decisions: 0,
+        _locks: locks,
     };
     Ok(run.run_from(0))
 }

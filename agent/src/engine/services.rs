@@ -10,7 +10,7 @@ use fleetup_proto::manifest::{HealthCheck, Service};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,7 +74,28 @@ impl Services {
 
     fn short(&self, command: &str, deadline: Duration) -> Result<(), String> {
         exec::run(&Shell { command, cwd: &self.root, env: &[], deadline, log: &self.log }, &|| false)
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("`{command}`: {e}"))
+    }
+
+    /// The service's main process, if it runs: the pidfile's pid (exec), or systemd's
+    /// `MainPID`.
+    pub(crate) fn main_pid(&self, svc: &Service) -> Option<u32> {
+        let pid = match self.kind {
+            BackendKind::Exec => self.tracked_pid(svc).filter(|p| pid_alive(*p))?,
+            BackendKind::Systemd => {
+                let out = Command::new("systemctl")
+                    .args(["show", "--property=MainPID", "--value", &Self::unit(svc)])
+                    .output()
+                    .ok()?;
+                String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|p| *p > 0)?
+            }
+        };
+        u32::try_from(pid).ok()
+    }
+
+    /// The pid the exec backend's pidfile names for `svc`, if any.
+    pub(crate) fn tracked_pid(&self, svc: &Service) -> Option<i32> {
+        read_pid(&self.pidfile(svc).ok()?)
     }
 
     fn pidfile(&self, svc: &Service) -> Result<PathBuf, String> {
@@ -104,9 +125,16 @@ impl Services {
         }
     }
 
-    /// Starts the service (no-op if running). Does not wait for health.
+    /// Starts the service (no-op if running). Does not wait for health. Nothing is
+    /// journaled: for callers outside an install (tests, tools).
     pub fn start(&self, svc: &Service) -> Result<(), String> {
-        match self.launch(svc)? {
+        self.start_tracked(svc, &mut |_| Ok(()))
+    }
+
+    /// [`Self::start`], telling `on_spawn` about the exec backend's new process group
+    /// before the service runs (the engine journals it there).
+    pub(crate) fn start_tracked(&self, svc: &Service, on_spawn: OnSpawn<'_>) -> Result<(), String> {
+        match self.launch(svc, on_spawn)? {
             Some(l) => l.alive_for(ALIVE_WINDOW),
             None => Ok(()),
         }
@@ -118,9 +146,14 @@ impl Services {
     /// for the whole start window, and its death ends the wait at once.
     /// Errors read `starting <name>: …` (the start failed or the process died) or
     /// `service <name> unhealthy …`.
-    pub fn start_and_wait_healthy(&self, svc: &Service, hosts_file: &Path) -> Result<(), String> {
+    pub(crate) fn start_and_wait_healthy(
+        &self,
+        svc: &Service,
+        hosts_file: &Path,
+        on_spawn: OnSpawn<'_>,
+    ) -> Result<(), String> {
         let starting = |e: String| format!("starting {}: {e}", svc.name);
-        let launched = self.launch(svc).map_err(starting)?;
+        let launched = self.launch(svc, on_spawn).map_err(starting)?;
         if let Err(e) = self.healthy(svc, hosts_file, launched.as_ref()) {
             return Err(match launched.as_ref().map(Launched::check_alive) {
                 Some(Err(died)) => starting(died),
@@ -134,7 +167,12 @@ impl Services {
     }
 
     /// Starts the service unless it runs; for the exec backend, returns the new process.
-    fn launch(&self, svc: &Service) -> Result<Option<Launched>, String> {
+    ///
+    /// The exec backend's start shell is spawned in its own process group and held on
+    /// its stdin until `on_spawn` has recorded the group: if the engine dies before that,
+    /// the shell reads end-of-file and exits without starting anything; after it, every
+    /// process the start makes is in a recorded group, tracked or not by the pidfile.
+    fn launch(&self, svc: &Service, on_spawn: OnSpawn<'_>) -> Result<Option<Launched>, String> {
         if self.is_running(svc)? {
             self.note(&format!("start {}: already running", svc.name));
             return Ok(None);
@@ -153,23 +191,33 @@ impl Services {
                 let out = self.output_dir.join(format!("{}.out", svc.name));
                 // `&` makes sh fork the service and exit: the service is re-parented and
                 // outlives the engine (a killed engine must not take services with it).
-                let script = format!("{start} </dev/null >>'{}' 2>&1 &\necho $!", out.display());
+                let script = format!("read go || exit 1\n{start} </dev/null >>'{}' 2>&1 &\necho $!", out.display());
                 let mut child = Command::new("sh")
                     .arg("-c")
                     .arg(&script)
                     .current_dir(&self.root)
-                    .stdin(Stdio::null())
+                    .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::null())
                     .process_group(0)
                     .spawn()
                     .map_err(|e| format!("starting {}: {e}", svc.name))?;
+                let mut go = child.stdin.take().expect("piped");
+                let pgid = child.id() as i32;
+                if let Err(e) = on_spawn(Spawned { name: &svc.name, pgid }) {
+                    drop(go); // the shell reads end-of-file and exits
+                    let _ = child.wait();
+                    return Err(e);
+                }
+                go.write_all(b"go\n").map_err(|e| format!("starting {}: {e}", svc.name))?;
+                drop(go);
                 let at = Instant::now();
                 let mut text = String::new();
                 child.stdout.take().expect("piped").read_to_string(&mut text).map_err(|e| e.to_string())?;
                 let _ = child.wait();
                 let pid: i32 =
                     text.trim().parse().map_err(|_| format!("starting {}: no pid from the start command", svc.name))?;
+                pause_after_service_start();
                 let pidfile = self.pidfile(svc)?;
                 if let Some(dir) = pidfile.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -243,6 +291,29 @@ impl Services {
             result.as_ref().map_or_else(Clone::clone, |()| "healthy".into())
         ));
         result
+    }
+}
+
+/// A service process group just spawned by the exec backend, not yet running the service.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Spawned<'a> {
+    /// The service.
+    pub name: &'a str,
+    /// Its process group (the start shell's pid).
+    pub pgid: i32,
+}
+
+/// Called between spawning a service's start shell and letting it run; an error stops the
+/// start before anything runs.
+pub(crate) type OnSpawn<'a> = &'a mut dyn FnMut(Spawned<'_>) -> Result<(), String>;
+
+/// Kill tests: [`super::journal::PAUSE_SPAWN_ENV`] parks the engine after the K-th
+/// service start of this process, once the service runs and before its pidfile is written.
+fn pause_after_service_start() {
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    if std::env::var(super::journal::PAUSE_SPAWN_ENV).ok().and_then(|v| v.parse().ok()) == Some(k) {
+        super::journal::park_forever(&format!("service start {k}"));
     }
 }
 

@@ -8,16 +8,14 @@
 //! stops after its K-th change, and `FLEETUP_ENGINE_PAUSE_AFTER_UNDO=J` stops a rollback
 //! (here: recovery's) after its J-th file undo.
 
-use crate::support::{Fixture, crl_stub_ok, parse_events, tree};
-use fleetup_agent::engine::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_UNDO_ENV};
+use crate::support::{Fixture, crl_stub_ok, parse_events, pause_and_kill, tree};
+use fleetup_agent::engine::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_SPAWN_ENV, PAUSE_UNDO_ENV};
 use fleetup_proto::{EngineEvent, InstallOutcome};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 type Tree = BTreeMap<String, String>;
 
@@ -48,35 +46,6 @@ fn reference() -> &'static (usize, Tree) {
         let steps = std::fs::read_to_string(logs.path().join("journal.jsonl")).unwrap().lines().count();
         (steps, tree(&fx.root))
     })
-}
-
-/// Spawns `cmd` with the pause variable `var=value`, waits (with a deadline) until the
-/// engine says `paused after <want>`, then SIGKILLs it.
-fn pause_and_kill(mut cmd: Command, var: &str, value: usize, want: &str) {
-    let mut child = cmd.env(var, value.to_string()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let want = format!("paused after {want}");
-    let deadline = Instant::now() + Duration::from_mins(1);
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(l) if l.contains(&want) => break,
-            Ok(l) => seen.push(l),
-            Err(e) => {
-                let status = child.try_wait();
-                let _ = child.kill();
-                panic!("{var}={value}: engine never said '{want}' ({e}); stderr: {seen:?}; status {status:?}");
-            }
-        }
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
 }
 
 /// Restarts the engine after a kill and checks what the user sees: one install with one
@@ -113,6 +82,11 @@ fn assert_converges(fx: &Fixture, label: &str, old_tree: &Tree, new_tree: Option
         }
     }
     assert!(fx.service_running(), "{label}: service not running");
+    assert_eq!(
+        fx.service_processes(),
+        fx.service_pid().into_iter().collect::<Vec<_>>(),
+        "{label}: a service process runs that the pidfile does not name"
+    );
     assert!(fx.leftover_staging().is_empty(), "{label}: staging left: {:?}", fx.leftover_staging());
     assert!(!fx.state.join("journal.jsonl").exists(), "{label}: journal still open");
     outcome
@@ -198,9 +172,10 @@ fn nested_fixture() -> Fixture {
     )
 }
 
-/// Changes of the nested fixture's rename set: 2 mkdirs, 3 backups (2 replaces, 1
-/// remove), 4 placements (2 replaces, 2 adds). Undo has one step per change.
-const SET: usize = 9;
+/// Changes of the nested fixture's rename set: 2 mkdirs, 6 backups (2 replaces, 1
+/// remove, 3 patched config files), 7 placements (2 replaces, 2 adds, 3 config files).
+/// Undo has one step per change.
+const SET: usize = 15;
 
 /// Kills the install right after change `k` of the rename set: the root is neither old
 /// nor new on disk. The restart must roll back to the whole old tree.
@@ -244,11 +219,7 @@ fn sigkill_during_the_recovery_undo_then_restart_rolls_back_whole() {
 
 #[test]
 fn sigkill_at_the_start_of_a_rollback_then_restart_finishes_it() {
-    let unhealthy = |fx: &Fixture| {
-        let conf = fx.root.join("etc/demo.conf");
-        let text = std::fs::read_to_string(&conf).unwrap() + "unhealthy_versions = 1.1.0\n";
-        std::fs::write(&conf, text).unwrap();
-    };
+    let unhealthy = |fx: &Fixture| fx.mark_unhealthy("1.1.0");
     let short =
         |t: String| t.replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 1\n\n[[prerequisites]]");
     // Reference: where the rollback starts in the journal.
@@ -298,4 +269,24 @@ fn sigkill_with_hosts_remediation_applied_restores_the_hosts_file_on_restart() {
     assert_eq!(std::fs::read(&fx.hosts).unwrap(), original, "hosts file not restored by recovery");
     assert_eq!(tree(&fx.root), before);
     fx.wait_version("1.0.0");
+}
+
+#[test]
+fn sigkill_at_each_service_start_leaves_no_untracked_service() {
+    // Start 1: the new version in start-services, running, its pid not yet in the pidfile.
+    let (_, new_tree) = reference();
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    let old_tree = tree(&fx.root);
+    pause_and_kill(fx.cli(), PAUSE_SPAWN_ENV, 1, "service start 1");
+    assert_converges(&fx, "service start 1", &old_tree, Some(new_tree));
+
+    // Start 2 of an unhealthy install: the old version restarted by the rollback.
+    let fx = Fixture::new(&crl_stub_ok(), |t| {
+        t.replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 1\n\n[[prerequisites]]")
+    });
+    fx.mark_unhealthy("1.1.0");
+    let old_tree = tree(&fx.root);
+    pause_and_kill(fx.cli(), PAUSE_SPAWN_ENV, 2, "service start 2");
+    let outcome = assert_converges(&fx, "service start 2 (rollback)", &old_tree, None);
+    assert_eq!(outcome, InstallOutcome::RolledBack);
 }

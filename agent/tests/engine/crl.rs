@@ -22,7 +22,7 @@ fn silent_and_refusing_crl_endpoints_warn_within_the_deadline() {
     let (summary, events) = fx.install_lib(decider.clone(), |_, _| {});
     assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
     let asked = decider.asked.lock().unwrap().clone();
-    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked.len(), 1, "one question for all dead endpoints: {asked:?}");
     for a in &asked {
         let DecisionKind::Warning { code, remediation } = &a.kind else { panic!("{a:?}") };
         assert_eq!(code, "crl-unreachable");
@@ -45,6 +45,35 @@ fn silent_and_refusing_crl_endpoints_warn_within_the_deadline() {
     assert!(probe_ms < 1600, "probes took {probe_ms} ms with a 1 s deadline");
     assert!(summary.phase_ms[&PhaseId::CheckSystem] < 3000, "{summary:?}");
     assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn one_question_lists_every_dead_endpoint_and_names_the_hosts_file_in_use() {
+    let refused_port = free_port();
+    let fx = Fixture::new(&format!("http://crl-a.fleetup.test:{refused_port}"), |t| {
+        t.replace(
+            "endpoints = [\"${crl_base}/pki/crl/products/fleetup-demo-ca.crl\"]",
+            &format!("endpoints = [\"${{crl_base}}/a.crl\", \"http://crl-b.fleetup.test:{refused_port}/b.crl\"]"),
+        )
+    });
+    std::fs::write(&fx.hosts, "127.0.0.1 crl-a.fleetup.test crl-b.fleetup.test\n").unwrap();
+    let decider = Arc::new(ScriptedDecider::new(|_| DecisionAnswer::Cancel));
+    let (summary, _) = fx.install_lib(decider.clone(), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Cancelled, "{summary:?}");
+    let asked = decider.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(asked[0].message.contains("2 CRL endpoints are unreachable"), "{}", asked[0].message);
+    let DecisionKind::Warning { remediation, .. } = &asked[0].kind else { panic!("{:?}", asked[0]) };
+    let text = remediation.as_deref().unwrap();
+    for want in [
+        "crl-a.fleetup.test:",
+        "crl-b.fleetup.test:",
+        &format!("adding these lines to {}", fx.hosts.display()),
+        "    127.0.0.1 crl-a.fleetup.test\n    127.0.0.1 crl-b.fleetup.test\n",
+    ] {
+        assert!(text.contains(want), "the remediation does not say {want:?}:\n{text}");
+    }
+    assert!(!text.contains("/etc/hosts"), "names /etc/hosts, not the hosts file in use:\n{text}");
 }
 
 #[test]

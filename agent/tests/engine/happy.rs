@@ -1,8 +1,10 @@
 //! The sample upgrade 1.0 -> 1.1 through the real CLI.
 
 use crate::support::{Fixture, crl_stub_ok, parse_events, tree};
+use fleetup_agent::engine::AutoDecider;
 use fleetup_proto::{InstallOutcome, PhaseId, PhaseStatus};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::sync::Arc;
 
 #[test]
 fn sample_upgrade_succeeds_end_to_end() {
@@ -155,6 +157,182 @@ fn untrusted_package_fails_in_check_system_without_touching_anything() {
     assert_eq!(s.outcome, InstallOutcome::Failed);
     assert_eq!(s.failed_phase, Some(PhaseId::CheckSystem));
     assert!(s.error.as_deref().unwrap().contains("not trusted"), "{s:?}");
+    assert_eq!(tree(&fx.root), before);
+    fx.wait_version("1.0.0");
+}
+
+#[test]
+fn post_install_precompile_runs_inside_the_outage_or_after_the_start_as_the_manifest_says() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| {
+        t + r#"
+[[precompile.after]]
+command = 'test ! -e run/demo.pid && touch "${root}/../ran-while-stopped"'
+deadline_secs = 10
+
+[[precompile.after]]
+command = 'kill -0 "$(cat run/demo.pid)" && touch "${root}/../ran-while-running"'
+deadline_secs = 10
+after_start = true
+"#
+    });
+    let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    assert!(fx.tmp.path().join("ran-while-stopped").exists(), "the outage command did not run during the outage");
+    assert!(fx.tmp.path().join("ran-while-running").exists(), "the after-start command did not run after the start");
+    let after_start = events
+        .iter()
+        .position(|e| e.phase == PhaseId::PostHooks && e.message.starts_with("post-install precompile 1/1"))
+        .expect("after-start precompile reported in post-hooks");
+    let started = events.iter().position(|e| e.phase == PhaseId::StartServices && e.status.is_terminal()).unwrap();
+    assert!(after_start > started);
+}
+
+#[test]
+fn staging_and_update_files_report_progress_at_a_bounded_rate() {
+    const N: usize = 400;
+    let extra: Vec<(String, String)> =
+        (0..N).map(|i| (format!("lib/demo/data/f{i:04}.txt"), format!("{i}\n"))).collect();
+    let entries = extra.iter().fold(String::new(), |mut out, (p, _)| {
+        use std::fmt::Write as _;
+        let _ = write!(out, "\n[[files]]\npath = \"{p}\"\naction = \"add\"\n");
+        out
+    });
+    let extra_refs: Vec<(&str, &str)> = extra.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let fx = crate::support::Fixture::with_payload(&crl_stub_ok(), |t| t + &entries, &extra_refs);
+    let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    for phase in [PhaseId::PrePrecompile, PhaseId::UpdateFiles] {
+        let progress: Vec<_> = events
+            .iter()
+            .filter(|e| {
+                e.phase == phase
+                    && e.data
+                        .get("progress")
+                        .is_some_and(|p| p.get("bytes_total").is_some() || phase == PhaseId::UpdateFiles)
+            })
+            .collect();
+        assert!(!progress.is_empty(), "{phase}: no progress events");
+        let last = &progress.last().unwrap().data["progress"];
+        assert_eq!(last["done"], last["total"], "{phase}: the last progress event is not the end: {last}");
+        assert!(last["total"].as_u64().unwrap() >= N as u64, "{phase}: {last}");
+        if phase == PhaseId::PrePrecompile {
+            assert_eq!(last["bytes_done"], last["bytes_total"]);
+            assert!(last["bytes_total"].as_u64().unwrap() > 0);
+        }
+        // Bounded rate: at least 250 ms between two events, except before the last.
+        for w in progress[..progress.len() - 1].windows(2) {
+            let gap = w[1].at - w[0].at;
+            assert!(gap >= chrono::Duration::milliseconds(250), "{phase}: two progress events {gap} apart");
+        }
+    }
+}
+
+#[test]
+fn host_variables_reach_hooks_as_environment_variables() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
+    let seen = fx.tmp.path().join("hook-env");
+    fx.host_hook(
+        "post-install.d",
+        "10-env",
+        &format!("echo \"$FLEETUP_VAR_PORT $FLEETUP_VAR_CRL_BASE\" > '{}'", seen.display()),
+    );
+    let (summary, _) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    let want = format!("{} {}\n", fx.port, fx.vars["crl_base"]);
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), want);
+}
+
+#[test]
+fn old_web_app_releases_beyond_keep_releases_are_removed() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| t.replace("web_root = \"www\"", "web_root = \"www\"\nkeep_releases = 2"));
+    let releases = fx.root.join("www/releases");
+    for (v, when) in [("0.8.0", "2020-01-01"), ("0.9.0", "2021-01-01"), ("1.0.0", "2022-01-01")] {
+        std::fs::create_dir_all(releases.join(v)).unwrap();
+        assert!(
+            std::process::Command::new("touch").args(["-d", when]).arg(releases.join(v)).status().unwrap().success()
+        );
+    }
+    let (summary, _) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    let mut left: Vec<String> =
+        std::fs::read_dir(&releases).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["1.0.0", "1.1.0"], "the current release and the one before it are kept");
+    assert_eq!(std::fs::read_link(fx.root.join("www/current")).unwrap().to_str().unwrap(), "releases/1.1.0");
+}
+
+#[test]
+fn config_patches_set_ini_keys_and_remove_keys() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| {
+        t + r#"
+[[config_patches]]
+file = "etc/app.ini"
+format = "ini"
+section = "cache"
+key = "port"
+value = 6380
+
+[[config_patches]]
+file = "etc/demo.conf"
+format = "key-value"
+key = "log_level"
+remove = true
+
+[[config_patches]]
+file = "etc/settings.json"
+format = "json"
+pointer = "/cache/size_mb"
+remove = true
+"#
+    });
+    std::fs::write(fx.root.join("etc/app.ini"), "[db]\nport = 5432\n\n[cache]\nport = 6379\n").unwrap();
+    let (summary, _) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    let r = &fx.root;
+    assert_eq!(std::fs::read_to_string(r.join("etc/app.ini")).unwrap(), "[db]\nport = 5432\n\n[cache]\nport = 6380\n");
+    let conf = std::fs::read_to_string(r.join("etc/demo.conf")).unwrap();
+    assert!(!conf.contains("log_level") && conf.contains("cache_mb = 256"), "{conf}");
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.join("etc/settings.json")).unwrap()).unwrap();
+    assert_eq!(settings["cache"], serde_json::json!({}), "{settings}");
+    assert_eq!(settings["features"]["fast_start"], true);
+}
+
+/// The sample's four `[[files]]` entries as one `tree` entry.
+fn as_tree(t: &str) -> String {
+    let per_file = "[[files]]\npath = \"lib/demo/VERSION\"\naction = \"replace\"\n\n[[files]]\npath = \"lib/demo/messages.txt\"\naction = \"replace\"\nmode = \"0644\"\n\n[[files]]\npath = \"lib/demo/feature-x.txt\"\naction = \"add\"\n\n[[files]]\npath = \"lib/demo/legacy.txt\"\naction = \"remove\"\n";
+    assert!(t.contains(per_file), "the sample's [[files]] changed");
+    t.replace(per_file, "[[files]]\npath = \"lib/demo\"\naction = \"tree\"\n")
+}
+
+#[test]
+fn a_tree_entry_replaces_a_directory_as_a_unit() {
+    let per_file = Fixture::new(&crl_stub_ok(), |t| t);
+    let (summary, _) = per_file.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    let fx = Fixture::new(&crl_stub_ok(), |t| as_tree(&t));
+    let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
+    // Added, replaced, and legacy.txt (no longer in the tree) removed: as the four entries.
+    assert_eq!(tree(&fx.root), tree(&per_file.root));
+    assert!(!fx.root.join("lib/demo/legacy.txt").exists());
+    assert!(
+        events.iter().any(|e| e.phase == PhaseId::UpdateFiles && e.message.starts_with("4 file(s) updated")),
+        "{:?}",
+        events.iter().filter(|e| e.phase == PhaseId::UpdateFiles).map(|e| &e.message).collect::<Vec<_>>()
+    );
+    fx.wait_version("1.1.0");
+}
+
+#[test]
+fn a_tree_entry_is_rolled_back_whole() {
+    let fx = Fixture::new(&crl_stub_ok(), |t| {
+        as_tree(&t).replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 1\n\n[[prerequisites]]")
+    });
+    fx.mark_unhealthy("1.1.0");
+    let before = tree(&fx.root);
+    let (summary, _) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
+    assert_eq!(summary.outcome, InstallOutcome::RolledBack, "{summary:?}");
     assert_eq!(tree(&fx.root), before);
     fx.wait_version("1.0.0");
 }

@@ -1,5 +1,6 @@
-//! Files in use: the holding process is named; retry after it exits proceeds; exit
-//! restores the services and changes nothing.
+//! Files in use: asked while the services still run (thinking time is not outage); the
+//! holding process is named; retry after it exits proceeds; exit changes nothing; an
+//! ignored holder is not asked about again after the services stop.
 
 use crate::support::{Fixture, crl_stub_ok, tree};
 use fleetup_agent::engine::ScriptedDecider;
@@ -35,10 +36,14 @@ fn holder_is_named_and_retry_after_it_exits_proceeds() {
     let holder = Arc::new(Mutex::new(Some(hold(&fx))));
     let pid = holder.lock().unwrap().as_ref().unwrap().id();
     let h = holder.clone();
+    let service = fx.service_pid().unwrap();
+    let service_up_when_asked = Arc::new(Mutex::new(None));
+    let up = service_up_when_asked.clone();
     let decider = Arc::new(ScriptedDecider::new(move |req| {
         if let DecisionKind::FilesInUse { .. } = req.kind
             && let Some(mut c) = h.lock().unwrap().take()
         {
+            *up.lock().unwrap() = Some(fleetup_agent::engine::pid_alive(service));
             c.kill().unwrap();
             c.wait().unwrap();
         }
@@ -49,7 +54,9 @@ fn holder_is_named_and_retry_after_it_exits_proceeds() {
     assert!(!summary.restart_required);
     let asked = decider.asked.lock().unwrap().clone();
     assert_eq!(asked.len(), 1, "{asked:?}");
-    assert_eq!(asked[0].phase, PhaseId::ValidateFiles);
+    assert_eq!(asked[0].phase, PhaseId::StopServices);
+    assert_eq!(*service_up_when_asked.lock().unwrap(), Some(true), "asked after the service was stopped");
+    assert!(asked[0].message.contains("services still running"), "{}", asked[0].message);
     assert_eq!(asked[0].options, vec![DecisionAnswer::Retry, DecisionAnswer::Ignore, DecisionAnswer::Exit]);
     let DecisionKind::FilesInUse { processes } = &asked[0].kind else { panic!() };
     let p = processes.iter().find(|p| p.pid == pid).unwrap_or_else(|| panic!("holder {pid} not named: {processes:?}"));
@@ -64,15 +71,17 @@ fn exit_restores_services_and_changes_nothing() {
     let fx = Fixture::new(&crl_stub_ok(), |t| t);
     let mut holder = hold(&fx);
     let before = tree(&fx.root);
+    let service = fx.service_pid();
     let decider = Arc::new(ScriptedDecider::new(|_| DecisionAnswer::Exit));
     let (summary, _) = fx.install_lib(decider.clone(), |_, _| {});
     let asked = decider.asked.lock().unwrap().clone();
     assert_eq!(asked.len(), 1, "{asked:?}");
-    assert_eq!(asked[0].phase, PhaseId::ValidateFiles, "{asked:?}");
+    assert_eq!(asked[0].phase, PhaseId::StopServices, "{asked:?}");
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_eq!(summary.outcome, InstallOutcome::Cancelled, "{summary:?}");
-    assert_eq!(summary.failed_phase, Some(PhaseId::ValidateFiles));
+    assert_eq!(summary.failed_phase, Some(PhaseId::StopServices));
+    assert_eq!(fx.service_pid(), service, "the service was stopped and started again");
     assert!(summary.error.as_deref().unwrap().contains("tail"), "{summary:?}");
     assert_eq!(tree(&fx.root), before);
     assert!(fx.service_running());
@@ -84,10 +93,12 @@ fn ignore_marks_restart_required() {
     let fx = Fixture::new(&crl_stub_ok(), |t| t);
     let mut holder = hold(&fx);
     let decider = Arc::new(ScriptedDecider::new(|_| DecisionAnswer::Ignore));
-    let (summary, _) = fx.install_lib(decider, |_, _| {});
+    let (summary, _) = fx.install_lib(decider.clone(), |_, _| {});
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
     assert!(summary.restart_required);
+    let asked = decider.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "the ignored holder was asked about again: {asked:?}");
     fx.wait_version("1.1.0");
 }

@@ -3,9 +3,15 @@
 
 mod support;
 
+mod beneath;
 mod cancel;
 mod crash;
 mod crl;
 mod failures;
 mod happy;
+mod hooks;
 mod inuse;
+mod lock;
+mod pack;
+mod prompt;
+mod signals;

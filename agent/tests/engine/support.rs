@@ -72,6 +72,18 @@ impl Fixture {
     /// The sample rollup with extra payload files (`(path under payload/, content)`;
     /// `edit` lists them in the manifest), and `edit` applied to its manifest text.
     pub fn with_payload(crl_base: &str, edit: impl FnOnce(String) -> String, extra: &[(&str, &str)]) -> Self {
+        Self::with_source(crl_base, edit, |src| {
+            for (path, content) in extra {
+                let file = src.join("payload").join(path);
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(file, content).unwrap();
+            }
+        })
+    }
+
+    /// The sample rollup with `prepare` run on its source directory before packing (and
+    /// after the root exists), and `edit` applied to its manifest text.
+    pub fn with_source(crl_base: &str, edit: impl FnOnce(String) -> String, prepare: impl FnOnce(&Path)) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let ws = fleetup_e2e::workspace_root();
         let root = tmp.path().join("root");
@@ -82,11 +94,7 @@ impl Fixture {
         std::fs::write(&hosts, "127.0.0.1 localhost\n# test hosts file\n").unwrap();
         let src = tmp.path().join("rollup-src");
         fleetup_e2e::copy_tree(&ws.join("examples/sample-rollup"), &src).unwrap();
-        for (path, content) in extra {
-            let file = src.join("payload").join(path);
-            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(file, content).unwrap();
-        }
+        prepare(&src);
         // Tests keep deadlines short.
         let text = std::fs::read_to_string(src.join("manifest.toml")).unwrap();
         let text = text
@@ -135,6 +143,25 @@ impl Fixture {
 
     pub fn service_running(&self) -> bool {
         self.service_pid().is_some_and(fleetup_agent::engine::pid_alive)
+    }
+
+    /// Every live demo service process serving this root, tracked by the pidfile or not.
+    pub fn service_processes(&self) -> Vec<i32> {
+        let root = std::fs::canonicalize(&self.root).unwrap().display().to_string();
+        let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                args.first().is_some_and(|a| a.ends_with(b"fleetup-demo-service"))
+                    && args.windows(2).any(|w| w[0] == b"--root" && w[1] == root.as_bytes())
+                    && fleetup_agent::engine::pid_alive(*pid)
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
     }
 
     /// GET a path from the demo service.
@@ -190,6 +217,19 @@ impl Fixture {
 
     /// The real binary's `install --json --yes` command.
     pub fn cli(&self) -> std::process::Command {
+        self.cli_with_state(&self.state)
+    }
+
+    /// [`Fixture::cli`] with another state dir.
+    pub fn cli_with_state(&self, state: &Path) -> std::process::Command {
+        let mut c = self.cli_interactive(state);
+        c.args(["--json", "--yes"]);
+        c.stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// The real binary's `install` as an operator types it: no `--json`, no `--yes`.
+    pub fn cli_interactive(&self, state: &Path) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_fleetup-agent"));
         c.arg("install")
             .arg(&self.package)
@@ -198,15 +238,31 @@ impl Fixture {
             .arg("--trust")
             .arg(&self.key_pub)
             .arg("--state-dir")
-            .arg(&self.state)
+            .arg(state)
             .arg("--hosts-file")
             .arg(&self.hosts)
-            .args(["--services-backend", "exec", "--json", "--yes"]);
+            .args(["--services-backend", "exec"]);
         for (k, v) in &self.vars {
             c.arg("--var").arg(format!("{k}={v}"));
         }
-        c.stdin(std::process::Stdio::null());
         c
+    }
+
+    /// Makes the demo service answer 503 on /health when it runs `version`.
+    pub fn mark_unhealthy(&self, version: &str) {
+        let conf = self.root.join("etc/demo.conf");
+        let text = std::fs::read_to_string(&conf).unwrap() + &format!("unhealthy_versions = {version}\n");
+        std::fs::write(&conf, text).unwrap();
+    }
+
+    /// The staging directory of the install running now.
+    pub fn staging_dir(tmp: &Path) -> PathBuf {
+        std::fs::read_dir(tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".root.fleetup-")))
+            .expect("an install is staged")
     }
 
     /// Adds a host hook script.
@@ -294,4 +350,67 @@ pub fn parse_events(stdout: &[u8]) -> Vec<EngineEvent> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l}: {e}")))
         .collect()
+}
+
+/// The lines a child writes on stderr, read by a thread, waited for with a deadline.
+pub struct StderrLines {
+    rx: std::sync::mpsc::Receiver<String>,
+    /// Every line seen so far.
+    pub seen: Vec<String>,
+}
+
+impl StderrLines {
+    /// Takes `child`'s piped stderr.
+    pub fn of(child: &mut std::process::Child) -> Self {
+        use std::io::BufRead as _;
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { rx, seen: Vec::new() }
+    }
+
+    /// The first (new) line containing `want`, or `Err` with why not within `deadline`.
+    pub fn wait_for(&mut self, want: &str, deadline: Duration) -> Result<String, String> {
+        let until = std::time::Instant::now() + deadline;
+        loop {
+            match self.rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(want) {
+                        return Ok(l);
+                    }
+                }
+                Err(e) => return Err(format!("no line with '{want}' ({e}); stderr: {:?}", self.seen)),
+            }
+        }
+    }
+}
+
+/// Spawns `cmd` with the pause variable `var=value` and waits (with a deadline) until the
+/// engine says `paused after <want>` on stderr; the engine then waits there until killed.
+pub fn spawn_paused(mut cmd: std::process::Command, var: &str, value: usize, want: &str) -> std::process::Child {
+    let mut child = cmd
+        .env(var, value.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = StderrLines::of(&mut child);
+    if let Err(e) = lines.wait_for(&format!("paused after {want}"), Duration::from_mins(1)) {
+        let status = child.try_wait();
+        let _ = child.kill();
+        panic!("{var}={value}: {e}; status {status:?}");
+    }
+    child
+}
+
+/// [`spawn_paused`], then SIGKILL.
+pub fn pause_and_kill(cmd: std::process::Command, var: &str, value: usize, want: &str) {
+    let mut child = spawn_paused(cmd, var, value, want);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
 }

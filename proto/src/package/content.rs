@@ -69,10 +69,19 @@ pub(crate) fn walk(
     let decoder = Capped { inner: flate2::read::GzDecoder::new(compressed), left: cap };
     let mut archive = tar::Archive::new(decoder);
     let mut expected = index.entries.iter();
-    let entries = archive.entries().map_err(content_error)?;
+    // Raw: PAX and GNU long-name entries come to us, so their size is checked before a
+    // byte of them is read (the tar crate would read each one whole into memory).
+    let entries = archive.entries().map_err(content_error)?.raw(true);
+    let mut pending = Pending::default();
     for item in entries {
         let mut item = item.map_err(content_error)?;
-        let raw_path = String::from_utf8_lossy(&item.path_bytes()).into_owned();
+        if pending.take_metadata(&mut item)? {
+            continue;
+        }
+        let raw_path = match pending.path.take() {
+            Some(p) => String::from_utf8_lossy(&p).into_owned(),
+            None => String::from_utf8_lossy(&item.path_bytes()).into_owned(),
+        };
         let path = raw_path.strip_suffix('/').unwrap_or(&raw_path).to_owned();
         check_entry_path(&path).map_err(|p| PackageError::entry(&path, p))?;
         let kind = match item.header().entry_type() {
@@ -106,11 +115,15 @@ pub(crate) fn walk(
             ));
         }
         if kind == EntryKind::Symlink {
-            let target = item.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned());
+            let target = match pending.link.take() {
+                Some(l) => Some(String::from_utf8_lossy(&l).into_owned()),
+                None => item.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()),
+            };
             if target.as_deref() != want.target.as_deref() {
                 return Err(PackageError::entry(&path, "link target differs from the signed index"));
             }
         }
+        pending = Pending::default();
         let size = item.header().size().map_err(content_error)?;
         if size != want.size {
             return Err(PackageError::entry(
@@ -133,6 +146,70 @@ pub(crate) fn walk(
         return Err(PackageError::entry(&missing.path, "is in the signed index but missing from the archive"));
     }
     Ok(())
+}
+
+/// The largest PAX extended header or GNU long-name / long-link entry accepted. Entry
+/// paths are at most 4096 bytes (`check_entry_path`), so this is generous; without a
+/// bound, a header declaring 4 GiB made the reader hold 4 GiB.
+pub(crate) const MAX_METADATA_BYTES: u64 = 64 * 1024;
+
+/// Path and link target announced by metadata entries for the next real entry.
+#[derive(Default)]
+struct Pending {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+}
+
+impl Pending {
+    /// If `item` is a metadata entry (PAX extended header, GNU long name or link), reads
+    /// it — after checking its declared size against [`MAX_METADATA_BYTES`] — and keeps
+    /// what it says for the next entry. False for any other entry.
+    fn take_metadata<R: Read>(&mut self, item: &mut tar::Entry<'_, R>) -> Result<bool, PackageError> {
+        let kind = item.header().entry_type();
+        let what = match kind {
+            tar::EntryType::XHeader => "PAX extended header",
+            tar::EntryType::GNULongName => "GNU long-name entry",
+            tar::EntryType::GNULongLink => "GNU long-link entry",
+            _ => return Ok(false),
+        };
+        let size = item.header().size().map_err(content_error)?;
+        if size > MAX_METADATA_BYTES {
+            return Err(PackageError::TooLarge(format!(
+                "a {what} of {size} bytes in the content archive; the limit is {MAX_METADATA_BYTES} \
+                 (refused before reading it)"
+            )));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        item.take(size).read_to_end(&mut data).map_err(content_error)?;
+        match kind {
+            tar::EntryType::GNULongName => self.path = Some(until_nul(data)),
+            tar::EntryType::GNULongLink => self.link = Some(until_nul(data)),
+            _ => {
+                for ext in tar::PaxExtensions::new(&data) {
+                    let ext = ext.map_err(content_error)?;
+                    match ext.key() {
+                        Ok("path") => self.path = Some(ext.value_bytes().to_vec()),
+                        Ok("linkpath") => self.link = Some(ext.value_bytes().to_vec()),
+                        // The header's size is the one checked against the index.
+                        Ok("size") => {
+                            return Err(PackageError::Layout(
+                                "a PAX header overrides an entry's size; packages never do".into(),
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn until_nul(mut bytes: Vec<u8>) -> Vec<u8> {
+    if let Some(end) = bytes.iter().position(|b| *b == 0) {
+        bytes.truncate(end);
+    }
+    bytes
 }
 
 fn content_error(e: io::Error) -> PackageError {

@@ -170,6 +170,13 @@ impl PackageIndex {
                 )));
             }
         }
+        for dir in manifest.referenced_package_dirs() {
+            if kinds.get(dir.trim_end_matches('/')) != Some(&EntryKind::Dir) {
+                return Err(PackageError::Layout(format!(
+                    "the manifest's tree entry refers to '{dir}', which is not a directory in the package"
+                )));
+            }
+        }
         if let Some(w) = &manifest.webapp
             && kinds.get(w.source.trim_end_matches('/')) != Some(&EntryKind::Dir)
         {

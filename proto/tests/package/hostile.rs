@@ -56,13 +56,24 @@ fn content(entries: &[Raw]) -> Vec<u8> {
             Raw::Hardlink(p, t) => push(raw_header(p, tar::EntryType::Link, 0, 0o644, t), &[]),
             Raw::CharDevice(p) => push(raw_header(p, tar::EntryType::Char, 0, 0o644, ""), &[]),
             Raw::Fifo(p) => push(raw_header(p, tar::EntryType::Fifo, 0, 0o644, ""), &[]),
-            Raw::Pax(n) => push(raw_header("PaxHeader", tar::EntryType::XHeader, *n as u64, 0o644, ""), &vec![0u8; *n]),
+            Raw::Pax(n) => {
+                push(raw_header("PaxHeader", tar::EntryType::XHeader, *n as u64, 0o644, ""), &pax_record(*n));
+            }
         }
     }
     tar.extend_from_slice(&[0u8; 1024]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).unwrap();
     gz.finish().unwrap()
+}
+
+/// One well-formed PAX record (`<len> comment=xxx…\n`) of exactly `n` bytes.
+fn pax_record(n: usize) -> Vec<u8> {
+    let digits = n.to_string().len();
+    let value = n - digits - " comment=\n".len();
+    let record = format!("{n} comment={}\n", "x".repeat(value));
+    assert_eq!(record.len(), n);
+    record.into_bytes()
 }
 
 fn file(path: &str, data: &[u8], mode: u32) -> IndexEntry {
@@ -312,14 +323,28 @@ fn oversize() {
 
 #[test]
 fn gzip_bomb() {
-    // 64 MiB of zeros in a PAX header compresses to ~64 KiB; the decompression cap,
-    // derived from the signed index's sizes, stops it long before it is all inflated.
+    // A PAX header within the header bound but beyond what the signed index's sizes
+    // allow: the decompression cap stops it.
     let data = b"x".to_vec();
     assert_refused(
-        "pax bomb",
-        &[Raw::Pax(64 << 20), Raw::File("x", data.clone(), 0o644)],
+        "gzip bomb",
+        &[Raw::Pax(60 << 10), Raw::File("x", data.clone(), 0o644)],
         vec![file("x", &data, 0o644)],
         Limits::default(),
         "decompression bomb",
+    );
+}
+
+#[test]
+fn pax_header_size_bomb() {
+    // The index declares a big file, so the decompression cap is far away; a PAX header
+    // declaring 32 MiB must be refused from its header, before it is read into memory.
+    let big = IndexEntry { size: 256 << 20, ..file("big", b"", 0o644) };
+    assert_refused(
+        "pax header size bomb",
+        &[Raw::Pax(32 << 20), Raw::File("big", Vec::new(), 0o644)],
+        vec![big],
+        Limits::default(),
+        "PAX extended header of 33554432 bytes in the content archive; the limit is 65536",
     );
 }

@@ -79,3 +79,36 @@ fn extract_refuses_an_existing_destination() {
     assert!(package::extract_file(&pkg, &[key.public()], &Limits::default(), &dest).is_err());
     assert_eq!(std::fs::read_to_string(dest.join("keep")).unwrap(), "x", "existing content untouched");
 }
+
+#[test]
+fn long_paths_and_link_targets_round_trip() {
+    // Over 100 bytes: carried by GNU long-name / long-link entries, which the reader
+    // handles itself (bounded) instead of leaving them to the tar crate.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    copy_dir(&sample_dir(), &src);
+    let deep = src.join("payload").join("d".repeat(60)).join("e".repeat(60));
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("f".repeat(50)), "deep\n").unwrap();
+    let target = format!("{}/{}/{}", "d".repeat(60), "e".repeat(60), "f".repeat(50));
+    std::os::unix::fs::symlink(&target, src.join("payload/long-link")).unwrap();
+    let key = SecretKey::generate().unwrap();
+    let pkg = dir.path().join("p.fup");
+    package::pack_dir(&src, &key, &pkg).unwrap();
+    package::verify_file(&pkg, &[key.public()], &Limits::default()).unwrap();
+    let dest = dir.path().join("out");
+    package::extract_file(&pkg, &[key.public()], &Limits::default(), &dest).unwrap();
+    assert_eq!(tree(&dest), tree(&src));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
