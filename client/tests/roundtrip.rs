@@ -3,7 +3,7 @@
 //! rollout life cycle is made and its answer parsed into the proto types, so a drift between
 //! the server's JSON and `fleetup_proto::api` fails here.
 
-use fleetup_client::{AuditQuery, Client, Error, JobFilter, NewEnrollmentToken, StatusCode};
+use fleetup_client::{AuditQuery, Client, Error, JobFilter, Method, NewEnrollmentToken, StatusCode};
 use fleetup_e2e::fleet::Server;
 use fleetup_e2e::workspace_root;
 use fleetup_proto::agent_api::{EnrollRequest, EnrollResponse};
@@ -54,6 +54,16 @@ async fn package_token_rollout_and_jobs_round_trip() {
     assert_eq!(package.size, std::fs::metadata(&pkg).unwrap().len());
     assert_eq!(client.package(&package.id).await.unwrap().sha256, package.sha256);
     assert!(client.packages().await.unwrap().iter().any(|p| p.id == package.id));
+    // Creation answers 201 (the typed call accepts any 2xx, so check the raw status once, on
+    // a second package: the same bytes again would be a duplicate).
+    let other = dir.path().join("rollup-1.1.1");
+    fleetup_e2e::copy_tree(&workspace_root().join("examples/sample-rollup"), &other).unwrap();
+    let manifest = std::fs::read_to_string(other.join("manifest.toml")).unwrap();
+    std::fs::write(other.join("manifest.toml"), manifest.replacen("version = \"1.1.0\"", "version = \"1.1.1\"", 1))
+        .unwrap();
+    fleetup_proto::package::pack_dir(&other, &key, &dir.path().join("other.fup")).unwrap();
+    let raw = client.request(Method::POST, "/packages").body(std::fs::read(dir.path().join("other.fup")).unwrap());
+    assert_eq!(raw.send().await.unwrap().status(), StatusCode::CREATED);
     let refused = client.upload_package_bytes(b"not a package".to_vec()).await.unwrap_err();
     assert_eq!(refused.status(), Some(StatusCode::UNPROCESSABLE_ENTITY), "{refused}");
     assert_eq!(refused.code(), Some("unprocessable"), "{refused}");

@@ -10,7 +10,8 @@
 //! the warning and the rollback are there to see. Ctrl-C stops everything it started.
 
 use anyhow::Context as _;
-use serde_json::{Value, json};
+use fleetup_client::{Client, NewEnrollmentToken};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -167,9 +168,9 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
     let mut server = tokio::spawn(crate::run(config, listener, async move {
         let _ = stop_rx.await;
     }));
-    let api = Api::new(&url, &api_token)?;
+    let api = Client::new(&url, &api_token)?;
     tokio::select! {
-        r = api.wait_healthy() => r?,
+        r = api.wait_healthy(Duration::from_secs(10)) => r?,
         r = &mut server => anyhow::bail!("the coordinator stopped: {:?}", r?),
     }
 
@@ -180,9 +181,13 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
     }
     let pkg = dir.join("demo-service-1.1.0.fup");
     fleetup_proto::package::pack_dir(&src, &fleetup_proto::keys::SecretKey::read(&key)?, &pkg)?;
-    let package = api.upload(&pkg).await?;
-    let enroll = api.post("/enrollment-tokens", json!({ "name": "demo", "labels": { "env": "demo" } })).await?;
-    let enroll = enroll["secret"].as_str().context("enrollment token")?.to_owned();
+    let package = api.upload_package(&pkg).await.context("uploading the sample package")?;
+    let enroll = NewEnrollmentToken {
+        name: Some("demo".into()),
+        labels: BTreeMap::from([("env".to_owned(), "demo".to_owned())]),
+        ..NewEnrollmentToken::default()
+    };
+    let enroll = api.create_enrollment_token(&enroll).await?.secret;
 
     // The hosts.
     let crl_ok = fleetup_demo_service::crl_endpoint()?;
@@ -247,24 +252,21 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
             .spawn()?;
         fleet.hosts.push(DemoHost { name, dir: hdir, agent: Some(agent) });
     }
-    api.wait_agents_online(n).await?;
+    api.wait_agents_online(n, Duration::from_mins(1))
+        .await
+        .context("the demo agents did not come online; see the agent.log files under hosts/")?;
 
-    let rollout = api
-        .post(
-            "/rollouts",
-            json!({
-                "name": "demo-service 1.1.0 to the demo fleet",
-                "package_id": package,
-                "targets": { "labels": { "env": "demo" } },
-                "waves": [1, 2, "100%"],
-                "concurrency": 1,
-                "error_threshold": 2,
-                "error_action": "pause",
-                "policies": { "warning": "ask", "files_in_use": { "mode": "retry", "times": 3 }, "crl_remediation": "none" },
-            }),
-        )
-        .await?;
-    let rollout_id = rollout["id"].as_str().context("rollout id")?.to_owned();
+    let spec = serde_json::from_value(serde_json::json!({
+        "name": "demo-service 1.1.0 to the demo fleet",
+        "package_id": package.id,
+        "targets": { "labels": { "env": "demo" } },
+        "waves": [1, 2, "100%"],
+        "concurrency": 1,
+        "error_threshold": 2,
+        "error_action": "pause",
+        "policies": { "warning": "ask", "files_in_use": { "mode": "retry", "times": 3 }, "crl_remediation": "none" },
+    }))?;
+    let rollout_id = api.create_rollout(&spec).await?.id.to_string();
 
     let ready = Ready {
         url: &url,
@@ -297,67 +299,4 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
 fn start_service(wrapper: &Path, root: &Path, port: u16, hdir: &Path) -> anyhow::Result<()> {
     fleetup_demo_service::launch(wrapper, root, port, &hdir.join("service.log"))?;
     Ok(())
-}
-
-/// The few REST calls the demo makes, as any automation client would.
-struct Api {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Api {
-    fn new(url: &str, token: &str) -> anyhow::Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        Ok(Self { http, url: url.to_owned(), token: token.to_owned() })
-    }
-
-    async fn wait_healthy(&self) -> anyhow::Result<()> {
-        for _ in 0..200 {
-            if self.http.get(format!("{}/healthz", self.url)).send().await.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        anyhow::bail!("the coordinator did not become healthy within 10 s")
-    }
-
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let resp =
-            self.http.post(format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token).json(&body).send().await?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        anyhow::ensure!(status.is_success(), "POST {path}: {status} {body}");
-        Ok(body)
-    }
-
-    async fn upload(&self, pkg: &Path) -> anyhow::Result<String> {
-        let bytes = tokio::fs::read(pkg).await?;
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/packages", self.url))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/octet-stream")
-            .body(bytes)
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        anyhow::ensure!(status.is_success(), "uploading the sample package: {status} {body}");
-        Ok(body["id"].as_str().context("package id")?.to_owned())
-    }
-
-    async fn wait_agents_online(&self, n: usize) -> anyhow::Result<()> {
-        for _ in 0..600 {
-            let resp = self.http.get(format!("{}/api/v1/agents", self.url)).bearer_auth(&self.token).send().await?;
-            let agents: Value = resp.json().await.unwrap_or(Value::Null);
-            let online = agents.as_array().map_or(0, |a| a.iter().filter(|a| a["online"] == json!(true)).count());
-            if online >= n {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        anyhow::bail!("the demo agents did not come online within 60 s; see the agent.log files under hosts/")
-    }
 }

@@ -3,6 +3,7 @@
 
 use fleetup_e2e::fleet::{Proc, free_port};
 use fleetup_e2e::{binary, wait_for};
+use fleetup_proto::api::RolloutState;
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
@@ -47,26 +48,15 @@ async fn demo_serves_a_fleet_and_ctrl_c_leaves_nothing_running() {
         std::fs::read(demo_dir.join("demo.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
     });
     assert!(demo.output().contains("Log in as: admin / "), "{}", demo.output());
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let url = ready["url"].as_str().unwrap();
-    let token = ready["api_token"].as_str().unwrap();
-    let agents: Value =
-        http.get(format!("{url}/api/v1/agents")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
-    let agents = agents.as_array().unwrap();
+    let api = fleetup_client::Client::new(url, ready["api_token"].as_str().unwrap()).unwrap();
+    let agents = api.agents().await.unwrap();
     assert_eq!(agents.len(), 4);
-    assert!(agents.iter().all(|a| a["online"] == true), "{agents:?}");
-    let rollout: Value = http
-        .get(format!("{url}/api/v1/rollouts/{}", ready["rollout_id"].as_str().unwrap()))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(rollout["state"], "draft", "staged, waiting for the user to start it: {rollout}");
+    assert!(agents.iter().all(|a| a.online), "{agents:?}");
+    let rollout = api.rollout(&ready["rollout_id"].as_str().unwrap().parse().unwrap()).await.unwrap();
+    assert_eq!(rollout.state, RolloutState::Draft, "staged, waiting for the user to start it: {rollout:?}");
     // The dashboard answers, and the printed credentials log in.
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let login = http.get(format!("{url}/login")).send().await.unwrap();
     assert_eq!(login.status(), 200);
     let (username, password) = (ready["username"].as_str().unwrap(), ready["password"].as_str().unwrap());
