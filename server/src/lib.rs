@@ -9,7 +9,6 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod error;
 pub mod model;
 pub mod scheduler;

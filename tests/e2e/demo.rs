@@ -1,5 +1,5 @@
-//! The README's run command: `fleetup-server demo` serves a fleet, and Ctrl-C leaves
-//! nothing running.
+//! The README's run command: `fleetup demo` serves a fleet, and Ctrl-C leaves nothing
+//! running.
 
 use fleetup_e2e::fleet::{Proc, free_port};
 use fleetup_e2e::{binary, wait_for};
@@ -40,7 +40,7 @@ async fn demo_serves_a_fleet_and_ctrl_c_leaves_nothing_running() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
     let port = free_port();
-    let mut cmd = Command::new(binary("fleetup-server"));
+    let mut cmd = Command::new(binary("fleetup"));
     cmd.arg("demo").arg("--dir").arg(&demo_dir).args(["--listen", &format!("127.0.0.1:{port}"), "--hosts", "4"]);
     let mut demo = Proc::spawn(cmd, dir.path().join("demo.log"));
     let ready: Value = wait_for("demo.json", Duration::from_mins(2), || {

@@ -1,10 +1,9 @@
-//! `fleetup-server demo`: a whole fleet on this machine, ready to watch in a browser.
+//! `fleetup demo`: a whole fleet on this machine, ready to watch in a browser.
 //!
 //! One command, nothing to install: the coordinator runs in this process on SQLite in a
 //! temporary (or given) directory; a handful of agents run as child processes of this
-//! same binary (`fleetup-server agent …`, the agent library), each with its own install
-//! root at 1.0 and the demo service (`fleetup-server demo-service …`) running on its own
-//! loopback port. The sample rollup 1.0 → 1.1 is packed with a fresh key, uploaded
+//! same binary (`fleetup agent …`, the agent library), each with its own install root at
+//! 1.0 and the demo service (`fleetup demo-service …`) running on its own loopback port. The sample rollup 1.0 → 1.1 is packed with a fresh key, uploaded
 //! through the REST API and staged as a rollout the user starts. One host has an
 //! unreachable CRL endpoint (the seeds' stall) and one fails its health check on 1.1, so
 //! the warning and the rollback are there to see. Ctrl-C stops everything it started.
@@ -16,37 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-include!(concat!(env!("OUT_DIR"), "/demo_assets.rs"));
+mod assets;
 
-/// One embedded file, directory or link of an example tree.
-#[derive(Debug)]
-pub enum Asset {
-    /// A directory.
-    Dir(&'static str),
-    /// A file: path, mode, content.
-    File(&'static str, u32, &'static [u8]),
-    /// A symbolic link: path, target.
-    Link(&'static str, &'static str),
-}
+use assets::{BASE_1_0, SAMPLE_ROLLUP, write_tree};
+use fleetup_proto::api::Role;
 
-/// Writes an embedded tree under `dest`.
-pub fn write_tree(assets: &[Asset], dest: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(dest)?;
-    for a in assets {
-        match a {
-            Asset::Dir(p) => std::fs::create_dir_all(dest.join(p))?,
-            Asset::File(p, mode, bytes) => {
-                std::fs::write(dest.join(p), bytes)?;
-                std::fs::set_permissions(dest.join(p), std::fs::Permissions::from_mode(*mode))?;
-            }
-            Asset::Link(p, target) => std::os::unix::fs::symlink(target, dest.join(p))?,
-        }
-    }
-    Ok(())
-}
-
-/// Options of `fleetup-server demo`.
+/// Options of `fleetup demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
     /// Directory for the database, the hosts and the logs (default: a temporary directory,
@@ -124,6 +98,13 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The coordinator's role type for `role`. The coordinator is switching to
+/// [`fleetup_proto::api::Role`] (issue 12); until then its own enum has the same wire
+/// form, which this converts through (an identity once the switch is merged).
+fn server_role<R: serde::de::DeserializeOwned>(role: Role) -> anyhow::Result<R> {
+    Ok(serde_json::from_value(serde_json::to_value(role)?)?)
+}
+
 /// Runs the demo until `shutdown` resolves.
 pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let (dir, temp) = if let Some(d) = &args.dir {
@@ -147,17 +128,19 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
     let key_pub = dir.join("release.key.pub");
 
     let mut config =
-        crate::config::Config::new(&format!("sqlite:{}", dir.join("fleetup.db").display()), dir.join("data"));
+        fleetup_server::config::Config::new(&format!("sqlite:{}", dir.join("fleetup.db").display()), dir.join("data"));
     config.trust = vec![key_pub.clone()];
     config.scheduler_interval_ms = 300;
     config.lease_secs = 30;
     let database_url = config.database_url.clone();
 
-    let api_token = crate::cli::create_token(&database_url, crate::model::Role::Admin, "demo").await?;
+    let api_token = fleetup_server::cli::create_token(&database_url, server_role(Role::Admin)?, "demo").await?;
     // A fresh password each run (the demo listens on loopback only by default, but a
     // well-known password would be a bad habit to teach).
-    let (username, password) = ("admin".to_owned(), crate::auth::new_secret("demo")[..21].to_owned());
-    if let Err(e) = crate::cli::create_user(&database_url, &username, &password, crate::model::Role::Admin).await {
+    let (username, password) = ("admin".to_owned(), fleetup_server::auth::new_secret("demo")[..21].to_owned());
+    if let Err(e) =
+        fleetup_server::cli::create_user(&database_url, &username, &password, server_role(Role::Admin)?).await
+    {
         // A kept --dir already has the user: give it the new password by recreating it is
         // not possible, so say how to log in instead.
         anyhow::bail!("cannot create the demo's admin user ({e}); remove {} or pick another --dir", dir.display());
@@ -165,7 +148,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
     // Only now start serving: the token and user creation above opened the database
     // (and ran its migrations) first, so two migrators never race on a fresh file.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(crate::run(config, listener, async move {
+    let mut server = tokio::spawn(fleetup_server::run(config, listener, async move {
         let _ = stop_rx.await;
     }));
     let api = Client::new(&url, &api_token)?;
