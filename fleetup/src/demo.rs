@@ -3,22 +3,29 @@
 //! One command, nothing to install: the coordinator runs in this process on SQLite in a
 //! temporary (or given) directory; a handful of agents run as child processes of this
 //! same binary (`fleetup agent …`, the agent library), each with its own install root at
-//! 1.0 and the demo service (`fleetup demo-service …`) running on its own loopback port. The sample rollup 1.0 → 1.1 is packed with a fresh key, uploaded
-//! through the REST API and staged as a rollout the user starts. One host has an
-//! unreachable CRL endpoint (the seeds' stall) and one fails its health check on 1.1, so
-//! the warning and the rollback are there to see. Ctrl-C stops everything it started.
-
-use anyhow::Context as _;
-use fleetup_client::{Client, NewEnrollmentToken};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+//! 1.0 and the demo service (`fleetup demo-service …`) running on its own loopback port.
+//! The sample rollup 1.0 → 1.1 is packed with a fresh key, uploaded through the REST API
+//! (with `fleetup-client`, as any automation would) and staged as a rollout the user
+//! starts. One host has an unreachable CRL endpoint (the seeds' stall) and one fails its
+//! health check on 1.1, so the warning and the rollback are there to see.
+//!
+//! Ctrl-C stops everything it started, at any instant: the whole startup races the stop
+//! signal, and every process is recorded in a [`Fleet`] the moment it starts, so a stop
+//! during startup kills exactly what exists so far instead of being noticed only once the
+//! demo is ready.
 
 mod assets;
+mod fleet;
 
+use anyhow::Context as _;
 use assets::{BASE_1_0, SAMPLE_ROLLUP, write_tree};
-use fleetup_proto::api::Role;
+use fleet::Fleet;
+use fleetup_client::{Client, NewEnrollmentToken};
+use fleetup_proto::api::{Role, RolloutSpec};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Options of `fleetup demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,65 +44,63 @@ pub struct DemoArgs {
 
 /// What a running demo offers; also written to `<dir>/demo.json` for scripts and tests.
 #[derive(Debug, serde::Serialize)]
-struct Ready<'a> {
-    url: &'a str,
-    username: &'a str,
-    password: &'a str,
-    api_token: &'a str,
-    rollout_id: &'a str,
+struct Ready {
+    url: String,
+    username: String,
+    password: String,
+    api_token: String,
+    rollout_id: String,
     dir: String,
+    /// The host that fails its health check on 1.1.
+    #[serde(skip)]
+    unhealthy: String,
 }
 
-/// A simulated server.
-struct DemoHost {
-    name: String,
-    dir: PathBuf,
-    agent: Option<Child>,
-}
-
-impl DemoHost {
-    fn pidfile(&self) -> PathBuf {
-        self.dir.join("root/run/demo.pid")
-    }
-}
-
-/// Everything started, stopped in reverse order on drop (also on errors and panics).
-struct Fleet {
-    hosts: Vec<DemoHost>,
-    _temp: Option<tempfile::TempDir>,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for h in &mut self.hosts {
-            if let Some(mut agent) = h.agent.take() {
-                stop_child(&mut agent);
-            }
+/// Runs the demo until `shutdown` resolves, which may happen at any point of the startup.
+pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (dir, _temp) = if let Some(d) = &args.dir {
+        std::fs::create_dir_all(d)?;
+        (d.canonicalize()?, None)
+    } else {
+        let t = tempfile::Builder::new().prefix("fleetup-demo-").tempdir()?;
+        (t.path().to_path_buf(), Some(t))
+    };
+    // Declared after the temporary directory, so dropped (processes stopped) before it goes.
+    let mut fleet = Fleet::default();
+    let started = tokio::select! {
+        r = start(&args, &dir, &mut fleet) => Some(r),
+        () = &mut shutdown => None,
+    };
+    let outcome = match started {
+        Some(Ok(ready)) => {
+            println!(
+                "\nfleetup demo is running with {n} servers.\n\n  Dashboard: {url}/\n  Log in as: {user} / {password}\n  \
+                 API:       {url}/api/v1 (token {token})\n\n\
+                 A rollout of demo-service 1.1.0 is staged: open it and press Start.\n\
+                 web-03 cannot reach its CRL endpoint (a warning asks you to continue or cancel);\n\
+                 {unhealthy} fails its health check on 1.1.0 and is rolled back.\n\
+                 Files are in {dir}. Press Ctrl-C to stop everything.\n",
+                n = fleet.agent_count(),
+                url = ready.url,
+                user = ready.username,
+                password = ready.password,
+                token = ready.api_token,
+                unhealthy = ready.unhealthy,
+                dir = ready.dir,
+            );
+            shutdown.await;
+            Ok(())
         }
-        // The services were started detached (as the exec backend does): stop them by pid file.
-        for h in &self.hosts {
-            if let Some(pid) = std::fs::read_to_string(h.pidfile()).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
-                let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).stderr(Stdio::null()).status();
-            }
+        Some(Err(e)) => Err(e),
+        None => {
+            println!("stopped while starting");
+            Ok(())
         }
-    }
-}
-
-fn stop_child(child: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    for _ in 0..50 {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    };
+    println!("stopping the demo fleet…");
+    fleet.stop().await;
+    outcome
 }
 
 /// The coordinator's role type for `role`. The coordinator is switching to
@@ -105,15 +110,9 @@ fn server_role<R: serde::de::DeserializeOwned>(role: Role) -> anyhow::Result<R> 
     Ok(serde_json::from_value(serde_json::to_value(role)?)?)
 }
 
-/// Runs the demo until `shutdown` resolves.
-pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let (dir, temp) = if let Some(d) = &args.dir {
-        std::fs::create_dir_all(d)?;
-        (d.canonicalize()?, None)
-    } else {
-        let t = tempfile::Builder::new().prefix("fleetup-demo-").tempdir()?;
-        (t.path().to_path_buf(), Some(t))
-    };
+/// Starts the coordinator, the hosts and the staged rollout, recording every process in
+/// `fleet` as it starts. Cancelled (dropped) at any await point when the user stops.
+async fn start(args: &DemoArgs, dir: &Path, fleet: &mut Fleet) -> anyhow::Result<Ready> {
     let exe = std::env::current_exe().context("locating this binary")?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -141,20 +140,28 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
     if let Err(e) =
         fleetup_server::cli::create_user(&database_url, &username, &password, server_role(Role::Admin)?).await
     {
-        // A kept --dir already has the user: give it the new password by recreating it is
-        // not possible, so say how to log in instead.
+        // A kept --dir already has the user, and its password cannot be read back.
         anyhow::bail!("cannot create the demo's admin user ({e}); remove {} or pick another --dir", dir.display());
     }
     // Only now start serving: the token and user creation above opened the database
     // (and ran its migrations) first, so two migrators never race on a fresh file.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(fleetup_server::run(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop_rx.await;
+        };
+        fleetup_server::run(config, listener, stopped).await.map_err(|e| anyhow::anyhow!("{e:#}"))
+    });
+    fleet.set_server(stop_tx, server);
     let api = Client::new(&url, &api_token)?;
-    tokio::select! {
-        r = api.wait_healthy(Duration::from_secs(10)) => r?,
-        r = &mut server => anyhow::bail!("the coordinator stopped: {:?}", r?),
+    let server = fleet.server_task().context("the coordinator task")?;
+    let ended = tokio::select! {
+        r = api.wait_healthy(Duration::from_secs(10)) => { r?; None }
+        r = server => Some(r),
+    };
+    if let Some(r) = ended {
+        fleet.forget_server();
+        anyhow::bail!("the coordinator stopped: {:?}", r?);
     }
 
     // The sample rollup, packed and uploaded like a packager would.
@@ -181,8 +188,8 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
     }
-    let mut fleet = Fleet { hosts: Vec::new(), _temp: temp };
     let n = usize::from(args.hosts);
+    let mut unhealthy = String::new();
     for i in 1..=n {
         let name = format!("web-{i:02}");
         let hdir = dir.join("hosts").join(&name);
@@ -209,8 +216,12 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
                 text.push_str("# demo: this host fails its health check on 1.1.0\nunhealthy_versions = 1.1.0\n");
                 std::fs::write(&conf, text)?;
             }
+            unhealthy.clone_from(&name);
         }
-        start_service(&wrapper, &root, port, &hdir)?;
+        // The service at 1.0, started the way the exec backend does: detached in its own
+        // process group, pid in `run/demo.pid`, output to the host's `service.log`.
+        let service = fleetup_demo_service::launch(&wrapper, &root, port, &hdir.join("service.log"))?;
+        fleet.add_service(service, root.join("run/demo.pid"));
         let log = std::fs::File::create(hdir.join("agent.log"))?;
         let agent = Command::new(&exe)
             .arg("agent")
@@ -233,13 +244,13 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        fleet.hosts.push(DemoHost { name, dir: hdir, agent: Some(agent) });
+        fleet.add_agent(agent);
     }
     api.wait_agents_online(n, Duration::from_mins(1))
         .await
         .context("the demo agents did not come online; see the agent.log files under hosts/")?;
 
-    let spec = serde_json::from_value(serde_json::json!({
+    let spec: RolloutSpec = serde_json::from_value(serde_json::json!({
         "name": "demo-service 1.1.0 to the demo fleet",
         "package_id": package.id,
         "targets": { "labels": { "env": "demo" } },
@@ -249,37 +260,21 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()> + Send + 'st
         "error_action": "pause",
         "policies": { "warning": "ask", "files_in_use": { "mode": "retry", "times": 3 }, "crl_remediation": "none" },
     }))?;
-    let rollout_id = api.create_rollout(&spec).await?.id.to_string();
+    let rollout = api.create_rollout(&spec).await?;
 
     let ready = Ready {
-        url: &url,
-        username: &username,
-        password: &password,
-        api_token: &api_token,
-        rollout_id: &rollout_id,
+        url,
+        username,
+        password,
+        api_token,
+        rollout_id: rollout.id.to_string(),
         dir: dir.display().to_string(),
+        unhealthy,
     };
     std::fs::write(dir.join("demo.json"), serde_json::to_vec_pretty(&ready)?)?;
-    println!(
-        "\nfleetup demo is running with {n} servers.\n\n  Dashboard: {url}/\n  Log in as: {username} / {password}\n  API:       {url}/api/v1 (token {api_token})\n\n\
-         A rollout of demo-service 1.1.0 is staged: open it and press Start.\n\
-         web-03 cannot reach its CRL endpoint (a warning asks you to continue or cancel);\n\
-         {} fails its health check on 1.1.0 and is rolled back.\n\
-         Files are in {}. Press Ctrl-C to stop everything.\n",
-        fleet.hosts.last().map_or("", |h| h.name.as_str()),
-        dir.display()
-    );
-    shutdown.await;
-    println!("stopping the demo fleet…");
-    drop(fleet);
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-    Ok(())
+    Ok(ready)
 }
 
-/// Starts the demo service at 1.0 the way the exec backend does: detached in its own
-/// process group, pid in `run/demo.pid`, output to the host's `service.log`.
-fn start_service(wrapper: &Path, root: &Path, port: u16, hdir: &Path) -> anyhow::Result<()> {
-    fleetup_demo_service::launch(wrapper, root, port, &hdir.join("service.log"))?;
-    Ok(())
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

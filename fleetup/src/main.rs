@@ -60,16 +60,20 @@ fn main() -> ExitCode {
 }
 
 async fn run_demo(args: demo::DemoArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FLEETUP_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    // The handlers are installed now, before anything starts: a stream created later would
+    // not see a signal that came earlier, and until one exists SIGINT kills the process
+    // outright, leaving its children running.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let shutdown = async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
     };
     demo::run(args, shutdown).await
