@@ -11,6 +11,8 @@ use crate::sim::{Fleet, ReportMode};
 use crate::stats::{CpuMeter, percentile, rss_kib};
 use crate::{Bins, Size, Transport};
 use anyhow::{Context as _, Result};
+use fleetup_client::Method;
+use fleetup_proto::id::{PackageId, RolloutId};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -59,8 +61,8 @@ pub async fn run(
     let poll_wait = 60;
     let fleet = Fleet::new(&server.url, &server.token, sz.agents + PROBES, poll_wait, transport)?;
     let others = sz.agents - sz.wave + PROBES;
-    let wave_token = server.enrollment_token(sz.wave, json!({ "bench": "wave" })).await?;
-    let other_token = server.enrollment_token(others, json!({ "bench": "idle" })).await?;
+    let wave_token = server.enrollment_token(sz.wave, &[("bench", "wave")]).await?;
+    let other_token = server.enrollment_token(others, &[("bench", "idle")]).await?;
 
     eprintln!("[{}] enrolling {} agents", backend.as_str(), sz.agents + PROBES);
     let t = Instant::now();
@@ -94,7 +96,7 @@ pub async fn run(
     fleet.reset();
     eprintln!("[{}] starting a wave of {}", backend.as_str(), sz.wave);
     let cpu = CpuMeter::start(server.pid());
-    server.post(&format!("/rollouts/{rid}/start"), json!({})).await?;
+    server.client.start(&rid).await?;
     let deadline = Instant::now() + Duration::from_mins(10);
     while fleet.obs.assignments.lock().unwrap().len() < sz.wave && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -123,7 +125,7 @@ pub async fn run(
         "wave_100_secs": percentile(&arrivals, 100.0),
         "wave_all_finished_secs": wave_total,
         "wave_cpu_cores": wave_cpu,
-        "wave_counts": finished["counts"],
+        "wave_counts": finished.counts,
     });
     eprintln!("[{}] P1 {p1}", backend.as_str());
 
@@ -138,7 +140,7 @@ pub async fn run(
     fleet.reset();
     eprintln!("[{}] P2: {} jobs reporting phase by phase", backend.as_str(), sz.p2_jobs);
     let cpu = CpuMeter::start(server.pid());
-    server.post(&format!("/rollouts/{rid2}/start"), json!({})).await?;
+    server.client.start(&rid2).await?;
     let done = server.wait_rollout_finished(&rid2, Duration::from_mins(15)).await?;
     let deadline = Instant::now() + Duration::from_mins(1);
     while (fleet.obs.jobs_done.load(Ordering::Relaxed) as usize) < sz.p2_jobs && Instant::now() < deadline {
@@ -157,7 +159,7 @@ pub async fn run(
         "visibility_ms": { "p50": percentile(&vis, 50.0), "p99": percentile(&vis, 99.0), "n": vis.len() },
         "events_per_sec_whole_stream_batches": wave_ingest,
         "cpu_cores": p2_cpu,
-        "counts": done["counts"],
+        "counts": done.counts,
         "report_errors": fleet.obs.report_errors.load(Ordering::Relaxed),
     });
     eprintln!("[{}] P2 {p2}", backend.as_str());
@@ -180,27 +182,22 @@ fn ingest_rate(fleet: &Fleet, events: u64) -> f64 {
 async fn one_wave_rollout(
     server: &BenchServer,
     name: &str,
-    pkg: &str,
+    pkg: &PackageId,
     targets: Value,
     concurrency: usize,
-) -> Result<String> {
-    let rollout = server
-        .post(
-            "/rollouts",
-            json!({
-                "name": name, "package_id": pkg, "targets": targets,
-                "waves": ["100%"], "concurrency": concurrency, "policies": { "warning": "continue" },
-            }),
-        )
-        .await?;
-    Ok(rollout["id"].as_str().context("rollout id")?.to_owned())
+) -> Result<RolloutId> {
+    let spec = serde_json::from_value(json!({
+        "name": name, "package_id": pkg, "targets": targets,
+        "waves": ["100%"], "concurrency": concurrency, "policies": { "warning": "continue" },
+    }))?;
+    Ok(server.client.create_rollout(&spec).await?.id)
 }
 
 /// P3: the jobs API over a rollout of `n` jobs, every page followed by cursor, in the full
 /// and the summary view, at the default page (500) and the largest (5000); the rollout; and
 /// the dashboard's rollout page with the fragments it refreshes, logged in as a browser is.
 /// A part that fails is recorded as `{"error": …}` and the run goes on.
-async fn jobs_api(bins: &Bins, server: &BenchServer, rid: &str, n: usize) -> Result<Value> {
+async fn jobs_api(bins: &Bins, server: &BenchServer, rid: &RolloutId, n: usize) -> Result<Value> {
     let mut out = serde_json::Map::new();
     for view in ["full", "summary"] {
         for limit in [500usize, 5000] {
@@ -212,7 +209,7 @@ async fn jobs_api(bins: &Bins, server: &BenchServer, rid: &str, n: usize) -> Res
     let mut lat = Vec::new();
     for _ in 0..10 {
         let t = Instant::now();
-        server.get(&format!("/rollouts/{rid}")).await?;
+        server.client.rollout(rid).await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     out.insert("rollout_ms_p95".into(), json!(percentile(&lat, 95.0)));
@@ -226,22 +223,13 @@ fn latency(ms: &[f64]) -> Value {
     json!({ "p50": percentile(ms, 50.0), "p95": percentile(ms, 95.0), "n": ms.len() })
 }
 
-/// GET `url` (JSON API: admin token; dashboard: the session cookie, as htmx when `htmx`):
-/// (status, body, milliseconds until the whole body arrived). Parsing is not timed.
-async fn timed_get(
-    server: &BenchServer,
-    url: &str,
-    cookie: Option<(&reqwest::Client, &str, bool)>,
-) -> Result<(u16, Vec<u8>, f64)> {
+/// Sends `req` (an API request from the client, or a dashboard request with the session
+/// cookie): (status, body, milliseconds until the whole body arrived). The raw bytes are
+/// the measurement, so this does not go through the client's typed calls; parsing is not
+/// timed.
+async fn timed_get(what: &str, req: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>, f64)> {
     let t = Instant::now();
-    let req = match cookie {
-        None => server.http.get(url).bearer_auth(&server.token),
-        Some((browser, cookie, htmx)) => {
-            let req = browser.get(url).header("cookie", cookie);
-            if htmx { req.header("hx-request", "true") } else { req }
-        }
-    };
-    let resp = req.send().await.with_context(|| url.to_owned())?;
+    let resp = req.send().await.with_context(|| what.to_owned())?;
     let status = resp.status().as_u16();
     let body = resp.bytes().await?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -249,7 +237,7 @@ async fn timed_get(
 }
 
 /// Reads every job of the rollout 5 times, page by page.
-async fn all_pages(server: &BenchServer, rid: &str, view: &str, limit: usize, n: usize) -> Result<Value> {
+async fn all_pages(server: &BenchServer, rid: &RolloutId, view: &str, limit: usize, n: usize) -> Result<Value> {
     let mut lat = Vec::new();
     let mut bytes = 0;
     let mut whole = Vec::new();
@@ -260,11 +248,11 @@ async fn all_pages(server: &BenchServer, rid: &str, view: &str, limit: usize, n:
         while let Some(cursor) = next.take() {
             // The full view is the default: no `view` (a build without views refuses the word).
             let view_q = if view == "full" { String::new() } else { format!("view={view}&") };
-            let mut url = format!("{}/api/v1/rollouts/{rid}/jobs?{view_q}limit={limit}", server.url);
+            let mut path = format!("/rollouts/{rid}/jobs?{view_q}limit={limit}");
             if !cursor.is_empty() {
-                url = format!("{url}&{cursor}");
+                path = format!("{path}&{cursor}");
             }
-            let (status, body, ms) = timed_get(server, &url, None).await?;
+            let (status, body, ms) = timed_get(&path, server.client.request(Method::GET, &path)).await?;
             anyhow::ensure!(status == 200, "jobs page: {status} {}", String::from_utf8_lossy(&body));
             lat.push(ms);
             total += body.len();
@@ -300,7 +288,7 @@ async fn all_pages(server: &BenchServer, rid: &str, view: &str, limit: usize, n:
 /// The dashboard's rollout page for the rollout, its grid fragment (first and last page of
 /// servers; htmx fetches it when the page's live stream says "changed") and its panels
 /// fragment: 10 timed loads each after one warm-up, logged in.
-async fn dashboard(bins: &Bins, server: &BenchServer, rid: &str, n: usize) -> Result<Value> {
+async fn dashboard(bins: &Bins, server: &BenchServer, rid: &RolloutId, n: usize) -> Result<Value> {
     let (browser, cookie) = server.dashboard_login(bins).await?;
     let last = n.div_ceil(100);
     let mut out = serde_json::Map::new();
@@ -314,7 +302,9 @@ async fn dashboard(bins: &Bins, server: &BenchServer, rid: &str, n: usize) -> Re
         let mut lat = Vec::new();
         let mut bytes = 0;
         for i in 0..11 {
-            let (status, body, ms) = timed_get(server, &url, Some((&browser, &cookie, htmx))).await?;
+            let req = browser.get(&url).header("cookie", &cookie);
+            let req = if htmx { req.header("hx-request", "true") } else { req };
+            let (status, body, ms) = timed_get(&url, req).await?;
             anyhow::ensure!(status == 200, "{path}: {status}");
             anyhow::ensure!(String::from_utf8_lossy(&body).contains(marker), "{path} is not the dashboard's");
             if i > 0 {

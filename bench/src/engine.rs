@@ -29,7 +29,7 @@ pub async fn p4(bins: &Bins, size: Size, work: &Path) -> Result<Value> {
     let dir = work.join("p4");
     let _ = std::fs::remove_dir_all(&dir);
     let server = BenchServer::start(bins, &dir.join("server"), Backend::Sqlite, &[]).await?;
-    let token = server.enrollment_token(1, json!({})).await?;
+    let token = server.enrollment_token(1, &[]).await?;
     let host = dir.join("host");
     copy_tree(&crate::workspace_root().join("examples/base-1.0"), &host.join("root"))?;
     std::fs::write(host.join("hosts"), "127.0.0.1 localhost\n")?;
@@ -46,14 +46,8 @@ pub async fn p4(bins: &Bins, size: Size, work: &Path) -> Result<Value> {
         .args(["--services-backend", "exec"])
         .env("RUST_LOG", "info");
     let agent = Proc::spawn(cmd, host.join("agent.log"));
-    let start = Instant::now();
-    loop {
-        let agents = server.get("/agents").await?;
-        if agents.as_array().is_some_and(|a| !a.is_empty()) {
-            break;
-        }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "agent did not enroll:\n{}", agent.output());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(e) = server.wait_enrolled(1, Duration::from_secs(30), "the idle agent to enroll").await {
+        anyhow::bail!("{e:#}\n{}", agent.output());
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = agent.child.id();

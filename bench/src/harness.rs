@@ -1,13 +1,17 @@
 //! Real processes for the benchmarks: a `fleetup-server` on SQLite or on a throwaway
-//! Postgres database (created and dropped per run), an admin token, packages, API calls.
+//! Postgres database (created and dropped per run), an admin token, packages. API calls go
+//! through `fleetup-client`, the one client of the operator API.
 
 use crate::Bins;
 use anyhow::{Context as _, Result, bail};
+use fleetup_client::{Client, NewEnrollmentToken};
 use fleetup_e2e::fleet::{Proc, free_port};
-use serde_json::{Value, json};
+use fleetup_proto::api::Rollout;
+use fleetup_proto::id::{PackageId, RolloutId};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Which store the coordinator uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -84,8 +88,9 @@ pub struct BenchServer {
     pub dir: PathBuf,
     /// The store.
     pub backend: Backend,
-    /// HTTP client for the admin API.
-    pub http: reqwest::Client,
+    /// The operator API with the admin token (2-minute request timeout: a page of 5,000
+    /// full jobs under load takes a while).
+    pub client: Client,
     /// The database URL (for `fleetup-server user create` and the like).
     pub db_url: String,
     _db: Option<PgDb>,
@@ -123,30 +128,16 @@ impl BenchServer {
             .args(extra)
             .env("RUST_LOG", "warn");
         let proc = Proc::spawn(cmd, dir.join("server.log"));
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder().timeout(Duration::from_mins(2)).build()?;
-        let server = Self {
-            url: format!("http://127.0.0.1:{port}"),
-            token,
-            proc,
-            key,
-            key_pub,
-            dir: dir.to_path_buf(),
-            backend,
-            http,
-            db_url,
-            _db: db,
-        };
-        let deadline = Instant::now() + Duration::from_mins(1);
-        loop {
-            if let Ok(r) = server.http.get(format!("{}/healthz", server.url)).send().await
-                && r.status().is_success()
-            {
-                return Ok(server);
-            }
-            anyhow::ensure!(Instant::now() < deadline, "server not healthy:\n{}", server.proc.output());
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let url = format!("http://127.0.0.1:{port}");
+        // Rollouts are timed by polling until they finish: poll often, so the poll interval
+        // does not blur the figure.
+        let client = Client::new(&url, &token)?
+            .with_timeout(Duration::from_mins(2))
+            .with_poll_interval(Duration::from_millis(25));
+        if let Err(e) = client.wait_healthy(Duration::from_mins(1)).await {
+            bail!("server not healthy: {e}\n{}", proc.output());
         }
+        Ok(Self { url, token, proc, key, key_pub, dir: dir.to_path_buf(), backend, client, db_url, _db: db })
     }
 
     /// The server's pid.
@@ -154,68 +145,33 @@ impl BenchServer {
         self.proc.child.id()
     }
 
-    /// A request to `/api/v1{path}` with the admin token: (status, JSON body, body bytes).
-    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value, usize)> {
-        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.with_context(|| path.to_owned())?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await?;
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), bytes.len()))
-    }
-
-    /// GET that must answer 200.
-    pub async fn get(&self, path: &str) -> Result<Value> {
-        let (s, v, _) = self.api(reqwest::Method::GET, path, None).await?;
-        anyhow::ensure!(s == 200, "GET {path}: {s} {v}");
-        Ok(v)
-    }
-
-    /// POST that must answer 2xx.
-    pub async fn post(&self, path: &str, body: Value) -> Result<Value> {
-        let (s, v, _) = self.api(reqwest::Method::POST, path, Some(body)).await?;
-        anyhow::ensure!((200..300).contains(&s), "POST {path}: {s} {v}");
-        Ok(v)
-    }
-
-    /// Packs `src` with the server's key into `out` and uploads it; returns the package id.
-    pub async fn upload(&self, bins: &Bins, src: &Path) -> Result<String> {
+    /// Packs `src` with the server's key and uploads it; returns the package id.
+    pub async fn upload(&self, bins: &Bins, src: &Path) -> Result<PackageId> {
         let pkg = self.dir.join(format!("pkg-{}.fup", free_port()));
         pack(bins, src, &self.key, &pkg)?;
-        let bytes = std::fs::read(&pkg)?;
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/packages", self.url))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/octet-stream")
-            .body(bytes)
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await?;
-        anyhow::ensure!(status == 201, "upload: {status} {body}");
-        Ok(body["id"].as_str().context("package id")?.to_owned())
+        Ok(self.client.upload_package(&pkg).await?.id)
     }
 
     /// An enrollment token for `uses` agents with these labels.
-    pub async fn enrollment_token(&self, uses: usize, labels: Value) -> Result<String> {
-        let body = self.post("/enrollment-tokens", json!({ "max_uses": uses, "labels": labels })).await?;
-        Ok(body["secret"].as_str().context("enrollment secret")?.to_owned())
+    pub async fn enrollment_token(&self, uses: usize, labels: &[(&str, &str)]) -> Result<String> {
+        let new = NewEnrollmentToken {
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
+            max_uses: Some(uses as u64),
+            ..NewEnrollmentToken::default()
+        };
+        Ok(self.client.create_enrollment_token(&new).await?.secret)
     }
 
     /// Waits until the rollout has `finished_at`, or `deadline` passes; returns the rollout.
-    pub async fn wait_rollout_finished(&self, id: &str, deadline: Duration) -> Result<Value> {
-        let start = Instant::now();
-        loop {
-            let r = self.get(&format!("/rollouts/{id}")).await?;
-            if !r["finished_at"].is_null() {
-                return Ok(r);
-            }
-            anyhow::ensure!(start.elapsed() < deadline, "rollout {id} not finished after {deadline:?}: {r}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    pub async fn wait_rollout_finished(&self, id: &RolloutId, deadline: Duration) -> Result<Rollout> {
+        Ok(self.client.wait_rollout(id, deadline, |r| r.finished_at.is_some()).await?)
+    }
+
+    /// Waits until at least `n` agents have enrolled (online or not); `what` names them in
+    /// the error.
+    pub async fn wait_enrolled(&self, n: usize, deadline: Duration, what: &str) -> Result<()> {
+        let enrolled = async || Ok((self.client.agents().await?.len() >= n).then_some(()));
+        Ok(self.client.poll_until(what, deadline, enrolled).await?)
     }
 
     /// Logs in to the dashboard as a browser does: creates a viewer with
@@ -271,7 +227,7 @@ impl BenchServer {
 
     /// A value of the server's Prometheus `/metrics` (first series with that name).
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.http.get(format!("{}/metrics", self.url)).send().await.ok()?.text().await.ok()?;
+        let text = self.client.metrics().await.ok()?;
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .find(|l| l.split([' ', '{']).next() == Some(name))

@@ -7,7 +7,7 @@ use crate::engine::start_demo;
 use crate::harness::{Backend, BenchServer};
 use crate::stats::median;
 use crate::{Bins, Size};
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use fleetup_e2e::copy_tree;
 use fleetup_e2e::fleet::{Proc, free_port};
 use serde_json::{Value, json};
@@ -81,7 +81,7 @@ async fn fleetup_once(bins: &Bins, base: &Path, n: usize) -> Result<f64> {
     let server = BenchServer::start(bins, &base.join("server"), Backend::Sqlite, &[]).await?;
     let hosts = hosts(bins, &base.join("hosts"), n)?;
     let pkg = server.upload(bins, &crate::workspace_root().join("examples/sample-rollup")).await?;
-    let token = server.enrollment_token(n, json!({ "bench": "p7" })).await?;
+    let token = server.enrollment_token(n, &[("bench", "p7")]).await?;
     let mut agents = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         let mut cmd = Command::new(bins.path("fleetup-agent"));
@@ -102,33 +102,21 @@ async fn fleetup_once(bins: &Bins, base: &Path, n: usize) -> Result<f64> {
             .env("RUST_LOG", "warn");
         agents.push(Proc::spawn(cmd, h.dir.join("agent.log")));
     }
-    let start = Instant::now();
-    loop {
-        let a = server.get("/agents").await?;
-        if a.as_array().map_or(0, Vec::len) >= n {
-            break;
-        }
-        anyhow::ensure!(start.elapsed() < Duration::from_mins(1), "agents did not enroll");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_enrolled(n, Duration::from_mins(1), "the agents to enroll").await?;
     let waves: Vec<Value> = (0..n.div_ceil(BATCH)).map(|_| json!(BATCH)).collect();
-    let r = server
-        .post(
-            "/rollouts",
-            json!({
-                "name": "p7", "package_id": pkg, "targets": { "labels": { "bench": "p7" } },
-                "waves": waves, "concurrency": BATCH, "policies": { "warning": "continue" },
-            }),
-        )
-        .await?;
-    let rid = r["id"].as_str().context("rollout id")?.to_owned();
+    let spec = serde_json::from_value(json!({
+        "name": "p7", "package_id": pkg, "targets": { "labels": { "bench": "p7" } },
+        "waves": waves, "concurrency": BATCH, "policies": { "warning": "continue" },
+    }))?;
+    let rid = server.client.create_rollout(&spec).await?.id;
     // Let every agent's long-poll be held before the clock starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = Instant::now();
-    server.post(&format!("/rollouts/{rid}/start"), json!({})).await?;
+    server.client.start(&rid).await?;
     let done = server.wait_rollout_finished(&rid, Duration::from_mins(10)).await?;
     let secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(done["counts"]["succeeded"] == json!(n), "p7 rollout: {}", done["counts"]);
+    let succeeded = done.counts.get(&fleetup_proto::api::JobState::Succeeded).copied();
+    anyhow::ensure!(succeeded == Some(n as u64), "p7 rollout: {:?}", done.counts);
     check_updated(&hosts, "fleetup")?;
     drop(agents);
     Ok(secs)

@@ -18,9 +18,6 @@ pub struct Cli {
 pub enum Command {
     /// Run the coordinator.
     Serve(Config),
-    /// Run a whole demo fleet on this machine: the coordinator, a handful of agents with
-    /// the demo service, the sample rollup staged. Ctrl-C stops everything.
-    Demo(crate::demo::DemoArgs),
     /// Manage API tokens.
     Token {
         /// What to do with tokens.

@@ -9,7 +9,6 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod limits;

@@ -1,28 +1,11 @@
 //! The `fleetup-server` binary: parses the command line and hands over to the library.
-//!
-//! Two hidden commands serve `fleetup-server demo`, which runs its agents and demo
-//! services as child processes of this same binary (so the one `cargo run` command of the
-//! README is enough): `fleetup-server agent …` is `fleetup-agent …`, and
-//! `fleetup-server demo-service …` is `fleetup-demo-service …`. They are dispatched before
-//! the async runtime starts, because the agent builds its own.
+//! (The demo lives in the umbrella `fleetup` binary, so this one carries no agent.)
 
 use clap::Parser as _;
 use fleetup_server::cli::{Cli, Command, TokenCommand, UserCommand};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    match args.get(1).and_then(|a| a.to_str()) {
-        Some("agent") => {
-            args.remove(0);
-            return fleetup_agent::cli::main_from(args);
-        }
-        Some("demo-service") => {
-            fleetup_demo_service::main_from(args.into_iter().skip(2).map(|a| a.to_string_lossy().into_owned()));
-            return ExitCode::SUCCESS;
-        }
-        _ => {}
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -57,7 +40,6 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(&config.listen).await?;
             fleetup_server::run(config, listener, shutdown).await?;
         }
-        Command::Demo(args) => fleetup_server::demo::run(args, shutdown).await?,
         Command::Token { command: TokenCommand::Create { role, name, database_url } } => {
             let secret = fleetup_server::cli::create_token(&database_url, role, &name).await?;
             println!("{secret}");

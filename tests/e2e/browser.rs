@@ -4,8 +4,11 @@
 //! screenshots under `target/screenshots/`.
 
 use fantoccini::Locator;
+use fleetup_client::AuditQuery;
 use fleetup_e2e::browser::Browser;
 use fleetup_e2e::fleet::{Host, Server, free_port};
+use fleetup_proto::api::{JobState, JobSummary, RolloutSpec};
+use fleetup_proto::id::PackageId;
 use serde_json::json;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -15,7 +18,7 @@ const LONG: Duration = Duration::from_mins(2);
 const PASSWORD: &str = "correct horse battery";
 
 /// A coordinator with a dashboard admin `ada`, the sample package, and `n` hosts online.
-async fn fleet(dir: &std::path::Path, n: usize, tweak: impl Fn(usize, &mut Host)) -> (Server, Vec<Host>, String) {
+async fn fleet(dir: &std::path::Path, n: usize, tweak: impl Fn(usize, &mut Host)) -> (Server, Vec<Host>, PackageId) {
     let server =
         Server::start(&dir.join("server"), None, &["--lease-secs", "20", "--scheduler-interval-ms", "200"]).await;
     let db = format!("sqlite:{}", server.dir.join("fleetup.db").display());
@@ -39,11 +42,7 @@ async fn fleet(dir: &std::path::Path, n: usize, tweak: impl Fn(usize, &mut Host)
         host.start_agent(&server, &token);
         hosts.push(host);
     }
-    server
-        .eventually("every agent online", "/agents", LONG, |v| {
-            (v.as_array()?.iter().filter(|a| a["online"] == json!(true)).count() == n).then_some(())
-        })
-        .await;
+    server.every_agent_online(n, LONG).await;
     (server, hosts, package)
 }
 
@@ -107,17 +106,14 @@ async fn stage_start_watch_live_and_cancel() {
     // Cancel the rollout: the server in pre-hooks is interrupted, the other never starts.
     b.client.find(Locator::Id("action-cancel")).await.unwrap().click().await.unwrap();
     b.wait_text("the cancelled rollout", "#rollout-state", "cancelled", LONG).await;
-    let rollouts = server.get("/rollouts").await;
-    let id = rollouts[0]["id"].as_str().unwrap();
-    server
-        .eventually("every job ended", &format!("/rollouts/{id}"), LONG, |r| {
-            (r["counts"]["cancelled"] == json!(2)).then_some(())
-        })
-        .await;
+    let rollouts = server.client.rollouts().await.unwrap();
+    let id = &rollouts[0].id;
+    server.client.wait_rollout(id, LONG, |r| r.counts.get(&JobState::Cancelled) == Some(&2)).await.unwrap();
     b.client.refresh().await.unwrap();
     b.wait_text("cancelled jobs in the grid", "table.grid", "cancelled", LONG).await;
     b.screenshot("04-rollout-cancelled").await;
-    let audit = server.get(&format!("/audit?object_id={id}")).await.to_string();
+    let audit = server.client.audit(&AuditQuery { object_id: Some(id.to_string()), limit: None }).await.unwrap();
+    let audit = serde_json::to_string(&audit).unwrap();
     assert!(audit.contains("user:ada") && audit.contains("rollout.cancel"), "{audit}");
     b.close().await;
 }
@@ -141,14 +137,12 @@ async fn crl_warning_continue_and_failure_with_logs() {
         }
     })
     .await;
-    let r = server
-        .post(
-            "/rollouts",
-            json!({ "name": "demo 1.1, CRL and health", "package_id": package, "targets": { "labels": { "env": "test" } },
-                    "waves": ["100%"], "concurrency": 2, "policies": { "warning": "ask" } }),
-        )
-        .await;
-    let id = r["id"].as_str().unwrap().to_owned();
+    let spec: RolloutSpec = serde_json::from_value(
+        json!({ "name": "demo 1.1, CRL and health", "package_id": package, "targets": { "labels": { "env": "test" } },
+                "waves": ["100%"], "concurrency": 2, "policies": { "warning": "ask" } }),
+    )
+    .unwrap();
+    let id = server.client.create_rollout(&spec).await.unwrap().id;
     b.login(&server.url, "ada", PASSWORD).await;
     b.client.goto(&format!("{}/rollouts/{id}", server.url)).await.unwrap();
     b.client.find(Locator::Id("action-start")).await.unwrap().click().await.unwrap();
@@ -179,8 +173,8 @@ async fn crl_warning_continue_and_failure_with_logs() {
     assert_eq!(hosts[1].version().as_deref(), Some("1.0.0"));
 
     // The server page: timeline with the outage highlighted, the phase logs.
-    let jobs = server.jobs(&id, "view=summary").await;
-    let web1 = jobs.iter().find(|j| j["hostname"] == "web-1").unwrap()["id"].as_str().unwrap().to_owned();
+    let jobs = server.jobs::<JobSummary>(&id).await;
+    let web1 = &jobs.iter().find(|j| j.hostname == "web-1").unwrap().id;
     b.client.goto(&format!("{}/jobs/{web1}", server.url)).await.unwrap();
     b.wait_text("the timeline", "table.timeline", "Stopping services", LONG).await;
     let outage = b.client.find_all(Locator::Css("table.timeline tr.outage")).await.unwrap();

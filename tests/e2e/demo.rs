@@ -1,9 +1,11 @@
-//! The README's run command: `fleetup-server demo` serves a fleet, and Ctrl-C leaves
-//! nothing running.
+//! The README's run command: `fleetup demo` serves a fleet, and Ctrl-C leaves nothing
+//! running, whether it comes once the demo is ready or while it is still starting.
 
 use fleetup_e2e::fleet::{Proc, free_port};
 use fleetup_e2e::{binary, wait_for};
+use fleetup_proto::api::RolloutState;
 use serde_json::Value;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -39,34 +41,21 @@ async fn demo_serves_a_fleet_and_ctrl_c_leaves_nothing_running() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
     let port = free_port();
-    let mut cmd = Command::new(binary("fleetup-server"));
-    cmd.arg("demo").arg("--dir").arg(&demo_dir).args(["--listen", &format!("127.0.0.1:{port}"), "--hosts", "4"]);
-    let mut demo = Proc::spawn(cmd, dir.path().join("demo.log"));
+    let mut demo = spawn_demo(dir.path(), &demo_dir, port, 4);
     let ready: Value = wait_for("demo.json", Duration::from_mins(2), || {
         assert!(demo.is_running(), "the demo exited:\n{}", demo.output());
         std::fs::read(demo_dir.join("demo.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
     });
     assert!(demo.output().contains("Log in as: admin / "), "{}", demo.output());
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let url = ready["url"].as_str().unwrap();
-    let token = ready["api_token"].as_str().unwrap();
-    let agents: Value =
-        http.get(format!("{url}/api/v1/agents")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
-    let agents = agents.as_array().unwrap();
+    let api = fleetup_client::Client::new(url, ready["api_token"].as_str().unwrap()).unwrap();
+    let agents = api.agents().await.unwrap();
     assert_eq!(agents.len(), 4);
-    assert!(agents.iter().all(|a| a["online"] == true), "{agents:?}");
-    let rollout: Value = http
-        .get(format!("{url}/api/v1/rollouts/{}", ready["rollout_id"].as_str().unwrap()))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(rollout["state"], "draft", "staged, waiting for the user to start it: {rollout}");
+    assert!(agents.iter().all(|a| a.online), "{agents:?}");
+    let rollout = api.rollout(&ready["rollout_id"].as_str().unwrap().parse().unwrap()).await.unwrap();
+    assert_eq!(rollout.state, RolloutState::Draft, "staged, waiting for the user to start it: {rollout:?}");
     // The dashboard answers, and the printed credentials log in.
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let login = http.get(format!("{url}/login")).send().await.unwrap();
     assert_eq!(login.status(), 200);
     let (username, password) = (ready["username"].as_str().unwrap(), ready["password"].as_str().unwrap());
@@ -107,12 +96,48 @@ async fn demo_serves_a_fleet_and_ctrl_c_leaves_nothing_running() {
     let needle = demo_dir.display().to_string();
     assert!(processes_mentioning(&needle).len() > 4, "agents and services run");
 
-    // Ctrl-C.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(demo.child.id() as i32), nix::sys::signal::Signal::SIGINT)
-        .unwrap();
-    wait_for("the demo to exit", Duration::from_secs(30), || (!demo.is_running()).then_some(()));
+    ctrl_c_stops_everything(&mut demo, &needle);
+}
+
+/// `fleetup demo` with its files in `demo_dir`, output in `dir/demo.log`.
+fn spawn_demo(dir: &Path, demo_dir: &Path, port: u16, hosts: u16) -> Proc {
+    let mut cmd = Command::new(binary("fleetup"));
+    cmd.arg("demo").arg("--dir").arg(demo_dir).args(["--listen", &format!("127.0.0.1:{port}")]);
+    cmd.args(["--hosts", &hosts.to_string()]);
+    Proc::spawn(cmd, dir.join("demo.log"))
+}
+
+/// Sends SIGINT and checks the demo stops cleanly (it exits by itself, with success, not
+/// killed by the signal) and leaves no process whose command line names its directory.
+fn ctrl_c_stops_everything(demo: &mut Proc, needle: &str) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(demo.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = wait_for("the demo to exit", Duration::from_secs(30), || demo.child.try_wait().ok().flatten());
+    assert!(status.success(), "a clean stop, not death by signal: {status:?}\n{}", demo.output());
     wait_for("no process left behind", Duration::from_secs(10), || {
-        processes_mentioning(&needle).is_empty().then_some(())
+        processes_mentioning(needle).is_empty().then_some(())
     });
     assert!(demo.output().contains("stopping the demo fleet"), "{}", demo.output());
+}
+
+/// A Ctrl-C that comes while the demo is still starting (it answers `/healthz` before its
+/// agents are up) stops it there: nothing it started so far is left running, and it does
+/// not go on to start the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_while_starting_stops_what_was_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let port = free_port();
+    let mut demo = spawn_demo(dir.path(), &demo_dir, port, 6);
+    // /healthz needs no token. Poll often: the point is to signal the moment it answers.
+    let probe = fleetup_client::Client::new(&format!("http://127.0.0.1:{port}"), "none")
+        .unwrap()
+        .with_poll_interval(Duration::from_millis(2));
+    if let Err(e) = probe.wait_healthy(Duration::from_mins(2)).await {
+        panic!("{e}\n{}", demo.output());
+    }
+    assert!(!demo_dir.join("demo.json").exists(), "the signal comes before the demo is ready");
+    ctrl_c_stops_everything(&mut demo, &demo_dir.display().to_string());
+    assert!(!demo.output().contains("Press Ctrl-C"), "it did not go on starting: {}", demo.output());
+    assert!(!demo_dir.join("demo.json").exists(), "it did not go on starting");
 }

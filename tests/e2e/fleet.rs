@@ -1,19 +1,26 @@
 //! The whole fleet end to end: a real coordinator process, real agents, each host with its
 //! own install root and the demo service really running, all driven through the REST API.
 
+use fleetup_client::JobFilter;
 use fleetup_e2e::fleet::{Host, Server, free_port};
 use fleetup_e2e::{require_all, skip_or_fail};
+use fleetup_proto::api::{Job, JobState, Rollout, RolloutSpec, RolloutState};
+use fleetup_proto::id::{AgentId, PackageId, RolloutId};
+use fleetup_proto::{DecisionAnswer, PhaseId, PhaseStatus};
 use serde_json::{Value, json};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_mins(2);
+
+/// The states a started rollout stops in by itself.
+const ENDED: [RolloutState; 3] = [RolloutState::Finished, RolloutState::Paused, RolloutState::Aborted];
 
 /// Fields drop in order: agents and services stop before the server, and the directory
 /// (with the services' pid files) goes last.
 struct Fleet {
     hosts: Vec<Host>,
     server: Server,
-    package: String,
+    package: PackageId,
     _dir: tempfile::TempDir,
 }
 
@@ -38,17 +45,14 @@ async fn fleet(n: usize, database_url: Option<&str>, tweak: impl Fn(usize, &mut 
         host.start_agent(&server, &token);
         hosts.push(host);
     }
-    server
-        .eventually("every agent online", "/agents", LONG, |v| {
-            let online = v.as_array()?.iter().filter(|a| a["online"] == json!(true)).count();
-            (online == n).then_some(())
-        })
-        .await;
+    server.every_agent_online(n, LONG).await;
     Fleet { hosts, server, package, _dir: dir }
 }
 
 impl Fleet {
-    async fn rollout(&self, extra: Value) -> String {
+    /// Stages and starts a rollout of the package: the defaults below, overridden by the
+    /// fields of `extra` (JSON, as an operator writes a spec).
+    async fn rollout(&self, extra: Value) -> RolloutId {
         let mut spec = json!({
             "name": "demo 1.1",
             "package_id": self.package,
@@ -57,22 +61,31 @@ impl Fleet {
             "concurrency": 1,
         });
         spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let r = self.server.post("/rollouts", spec).await;
-        let id = r["id"].as_str().unwrap().to_owned();
-        self.server.post(&format!("/rollouts/{id}/start"), json!({})).await;
-        id
+        let spec: RolloutSpec = serde_json::from_value(spec).expect("a valid rollout spec");
+        let client = &self.server.client;
+        let r = client.create_rollout(&spec).await.unwrap_or_else(|e| panic!("staging: {e}"));
+        client.start(&r.id).await.unwrap_or_else(|e| panic!("starting: {e}"));
+        r.id
     }
 
-    async fn wait_rollout_state(&self, id: &str, states: &[&str]) -> Value {
+    async fn wait_rollout_state(&self, id: &RolloutId, states: &[RolloutState]) -> Rollout {
+        let r = self.server.client.wait_rollout(id, LONG, |r| states.contains(&r.state)).await;
+        r.unwrap_or_else(|e| panic!("rollout {id} in {states:?}: {e}"))
+    }
+
+    async fn jobs(&self, rollout: &RolloutId) -> Vec<Job> {
+        self.server.jobs(rollout).await
+    }
+
+    /// Waits until the first page of the rollout's jobs (the full view) satisfies `check`.
+    async fn eventually_jobs<T>(&self, what: &str, rollout: &RolloutId, check: impl Fn(&[Job]) -> Option<T>) -> T {
+        let client = &self.server.client;
         self.server
-            .eventually(&format!("rollout {id} in {states:?}"), &format!("/rollouts/{id}"), LONG, |v| {
-                states.contains(&v["state"].as_str()?).then(|| v.clone())
+            .eventually(what, LONG, async || {
+                let page = client.jobs_page::<Job>(rollout, &JobFilter::default(), None).await?;
+                Ok(check(&page.jobs))
             })
             .await
-    }
-
-    async fn jobs(&self, rollout: &str) -> Vec<Value> {
-        self.server.jobs(rollout, "").await
     }
 
     fn host(&self, name: &str) -> &Host {
@@ -102,36 +115,37 @@ async fn three_server_rollout_upgrades_everyone(database_url: Option<&str>) {
     let rollout = f.rollout(json!({})).await;
     // While it runs, per-phase status of a server is visible over the API.
     let seen_phases = f
-        .server
-        .eventually("a job reporting phases", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
-            v["jobs"].as_array()?.iter().find_map(|j| {
-                let phases = j["phases"].as_object()?;
-                (!phases.is_empty()).then(|| phases.keys().cloned().collect::<Vec<_>>())
-            })
+        .eventually_jobs("a job reporting phases", &rollout, |jobs| {
+            jobs.iter().find(|j| !j.phases.is_empty()).map(|j| j.phases.keys().copied().collect::<Vec<_>>())
         })
         .await;
-    assert!(seen_phases.iter().any(|p| p == "check-system"), "{seen_phases:?}");
-    let done = f.wait_rollout_state(&rollout, &["finished", "paused", "aborted"]).await;
-    assert_eq!(done["state"], "finished", "{done}");
+    assert!(seen_phases.contains(&PhaseId::CheckSystem), "{seen_phases:?}");
+    let done = f.wait_rollout_state(&rollout, &ENDED).await;
+    assert_eq!(done.state, RolloutState::Finished, "{done:?}");
     let jobs = f.jobs(&rollout).await;
     assert_eq!(jobs.len(), 3);
     for j in &jobs {
-        assert_eq!(j["state"], "succeeded", "{j}");
-        for phase in fleetup_proto::PhaseId::INSTALL {
-            assert_eq!(j["phases"][phase.as_str()]["status"], "succeeded", "{} of {}", phase, j["hostname"]);
+        assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+        for phase in PhaseId::INSTALL {
+            assert_eq!(
+                j.phases.get(&phase).map(|p| p.status),
+                Some(PhaseStatus::Succeeded),
+                "{phase} of {}",
+                j.hostname
+            );
         }
-        assert!(j["outage_secs"].as_f64().is_some(), "{j}");
+        assert!(j.outage_secs.is_some(), "{j:?}");
     }
     for h in &f.hosts {
         assert_eq!(h.version().as_deref(), Some("1.1.0"), "{} answers the new version", h.name);
         assert!(h.root.join("lib/demo/feature-x.txt").exists());
     }
     // Wave 1 held one server, and it finished before wave 2 started.
-    let first: Vec<_> = jobs.iter().filter(|j| j["wave"] == 1).collect();
+    let first: Vec<_> = jobs.iter().filter(|j| j.wave == 1).collect();
     assert_eq!(first.len(), 1);
-    let first_done = first[0]["finished_at"].as_str().unwrap();
-    for j in jobs.iter().filter(|j| j["wave"] == 2) {
-        assert!(j["dispatched_at"].as_str().unwrap() >= first_done, "wave 2 started before wave 1 ended: {j}");
+    let first_done = first[0].finished_at.unwrap();
+    for j in jobs.iter().filter(|j| j.wave == 2) {
+        assert!(j.dispatched_at.unwrap() >= first_done, "wave 2 started before wave 1 ended: {j:?}");
     }
 }
 
@@ -165,18 +179,15 @@ async fn unreachable_crl_asks_then_continue_finishes() {
     .await;
     let rollout = f.rollout(json!({ "waves": [1], "policies": { "warning": "ask" } })).await;
     let job = f
-        .server
-        .eventually("the job waiting on the CRL warning", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
-            let j = v["jobs"].as_array()?.first()?;
-            (j["state"] == "waiting").then(|| j.clone())
+        .eventually_jobs("the job waiting on the CRL warning", &rollout, |jobs| {
+            jobs.first().filter(|j| j.state == JobState::Waiting).cloned()
         })
         .await;
-    let warnings = job["warnings"].to_string();
+    let warnings = serde_json::to_string(&job.warnings).unwrap();
     assert!(warnings.contains("crl.fleetup.test"), "{warnings}");
-    let id = job["id"].as_str().unwrap();
-    f.server.post(&format!("/jobs/{id}/decision"), json!({ "answer": "continue" })).await;
-    let done = f.wait_rollout_state(&rollout, &["finished", "paused", "aborted"]).await;
-    assert_eq!(done["state"], "finished", "{done}");
+    f.server.client.answer_decision(&job.id, DecisionAnswer::Continue, None).await.unwrap();
+    let done = f.wait_rollout_state(&rollout, &ENDED).await;
+    assert_eq!(done.state, RolloutState::Finished, "{done:?}");
     assert_eq!(f.host("web-1").version().as_deref(), Some("1.1.0"));
 }
 
@@ -191,12 +202,12 @@ async fn hosts_file_remediation_finishes_without_asking() {
     .await;
     let rollout =
         f.rollout(json!({ "waves": [1], "policies": { "warning": "ask", "crl_remediation": "hosts-file" } })).await;
-    let done = f.wait_rollout_state(&rollout, &["finished", "paused", "aborted"]).await;
-    assert_eq!(done["state"], "finished", "{done}");
+    let done = f.wait_rollout_state(&rollout, &ENDED).await;
+    assert_eq!(done.state, RolloutState::Finished, "{done:?}");
     let job = &f.jobs(&rollout).await[0];
-    assert_eq!(job["state"], "succeeded", "{job}");
-    let decisions = f.server.get(&format!("/jobs/{}/decisions", job["id"].as_str().unwrap())).await;
-    assert_eq!(decisions.as_array().map(Vec::len), Some(0), "no question was asked: {decisions}");
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    let decisions = f.server.client.job_decisions(&job.id).await.unwrap();
+    assert!(decisions.is_empty(), "no question was asked: {decisions:?}");
     let host = f.host("web-1");
     assert_eq!(
         std::fs::read_to_string(host.dir.join("hosts")).unwrap(),
@@ -221,30 +232,27 @@ async fn failed_health_check_rolls_back_pauses_and_retry_targets_it() {
     let ids = agent_ids(&f).await;
     let rollout =
         f.rollout(json!({ "targets": { "agents": ids }, "error_threshold": 1, "error_action": "pause" })).await;
-    let paused = f.wait_rollout_state(&rollout, &["paused", "finished", "aborted"]).await;
-    assert_eq!(paused["state"], "paused", "{paused}");
+    let paused = f.wait_rollout_state(&rollout, &ENDED).await;
+    assert_eq!(paused.state, RolloutState::Paused, "{paused:?}");
     let jobs = f.jobs(&rollout).await;
-    let failed: Vec<_> = jobs.iter().filter(|j| j["state"] == "rolled-back").collect();
+    let failed: Vec<_> = jobs.iter().filter(|j| j.state == JobState::RolledBack).collect();
     assert_eq!(failed.len(), 1, "{jobs:?}");
-    assert!(jobs.iter().filter(|j| j["wave"] == 2).all(|j| j["state"] == "pending"), "next wave not opened: {jobs:?}");
-    let bad = f.host(failed[0]["hostname"].as_str().unwrap());
+    assert!(
+        jobs.iter().filter(|j| j.wave == 2).all(|j| j.state == JobState::Pending),
+        "next wave not opened: {jobs:?}"
+    );
+    let bad = f.host(&failed[0].hostname);
     assert_eq!(bad.version().as_deref(), Some("1.0.0"), "rolled back to 1.0 and serving");
-    let retry = f.server.post(&format!("/rollouts/{rollout}/retry-failed"), json!({})).await;
-    let retry_id = retry["id"].as_str().unwrap();
-    let retry_jobs = f.jobs(retry_id).await;
+    let retry = f.server.client.retry_failed(&rollout).await.unwrap();
+    let retry_jobs = f.jobs(&retry.id).await;
     assert_eq!(retry_jobs.len(), 1);
-    assert_eq!(retry_jobs[0]["hostname"], failed[0]["hostname"]);
+    assert_eq!(retry_jobs[0].hostname, failed[0].hostname);
 }
 
 /// Agent ids sorted by host name, so tests decide which host goes first.
-async fn agent_ids(f: &Fleet) -> Vec<String> {
-    let agents = f.server.get("/agents").await;
-    let mut ids: Vec<(String, String)> = agents
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["hostname"].as_str().unwrap().to_owned(), a["id"].as_str().unwrap().to_owned()))
-        .collect();
+async fn agent_ids(f: &Fleet) -> Vec<AgentId> {
+    let agents = f.server.client.agents().await.unwrap();
+    let mut ids: Vec<(String, AgentId)> = agents.into_iter().map(|a| (a.hostname, a.id)).collect();
     ids.sort();
     ids.into_iter().map(|(_, id)| id).collect()
 }
@@ -263,7 +271,7 @@ async fn agent_killed_during_update_files_converges_with_one_outcome() {
     let mut f = fleet(2, None, |_, _| {}).await;
     let ids = agent_ids(&f).await;
     let rollout = f.rollout(json!({ "targets": { "agents": ids }, "waves": [1, 1], "approval_required": true })).await;
-    f.wait_rollout_state(&rollout, &["awaiting-approval"]).await;
+    f.wait_rollout_state(&rollout, &[RolloutState::AwaitingApproval]).await;
     // web-2's engine pauses after change 4 of the 6 of update-files' rename set (3
     // backups and the first placement made): neither the old nor the new tree is on disk.
     let server_token = f.server.enrollment_token(1).await;
@@ -274,7 +282,7 @@ async fn agent_killed_during_update_files_converges_with_one_outcome() {
         &server_token,
         &[("FLEETUP_ENGINE_PAUSE_AFTER_RENAME".to_owned(), "4".to_owned())],
     );
-    f.server.post(&format!("/rollouts/{rollout}/approve"), json!({})).await;
+    f.server.client.approve(&rollout).await.unwrap();
     let web2 = f.host("web-2");
     wait_paused(web2, "rename 4 of 6");
     assert!(web2.state.join("journal.jsonl").exists(), "an install is under way");
@@ -283,31 +291,31 @@ async fn agent_killed_during_update_files_converges_with_one_outcome() {
     let web2 = f.hosts.iter_mut().find(|h| h.name == "web-2").unwrap();
     web2.agent.as_mut().unwrap().kill();
     web2.start_agent(&f.server, &server_token);
-    let done = f.wait_rollout_state(&rollout, &["finished", "paused", "aborted"]).await;
-    let job = f.jobs(&rollout).await.into_iter().find(|j| j["wave"] == 2).unwrap();
+    let done = f.wait_rollout_state(&rollout, &ENDED).await;
+    let job = f.jobs(&rollout).await.into_iter().find(|j| j.wave == 2).unwrap();
     let web2 = f.host("web-2");
     let version = web2.version();
-    match job["state"].as_str().unwrap() {
-        "succeeded" => {
-            assert_eq!(done["state"], "finished");
+    match job.state {
+        JobState::Succeeded => {
+            assert_eq!(done.state, RolloutState::Finished);
             assert_eq!(version.as_deref(), Some("1.1.0"));
             assert!(
                 web2.root.join("lib/demo/feature-x.txt").exists() && !web2.root.join("lib/demo/legacy.txt").exists()
             );
         }
-        "rolled-back" | "failed" => {
+        JobState::RolledBack | JobState::Failed => {
             assert_eq!(version.as_deref(), Some("1.0.0"));
             assert!(
                 !web2.root.join("lib/demo/feature-x.txt").exists() && web2.root.join("lib/demo/legacy.txt").exists()
             );
         }
-        other => panic!("unexpected job state {other}: {job}"),
+        other => panic!("unexpected job state {}: {job:?}", other.as_str()),
     }
     // Exactly one outcome was recorded for the job.
-    let events = f.server.get(&format!("/jobs/{}/events", job["id"].as_str().unwrap())).await;
-    let finals = events.as_array().unwrap().iter().filter(|e| e["data"].get("summary").is_some()).count();
-    assert_eq!(finals, 1, "{events}");
-    let seqs: Vec<u64> = events.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let events = f.server.client.job_events(&job.id, 0, None).await.unwrap();
+    let finals = events.iter().filter(|e| e.data.get("summary").is_some()).count();
+    assert_eq!(finals, 1, "{events:?}");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1) && seqs[0] == 1, "events 1..n without gaps: {seqs:?}");
 }
 
@@ -326,15 +334,13 @@ async fn agent_killed_for_good_makes_the_job_lost() {
     wait_paused(f.host("web-1"), "journal step 3 ");
     f.hosts[0].agent.as_mut().unwrap().kill();
     let job = f
-        .server
-        .eventually("the job lost after its lease", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
-            let j = v["jobs"].as_array()?.first()?;
-            (j["state"] == "lost").then(|| j.clone())
+        .eventually_jobs("the job lost after its lease", &rollout, |jobs| {
+            jobs.first().filter(|j| j.state == JobState::Lost).cloned()
         })
         .await;
-    assert_eq!(job["state"], "lost");
-    let r = f.server.get(&format!("/rollouts/{rollout}")).await;
-    assert_eq!(r["counts"]["lost"], 1, "{r}");
+    assert_eq!(job.state, JobState::Lost);
+    let r = f.server.client.rollout(&rollout).await.unwrap();
+    assert_eq!(r.counts.get(&JobState::Lost), Some(&1), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -352,38 +358,26 @@ async fn cancelling_a_rollout_mid_wave_stops_dispatch_and_ends_the_job_in_flight
     .await;
     let ids = agent_ids(&f).await;
     let rollout = f.rollout(json!({ "targets": { "agents": ids }, "waves": [2], "concurrency": 1 })).await;
-    f.server
-        .eventually("web-1 in pre-hooks", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
-            v["jobs"]
-                .as_array()?
-                .iter()
-                .find(|j| j["hostname"] == "web-1" && j["current_phase"] == "pre-hooks")
-                .map(|_| ())
-        })
-        .await;
+    f.eventually_jobs("web-1 in pre-hooks", &rollout, |jobs| {
+        jobs.iter().find(|j| j.hostname == "web-1" && j.current_phase == Some(PhaseId::PreHooks)).map(|_| ())
+    })
+    .await;
     let started = std::time::Instant::now();
-    f.server.post(&format!("/rollouts/{rollout}/cancel"), json!({})).await;
+    f.server.client.cancel(&rollout).await.unwrap();
     let jobs = f
-        .server
-        .eventually("every job ended", &format!("/rollouts/{rollout}/jobs"), LONG, |v| {
-            let jobs = v["jobs"].as_array()?;
-            jobs.iter()
-                .all(|j| {
-                    ["cancelled", "failed", "succeeded", "rolled-back", "lost"]
-                        .contains(&j["state"].as_str().unwrap_or(""))
-                })
-                .then(|| jobs.clone())
+        .eventually_jobs("every job ended", &rollout, |jobs| {
+            jobs.iter().all(|j| j.state.is_terminal()).then(|| jobs.to_vec())
         })
         .await;
     assert!(started.elapsed() < Duration::from_secs(15), "the slow hook was interrupted, not waited out");
     for j in &jobs {
-        assert_eq!(j["state"], "cancelled", "{j}");
+        assert_eq!(j.state, JobState::Cancelled, "{j:?}");
     }
-    let web2 = jobs.iter().find(|j| j["hostname"] == "web-2").unwrap();
-    assert!(web2["dispatched_at"].is_null(), "web-2 was never dispatched: {web2}");
+    let web2 = jobs.iter().find(|j| j.hostname == "web-2").unwrap();
+    assert!(web2.dispatched_at.is_none(), "web-2 was never dispatched: {web2:?}");
     for h in &f.hosts {
         assert_eq!(h.version().as_deref(), Some("1.0.0"), "{} untouched", h.name);
         assert!(!h.root.join("lib/demo/feature-x.txt").exists());
     }
-    assert_eq!(f.server.get(&format!("/rollouts/{rollout}")).await["state"], "cancelled");
+    assert_eq!(f.server.client.rollout(&rollout).await.unwrap().state, RolloutState::Cancelled);
 }

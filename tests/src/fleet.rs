@@ -1,9 +1,12 @@
 //! A fleet on one machine for end-to-end tests: a real `fleetup-server` process, real
 //! `fleetup-agent run` processes, each with its own install root (a copy of
-//! `examples/base-1.0`) and the demo service running on its own loopback port.
+//! `examples/base-1.0`) and the demo service running on its own loopback port. The tests
+//! drive the coordinator through `fleetup-client`, as any automation would.
 
 use crate::{binary, copy_tree, wait_for, workspace_root};
-use serde_json::{Value, json};
+use fleetup_client::{Client, JobFilter, JobView, NewEnrollmentToken};
+use fleetup_proto::id::{PackageId, RolloutId};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -72,7 +75,8 @@ pub struct Server {
     pub key_pub: PathBuf,
     /// The working directory (database, data dir, logs).
     pub dir: PathBuf,
-    http: reqwest::Client,
+    /// The operator API with the admin token: the one typed client, as any automation uses.
+    pub client: Client,
 }
 
 impl Server {
@@ -104,56 +108,16 @@ impl Server {
             .env("RUST_LOG", "info");
         let proc = Proc::spawn(cmd, dir.join("server.log"));
         let url = format!("http://127.0.0.1:{port}");
-        // reqwest is built without a bundled crypto provider (see the workspace Cargo.toml).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        let server = Self { url, token, proc, key, key_pub, dir: dir.to_path_buf(), http };
-        server.wait_healthy().await;
-        server
-    }
-
-    async fn wait_healthy(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "server did not become healthy:\n{}", self.proc.output());
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let client = Client::new(&url, &token).expect("an HTTP client");
+        if let Err(e) = client.wait_healthy(Duration::from_secs(30)).await {
+            panic!("server did not become healthy: {e}\n{}", proc.output());
         }
+        Self { url, token, proc, key, key_pub, dir: dir.to_path_buf(), client }
     }
 
-    /// A request to `/api/v1{path}` with the admin token; returns (status, JSON body).
-    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.url)).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    /// GET, asserting 200.
-    pub async fn get(&self, path: &str) -> Value {
-        let (status, body) = self.api(reqwest::Method::GET, path, None).await;
-        assert_eq!(status, 200, "GET {path}: {body}");
-        body
-    }
-
-    /// POST, asserting 2xx.
-    pub async fn post(&self, path: &str, body: Value) -> Value {
-        let (status, resp) = self.api(reqwest::Method::POST, path, Some(body)).await;
-        assert!((200..300).contains(&status), "POST {path}: {status} {resp}");
-        resp
-    }
-
-    /// Packs `src` (default: the sample rollup) with the server's key and uploads it;
-    /// returns the package id.
-    pub async fn upload(&self, src: Option<&Path>) -> String {
+    /// Packs `src` (default: the sample rollup) with the server's key, with the agent's
+    /// `pack` command as a packager would, and uploads it; returns the package id.
+    pub async fn upload(&self, src: Option<&Path>) -> PackageId {
         let src = src.map_or_else(|| workspace_root().join("examples/sample-rollup"), Path::to_path_buf);
         let pkg = self.dir.join(format!("pkg-{}.fup", free_port()));
         let out = Command::new(binary("fleetup-agent"))
@@ -166,65 +130,51 @@ impl Server {
             .output()
             .unwrap();
         assert!(out.status.success(), "pack: {}", String::from_utf8_lossy(&out.stderr));
-        let bytes = std::fs::read(&pkg).unwrap();
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/packages", self.url))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/octet-stream")
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(status, 201, "upload: {body}");
-        body["id"].as_str().expect("package id").to_owned()
+        self.client.upload_package(&pkg).await.unwrap_or_else(|e| panic!("upload: {e}")).id
     }
 
     /// An enrollment token good for `uses` agents, giving them the label `env=test`.
     pub async fn enrollment_token(&self, uses: u32) -> String {
-        let body = self.post("/enrollment-tokens", json!({ "max_uses": uses, "labels": { "env": "test" } })).await;
-        body["secret"].as_str().expect("enrollment token secret").to_owned()
+        let new = NewEnrollmentToken {
+            labels: BTreeMap::from([("env".to_owned(), "test".to_owned())]),
+            max_uses: Some(u64::from(uses)),
+            ..NewEnrollmentToken::default()
+        };
+        self.client.create_enrollment_token(&new).await.unwrap_or_else(|e| panic!("enrollment token: {e}")).secret
     }
 
-    /// Every job of a rollout: follows the `next` cursors of `/rollouts/{id}/jobs?{query}`
-    /// (`query`: filters, `view=summary`, or empty) to the last page.
-    pub async fn jobs(&self, rollout: &str, query: &str) -> Vec<Value> {
-        let mut jobs = Vec::new();
-        let mut path = format!("/rollouts/{rollout}/jobs?{query}");
-        loop {
-            let page = self.get(&path).await;
-            jobs.extend(page["jobs"].as_array().expect("a page of jobs").iter().cloned());
-            match page["next"].as_str() {
-                Some(next) => path = format!("/rollouts/{rollout}/jobs?{query}&cursor={next}"),
-                None => return jobs,
-            }
-        }
+    /// Every job of a rollout in the view `T` ([`fleetup_proto::api::Job`] or
+    /// [`fleetup_proto::api::JobSummary`]), following the cursors to the last page.
+    pub async fn jobs<T: JobView>(&self, rollout: &RolloutId) -> Vec<T> {
+        let jobs = self.client.all_jobs(rollout, &JobFilter::default()).await;
+        jobs.unwrap_or_else(|e| panic!("jobs of {rollout}: {e}"))
     }
 
-    /// Polls `GET {path}` until `check` finds what it wants, or panics after `deadline`
-    /// with the last body and the server log.
+    /// Waits until exactly `n` agents are online (not one more: a test that enrolls `n`
+    /// expects no stray agent).
+    pub async fn every_agent_online(&self, n: usize, deadline: Duration) {
+        self.eventually("every agent online", deadline, async || {
+            let online = self.client.agents().await?.iter().filter(|a| a.online).count();
+            Ok((online == n).then_some(()))
+        })
+        .await;
+    }
+
+    /// Calls `check` until it finds what it wants, or panics after `deadline` (or at the
+    /// first API error) with the error and the end of the server log.
     pub async fn eventually<T>(
         &self,
         what: &str,
-        path: &str,
         deadline: Duration,
-        check: impl Fn(&Value) -> Option<T>,
+        check: impl AsyncFnMut() -> Result<Option<T>, fleetup_client::Error>,
     ) -> T {
-        let start = std::time::Instant::now();
-        loop {
-            let (status, body) = self.api(reqwest::Method::GET, path, None).await;
-            if status == 200
-                && let Some(v) = check(&body)
-            {
-                return v;
+        match self.client.poll_until(what, deadline, check).await {
+            Ok(v) => v,
+            Err(e) => {
+                let log = self.proc.output();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!("{e}\nlast lines of the server log:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
             }
-            assert!(
-                start.elapsed() < deadline,
-                "timed out after {deadline:?} waiting for {what}; last {path}: {status} {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

@@ -7,7 +7,7 @@
 //! bad release on one host, so the rollback path can be exercised for real.
 //!
 //! Dependency-free on purpose (std only): it is started many times by tests. A library
-//! too, so that `fleetup-server demo` can run it from its own binary.
+//! too, so that `fleetup demo` can run it from its own binary.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
