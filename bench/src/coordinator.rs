@@ -135,7 +135,10 @@ pub async fn run(
 
     // P2: per-phase reports, as fast as they are acknowledged.
     fleet.mode.store(ReportMode::PerPhase as u8, Ordering::Relaxed);
-    let ids: Vec<&str> = agents[..sz.p2_jobs].iter().map(|a| a.id.as_str()).collect();
+    // Agents that did not install in the P1 wave: those did, and a server already on the
+    // version is skipped at staging.
+    anyhow::ensure!(sz.wave + sz.p2_jobs <= agents.len(), "P2 needs {} agents besides the wave's", sz.p2_jobs);
+    let ids: Vec<&str> = agents[sz.wave..sz.wave + sz.p2_jobs].iter().map(|a| a.id.as_str()).collect();
     let rid2 = one_wave_rollout(&server, "p2-events", &pkg, json!({ "agents": ids }), sz.p2_jobs).await?;
     fleet.reset();
     eprintln!("[{}] P2: {} jobs reporting phase by phase", backend.as_str(), sz.p2_jobs);

@@ -272,19 +272,20 @@ async fn agent_killed_during_update_files_converges_with_one_outcome() {
     let ids = agent_ids(&f).await;
     let rollout = f.rollout(json!({ "targets": { "agents": ids }, "waves": [1, 1], "approval_required": true })).await;
     f.wait_rollout_state(&rollout, &[RolloutState::AwaitingApproval]).await;
-    // web-2's engine pauses after change 4 of the 6 of update-files' rename set (3
-    // backups and the first placement made): neither the old nor the new tree is on disk.
+    // web-2's engine pauses after change 7 of the 12 of update-files' rename set (the 6
+    // backups, 3 payload files and the 3 patched config files that swap in with them, and
+    // the first placement made): neither the old nor the new tree is on disk.
     let server_token = f.server.enrollment_token(1).await;
     let web2 = f.hosts.iter_mut().find(|h| h.name == "web-2").unwrap();
     web2.agent.as_mut().unwrap().kill();
     web2.start_agent_with_env(
         &f.server,
         &server_token,
-        &[("FLEETUP_ENGINE_PAUSE_AFTER_RENAME".to_owned(), "4".to_owned())],
+        &[("FLEETUP_ENGINE_PAUSE_AFTER_RENAME".to_owned(), "7".to_owned())],
     );
     f.server.client.approve(&rollout).await.unwrap();
     let web2 = f.host("web-2");
-    wait_paused(web2, "rename 4 of 6");
+    wait_paused(web2, "rename 7 of 12");
     assert!(web2.state.join("journal.jsonl").exists(), "an install is under way");
     assert!(!web2.root.join("lib/demo/legacy.txt").exists(), "the kill comes after the backups");
     // SIGKILL mid update-files, then start again without the pause.
@@ -380,4 +381,26 @@ async fn cancelling_a_rollout_mid_wave_stops_dispatch_and_ends_the_job_in_flight
         assert!(!h.root.join("lib/demo/feature-x.txt").exists());
     }
     assert_eq!(f.server.client.rollout(&rollout).await.unwrap().state, RolloutState::Cancelled);
+}
+
+/// A server whose agent is offline when its job becomes ready holds the wave's only slot
+/// for the delivery timeout, then its job is undeliverable and the next server installs: the
+/// rollout finishes, the offline server untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_server_is_undeliverable_and_the_wave_goes_on() {
+    let mut f = fleet(2, None, |_, _| {}).await;
+    let ids = agent_ids(&f).await;
+    f.hosts.iter_mut().find(|h| h.name == "web-1").unwrap().agent.as_mut().unwrap().kill();
+    let rollout = f
+        .rollout(json!({ "targets": { "agents": ids }, "waves": [2], "concurrency": 1, "delivery_timeout_secs": 2 }))
+        .await;
+    let r = f.wait_rollout_state(&rollout, &ENDED).await;
+    assert_eq!(r.state, RolloutState::Finished, "{r:?}");
+    let jobs = f.jobs(&rollout).await;
+    let state = |host: &str| jobs.iter().find(|j| j.hostname == host).map(|j| j.state);
+    assert_eq!((state("web-1"), state("web-2")), (Some(JobState::Undeliverable), Some(JobState::Succeeded)));
+    let away = jobs.iter().find(|j| j.hostname == "web-1").unwrap();
+    assert!(away.error.as_deref().unwrap_or_default().contains("last seen at"), "{away:?}");
+    assert_eq!(f.host("web-1").version().as_deref(), Some("1.0.0"));
+    assert_eq!(f.host("web-2").version().as_deref(), Some("1.1.0"));
 }
