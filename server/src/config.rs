@@ -41,6 +41,19 @@ pub struct Config {
     /// Largest package upload in bytes.
     #[arg(long, default_value_t = 2 << 30)]
     pub max_package_bytes: u64,
+    /// Minutes a dashboard session may go unused before it ends, besides its absolute
+    /// 12-hour lifetime. Fractions are allowed (`0.5` is 30 seconds).
+    #[arg(long = "session-idle-mins", env = "FLEETUP_SESSION_IDLE_MINS", default_value = "30", value_parser = parse_minutes)]
+    pub session_idle: Duration,
+}
+
+/// `--session-idle-mins`: a positive number of minutes, fractions allowed.
+fn parse_minutes(s: &str) -> Result<Duration, String> {
+    let mins: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of minutes"))?;
+    if mins.is_nan() || mins <= 0.0 {
+        return Err("the idle timeout must be more than 0 minutes".into());
+    }
+    Duration::try_from_secs_f64(mins * 60.0).map_err(|e| format!("'{s}' minutes: {e}"))
 }
 
 impl Config {
@@ -58,6 +71,7 @@ impl Config {
             offline_after_secs: 90,
             max_poll_wait_secs: 60,
             max_package_bytes: 2 << 30,
+            session_idle: Duration::from_mins(30),
         }
     }
 
@@ -91,6 +105,7 @@ impl std::fmt::Debug for Config {
             .field("lease_secs", &self.lease_secs)
             .field("delivery_timeout_secs", &self.delivery_timeout_secs)
             .field("scheduler_interval_ms", &self.scheduler_interval_ms)
+            .field("session_idle", &self.session_idle)
             .finish_non_exhaustive()
     }
 }
@@ -101,5 +116,14 @@ mod tests {
     fn password_is_redacted() {
         assert_eq!(super::redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(super::redact_url("sqlite:x.db"), "sqlite:x.db");
+    }
+
+    #[test]
+    fn idle_minutes_take_fractions_and_refuse_nonsense() {
+        assert_eq!(super::parse_minutes("30"), Ok(std::time::Duration::from_mins(30)));
+        assert_eq!(super::parse_minutes("0.5"), Ok(std::time::Duration::from_secs(30)));
+        for bad in ["0", "-1", "soon", "NaN"] {
+            assert!(super::parse_minutes(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -95,8 +95,9 @@ pub async fn run(
     let stop = cancel.clone();
     // `into_make_service`: a cheap clone of the router per connection. Serving the `Router`
     // itself re-runs `with_state(())` for every connection, rebuilding the route tables:
-    // ~19 KiB per held connection (docs/benchmarks.md, P1 memory).
-    let result = axum::serve(listener, router.into_make_service())
+    // ~19 KiB per held connection (docs/benchmarks.md, P1 memory). `with_connect_info`: the
+    // peer address as `ConnectInfo`, which the login limits key on (docs/decisions.md).
+    let result = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             stop.cancel();

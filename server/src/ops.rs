@@ -9,6 +9,7 @@ pub mod agents;
 pub mod jobs;
 pub mod packages;
 pub mod rollouts;
+pub mod sessions;
 
 use crate::error::AppError;
 use crate::model::Role;

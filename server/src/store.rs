@@ -33,6 +33,7 @@ pub(crate) mod scheduler;
 mod types;
 mod wakeups;
 
+pub use audit::AuditFilter;
 pub use scheduler::SchedulerPass;
 pub use types::*;
 

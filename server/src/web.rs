@@ -3,7 +3,8 @@
 //! step; every page reads fine without JavaScript.
 //!
 //! Security: every route except `/login` and `/static/*` runs behind
-//! [`session::require_session`] (deny by default). Mutations go through the same use cases
+//! [`session::require_session`] (deny by default); every route behind
+//! [`session::same_origin`] (no state change sent by another site). Mutations go through the same use cases
 //! ([`crate::ops`]) as the REST API, with the actor `user:NAME`; errors are the same
 //! [`AppError`], shown as a page.
 
@@ -53,16 +54,23 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .route("/login", get(session::login_form).post(session::login))
         .route("/static/{file}", get(assets::serve))
+        .layer(axum::middleware::from_fn(session::same_origin))
         .layer(axum::middleware::map_response(error_pages))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
 
-/// Headers on every dashboard response: no framing (clickjacking), no MIME sniffing, and a
-/// content security policy that allows only this origin's scripts and styles.
+/// Headers on every dashboard response: no framing (clickjacking), no MIME sniffing, a
+/// content security policy that allows only this origin's scripts and styles, and
+/// `Cache-Control: no-store` on every HTML page, so that after logout neither Back nor a
+/// shared machine's cache shows a page of the session (static files keep their long cache).
 async fn security_headers(mut resp: Response) -> Response {
     use axum::http::HeaderValue;
+    use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
     let h = resp.headers_mut();
+    if h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html")) {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));

@@ -1,7 +1,8 @@
 //! The dashboard in a real headless Chromium, against a real coordinator and real agents:
 //! log in, stage a rollout, start it, watch the grid change without a reload, answer a CRL
-//! warning with Continue, read a failure's log lines, cancel a rollout. Each test saves
-//! screenshots under `target/screenshots/`.
+//! warning with Continue, read a failure's log lines, cancel a rollout; after logout, Back
+//! shows the login form, not the cached page. Each test saves screenshots under
+//! `target/screenshots/`.
 
 use fantoccini::Locator;
 use fleetup_client::AuditQuery;
@@ -17,8 +18,8 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_mins(2);
 const PASSWORD: &str = "correct horse battery";
 
-/// A coordinator with a dashboard admin `ada`, the sample package, and `n` hosts online.
-async fn fleet(dir: &std::path::Path, n: usize, tweak: impl Fn(usize, &mut Host)) -> (Server, Vec<Host>, PackageId) {
+/// A coordinator with a dashboard admin `ada`.
+async fn server_with_admin(dir: &std::path::Path) -> Server {
     let server =
         Server::start(&dir.join("server"), None, &["--lease-secs", "20", "--scheduler-interval-ms", "200"]).await;
     let db = format!("sqlite:{}", server.dir.join("fleetup.db").display());
@@ -32,6 +33,12 @@ async fn fleet(dir: &std::path::Path, n: usize, tweak: impl Fn(usize, &mut Host)
     writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "user create: {}", String::from_utf8_lossy(&out.stderr));
+    server
+}
+
+/// A coordinator with a dashboard admin `ada`, the sample package, and `n` hosts online.
+async fn fleet(dir: &std::path::Path, n: usize, tweak: impl Fn(usize, &mut Host)) -> (Server, Vec<Host>, PackageId) {
+    let server = server_with_admin(dir).await;
     let package = server.upload(None).await;
     let token = server.enrollment_token(u32::try_from(n).unwrap()).await;
     let crl = fleetup_demo_service::crl_endpoint().unwrap();
@@ -181,5 +188,32 @@ async fn crl_warning_continue_and_failure_with_logs() {
     assert_eq!(outage.len(), 5, "stop-services … start-services are highlighted");
     b.wait_text("the phase logs", "#logs", "check-system", LONG).await;
     b.screenshot("07-server-page").await;
+    b.close().await;
+}
+
+/// After logout, the browser's Back button must not show the page of the ended session
+/// from its cache (`Cache-Control: no-store` on HTML): it asks the server, which sends the
+/// login form.
+#[tokio::test(flavor = "multi_thread")]
+async fn back_after_logout_shows_the_login_form() {
+    let Some(b) = Browser::start("back_after_logout_shows_the_login_form").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_admin(dir.path()).await;
+    b.login(&server.url, "ada", PASSWORD).await;
+    b.client.goto(&format!("{}/audit", server.url)).await.unwrap();
+    let audit = b.wait_text("the audit log", "table.audit", "session.login", LONG).await;
+    assert!(audit.contains("user:ada"), "{audit}");
+    b.client.find(Locator::Css("form[action='/logout'] button")).await.unwrap().click().await.unwrap();
+    b.wait_for("the login form after logout", LONG, async || b.client.find(Locator::Id("login")).await.ok()).await;
+    b.client.back().await.unwrap();
+    b.wait_for("the login form again after Back, not the cached audit log", LONG, async || {
+        let url = b.client.current_url().await.ok()?;
+        let form = b.client.find(Locator::Id("login")).await.ok();
+        (url.path() == "/login" && form.is_some()).then_some(())
+    })
+    .await;
+    let source = b.client.source().await.unwrap();
+    assert!(!source.contains("session.login"), "no page of the ended session is shown");
+    b.screenshot("08-back-after-logout").await;
     b.close().await;
 }

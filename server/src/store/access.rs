@@ -135,7 +135,7 @@ impl Store {
     pub async fn create_session(&self, sess: &NewSession, audit: &NewAudit) -> StoreResult<()> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        sqlx::query("insert into sessions (id, user_id, token_hash, csrf_token, created_at, expires_at) values ($1, $2, $3, $4, $5, $6)")
+        sqlx::query("insert into sessions (id, user_id, token_hash, csrf_token, created_at, expires_at, last_used_at) values ($1, $2, $3, $4, $5, $6, $5)")
             .bind(&sess.id)
             .bind(sess.user_id.as_str())
             .bind(&sess.token_hash)
@@ -149,32 +149,64 @@ impl Store {
         Ok(())
     }
 
-    /// The unexpired session with this cookie hash, if its user is not disabled.
+    /// The session with this cookie hash if it is neither expired (`expires_at` after `now`)
+    /// nor idle (used after `idle_since`), and its user is not disabled.
     #[tracing::instrument(skip_all)]
-    pub async fn session_by_hash(&self, token_hash: &str, now: i64) -> StoreResult<Option<SessionInfo>> {
-        let row: Option<(String, String, String, String, String)> = sqlx::query_as(
-            "select s.id, u.id, u.username, u.role, s.csrf_token from sessions s join users u on u.id = s.user_id \
-             where s.token_hash = $1 and s.expires_at > $2 and u.disabled_at is null",
+    pub async fn session_by_hash(
+        &self,
+        token_hash: &str,
+        now: i64,
+        idle_since: i64,
+    ) -> StoreResult<Option<SessionInfo>> {
+        let row: Option<(String, String, String, String, String, i64)> = sqlx::query_as(
+            "select s.id, u.id, u.username, u.role, s.csrf_token, coalesce(s.last_used_at, s.created_at) \
+             from sessions s join users u on u.id = s.user_id \
+             where s.token_hash = $1 and s.expires_at > $2 and coalesce(s.last_used_at, s.created_at) > $3 \
+             and u.disabled_at is null",
         )
         .bind(token_hash)
         .bind(now)
+        .bind(idle_since)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|(id, user_id, username, role, csrf_token)| {
+        row.map(|(id, user_id, username, role, csrf_token, last_used_at)| {
             let role = Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role '{role}'")))?;
-            Ok(SessionInfo { id, user_id: stored_id(&user_id)?, username, role, csrf_token })
+            Ok(SessionInfo { id, user_id: stored_id(&user_id)?, username, role, csrf_token, last_used_at })
         })
         .transpose()
     }
 
-    /// Ends a session (logout) and drops expired ones.
+    /// Marks a session used at `now` (the idle timeout counts from here).
     #[tracing::instrument(skip_all)]
-    pub async fn delete_session(&self, token_hash: &str, now: i64) -> StoreResult<()> {
-        sqlx::query("delete from sessions where token_hash = $1 or expires_at <= $2")
-            .bind(token_hash)
+    pub async fn touch_session(&self, id: &str, now: i64) -> StoreResult<()> {
+        sqlx::query("update sessions set last_used_at = $1 where id = $2 and coalesce(last_used_at, 0) < $1")
             .bind(now)
+            .bind(id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Ends a session (logout), audited, and drops expired and idle ones.
+    #[tracing::instrument(skip_all)]
+    pub async fn delete_session(
+        &self,
+        token_hash: &str,
+        now: i64,
+        idle_since: i64,
+        audit: &NewAudit,
+    ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "delete from sessions where token_hash = $1 or expires_at <= $2 or coalesce(last_used_at, created_at) <= $3",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .bind(idle_since)
+        .execute(&mut *tx)
+        .await?;
+        super::audit::record(&mut tx, audit, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

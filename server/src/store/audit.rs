@@ -22,18 +22,57 @@ pub(crate) async fn record(tx: &mut Tx, a: &NewAudit, now: i64) -> StoreResult<(
     Ok(())
 }
 
+/// Which audit records to list: every field is optional (empty matches all).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Exactly this actor (`user:ada`, `token:ci`, `anonymous`, …).
+    pub actor: String,
+    /// Exactly this action (`rollout.start`, `session.login-failed`, …).
+    pub action: String,
+    /// This object id, or every object of this type (`rollout`, `user`, …).
+    pub object: String,
+    /// Only records older than this one (the keyset cursor: its time and id).
+    pub before: Option<(i64, String)>,
+}
+
 impl Store {
     /// Audit records, newest first, optionally of one object.
     #[tracing::instrument(skip_all)]
     pub async fn list_audit(&self, limit: u64, object_id: Option<&str>) -> StoreResult<Vec<AuditEntry>> {
+        let filter = AuditFilter { object: object_id.unwrap_or_default().to_owned(), ..AuditFilter::default() };
+        self.audit_page(&filter, limit).await
+    }
+
+    /// Up to `limit` audit records matching `f`, newest first. Pages are keyset pages
+    /// (`before` = the last record shown), so page 100 costs what page 1 does.
+    #[tracing::instrument(skip_all)]
+    pub async fn audit_page(&self, f: &AuditFilter, limit: u64) -> StoreResult<Vec<AuditEntry>> {
+        let (before_at, before_id) = f.before.clone().unwrap_or((i64::MAX, String::new()));
         let rows: Vec<AuditRow> = sqlx::query_as(
             "select id, at, actor, action, object_type, object_id, detail from audit_log \
-             where ($1 = '' or object_id = $1) order by at desc, id desc limit $2",
+             where ($1 = '' or actor = $1) and ($2 = '' or action = $2) \
+             and ($3 = '' or object_id = $3 or object_type = $3) \
+             and (at < $4 or (at = $4 and ($5 = '' or id < $5))) \
+             order by at desc, id desc limit $6",
         )
-        .bind(object_id.unwrap_or_default())
-        .bind(limit as i64)
+        .bind(&f.actor)
+        .bind(&f.action)
+        .bind(&f.object)
+        .bind(before_at)
+        .bind(before_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(AuditRow::to_entry).collect()
+    }
+
+    /// Writes one audit record on its own: for events that change nothing else (a failed
+    /// login, a lockout).
+    #[tracing::instrument(skip_all)]
+    pub async fn record_audit(&self, a: &NewAudit) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        record(&mut tx, a, crate::model::now_ms()).await?;
+        tx.commit().await?;
+        Ok(())
     }
 }

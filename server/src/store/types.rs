@@ -178,6 +178,8 @@ pub struct SessionInfo {
     pub role: Role,
     /// The session's CSRF token.
     pub csrf_token: String,
+    /// When it was last used (for the idle timeout; written at most every few seconds).
+    pub last_used_at: Millis,
 }
 
 /// A job handed to an agent by a poll.

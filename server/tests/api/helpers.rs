@@ -124,11 +124,16 @@ impl Drop for TestApp {
 
 /// A server on a fresh database; `None` when the backend is unavailable (skipped).
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// A server on a fresh database with `tweak` applied to its configuration.
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
     let pg = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => Some(std::sync::Arc::new(pg_database("postgres test").await?)),
     };
-    spawn_on(backend, pg, None).await
+    spawn_configured(backend, pg, None, tweak).await
 }
 
 /// A server on a given database (a second replica when `pg` is shared).
@@ -136,6 +141,15 @@ pub async fn spawn_on(
     backend: Backend,
     pg: Option<std::sync::Arc<PgDb>>,
     tokens: Option<(String, String, String)>,
+) -> Option<TestApp> {
+    spawn_configured(backend, pg, tokens, |_| {}).await
+}
+
+async fn spawn_configured(
+    backend: Backend,
+    pg: Option<std::sync::Arc<PgDb>>,
+    tokens: Option<(String, String, String)>,
+    tweak: impl FnOnce(&mut Config),
 ) -> Option<TestApp> {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
@@ -156,6 +170,7 @@ pub async fn spawn_on(
     config.scheduler_interval_ms = 50;
     config.heartbeat_flush_ms = 100;
     config.lease_secs = 30;
+    tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,6 +1,9 @@
 //! The dashboard over HTTP: sessions, CSRF, roles, the login rate limit, and the size of the
 //! rollout page of a 10,000-server rollout. (The browser drives the pages in tests/e2e.)
-//! These also exercise the store's user, session and stamp methods on both backends.
+//! These also exercise the store's user, session and stamp methods on both backends. The
+//! login's protections (limits, `next`, Origin, timeouts, caching, audit) are in `login`.
+
+mod login;
 
 use crate::helpers::{Backend, TestApp, spawn_app};
 use fleetup_server::model::Role;
@@ -33,7 +36,16 @@ impl FormExt for reqwest::RequestBuilder {
 
 /// A browser without a cookie jar: redirects are not followed, cookies passed by hand.
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    client_from([127, 0, 0, 1])
+}
+
+/// [`client`] connecting from another loopback address (another operator's machine).
+fn client_from(address: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::from(address))
+        .build()
+        .unwrap()
 }
 
 fn set_cookies(resp: &reqwest::Response) -> Vec<String> {
@@ -55,19 +67,40 @@ async fn add_user(app: &TestApp, name: &str, role: Role) {
     fleetup_server::ops::access::create_user(&store, &actor, name, "correct horse battery", role).await.unwrap();
 }
 
-/// Posts the login form; returns the response.
+/// A login form as a browser at some address got it: its cookie and CSRF token.
+struct LoginForm {
+    client: reqwest::Client,
+    cookie: String,
+    csrf: String,
+}
+
+impl LoginForm {
+    /// Opens the login page from `address`.
+    async fn open(app: &TestApp, address: [u8; 4]) -> Self {
+        let client = client_from(address);
+        let page = client.get(format!("{}/login", app.base)).send().await.unwrap();
+        let cookie = cookie_value(&set_cookies(&page), "fleetup_login").expect("login cookie");
+        let csrf = attr(&page.text().await.unwrap(), "name=\"csrf\" value=\"");
+        Self { client, cookie, csrf }
+    }
+
+    /// The form's POST, not yet sent (a test may add headers).
+    fn request(&self, app: &TestApp, user: &str, password: &str, next: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}/login", app.base))
+            .header("cookie", format!("fleetup_login={}", self.cookie))
+            .form_body(&[("csrf", self.csrf.as_str()), ("username", user), ("password", password), ("next", next)])
+    }
+
+    /// Submits the form.
+    async fn submit(&self, app: &TestApp, user: &str, password: &str, next: &str) -> reqwest::Response {
+        self.request(app, user, password, next).send().await.unwrap()
+    }
+}
+
+/// Posts the login form from 127.0.0.1; returns the response.
 async fn try_login(app: &TestApp, user: &str, password: &str) -> reqwest::Response {
-    let c = client();
-    let page = c.get(format!("{}/login", app.base)).send().await.unwrap();
-    let login_cookie = cookie_value(&set_cookies(&page), "fleetup_login").expect("login cookie");
-    let html = page.text().await.unwrap();
-    let csrf = attr(&html, "name=\"csrf\" value=\"");
-    c.post(format!("{}/login", app.base))
-        .header("cookie", format!("fleetup_login={login_cookie}"))
-        .form_body(&[("csrf", csrf.as_str()), ("username", user), ("password", password), ("next", "/")])
-        .send()
-        .await
-        .unwrap()
+    LoginForm::open(app, [127, 0, 0, 1]).await.submit(app, user, password, "/").await
 }
 
 /// Logs in; returns (session cookie header, CSRF token, raw Set-Cookie lines).
@@ -171,9 +204,11 @@ async fn ten_wrong_passwords_are_rate_limited(backend: Backend) {
     let r = try_login(&app, "mallory-target", "correct horse battery").await;
     assert_eq!(r.status().as_u16(), 429);
     assert!(r.text().await.unwrap().contains("Too many failed logins"));
-    // Another user is not locked out.
+    // Another user is not locked out, and neither is this one from another address.
     add_user(&app, "olivia", Role::Operator).await;
     login(&app, "olivia").await;
+    let elsewhere = LoginForm::open(&app, [127, 0, 0, 2]).await;
+    assert_eq!(elsewhere.submit(&app, "mallory-target", "correct horse battery", "/").await.status().as_u16(), 303);
 }
 
 async fn live_stamp_moves_when_a_job_changes(backend: Backend) {
