@@ -29,8 +29,7 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         Ok(())
     }
 
@@ -69,8 +68,7 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         Ok(EnrollmentToken {
             id: t.id.clone(),
             name: t.name.clone(),
@@ -110,8 +108,7 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         Ok(())
     }
 
@@ -144,8 +141,7 @@ impl Store {
             .bind(sess.expires_at)
             .execute(&mut *tx)
             .await?;
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         Ok(())
     }
 
@@ -205,8 +201,7 @@ impl Store {
         .bind(idle_since)
         .execute(&mut *tx)
         .await?;
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         Ok(())
     }
 }

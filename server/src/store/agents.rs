@@ -58,8 +58,7 @@ impl Store {
             agent.id.as_str(),
             serde_json::json!({ "hostname": agent.hostname, "labels": labels, "version": agent.version }),
         );
-        super::audit::record(&mut tx, &audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, &audit, now).await?;
         self.get_agent(&agent.id).await
     }
 
@@ -110,8 +109,7 @@ impl Store {
         if n == 0 {
             return Err(StoreError::NotFound(format!("agent {id} not found")));
         }
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         self.get_agent(id).await
     }
 
@@ -142,8 +140,7 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         Ok(())
     }
 

@@ -35,6 +35,14 @@ pub struct AuditFilter {
     pub before: Option<(i64, String)>,
 }
 
+/// Writes the audit record of a mutation and commits the mutation with it: the one way a
+/// store call that changes something on an operator's behalf ends.
+pub(crate) async fn commit_audited(mut tx: Tx, a: &NewAudit, now: i64) -> StoreResult<()> {
+    record(&mut tx, a, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 impl Store {
     /// Audit records, newest first, optionally of one object.
     #[tracing::instrument(skip_all)]

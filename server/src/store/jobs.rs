@@ -196,8 +196,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         Ok((self.get_job(job_id).await?, stored_id(&job.agent_id)?))
     }
 
@@ -299,8 +298,7 @@ impl Store {
                     .await?;
             }
         }
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         self.get_job(job_id).await
     }
 

@@ -39,8 +39,7 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         self.get_package(&p.id).await
     }
 

@@ -196,8 +196,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         if self.dialect == Dialect::Postgres && r.jobs.len() >= super::rows::ANALYZE_AFTER_JOBS {
             // Fresh statistics for the planner: without them (a young database, before
             // autovacuum's next pass) Postgres guesses the jobs table is tiny and reads
@@ -250,8 +249,7 @@ impl Store {
         let effect = operator_action(state, action, &audit.actor)
             .map_err(|why| StoreError::Conflict(format!("rollout {id} is {}; {why}", state.as_str())))?;
         let wake = apply_effect(&mut tx, id, &effect, now).await?;
-        super::audit::record(&mut tx, audit, now).await?;
-        tx.commit().await?;
+        super::audit::commit_audited(tx, audit, now).await?;
         Ok((self.get_rollout(id).await?, wake))
     }
 }
