@@ -82,9 +82,8 @@ impl Store {
     /// Lists enrollment tokens.
     #[tracing::instrument(skip_all)]
     pub async fn list_enrollment_tokens(&self) -> StoreResult<Vec<EnrollmentToken>> {
-        let rows: Vec<EnrollmentRow> = sqlx::query_as("select id, name, labels, expires_at, max_uses, uses, revoked_at from enrollment_tokens order by created_at desc")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<EnrollmentRow> =
+            sqlx::query_as(concat!(enrollment_select!(), " order by created_at desc")).fetch_all(&self.pool).await?;
         rows.iter().map(EnrollmentRow::to_token).collect()
     }
 

@@ -12,12 +12,12 @@ impl Store {
     pub async fn enroll_agent(&self, token_hash: &str, agent: &NewAgent, now: i64) -> StoreResult<Agent> {
         let mut tx = self.write_tx().await?;
         let tok: Option<EnrollmentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select id, name, labels, expires_at, max_uses, uses, revoked_at from enrollment_tokens where token_hash = $1{}",
+            concat!(enrollment_select!(), " where token_hash = $1{}"),
             self.dialect.for_update()
         )))
-            .bind(token_hash)
-            .fetch_optional(&mut *tx)
-            .await?;
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
         let refused = |m: &str| Err(StoreError::Refused(m.to_owned()));
         let Some(tok) = tok else {
             return refused(
@@ -74,16 +74,15 @@ impl Store {
     /// All agents (revoked ones too), `online` left false.
     #[tracing::instrument(skip_all)]
     pub async fn list_agents(&self) -> StoreResult<Vec<Agent>> {
-        let rows: Vec<AgentRow> = sqlx::query_as("select id, hostname, labels, facts, version, installed, enrolled_at, last_seen, revoked_at from agents order by hostname, id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<AgentRow> =
+            sqlx::query_as(concat!(agent_select!(), " order by hostname, id")).fetch_all(&self.pool).await?;
         rows.iter().map(AgentRow::to_agent).collect()
     }
 
     /// One agent.
     #[tracing::instrument(skip_all)]
     pub async fn get_agent(&self, id: &AgentId) -> StoreResult<Agent> {
-        let row: Option<AgentRow> = sqlx::query_as("select id, hostname, labels, facts, version, installed, enrolled_at, last_seen, revoked_at from agents where id = $1")
+        let row: Option<AgentRow> = sqlx::query_as(concat!(agent_select!(), " where id = $1"))
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;

@@ -2,7 +2,7 @@
 //! decisions, an operator's answer to a decision and a job's cancel, and what the
 //! dashboard reads (the live stamp, warned jobs, log tails, a server's other jobs).
 
-use super::rows::{DecisionRow, JobRow, JobSummaryRow, cut_page, jobs_key_at_sql, jobs_page_sql};
+use super::rows::{DecisionRow, JobRow, JobSummaryRow, cut_page, jobs_key_at_sql, jobs_page_sql, log_line};
 use super::{Dialect, JobFilter, JobPage, NewAudit, Store, StoreError, StoreResult, Tx, corrupt, from_json, stored_id};
 use crate::model::{AgentId, Decision, Job, JobId, JobState, JobSummary, RolloutId, now_ms, to_time};
 use fleetup_proto::agent_api::LogLine;
@@ -121,11 +121,7 @@ impl Store {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|(seq, phase, line, at)| {
-                Ok(LogLine { seq: seq as u64, phase: phase.parse().map_err(corrupt)?, line, at: to_time(at) })
-            })
-            .collect()
+        rows.into_iter().map(log_line).collect()
     }
 
     /// A job's decisions.
@@ -349,12 +345,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         // By the time each line was written (agents ship phase logs file by file).
-        rows.into_iter()
-            .rev()
-            .map(|(seq, phase, line, at)| {
-                Ok(LogLine { seq: seq as u64, phase: phase.parse().map_err(corrupt)?, line, at: to_time(at) })
-            })
-            .collect()
+        rows.into_iter().rev().map(log_line).collect()
     }
 
     /// Jobs of one agent across rollouts, newest first (the server page's previous installs).

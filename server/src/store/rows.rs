@@ -7,6 +7,7 @@ use crate::model::{
     RolloutSpec, RolloutState, Wave, to_time,
 };
 use crate::store::{JobKey, JobPage};
+use fleetup_proto::agent_api::LogLine;
 use std::collections::BTreeMap;
 
 macro_rules! job_select {
@@ -266,6 +267,12 @@ impl RolloutRow {
     }
 }
 
+macro_rules! agent_select {
+    () => {
+        "select id, hostname, labels, facts, version, installed, enrolled_at, last_seen, revoked_at from agents"
+    };
+}
+
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct AgentRow {
     pub id: String,
@@ -325,6 +332,12 @@ impl PackageRow {
     }
 }
 
+macro_rules! enrollment_select {
+    () => {
+        "select id, name, labels, expires_at, max_uses, uses, revoked_at from enrollment_tokens"
+    };
+}
+
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct EnrollmentRow {
     pub id: String,
@@ -374,6 +387,11 @@ impl DecisionRow {
             answered_at: self.answered_at.map(to_time),
         })
     }
+}
+
+/// A stored log line: (seq, phase, line, at), as `select seq, phase, line, at from logs` reads it.
+pub(crate) fn log_line((seq, phase, line, at): (i64, String, String, i64)) -> StoreResult<LogLine> {
+    Ok(LogLine { seq: seq as u64, phase: phase.parse().map_err(corrupt)?, line, at: to_time(at) })
 }
 
 #[derive(Debug, sqlx::FromRow)]
