@@ -84,11 +84,18 @@ pub enum JobState {
     /// offline): the job freed its slot. Not a failure unless the rollout says so; retry it
     /// when the agent is back.
     Undeliverable,
+    /// A failed attempt that was tried again as a new job (automatically, for a transient
+    /// failure, or by an operator): kept as the record of that attempt, counted neither as a
+    /// success nor as a failure. The job it became names it in `retry_of`.
+    Retried,
+    /// An operator took the server out of the rollout: it gets nothing more from it, and the
+    /// job counts neither toward the gate nor toward the error threshold.
+    Excluded,
 }
 
 impl JobState {
     /// Every state, in life-cycle order.
-    pub const ALL: [JobState; 12] = [
+    pub const ALL: [JobState; 14] = [
         JobState::Pending,
         JobState::Queued,
         JobState::Dispatched,
@@ -101,6 +108,8 @@ impl JobState {
         JobState::Cancelled,
         JobState::Lost,
         JobState::Undeliverable,
+        JobState::Retried,
+        JobState::Excluded,
     ];
 
     /// The stable kebab-case id.
@@ -118,6 +127,8 @@ impl JobState {
             JobState::Cancelled => "cancelled",
             JobState::Lost => "lost",
             JobState::Undeliverable => "undeliverable",
+            JobState::Retried => "retried",
+            JobState::Excluded => "excluded",
         }
     }
 
@@ -137,7 +148,15 @@ impl JobState {
                 | JobState::Cancelled
                 | JobState::Lost
                 | JobState::Undeliverable
+                | JobState::Retried
+                | JobState::Excluded
         )
+    }
+
+    /// Left out of a rollout's counting: a superseded attempt, or an excluded server. The
+    /// gate, the error threshold and the wave sizes are taken over the other jobs.
+    pub const fn is_set_aside(self) -> bool {
+        matches!(self, JobState::Retried | JobState::Excluded)
     }
 
     /// Counts as a success for a wave's gate (installed, or nothing to install).
@@ -289,7 +308,12 @@ pub struct WindowRange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceWindow {
-    /// Offset of the window's time zone from UTC, in minutes (e.g. 60 for UTC+01:00).
+    /// The window's time zone, an IANA name such as `Europe/Berlin`: its ranges follow the
+    /// zone's daylight-saving changes. Leave it out to use `utc_offset_minutes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// A fixed offset from UTC, in minutes (e.g. 60 for UTC+01:00), when no `time_zone` is
+    /// given. Does not follow daylight saving.
     #[serde(default)]
     pub utc_offset_minutes: i32,
     /// Weekly ranges.
@@ -348,6 +372,47 @@ pub struct RolloutSpec {
     /// servers that could be reached.
     #[serde(default)]
     pub undeliverable_is_failure: bool,
+    /// No wave opens before this instant (RFC 3339); a rollout started earlier waits, and
+    /// says so in its `state_reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<DateTime<Utc>>,
+    /// After a wave passes its gate, the next one opens only once this many seconds have
+    /// passed without the rollout being stopped (the soak time); 0 opens it at once.
+    #[serde(default)]
+    pub soak_secs: u64,
+    /// Try jobs again that failed for a transient reason (lost lease, a hook's "retry later"
+    /// exit code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryPolicy>,
+    /// With a label selector: agents that enroll, or gain the labels, while the rollout runs
+    /// join its last wave.
+    #[serde(default)]
+    pub late_joiners: bool,
+    /// Allow installing a version older than one a target already runs (refused otherwise,
+    /// at staging and by the agent).
+    #[serde(default)]
+    pub allow_downgrade: bool,
+}
+
+/// How a rollout tries transient failures again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts after the first (at most 10).
+    pub times: u32,
+    /// Wait before the first retry, in seconds; doubled for each later one.
+    #[serde(default = "default_backoff")]
+    pub backoff_secs: u64,
+    /// The longest wait between attempts, in seconds.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_secs: u64,
+}
+
+const fn default_backoff() -> u64 {
+    30
+}
+const fn default_max_backoff() -> u64 {
+    600
 }
 
 fn default_waves() -> Vec<WaveSpec> {
@@ -452,6 +517,10 @@ pub struct Rollout {
     pub started_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// While it waits (a scheduled start, a soak time, a maintenance window): when the
+    /// wait ends, as far as is known. `state_reason` says what it waits for.
+    #[serde(default)]
+    pub wait_until: Option<DateTime<Utc>>,
 }
 
 /// One wave of a rollout.
@@ -515,6 +584,48 @@ pub struct Job {
     pub dispatched_at: Option<DateTime<Utc>>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Which attempt at this server this job is (1 for the first).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// The job of the previous attempt, which this one retries.
+    #[serde(default)]
+    pub retry_of: Option<JobId>,
+    /// Not queued before this instant (a retry's backoff).
+    #[serde(default)]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Its running phase has run far longer than that phase usually takes.
+    #[serde(default)]
+    pub stalled: Option<Stall>,
+    /// What an operator decided about it (skipped or excluded), with who and why.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+const fn first_attempt() -> u32 {
+    1
+}
+
+/// A running phase flagged as stalled: it has run past `limit_secs`, the larger of a
+/// multiple of the phase's learned p95 and an absolute floor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stall {
+    /// The phase.
+    pub phase: PhaseId,
+    /// When it was flagged.
+    pub since: DateTime<Utc>,
+    /// How long the phase had run then, in seconds.
+    pub elapsed_secs: f64,
+    /// The phase's learned median and 95th percentile, in seconds.
+    pub p50_secs: f64,
+    /// 95th percentile.
+    pub p95_secs: f64,
+    /// The limit it crossed, in seconds.
+    pub limit_secs: f64,
+    /// How many finished jobs the figures were learned from, and whether from this host's
+    /// own history (`host`) or the package's across the fleet (`fleet`).
+    pub samples: u64,
+    /// `host` or `fleet`.
+    pub basis: String,
 }
 
 /// One server's install, compact: what a grid of thousands of servers shows per row
@@ -540,6 +651,12 @@ pub struct JobSummary {
     pub outage_secs: Option<f64>,
     /// How many warnings the job reported.
     pub warning_count: u64,
+    /// Which attempt at this server this job is (1 for the first).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// Its running phase is flagged as stalled.
+    #[serde(default)]
+    pub stalled: bool,
 }
 
 /// A decision a job asked.

@@ -42,8 +42,11 @@ async fn healthz(State(state): State<AppState>) -> Result<axum::Json<serde_json:
     Ok(axum::Json(serde_json::json!({ "status": "ok", "backend": state.store.backend() })))
 }
 
-async fn metrics(State(state): State<AppState>) -> String {
-    state.metrics.render()
+/// The Prometheus text. Gauges of what the database holds (stalled jobs) are read at
+/// scrape time, so they are true of this coordinator's database whatever ran before.
+async fn metrics(State(state): State<AppState>) -> Result<String, AppError> {
+    metrics::gauge!("fleetup_jobs_stalled").set(state.store.stalled_jobs().await? as f64);
+    Ok(state.metrics.render())
 }
 
 async fn not_found(uri: axum::http::Uri) -> AppError {

@@ -45,6 +45,13 @@ pub struct Config {
     /// 12-hour lifetime. Fractions are allowed (`0.5` is 30 seconds).
     #[arg(long = "session-idle-mins", env = "FLEETUP_SESSION_IDLE_MINS", default_value = "30", value_parser = parse_minutes)]
     pub session_idle: Duration,
+    /// Stall alarm: a running phase is flagged `stalled` past this multiple of the p95 its
+    /// package's finished jobs took in that phase (the host's own history first)…
+    #[arg(long, default_value_t = 3.0, env = "FLEETUP_STALL_FACTOR")]
+    pub stall_factor: f64,
+    /// …and past this many seconds too, however quick the phase usually is.
+    #[arg(long, default_value_t = 300, env = "FLEETUP_STALL_FLOOR_SECS")]
+    pub stall_floor_secs: u64,
 }
 
 /// `--session-idle-mins`: a positive number of minutes, fractions allowed.
@@ -72,6 +79,8 @@ impl Config {
             max_poll_wait_secs: 60,
             max_package_bytes: 2 << 30,
             session_idle: Duration::from_mins(30),
+            stall_factor: 3.0,
+            stall_floor_secs: 300,
         }
     }
 

@@ -10,12 +10,15 @@
 //! [`Rules`] once per process: specs never change after staging.
 
 use crate::app::App;
-use crate::domain::plan::Rules;
-use crate::domain::schedule::{Step, next_step, phase_timed_out, window_open};
-use crate::model::{AgentId, RolloutId, now_ms, to_time};
-use crate::store::{StoreError, StoreResult};
+use crate::domain::plan::{Rules, late_joiners};
+use crate::domain::retry::{next_attempt_at, transient};
+use crate::domain::schedule::{Step, WindowState, next_step, next_window_open, phase_timed_out, window_open};
+use crate::domain::stall::{Learned, StallRules};
+use crate::model::{AgentId, RolloutId, Stall, now_ms, to_time};
+use crate::store::{SchedulerPass, StoreError, StoreResult};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// What a scheduler pass did.
@@ -29,21 +32,54 @@ pub struct PassReport {
     pub lost: u64,
     /// Jobs declared undeliverable.
     pub undeliverable: u64,
+    /// Transient failures given a new attempt.
+    pub retried: u64,
+    /// Running jobs whose phase is flagged stalled after this pass.
+    pub stalled: u64,
 }
 
-/// Parsed rules of the rollouts seen so far.
+/// How long learned phase durations are used before they are read again.
+const LEARNED_FOR: Duration = Duration::from_secs(10);
+
+/// Parsed rules of the rollouts seen so far, and phase durations learned per package name.
 #[derive(Debug, Default)]
-pub struct RulesCache(HashMap<RolloutId, Arc<Rules>>);
+pub struct RulesCache {
+    rules: HashMap<RolloutId, Arc<Rules>>,
+    learned: HashMap<String, (Instant, Arc<Learned>)>,
+}
 
 impl RulesCache {
     fn get(&mut self, id: &RolloutId, spec_text: &str) -> StoreResult<Arc<Rules>> {
-        if let Some(r) = self.0.get(id) {
+        if let Some(r) = self.rules.get(id) {
             return Ok(r.clone());
         }
         let spec = crate::store::from_json(spec_text, "rollout spec")?;
         let rules = Arc::new(Rules::parse(&spec).map_err(|e| StoreError::Corrupt(format!("rollout {id}: {e}")))?);
-        self.0.insert(id.clone(), rules.clone());
+        self.rules.insert(id.clone(), rules.clone());
         Ok(rules)
+    }
+
+    /// The rules of a rollout, reading its spec inside the pass the first time.
+    async fn of(&mut self, tx: &mut SchedulerPass, id: &RolloutId) -> StoreResult<Arc<Rules>> {
+        if let Some(r) = self.rules.get(id) {
+            return Ok(r.clone());
+        }
+        let text = tx.rollout_spec_text(id).await?;
+        self.get(id, &text)
+    }
+
+    /// What finished installs of a package taught about its phases (read again after
+    /// [`LEARNED_FOR`]).
+    async fn learned(&mut self, tx: &mut SchedulerPass, package: &str) -> StoreResult<Arc<Learned>> {
+        if let Some((at, l)) = self.learned.get(package)
+            && at.elapsed() < LEARNED_FOR
+        {
+            return Ok(l.clone());
+        }
+        let history = tx.phase_history(package).await?;
+        let learned = Arc::new(Learned::from_history(history.iter().map(|(a, p)| (a, p))));
+        self.learned.insert(package.to_owned(), (Instant::now(), learned.clone()));
+        Ok(learned)
     }
 }
 
@@ -65,6 +101,7 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
                 }
                 metrics::counter!("fleetup_jobs_lost_total").increment(report.lost);
                 metrics::counter!("fleetup_jobs_undeliverable_total").increment(report.undeliverable);
+                metrics::counter!("fleetup_jobs_retried_total").increment(report.retried);
                 app.wake_agents(&report.wake_agents).await;
             }
             Err(e) => tracing::error!(error = %e, "scheduler pass failed"),
@@ -81,28 +118,75 @@ pub async fn pass(app: &App, cache: &mut RulesCache, now: i64) -> StoreResult<Pa
         undeliverable: tx.expire_deliveries().await?,
         ..PassReport::default()
     };
+    // Before the rollouts are judged: a transient failure given another attempt is not a
+    // failure of the gate or the error threshold.
+    for f in tx.unclassified_failures().await? {
+        let rules = cache.of(&mut tx, &f.rollout_id).await?;
+        let transient = transient(f.state, f.retry_later);
+        match rules.retries.filter(|_| transient).and_then(|r| next_attempt_at(r, f.attempt, now)) {
+            Some(at) => {
+                tx.retry(&f, at).await?;
+                report.retried += 1;
+            }
+            None => tx.classify(&f.job_id, transient).await?,
+        }
+    }
+    let stall_rules =
+        StallRules { factor: app.config.stall_factor, floor_ms: (app.config.stall_floor_secs as i64).saturating_mul(1000) };
     for job in tx.running_phases().await? {
-        let rules = if let Some(r) = cache.0.get(&job.rollout_id) {
-            r.clone()
-        } else {
-            let text = tx.rollout_spec_text(&job.rollout_id).await?;
-            cache.get(&job.rollout_id, &text)?
-        };
+        let rules = cache.of(&mut tx, &job.rollout_id).await?;
         if let Some(limit) = phase_timed_out(&rules, job.phase, job.started_at, now) {
             tx.fail_timed_out(&job, limit).await?;
+            continue;
+        }
+        if job.stalled_phase == Some(job.phase) {
+            report.stalled += 1;
+            continue;
+        }
+        let elapsed = now - job.started_at;
+        if let Some(v) = cache.learned(&mut tx, &job.package).await?.judge(stall_rules, &job.agent_id, job.phase, elapsed) {
+            let secs = |ms: i64| ms as f64 / 1000.0;
+            let stall = Stall {
+                phase: job.phase,
+                since: to_time(now),
+                elapsed_secs: secs(elapsed),
+                p50_secs: secs(v.p50_ms),
+                p95_secs: secs(v.p95_ms),
+                limit_secs: secs(v.limit_ms),
+                samples: v.samples as u64,
+                basis: v.basis.to_owned(),
+            };
+            tx.flag_stall(&job, &stall).await?;
+            report.stalled += 1;
         }
     }
     for rollout in tx.running_rollouts().await? {
         let rules = cache.get(&rollout.id, &rollout.spec_text)?;
-        let in_window = rules.window.as_ref().is_none_or(|w| window_open(w, to_time(now)));
+        if rules.late_joiners.is_some() {
+            let (name, version) = tx.rollout_package(&rollout.id).await?;
+            let outsiders = tx.outsiders(&rollout.id).await?;
+            for (agent, skip) in late_joiners(&rules, &outsiders, (&name, &version)) {
+                tx.join(&rollout.id, agent, skip).await?;
+            }
+        }
+        let window = match &rules.window {
+            Some(w) if !window_open(w, to_time(now)) => {
+                WindowState::Closed(next_window_open(w, to_time(now)).map(|t| t.timestamp_millis()))
+            }
+            _ => WindowState::Open,
+        };
         let mut view = rollout.view;
         // A pass may open several waves in a row (empty gates), never more than there are.
         for _ in 0..=view.wave_count {
             let counts = tx.counts(&rollout.id).await?;
-            let step = next_step(&view, &rules, &counts, in_window);
+            let step = next_step(&view, &rules, &counts, window, now);
             report.wake_agents.extend(tx.apply(&rollout.id, view.current_wave, &step).await?);
             match step {
-                Step::OpenWave(w) => view.current_wave = w,
+                Step::OpenWave(w) => {
+                    view.current_wave = w;
+                    view.wave_done_at = None;
+                }
+                Step::Soak(_) => view.wave_done_at = Some(now),
                 _ => break,
             }
         }

@@ -26,6 +26,7 @@ pub(crate) mod access;
 pub(crate) mod agent_protocol;
 pub(crate) mod agents;
 pub(crate) mod audit;
+pub(crate) mod control;
 pub(crate) mod jobs;
 pub(crate) mod packages;
 pub(crate) mod rollouts;
@@ -34,6 +35,7 @@ mod types;
 mod wakeups;
 
 pub use audit::AuditFilter;
+pub use control::Failure;
 pub use scheduler::SchedulerPass;
 pub use types::*;
 

@@ -1,5 +1,6 @@
 //! Jobs: `GET /jobs/{id}`, its events, logs and decisions, `POST /jobs/{id}/decision`,
-//! `POST /jobs/{id}/cancel`.
+//! `POST /jobs/{id}/cancel`, and the guided-failure answers `POST /jobs/{id}/retry`,
+//! `/skip` and `/exclude`.
 
 use crate::app::AppState;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult};
@@ -19,6 +20,7 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{id}/decisions", get(decisions))
         .route("/jobs/{id}/decision", post(decide))
         .route("/jobs/{id}/cancel", post(cancel))
+        .route("/jobs/{id}/{action}", post(guide))
 }
 
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<JobId>) -> ApiResult<Json<Job>> {
@@ -67,4 +69,15 @@ async fn decide(
 
 async fn cancel(State(state): State<AppState>, actor: Actor, ApiPath(id): ApiPath<JobId>) -> ApiResult<Json<Job>> {
     Ok(Json(ops::jobs::cancel(&state, &actor, &id).await?))
+}
+
+async fn guide(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiPath((id, action)): ApiPath<(JobId, String)>,
+) -> ApiResult<Json<Job>> {
+    let action = crate::domain::job::JobAction::parse(&action).ok_or_else(|| {
+        crate::error::AppError::NotFound(format!("no job action '{action}': use cancel, decision, retry, skip or exclude"))
+    })?;
+    Ok(Json(ops::jobs::guide(&state, &actor, &id, action).await?))
 }

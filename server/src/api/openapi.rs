@@ -76,6 +76,19 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "Answer the open decision: {\"answer\": \"continue|cancel|retry|ignore|exit\"}",
     ),
     ("post", "/api/v1/jobs/{id}/cancel", "operator", "Cancel one job"),
+    (
+        "post",
+        "/api/v1/jobs/{id}/retry",
+        "operator",
+        "Guided failure: try this server again now, as a new attempt (the answer is the new job)",
+    ),
+    ("post", "/api/v1/jobs/{id}/skip", "operator", "Guided failure: the job's failure no longer counts (skipped)"),
+    (
+        "post",
+        "/api/v1/jobs/{id}/exclude",
+        "operator",
+        "Guided failure: take the server out of the rollout (excluded, counted nowhere)",
+    ),
     ("get", "/api/v1/audit", "viewer", "Audit log (?limit=&object_id=)"),
     ("post", "/api/v1/agent/enroll", "public", "Agent enrollment with an enrollment token"),
     (

@@ -6,7 +6,9 @@
 //! coordinator that reads it again parses it again with [`Rules::parse`], which cannot fail
 //! on a spec that was accepted at staging.
 
-use crate::model::{Agent, AgentId, ErrorAction, MaintenanceWindow, RolloutSpec, Targets, Threshold, WaveSpec};
+use crate::model::{
+    Agent, AgentId, ErrorAction, MaintenanceWindow, Millis, RetryPolicy, RolloutSpec, Targets, Threshold, WaveSpec,
+};
 use fleetup_proto::PhaseId;
 use std::collections::BTreeMap;
 
@@ -67,11 +69,20 @@ pub struct Range {
     pub length: i64,
 }
 
+/// The clock a maintenance window's ranges are read on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    /// A fixed offset from UTC, in minutes.
+    Fixed(i64),
+    /// An IANA zone, with its daylight-saving changes.
+    Iana(chrono_tz::Tz),
+}
+
 /// A maintenance window, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
-    /// Offset of the window's time zone from UTC, in minutes.
-    pub utc_offset_minutes: i64,
+    /// The window's clock.
+    pub zone: Zone,
     /// Weekly ranges.
     pub ranges: Vec<Range>,
     /// No job starts in the last this-many minutes of a range.
@@ -108,8 +119,17 @@ impl Window {
             let length = if end > start { end - start } else { end + 1440 - start };
             ranges.push(Range { days, start, length });
         }
+        let zone = match &w.time_zone {
+            None => Zone::Fixed(i64::from(w.utc_offset_minutes)),
+            Some(_) if w.utc_offset_minutes != 0 => {
+                return Err("give the window either time_zone or utc_offset_minutes, not both".into());
+            }
+            Some(name) => Zone::Iana(name.parse().map_err(|_| {
+                format!("'{name}' is not an IANA time zone: write a name like \"Europe/Berlin\" or \"America/New_York\"")
+            })?),
+        };
         Ok(Window {
-            utc_offset_minutes: i64::from(w.utc_offset_minutes),
+            zone,
             ranges,
             cutoff_minutes: i64::from(w.cutoff_minutes),
         })
@@ -135,6 +155,50 @@ pub struct Rules {
     pub phase_timeouts: BTreeMap<PhaseId, u64>,
     /// Undeliverable jobs count like failures (error threshold, success gate).
     pub undeliverable_is_failure: bool,
+    /// No wave opens before this instant.
+    pub start_at: Option<Millis>,
+    /// Time between a wave passing its gate and the next one opening, in ms.
+    pub soak_ms: i64,
+    /// How transient failures are tried again; none: they are not.
+    pub retries: Option<Retries>,
+    /// With late joiners: the label selector agents that come to match it while the rollout
+    /// runs are added by (to its last wave).
+    pub late_joiners: Option<BTreeMap<String, String>>,
+}
+
+/// A retry policy, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// Attempts after the first.
+    pub times: u32,
+    /// Wait before the first retry, in ms.
+    pub backoff_ms: i64,
+    /// The longest wait, in ms.
+    pub max_backoff_ms: i64,
+}
+
+/// The most retries a rollout may ask for.
+pub const MAX_RETRIES: u32 = 10;
+
+impl Retries {
+    /// Parses a spec's retry policy.
+    pub fn parse(r: &RetryPolicy) -> Result<Retries, String> {
+        if r.times == 0 || r.times > MAX_RETRIES {
+            return Err(format!("retries.times must be from 1 to {MAX_RETRIES} (leave retries out for none)"));
+        }
+        if r.backoff_secs == 0 || r.max_backoff_secs < r.backoff_secs {
+            return Err("retries.backoff_secs must be at least 1 and at most retries.max_backoff_secs".into());
+        }
+        let ms = |s: u64| i64::try_from(s.min(86_400 * 7)).unwrap_or(0) * 1000;
+        Ok(Retries { times: r.times, backoff_ms: ms(r.backoff_secs), max_backoff_ms: ms(r.max_backoff_secs) })
+    }
+
+    /// The wait before attempt `next` (2 for the first retry): the backoff, doubled for each
+    /// later attempt, at most the maximum.
+    pub fn delay_ms(self, next: u32) -> i64 {
+        let doublings = next.saturating_sub(2).min(30);
+        self.backoff_ms.saturating_mul(1i64 << doublings).min(self.max_backoff_ms)
+    }
 }
 
 impl Rules {
@@ -148,6 +212,12 @@ impl Rules {
         }
         if spec.delivery_timeout_secs == Some(0) {
             return Err("delivery_timeout_secs must be at least 1 (leave it out for the server's default)".into());
+        }
+        if spec.late_joiners && spec.targets.labels.is_none() {
+            return Err("late_joiners needs targets by label: agents join when they come to match the selector".into());
+        }
+        if spec.soak_secs > 86_400 * 30 {
+            return Err("soak_secs must be at most 2592000 (30 days)".into());
         }
         if spec.waves.is_empty() {
             return Err("waves must list at least one wave, e.g. [1, \"100%\"]".into());
@@ -174,6 +244,10 @@ impl Rules {
             window: spec.maintenance_window.as_ref().map(Window::parse).transpose()?,
             phase_timeouts: spec.phase_timeouts.clone(),
             undeliverable_is_failure: spec.undeliverable_is_failure,
+            start_at: spec.start_at.map(|t| t.timestamp_millis()),
+            soak_ms: i64::try_from(spec.soak_secs.min(86_400 * 30)).unwrap_or(0) * 1000,
+            retries: spec.retries.as_ref().map(Retries::parse).transpose()?,
+            late_joiners: spec.targets.labels.clone().filter(|_| spec.late_joiners),
         })
     }
 }
@@ -296,6 +370,18 @@ pub fn plan(spec: &RolloutSpec, agents: &[Agent], package: (&str, &str)) -> Resu
     Ok(Plan { rules, wave_sizes, jobs, catch_all })
 }
 
+/// The servers that join a running label-targeted rollout late (`late_joiners`, the rules'
+/// selector): agents not yet in it (`outsiders`) that now match the selector and are not
+/// revoked, each with whether it already runs the version (its job is then `skipped`).
+pub fn late_joiners<'a>(rules: &Rules, outsiders: &'a [Agent], package: (&str, &str)) -> Vec<(&'a Agent, bool)> {
+    let Some(sel) = rules.late_joiners.as_ref() else { return Vec::new() };
+    outsiders
+        .iter()
+        .filter(|a| !a.revoked && sel.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
+        .map(|a| (a, runs(a, package.0, package.1)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +406,20 @@ mod tests {
         let mut base = serde_json::json!({ "name": "r", "package_id": "p", "targets": { "labels": {} } });
         base.as_object_mut().unwrap().extend(json.as_object().unwrap().clone());
         serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn late_joiners_match_the_selector_and_only_when_asked() {
+        let s = spec(serde_json::json!({ "targets": { "labels": { "role": "web" } }, "late_joiners": true }));
+        let outsiders =
+            vec![agent("a", &[("role", "web")], false), agent("b", &[("role", "db")], false), agent("c", &[("role", "web")], true)];
+        let rules = Rules::parse(&s).unwrap();
+        let got: Vec<&str> = late_joiners(&rules, &outsiders, ("demo", "1.1.0")).iter().map(|(a, _)| a.id.as_str()).collect();
+        assert_eq!(got, ["a"], "matching and not revoked");
+        let off = Rules::parse(&RolloutSpec { late_joiners: false, ..s.clone() }).unwrap();
+        assert!(late_joiners(&off, &outsiders, ("demo", "1.1.0")).is_empty());
+        let by_id = spec(serde_json::json!({ "targets": { "agents": ["a"] }, "late_joiners": true }));
+        assert!(Rules::parse(&by_id).unwrap_err().contains("late_joiners needs targets by label"));
     }
 
     #[test]
@@ -386,6 +486,7 @@ mod tests {
     #[test]
     fn windows_parse_into_minutes() {
         let w = MaintenanceWindow {
+            time_zone: None,
             utc_offset_minutes: 60,
             ranges: vec![WindowRange { days: vec!["sat".into()], start: "22:00".into(), end: "02:00".into() }],
             cutoff_minutes: 30,

@@ -5,16 +5,25 @@
 //! has run past its timeout. The background task in [`crate::scheduler`] reads the facts and
 //! has the store apply the step.
 
-use super::plan::{Rules, Window};
+use super::plan::{Rules, Window, Zone};
 use super::rollout::Effect;
-use crate::model::{ErrorAction, JobState, RolloutState};
-use chrono::{DateTime, Datelike as _, Duration, Timelike as _, Utc};
+use crate::model::{ErrorAction, JobState, Millis, RolloutState, to_time};
+use chrono::{DateTime, Datelike as _, Duration, NaiveDateTime, SecondsFormat, Timelike as _, Utc};
 use fleetup_proto::PhaseId;
 use std::collections::BTreeMap;
 
-/// True when a job may start at `now`: inside a range and before its cutoff.
+/// `now` on the window's clock.
+fn local_time(zone: Zone, now: DateTime<Utc>) -> NaiveDateTime {
+    match zone {
+        Zone::Fixed(minutes) => (now + Duration::minutes(minutes)).naive_utc(),
+        Zone::Iana(tz) => now.with_timezone(&tz).naive_local(),
+    }
+}
+
+/// True when a job may start at `now`: inside a range and before its cutoff. Ranges are read
+/// on the window's clock, so in an IANA zone 02:00 stays 02:00 local across daylight saving.
 pub fn window_open(w: &Window, now: DateTime<Utc>) -> bool {
-    let local = now + Duration::minutes(w.utc_offset_minutes);
+    let local = local_time(w.zone, now);
     let minute_of_day = i64::from(local.hour() * 60 + local.minute());
     let today = local.weekday().num_days_from_monday() as usize;
     w.ranges.iter().any(|r| {
@@ -26,6 +35,13 @@ pub fn window_open(w: &Window, now: DateTime<Utc>) -> bool {
             (every_day || r.days[day]) && since_start >= 0 && since_start < r.length - w.cutoff_minutes
         })
     })
+}
+
+/// The first minute after `now` at which the window is open, looking a week and a day
+/// ahead; `None` when it never opens (every range shorter than its cutoff).
+pub fn next_window_open(w: &Window, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let start = now.with_second(0).and_then(|t| t.with_nanosecond(0)).unwrap_or(now);
+    (1..=8 * 1440).map(|m| start + Duration::minutes(m)).find(|t| window_open(w, *t))
 }
 
 /// The time limit a running phase has exceeded, in seconds, if any.
@@ -46,6 +62,17 @@ pub struct RolloutView {
     pub failures_accepted: u64,
     /// Highest wave whose success gate an operator overrode by resuming.
     pub gate_override_wave: u32,
+    /// When the current wave passed its gate (its soak time runs from then).
+    pub wave_done_at: Option<Millis>,
+}
+
+/// Whether jobs may start now, by the rollout's maintenance window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowState {
+    /// No window, or inside one.
+    Open,
+    /// Outside the window, which next opens then (if ever).
+    Closed(Option<Millis>),
 }
 
 /// One step the scheduler takes on a running rollout.
@@ -65,13 +92,24 @@ pub enum Step {
     Queue(u32, u64),
     /// Outside the window: put this wave's queued jobs back to pending.
     Unqueue(u32),
+    /// This wave passed its gate: it is done, and the soak time before the next starts.
+    Soak(u32),
+    /// Waiting (a scheduled start, a soak time, a closed window): the reason for people and
+    /// when the wait ends, if known.
+    Wait(String, Option<Millis>),
 }
 
 /// Job counts of a rollout, keyed by (wave, state).
 pub type Counts = BTreeMap<(u32, JobState), u64>;
 
-/// Decides the next step of a running rollout.
-pub fn next_step(view: &RolloutView, rules: &Rules, counts: &Counts, in_window: bool) -> Step {
+fn stamp(ms: Millis) -> String {
+    to_time(ms).to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Decides the next step of a running rollout at `now`.
+pub fn next_step(view: &RolloutView, rules: &Rules, counts: &Counts, window: WindowState, now: Millis) -> Step {
+    // Superseded attempts and excluded servers are left out of every count.
+    let counts: Counts = counts.iter().filter(|((_, s), _)| !s.is_set_aside()).map(|(k, n)| (*k, *n)).collect();
     let total: u64 = counts.values().sum();
     // An undeliverable job is a failure only when the rollout says so; otherwise it is left
     // out of the gate's count too (the gate is taken over the servers that could be reached).
@@ -87,6 +125,11 @@ pub fn next_step(view: &RolloutView, rules: &Rules, counts: &Counts, in_window: 
             ErrorAction::Pause => Effect::Pause(reason),
             ErrorAction::Abort => Effect::End(RolloutState::Aborted, reason),
         });
+    }
+    if let Some(at) = rules.start_at
+        && now < at
+    {
+        return Step::Wait(format!("scheduled to start at {}", stamp(at)), Some(at));
     }
     let w = view.current_wave;
     let in_wave = |f: &dyn Fn(JobState) -> bool| -> u64 {
@@ -106,17 +149,36 @@ pub fn next_step(view: &RolloutView, rules: &Rules, counts: &Counts, in_window: 
         if w >= view.wave_count {
             return Step::Finish;
         }
+        if rules.soak_ms > 0 {
+            let Some(done_at) = view.wave_done_at else { return Step::Soak(w) };
+            let until = done_at + rules.soak_ms;
+            if now < until {
+                return Step::Wait(
+                    format!("wave {w} passed its gate; soaking until {} before wave {} opens", stamp(until), w + 1),
+                    Some(until),
+                );
+            }
+        }
         if rules.approval_required && view.approved_wave <= w {
             return Step::AwaitApproval;
         }
         return Step::OpenWave(w + 1);
     }
     let queued = in_wave(&|s| s == JobState::Queued);
-    if !in_window {
-        return if queued > 0 { Step::Unqueue(w) } else { Step::Nothing };
+    let pending = in_wave(&|s| s == JobState::Pending);
+    if let WindowState::Closed(opens) = window {
+        if queued > 0 {
+            return Step::Unqueue(w);
+        }
+        if pending == 0 {
+            return Step::Nothing;
+        }
+        let when = opens.map_or_else(|| "it never opens: check its ranges and cutoff".to_owned(), |t| {
+            format!("it next opens at {}", stamp(t))
+        });
+        return Step::Wait(format!("outside its maintenance window: {pending} servers wait; {when}"), opens);
     }
     let active = in_wave(&|s| s.is_active());
-    let pending = in_wave(&|s| s == JobState::Pending);
     let free = rules.concurrency.max(1).saturating_sub(active);
     if free > 0 && pending > 0 { Step::Queue(w, free.min(pending)) } else { Step::Nothing }
 }
@@ -138,12 +200,27 @@ mod tests {
             window: None,
             phase_timeouts: BTreeMap::new(),
             undeliverable_is_failure: false,
+            start_at: None,
+            soak_ms: 0,
+            retries: None,
+            late_joiners: None,
         }
     }
 
     fn view(current_wave: u32) -> RolloutView {
-        RolloutView { current_wave, wave_count: 2, approved_wave: 1, failures_accepted: 0, gate_override_wave: 0 }
+        RolloutView {
+            current_wave,
+            wave_count: 2,
+            approved_wave: 1,
+            failures_accepted: 0,
+            gate_override_wave: 0,
+            wave_done_at: None,
+        }
     }
+
+    /// The table's clock, and an instant an hour later.
+    const NOW: Millis = 1_795_251_600_000; // 2026-11-21T09:00:00Z
+    const NEXT_OPEN: Millis = NOW + 3_600_000;
 
     fn counts(rows: &[(u32, JobState, u64)]) -> Counts {
         rows.iter().map(|(w, s, n)| ((*w, *s), *n)).collect()
@@ -163,6 +240,11 @@ mod tests {
         let accepted = RolloutView { failures_accepted: 1, ..view(1) };
         let overridden = RolloutView { gate_override_wave: 1, ..view(1) };
         let approved = RolloutView { approved_wave: 2, ..view(1) };
+        let scheduled = Rules { start_at: Some(NEXT_OPEN), ..rules() };
+        let started = Rules { start_at: Some(NOW), ..rules() };
+        let soak = Rules { soak_ms: 60_000, ..rules() };
+        let soaking = RolloutView { wave_done_at: Some(NEXT_OPEN - 60_000), ..view(1) };
+        let soaked = RolloutView { wave_done_at: Some(NOW - 60_000), ..view(1) };
         let fail_gate = "wave 1: 1 of 2 jobs succeeded, below the success threshold 100%; resume to go on anyway";
         let table: Vec<(&str, RolloutView, &Rules, Counts, bool, Step)> = vec![
             ("fills the free slots", view(1), &base, counts(&[(1, J::Pending, 5)]), true, Step::Queue(1, 2)),
@@ -176,7 +258,85 @@ mod tests {
             ),
             ("slots full", view(1), &base, counts(&[(1, J::Running, 2), (1, J::Pending, 5)]), true, Step::Nothing),
             ("outside the window, queued", view(1), &base, counts(&[(1, J::Queued, 2)]), false, Step::Unqueue(1)),
-            ("outside the window, none queued", view(1), &base, counts(&[(1, J::Pending, 2)]), false, Step::Nothing),
+            (
+                "outside the window, none queued: waits, saying so",
+                view(1),
+                &base,
+                counts(&[(1, J::Pending, 2)]),
+                false,
+                Step::Wait(
+                    "outside its maintenance window: 2 servers wait; it next opens at 2026-11-21T10:00:00Z".into(),
+                    Some(NEXT_OPEN),
+                ),
+            ),
+            (
+                "outside the window, only running jobs",
+                view(1),
+                &base,
+                counts(&[(1, J::Running, 2)]),
+                false,
+                Step::Nothing,
+            ),
+            (
+                "a retried attempt is left out of the gate",
+                view(1),
+                &base,
+                counts(&[(1, J::Succeeded, 2), (1, J::Retried, 1), (2, J::Pending, 3)]),
+                true,
+                Step::OpenWave(2),
+            ),
+            (
+                "an excluded server is left out of the error threshold",
+                view(1),
+                &threshold,
+                counts(&[(1, J::Excluded, 1), (1, J::Pending, 4)]),
+                true,
+                Step::Queue(1, 2),
+            ),
+            (
+                "before start_at: waits",
+                view(1),
+                &scheduled,
+                counts(&[(1, J::Pending, 5)]),
+                true,
+                Step::Wait("scheduled to start at 2026-11-21T10:00:00Z".into(), Some(NEXT_OPEN)),
+            ),
+            ("at start_at: goes", view(1), &started, counts(&[(1, J::Pending, 5)]), true, Step::Queue(1, 2)),
+            (
+                "wave done with a soak time: the soak starts",
+                view(1),
+                &soak,
+                counts(&[(1, J::Succeeded, 2), (2, J::Pending, 3)]),
+                true,
+                Step::Soak(1),
+            ),
+            (
+                "soaking: waits, with the time it ends",
+                soaking,
+                &soak,
+                counts(&[(1, J::Succeeded, 2), (2, J::Pending, 3)]),
+                true,
+                Step::Wait(
+                    "wave 1 passed its gate; soaking until 2026-11-21T10:00:00Z before wave 2 opens".into(),
+                    Some(NEXT_OPEN),
+                ),
+            ),
+            (
+                "soak over: next opens",
+                soaked,
+                &soak,
+                counts(&[(1, J::Succeeded, 2), (2, J::Pending, 3)]),
+                true,
+                Step::OpenWave(2),
+            ),
+            (
+                "no soak after the last wave",
+                view(2),
+                &soak,
+                counts(&[(1, J::Succeeded, 2), (2, J::Succeeded, 3)]),
+                true,
+                Step::Finish,
+            ),
             (
                 "wave done: next opens",
                 view(1),
@@ -310,13 +470,15 @@ mod tests {
             ),
         ];
         for (what, view, rules, counts, in_window, want) in table {
-            assert_eq!(next_step(&view, rules, &counts, in_window), want, "{what}");
+            let window = if in_window { WindowState::Open } else { WindowState::Closed(Some(NEXT_OPEN)) };
+            assert_eq!(next_step(&view, rules, &counts, window, NOW), want, "{what}");
         }
     }
 
     #[test]
     fn window_handles_midnight_and_cutoff() {
         let w = Window::parse(&MaintenanceWindow {
+            time_zone: None,
             utc_offset_minutes: 60,
             ranges: vec![WindowRange { days: vec!["sat".into()], start: "22:00".into(), end: "02:00".into() }],
             cutoff_minutes: 30,
@@ -334,6 +496,47 @@ mod tests {
         let every_day =
             Window { ranges: vec![super::super::plan::Range { days: [false; 7], ..w.ranges[0].clone() }], ..w };
         assert!(window_open(&every_day, at("2026-11-20T22:00:00Z")));
+    }
+
+    /// An IANA zone keeps a range at the same local hour across daylight saving: 02:00–04:00
+    /// in Berlin is 01:00 UTC in winter and 00:00 UTC in summer.
+    #[test]
+    fn window_in_an_iana_zone_follows_daylight_saving() {
+        let w = Window::parse(&MaintenanceWindow {
+            time_zone: Some("Europe/Berlin".into()),
+            utc_offset_minutes: 0,
+            ranges: vec![WindowRange { days: vec![], start: "02:00".into(), end: "04:00".into() }],
+            cutoff_minutes: 0,
+        })
+        .unwrap();
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        assert!(window_open(&w, at("2026-01-15T01:30:00Z")), "winter: 02:30 CET");
+        assert!(!window_open(&w, at("2026-01-15T00:30:00Z")), "winter: 01:30 CET");
+        assert!(window_open(&w, at("2026-07-15T00:30:00Z")), "summer: 02:30 CEST");
+        assert!(!window_open(&w, at("2026-07-15T02:30:00Z")), "summer: 04:30 CEST");
+        assert_eq!(next_window_open(&w, at("2026-07-15T10:00:00Z")), Some(at("2026-07-16T00:00:00Z")));
+        assert_eq!(next_window_open(&w, at("2026-01-15T10:00:00Z")), Some(at("2026-01-16T01:00:00Z")));
+    }
+
+    #[test]
+    fn a_window_is_refused_with_a_bad_zone_or_both_clocks() {
+        let mut spec = MaintenanceWindow {
+            time_zone: Some("Mars/Olympus".into()),
+            utc_offset_minutes: 0,
+            ranges: vec![WindowRange { days: vec![], start: "02:00".into(), end: "04:00".into() }],
+            cutoff_minutes: 0,
+        };
+        let err = Window::parse(&spec).unwrap_err();
+        assert!(err.contains("'Mars/Olympus' is not an IANA time zone"), "{err}");
+        spec.time_zone = Some("Europe/Berlin".into());
+        spec.utc_offset_minutes = 60;
+        assert!(Window::parse(&spec).unwrap_err().contains("not both"));
+    }
+
+    #[test]
+    fn retry_backoff_doubles_up_to_its_maximum() {
+        let r = crate::domain::plan::Retries { times: 5, backoff_ms: 1000, max_backoff_ms: 5000 };
+        assert_eq!([2, 3, 4, 5, 6].map(|n| r.delay_ms(n)), [1000, 2000, 4000, 5000, 5000]);
     }
 
     #[test]

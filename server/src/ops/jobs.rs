@@ -52,3 +52,20 @@ pub async fn answer_all(
     app.wake_agents(&agents).await;
     Ok(count)
 }
+
+/// An operator's guided answer to one job (retry it now, skip its failure, exclude the
+/// server), audited as `job.retry`, `job.skip` or `job.exclude`; the rollout goes on, so the
+/// scheduler is kicked.
+pub async fn guide(
+    app: &App,
+    actor: &Actor,
+    job_id: &JobId,
+    action: crate::domain::job::JobAction,
+) -> Result<Job, AppError> {
+    actor.require(Role::Operator)?;
+    let audit =
+        NewAudit::new(&actor.name, &format!("job.{}", action.as_str()), "job", job_id.as_str(), serde_json::json!({}));
+    let job = app.store.guide_job(job_id, action, &audit).await?;
+    app.scheduler_kick.notify_one();
+    Ok(job)
+}

@@ -34,7 +34,7 @@ pub(crate) async fn apply_effect(tx: &mut Tx, id: &RolloutId, effect: &Effect, n
                 .await?;
         }
         Effect::Pause(reason) => {
-            sqlx::query("update rollouts set state = 'paused', state_reason = $2 where id = $1")
+            sqlx::query("update rollouts set state = 'paused', state_reason = $2, wait_until = null where id = $1")
                 .bind(id)
                 .bind(reason)
                 .execute(&mut **tx)
@@ -55,7 +55,7 @@ pub(crate) async fn apply_effect(tx: &mut Tx, id: &RolloutId, effect: &Effect, n
             .fetch_one(&mut **tx)
             .await?;
             sqlx::query(
-                "update rollouts set state = 'running', state_reason = null, failures_accepted = $2, \
+                "update rollouts set state = 'running', state_reason = null, wait_until = null, failures_accepted = $2, \
                  gate_override_wave = current_wave where id = $1",
             )
             .bind(id)
@@ -65,7 +65,8 @@ pub(crate) async fn apply_effect(tx: &mut Tx, id: &RolloutId, effect: &Effect, n
         }
         Effect::Approve => {
             sqlx::query(
-                "update rollouts set state = 'running', state_reason = null, approved_wave = current_wave + 1 where id = $1",
+                "update rollouts set state = 'running', state_reason = null, wait_until = null, approved_wave = current_wave + 1 \
+                 where id = $1",
             )
             .bind(id)
             .execute(&mut **tx)
@@ -74,7 +75,7 @@ pub(crate) async fn apply_effect(tx: &mut Tx, id: &RolloutId, effect: &Effect, n
         Effect::End(target, reason) => {
             let in_flight = cancel_rollout_jobs(tx, id, now).await?;
             let state = ending_state(*target, in_flight.len());
-            sqlx::query("update rollouts set state = $2, state_reason = $3, finished_at = $4 where id = $1")
+            sqlx::query("update rollouts set state = $2, state_reason = $3, wait_until = null, finished_at = $4 where id = $1")
                 .bind(id)
                 .bind(state.as_str())
                 .bind(reason)

@@ -15,7 +15,8 @@ macro_rules! job_select {
         "select j.id, j.rollout_id, j.agent_id, a.hostname, j.wave, j.position, j.state, j.fencing_token, j.lease_ms, \
          j.lease_expires_at, j.current_phase, j.phase_started_at, j.phases, j.warnings, j.outage_ms, j.error, \
          (case when j.restart_required then 1 else 0 end) as restart_required, \
-         (case when j.cancel_requested then 1 else 0 end) as cancel_requested, j.dispatched_at, j.finished_at \
+         (case when j.cancel_requested then 1 else 0 end) as cancel_requested, j.dispatched_at, j.finished_at, \
+         j.attempt, j.retry_of, j.not_before, j.stall, j.note \
          from jobs j join agents a on a.id = j.agent_id"
     };
 }
@@ -27,25 +28,27 @@ macro_rules! job_summary_select {
     (sqlite) => {
         "select j.id, j.agent_id, a.hostname, j.wave, j.position, j.state, j.current_phase, \
          json_extract(j.phases, '$.\"' || j.current_phase || '\".status') as phase_status, j.outage_ms, \
-         json_array_length(j.warnings) as warning_count \
+         json_array_length(j.warnings) as warning_count, j.attempt, \
+         (case when j.stalled_at is not null and j.state in ('running', 'waiting') then 1 else 0 end) as stalled \
          from jobs j join agents a on a.id = j.agent_id"
     };
     (postgres) => {
         "select j.id, j.agent_id, a.hostname, j.wave, j.position, j.state, j.current_phase, \
          (j.phases::json -> j.current_phase ->> 'status') as phase_status, j.outage_ms, \
-         json_array_length(j.warnings::json)::bigint as warning_count \
+         json_array_length(j.warnings::json)::bigint as warning_count, j.attempt, \
+         (case when j.stalled_at is not null and j.state in ('running', 'waiting') then 1 else 0 end) as stalled \
          from jobs j join agents a on a.id = j.agent_id"
     };
 }
 
 /// The conditions and order of a rollout's job listing: `$1` rollout, `$2` state (`''`:
-/// any), `$3` wave (0: any), `($4, $5)` the (wave, position) to start after. With a state,
-/// the condition is a plain equality, so the `(rollout_id, state, wave, position)` index
-/// serves it; without, the state column is not mentioned at all, so the
-/// `(rollout_id, wave, position)` index serves it (and covers the key lookup below).
+/// any but `retried`, the superseded attempts), `$3` wave (0: any), `($4, $5)` the (wave,
+/// position) to start after. With a state, the condition is a plain equality, so the
+/// `(rollout_id, state, wave, position)` index serves it; without, the
+/// `(rollout_id, wave, position)` index serves it, the state only filtering its rows.
 macro_rules! jobs_where {
     (any_state) => {
-        " where j.rollout_id = $1 and $2 = '' and ($3 = 0 or j.wave = $3) \
+        " where j.rollout_id = $1 and $2 = '' and j.state <> 'retried' and ($3 = 0 or j.wave = $3) \
          and (j.wave, j.position) > ($4, $5) order by j.wave, j.position"
     };
     (one_state) => {
@@ -98,7 +101,7 @@ pub(crate) fn cut_page<R, T>(
 macro_rules! rollout_select {
     () => {
         "select r.id, r.name, r.package_id, r.state, r.state_reason, r.spec, r.current_wave, r.approved_wave, \
-         r.failures_accepted, r.gate_override_wave, r.retry_of, r.created_by, r.created_at, r.started_at, r.finished_at \
+         r.failures_accepted, r.gate_override_wave, r.retry_of, r.created_by, r.created_at, r.started_at, r.finished_at, r.wait_until \
          from rollouts r"
     };
 }
@@ -127,6 +130,12 @@ pub(crate) struct JobRow {
     pub cancel_requested: i64,
     pub dispatched_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub attempt: i64,
+    pub retry_of: Option<String>,
+    pub not_before: Option<i64>,
+    /// The stall's figures (JSON), when the running phase is flagged.
+    pub stall: Option<String>,
+    pub note: Option<String>,
 }
 
 impl JobRow {
@@ -153,6 +162,17 @@ impl JobRow {
             lease_expires_at: self.lease_expires_at.map(to_time),
             dispatched_at: self.dispatched_at.map(to_time),
             finished_at: self.finished_at.map(to_time),
+            attempt: self.attempt as u32,
+            retry_of: self.retry_of.as_deref().map(stored_id).transpose()?,
+            not_before: self.not_before.map(to_time),
+            // A flag is about a running phase: an ended job is not stalled.
+            stalled: match self.state()? {
+                JobState::Running | JobState::Waiting => {
+                    self.stall.as_deref().map(|s| from_json(s, "job stall")).transpose()?
+                }
+                _ => None,
+            },
+            note: self.note.clone(),
         })
     }
 }
@@ -176,6 +196,9 @@ pub(crate) struct JobSummaryRow {
     pub phase_status: Option<String>,
     pub outage_ms: Option<i64>,
     pub warning_count: i64,
+    pub attempt: i64,
+    /// 0 or 1.
+    pub stalled: i64,
 }
 
 impl JobSummaryRow {
@@ -195,6 +218,8 @@ impl JobSummaryRow {
             phase_status: self.phase_status.as_deref().map(str::parse).transpose().map_err(corrupt)?,
             outage_secs: self.outage_ms.map(|ms| ms as f64 / 1000.0),
             warning_count: self.warning_count as u64,
+            attempt: self.attempt as u32,
+            stalled: self.stalled != 0,
         })
     }
 }
@@ -216,6 +241,7 @@ pub(crate) struct RolloutRow {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub wait_until: Option<i64>,
 }
 
 impl RolloutRow {
@@ -263,6 +289,7 @@ impl RolloutRow {
             created_at: to_time(self.created_at),
             started_at: self.started_at.map(to_time),
             finished_at: self.finished_at.map(to_time),
+            wait_until: self.wait_until.map(to_time),
         })
     }
 }

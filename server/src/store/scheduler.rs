@@ -18,7 +18,7 @@ const SCHEDULER_LOCK: i64 = 0x0066_6c65_6574_7570;
 /// One scheduler pass: an open transaction and the time it runs at.
 #[derive(Debug)]
 pub struct SchedulerPass {
-    tx: Tx,
+    pub(super) tx: Tx,
     now: i64,
     /// Rollouts with a job this pass ended (lost, timed out): an ending one may settle.
     ended: std::collections::BTreeSet<String>,
@@ -35,6 +35,12 @@ pub struct RunningPhase {
     pub started_at: i64,
     /// Its rollout.
     pub rollout_id: RolloutId,
+    /// Its server.
+    pub agent_id: AgentId,
+    /// The name of the package it installs (the stall alarm learns per name).
+    pub package: String,
+    /// The phase already flagged as stalled, if any.
+    pub stalled_phase: Option<PhaseId>,
 }
 
 /// A running rollout as the scheduler sees it.
@@ -131,16 +137,28 @@ impl SchedulerPass {
 
     /// The running jobs' current phases.
     pub async fn running_phases(&mut self) -> StoreResult<Vec<RunningPhase>> {
-        let rows: Vec<(String, Option<String>, Option<i64>, String)> = sqlx::query_as(
-            "select id, current_phase, phase_started_at, rollout_id from jobs where state = 'running' and phase_started_at is not null",
+        type Row = (String, Option<String>, Option<i64>, String, String, String, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "select j.id, j.current_phase, j.phase_started_at, j.rollout_id, j.agent_id, p.name, j.stall from jobs j \
+             join rollouts r on r.id = j.rollout_id join packages p on p.id = r.package_id \
+             where j.state = 'running' and j.phase_started_at is not null",
         )
         .fetch_all(&mut *self.tx)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
-        for (id, phase, started, rollout) in rows {
+        for (id, phase, started, rollout, agent, package, stall) in rows {
             let (Some(phase), Some(started_at)) = (phase, started) else { continue };
             let Ok(phase) = phase.parse() else { continue };
-            out.push(RunningPhase { job_id: stored_id(&id)?, phase, started_at, rollout_id: stored_id(&rollout)? });
+            let stalled_phase = stall.as_deref().map(|s| super::from_json::<crate::model::Stall>(s, "job stall")).transpose()?;
+            out.push(RunningPhase {
+                job_id: stored_id(&id)?,
+                phase,
+                started_at,
+                rollout_id: stored_id(&rollout)?,
+                agent_id: stored_id(&agent)?,
+                package,
+                stalled_phase: stalled_phase.map(|s| s.phase),
+            });
         }
         Ok(out)
     }
@@ -182,10 +200,13 @@ impl SchedulerPass {
             sqlx::query_as(concat!(rollout_select!(), " where r.state = 'running'")).fetch_all(&mut *self.tx).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let (wave_count,): (i64,) = sqlx::query_as("select count(*) from waves where rollout_id = $1")
-                .bind(&row.id)
-                .fetch_one(&mut *self.tx)
-                .await?;
+            let (wave_count, wave_done_at): (i64, Option<i64>) = sqlx::query_as(
+                "select count(*), max(case when number = $2 then done_at end) from waves where rollout_id = $1",
+            )
+            .bind(&row.id)
+            .bind(row.current_wave)
+            .fetch_one(&mut *self.tx)
+            .await?;
             out.push(RunningRollout {
                 id: stored_id(&row.id)?,
                 view: RolloutView {
@@ -194,6 +215,7 @@ impl SchedulerPass {
                     approved_wave: row.approved_wave as u32,
                     failures_accepted: row.failures_accepted as u64,
                     gate_override_wave: row.gate_override_wave as u32,
+                    wave_done_at,
                 },
                 spec_text: row.spec,
             });
@@ -223,8 +245,34 @@ impl SchedulerPass {
         let audit =
             |action: &str, detail: serde_json::Value| NewAudit::new("scheduler", action, "rollout", rid, detail);
         let mut wake = Vec::new();
+        if !matches!(step, Step::Wait(..) | Step::Transition(_) | Step::AwaitApproval) {
+            // The rollout waits no more: its reason goes. A running rollout has a reason only
+            // while it waits, so this writes nothing unless it was waiting.
+            sqlx::query(
+                "update rollouts set state_reason = null, wait_until = null where id = $1 \
+                 and (state_reason is not null or wait_until is not null)",
+            )
+            .bind(rid)
+            .execute(&mut **tx)
+            .await?;
+        }
         match step {
             Step::Nothing => return Ok(wake),
+            Step::Wait(reason, until) => {
+                sqlx::query(
+                    "update rollouts set state_reason = $2, wait_until = $3 where id = $1 \
+                     and (coalesce(state_reason, '') <> $2 or coalesce(wait_until, -1) <> coalesce($3, -1))",
+                )
+                .bind(rid)
+                .bind(reason)
+                .bind(*until)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Step::Soak(w) => {
+                close_wave(tx, rid, *w, now).await?;
+                record(tx, &audit("rollout.soak", serde_json::json!({ "wave": w })), now).await?;
+            }
             Step::Transition(effect) => {
                 wake = apply_effect(tx, id, effect, now).await?;
                 let (action, reason) = match effect {
@@ -273,7 +321,8 @@ impl SchedulerPass {
                 // queued in one round trip (docs/benchmarks.md, P1).
                 let ready: Vec<(String,)> = sqlx::query_as(
                     "update jobs set state = 'queued', queued_at = $4, updated_at = $4 where id in \
-                     (select id from jobs where rollout_id = $1 and wave = $2 and state = 'pending' order by position limit $3) \
+                     (select id from jobs where rollout_id = $1 and wave = $2 and state = 'pending' \
+                      and (not_before is null or not_before <= $4) order by position limit $3) \
                      returning agent_id",
                 )
                 .bind(rid)
@@ -310,9 +359,11 @@ impl SchedulerPass {
     }
 }
 
-/// Marks a wave done.
+/// Marks a wave done (once: a soaked wave keeps the time it passed its gate).
 async fn close_wave(tx: &mut Tx, rollout_id: &str, wave: u32, now: i64) -> StoreResult<()> {
-    sqlx::query("update waves set state = 'done', done_at = $3 where rollout_id = $1 and number = $2")
+    sqlx::query(
+        "update waves set state = 'done', done_at = coalesce(done_at, $3) where rollout_id = $1 and number = $2",
+    )
         .bind(rollout_id)
         .bind(i64::from(wave))
         .bind(now)

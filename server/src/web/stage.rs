@@ -8,7 +8,7 @@ use super::{WebResult, form_pairs};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::model::{
-    Agent, AgentId, ErrorAction, MaintenanceWindow, Package, Role, RolloutSpec, Targets, Threshold, WaveSpec,
+    Agent, AgentId, ErrorAction, MaintenanceWindow, Package, Role, RetryPolicy, RolloutSpec, Targets, Threshold, WaveSpec,
     WindowRange,
 };
 use crate::ops;
@@ -87,6 +87,7 @@ pub fn spec_from_form(pairs: &[(String, String)]) -> Result<RolloutSpec, String>
         None
     } else {
         Some(MaintenanceWindow {
+            time_zone: Some(get("window_time_zone")).filter(|z| !z.is_empty()),
             utc_offset_minutes: get("window_utc_offset").parse().unwrap_or(0),
             ranges: vec![WindowRange { days: all("window_day"), start: get("window_start"), end: get("window_end") }],
             cutoff_minutes: get("window_cutoff").parse().unwrap_or(0),
@@ -117,6 +118,31 @@ pub fn spec_from_form(pairs: &[(String, String)]) -> Result<RolloutSpec, String>
             t => Some(t.parse().map_err(|_| "the delivery timeout must be a whole number of seconds".to_owned())?),
         },
         undeliverable_is_failure: get("undeliverable_is_failure") == "on",
+        start_at: match get("start_at").as_str() {
+            "" => None,
+            t => Some(
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|_| format!("start at '{t}' is not a time: write it like 2026-12-24T02:00:00+01:00"))?
+                    .to_utc(),
+            ),
+        },
+        soak_secs: match get("soak_secs").as_str() {
+            "" => 0,
+            t => t.parse().map_err(|_| "the soak time must be a whole number of seconds".to_owned())?,
+        },
+        retries: match get("retries").as_str() {
+            "" | "0" => None,
+            t => Some(RetryPolicy {
+                times: t.parse().map_err(|_| "retries must be a whole number".to_owned())?,
+                backoff_secs: match get("retry_backoff").as_str() {
+                    "" => 30,
+                    b => b.parse().map_err(|_| "the retry backoff must be a whole number of seconds".to_owned())?,
+                },
+                max_backoff_secs: 600,
+            }),
+        },
+        late_joiners: get("late_joiners") == "on",
+        allow_downgrade: get("allow_downgrade") == "on",
     })
 }
 

@@ -79,7 +79,7 @@ pub fn job_class(s: JobState) -> &'static str {
         JobState::Succeeded => "st-ok",
         JobState::Skipped => "st-skip",
         JobState::Failed | JobState::RolledBack | JobState::Lost => "st-fail",
-        JobState::Cancelled => "st-cancel",
+        JobState::Cancelled | JobState::Retried | JobState::Excluded => "st-cancel",
     }
 }
 

@@ -171,7 +171,9 @@ async fn summary_view(backend: Backend) {
             "current_phase",
             "phase_status",
             "outage_secs",
-            "warning_count"
+            "warning_count",
+            "attempt",
+            "stalled"
         ]),
         "{s}"
     );
