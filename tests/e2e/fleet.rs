@@ -27,13 +27,15 @@ struct Fleet {
 /// `n` hosts, enrolled and online, the sample package uploaded. `tweak` adjusts a host
 /// before its agent starts.
 async fn fleet(n: usize, database_url: Option<&str>, tweak: impl Fn(usize, &mut Host)) -> Fleet {
+    fleet_with(n, database_url, &[], tweak).await
+}
+
+/// [`fleet`], with more options for the coordinator.
+async fn fleet_with(n: usize, database_url: Option<&str>, extra: &[&str], tweak: impl Fn(usize, &mut Host)) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        &dir.path().join("server"),
-        database_url,
-        &["--lease-secs", "6", "--scheduler-interval-ms", "200"],
-    )
-    .await;
+    let mut args = vec!["--lease-secs", "6", "--scheduler-interval-ms", "200"];
+    args.extend_from_slice(extra);
+    let server = Server::start(&dir.path().join("server"), database_url, &args).await;
     let package = server.upload(None).await;
     let token = server.enrollment_token(u32::try_from(n).unwrap()).await;
     let crl = fleetup_demo_service::crl_endpoint().unwrap();
@@ -403,4 +405,63 @@ async fn an_offline_server_is_undeliverable_and_the_wave_goes_on() {
     assert!(away.error.as_deref().unwrap_or_default().contains("last seen at"), "{away:?}");
     assert_eq!(f.host("web-1").version().as_deref(), Some("1.0.0"));
     assert_eq!(f.host("web-2").version().as_deref(), Some("1.1.0"));
+}
+
+/// A transient failure retried (issue 15): the agent is killed mid-install, its job is lost
+/// after the lease, and with `retries` the rollout tries the server again by itself; the
+/// restarted agent takes the new attempt and the server ends on 1.1.0, the lost attempt
+/// kept as `retried`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_job_is_retried_by_itself_and_the_server_converges() {
+    let mut f = fleet(1, None, |_, _| {}).await;
+    let token = f.server.enrollment_token(1).await;
+    let web1 = f.hosts.iter_mut().find(|h| h.name == "web-1").unwrap();
+    web1.agent.as_mut().unwrap().kill();
+    web1.start_agent_with_env(&f.server, &token, &[(fleetup_agent_pause_env(), "3".to_owned())]);
+    let rollout = f.rollout(json!({ "waves": [1], "retries": { "times": 2, "backoff_secs": 1 } })).await;
+    wait_paused(f.host("web-1"), "journal step 3 ");
+    f.hosts[0].agent.as_mut().unwrap().kill();
+    let client = &f.server.client;
+    let retried = f
+        .server
+        .eventually("the lost attempt retried", LONG, async || {
+            let filter = JobFilter { state: Some(JobState::Retried), ..JobFilter::default() };
+            Ok(client.jobs_page::<Job>(&rollout, &filter, None).await?.jobs.into_iter().next())
+        })
+        .await;
+    assert_eq!(retried.attempt, 1);
+    f.hosts[0].start_agent(&f.server, &token);
+    let r = f.wait_rollout_state(&rollout, &ENDED).await;
+    assert_eq!(r.state, RolloutState::Finished, "{r:?}");
+    let jobs = f.jobs(&rollout).await;
+    assert_eq!(jobs.len(), 1, "the listing shows the server's current attempt: {jobs:?}");
+    assert_eq!((jobs[0].state, jobs[0].attempt), (JobState::Succeeded, 2), "{jobs:?}");
+    assert_eq!(jobs[0].retry_of.as_ref(), Some(&retried.id));
+    assert_eq!(f.host("web-1").version().as_deref(), Some("1.1.0"));
+}
+
+/// The stall alarm with learned history (issue 15): five real installs teach each phase's
+/// durations; on a sixth server the engine stops in the middle of a phase, and while it
+/// hangs the job is flagged `stalled` (past 3 × p95 and the 2 s floor), naming the phase.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_phase_is_flagged_stalled_from_learned_history() {
+    let mut f = fleet_with(6, None, &["--stall-floor-secs", "2"], |_, _| {}).await;
+    let ids = agent_ids(&f).await;
+    let token = f.server.enrollment_token(1).await;
+    let web6 = f.hosts.iter_mut().find(|h| h.name == "web-6").unwrap();
+    web6.agent.as_mut().unwrap().kill();
+    web6.start_agent_with_env(&f.server, &token, &[(fleetup_agent_pause_env(), "3".to_owned())]);
+    let history = f.rollout(json!({ "targets": { "agents": ids[..5] }, "waves": [5], "concurrency": 5 })).await;
+    let r = f.wait_rollout_state(&history, &ENDED).await;
+    assert_eq!(r.state, RolloutState::Finished, "{r:?}");
+    let hung = f.rollout(json!({ "targets": { "agents": [ids[5]] }, "waves": [1] })).await;
+    wait_paused(f.host("web-6"), "journal step 3 ");
+    let job = f
+        .eventually_jobs("the hung phase flagged", &hung, |jobs| jobs.first().filter(|j| j.stalled.is_some()).cloned())
+        .await;
+    let stall = job.stalled.clone().unwrap();
+    assert_eq!(Some(stall.phase), job.current_phase, "{job:?}");
+    assert_eq!((stall.basis.as_str(), stall.samples), ("fleet", 5), "{stall:?}");
+    assert!(stall.elapsed_secs > stall.limit_secs && stall.limit_secs >= 2.0, "{stall:?}");
+    f.hosts[5].agent.as_mut().unwrap().kill();
 }

@@ -2,7 +2,7 @@
 //! jobs, and when a running phase has run far past that. This is the seeds' 40–60 minute
 //! CRL stall, caught while it happens instead of found in the log afterwards.
 
-use crate::model::{AgentId, Millis, PhaseState};
+use crate::model::{AgentId, Millis};
 use fleetup_proto::PhaseId;
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,15 +20,6 @@ pub const MIN_HOST_SAMPLES: usize = 3;
 /// Finished installs across the fleet needed before the fleet's history is used; with
 /// fewer, only the fixed phase timeouts apply.
 pub const MIN_FLEET_SAMPLES: usize = 5;
-
-/// The duration of each phase of one finished install, from its phase map: a phase lasted
-/// from the end of the phase before it to its own end (both on the agent's clock). The
-/// first phase has no start in the map, so it is left out; its fixed timeout still applies.
-pub fn phase_durations(phases: &BTreeMap<PhaseId, PhaseState>) -> Vec<(PhaseId, Millis)> {
-    let ended: Vec<(PhaseId, Millis)> =
-        PhaseId::INSTALL.iter().filter_map(|p| phases.get(p).map(|s| (*p, s.at.timestamp_millis()))).collect();
-    ended.windows(2).map(|w| (w[1].0, (w[1].1 - w[0].1).max(0))).collect()
-}
 
 /// Learned durations, sorted, per phase: across the fleet and per host.
 #[derive(Debug, Clone, Default)]
@@ -59,13 +50,15 @@ fn percentile(sorted: &[Millis], p: f64) -> Millis {
 }
 
 impl Learned {
-    /// Learns from finished installs: (server, phase map) of each.
-    pub fn from_history<'a>(jobs: impl IntoIterator<Item = (&'a AgentId, &'a BTreeMap<PhaseId, PhaseState>)>) -> Learned {
+    /// Learns from finished installs: the server and the engine's own measure of each
+    /// phase (the final summary's `phase_ms`) of each.
+    pub fn from_history<'a>(jobs: impl IntoIterator<Item = (&'a AgentId, &'a BTreeMap<PhaseId, u64>)>) -> Learned {
         let mut out = Learned::default();
         for (agent, phases) in jobs {
-            for (phase, ms) in phase_durations(phases) {
-                out.fleet.entry(phase).or_default().push(ms);
-                out.host.entry(agent.clone()).or_default().entry(phase).or_default().push(ms);
+            for (phase, ms) in phases {
+                let ms = Millis::try_from(*ms).unwrap_or(Millis::MAX);
+                out.fleet.entry(*phase).or_default().push(ms);
+                out.host.entry(agent.clone()).or_default().entry(*phase).or_default().push(ms);
             }
         }
         out.fleet.values_mut().for_each(|v| v.sort_unstable());
@@ -97,52 +90,44 @@ impl Learned {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{DateTime, Utc};
-    use fleetup_proto::PhaseStatus;
 
-    /// A phase map whose phases ended `ends` ms after an epoch, in install order.
-    fn map(ends: &[(PhaseId, i64)]) -> BTreeMap<PhaseId, PhaseState> {
-        ends.iter()
-            .map(|(p, ms)| {
-                let at = DateTime::<Utc>::from_timestamp_millis(1_700_000_000_000 + ms).unwrap();
-                (*p, PhaseState { status: PhaseStatus::Succeeded, seq: 1, at })
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_phase_lasts_from_the_end_of_the_one_before() {
-        let m = map(&[(PhaseId::CheckSystem, 100), (PhaseId::PreHooks, 400), (PhaseId::StopServices, 450)]);
-        assert_eq!(phase_durations(&m), vec![(PhaseId::PreHooks, 300), (PhaseId::StopServices, 50)]);
+    /// An install whose pre-hooks phase took `ms`.
+    fn took(ms: u64) -> BTreeMap<PhaseId, u64> {
+        BTreeMap::from([(PhaseId::CheckSystem, 5), (PhaseId::PreHooks, ms)])
     }
 
     #[test]
     fn judged_on_the_host_history_first_then_the_fleet_and_never_on_too_little() {
         let (a, b): (AgentId, AgentId) = ("agent-a".parse().unwrap(), "agent-b".parse().unwrap());
-        let quick = map(&[(PhaseId::CheckSystem, 0), (PhaseId::PreHooks, 1000)]);
-        let slow = map(&[(PhaseId::CheckSystem, 0), (PhaseId::PreHooks, 20_000)]);
         let rules = StallRules { factor: 3.0, floor_ms: 2000 };
+        let learn = |hist: &[(AgentId, BTreeMap<PhaseId, u64>)]| Learned::from_history(hist.iter().map(|(a, m)| (a, m)));
         // Four fleet samples: too few.
-        let few: Vec<(AgentId, _)> = (0..4).map(|_| (b.clone(), quick.clone())).collect();
-        let learned = Learned::from_history(few.iter().map(|(a, m)| (a, m)));
-        assert_eq!(learned.judge(rules, &a, PhaseId::PreHooks, 60_000), None);
+        let few: Vec<_> = (0..4).map(|_| (b.clone(), took(1000))).collect();
+        assert_eq!(learn(&few).judge(rules, &a, PhaseId::PreHooks, 60_000), None);
         // Five: the fleet's p95 is 1 s, the limit 3 s.
-        let five: Vec<(AgentId, _)> = (0..5).map(|_| (b.clone(), quick.clone())).collect();
-        let learned = Learned::from_history(five.iter().map(|(a, m)| (a, m)));
+        let five: Vec<_> = (0..5).map(|_| (b.clone(), took(1000))).collect();
+        let learned = learn(&five);
         assert_eq!(learned.judge(rules, &a, PhaseId::PreHooks, 2999), None);
         let v = learned.judge(rules, &a, PhaseId::PreHooks, 3001).unwrap();
         assert_eq!((v.p95_ms, v.limit_ms, v.basis, v.samples), (1000, 3000, "fleet", 5));
+        assert!(learned.judge(rules, &a, PhaseId::UpdateFiles, 99_000).is_none(), "no history of that phase");
         // A host that is always slow is judged on its own history.
         let mut hist = five.clone();
-        hist.extend((0..3).map(|_| (a.clone(), slow.clone())));
-        let learned = Learned::from_history(hist.iter().map(|(a, m)| (a, m)));
+        hist.extend((0..3).map(|_| (a.clone(), took(20_000))));
+        let learned = learn(&hist);
         assert_eq!(learned.judge(rules, &a, PhaseId::PreHooks, 30_000), None, "20 s is normal on this host");
         assert_eq!(learned.judge(rules, &a, PhaseId::PreHooks, 61_000).unwrap().basis, "host");
         // The floor: a phase that usually takes 1 ms is not flagged at 1 s.
-        let tiny = map(&[(PhaseId::CheckSystem, 0), (PhaseId::PreHooks, 1)]);
-        let t: Vec<(AgentId, _)> = (0..5).map(|_| (b.clone(), tiny.clone())).collect();
-        let learned = Learned::from_history(t.iter().map(|(a, m)| (a, m)));
+        let tiny: Vec<_> = (0..5).map(|_| (b.clone(), took(1))).collect();
+        let learned = learn(&tiny);
         assert_eq!(learned.judge(rules, &a, PhaseId::PreHooks, 1000), None);
         assert!(learned.judge(rules, &a, PhaseId::PreHooks, 2001).is_some());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<Millis> = (1..=100).collect();
+        assert_eq!((percentile(&v, 50.0), percentile(&v, 95.0)), (50, 95));
+        assert_eq!(percentile(&[7], 95.0), 7);
     }
 }

@@ -8,10 +8,10 @@ use super::audit::{commit_audited, record};
 use super::jobs::lock_job;
 use super::rows::AgentRow;
 use super::scheduler::RunningPhase;
-use super::{NewAudit, SchedulerPass, Store, StoreError, StoreResult, Tx, corrupt, from_json, stored_id, to_json};
+use super::{NewAudit, SchedulerPass, Store, StoreError, StoreResult, Tx, corrupt, stored_id, to_json};
 use crate::domain::job::{JobAction, guided_refused};
-use crate::model::{Agent, AgentId, Job, JobId, JobState, Millis, PhaseState, RolloutId, RolloutState, Stall, now_ms};
-use fleetup_proto::PhaseId;
+use crate::model::{Agent, AgentId, Job, JobId, JobState, Millis, RolloutId, RolloutState, Stall, now_ms};
+use fleetup_proto::{InstallSummary, PhaseId};
 use std::collections::BTreeMap;
 
 /// A failed job of a running rollout whose failure is not classified yet.
@@ -173,19 +173,30 @@ impl SchedulerPass {
         record(&mut self.tx, &NewAudit::new("scheduler", "rollout.join", "rollout", id.as_str(), detail), now).await
     }
 
-    /// The phase maps of the newest finished (succeeded) installs of a package name, with
-    /// their servers: what the stall alarm learns from.
-    pub async fn phase_history(&mut self, package_name: &str) -> StoreResult<Vec<(AgentId, BTreeMap<PhaseId, PhaseState>)>> {
+    /// How long each phase took (the engine's own measure, from the final summary) in the
+    /// newest finished (succeeded) installs of a package name, with their servers: what the
+    /// stall alarm learns from.
+    pub async fn phase_history(&mut self, package_name: &str) -> StoreResult<Vec<(AgentId, BTreeMap<PhaseId, u64>)>> {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "select j.agent_id, j.phases from jobs j join rollouts r on r.id = j.rollout_id \
-             join packages p on p.id = r.package_id where p.name = $1 and j.state = 'succeeded' \
-             order by j.finished_at desc limit $2",
+            "select j.agent_id, e.data from jobs j join rollouts r on r.id = j.rollout_id \
+             join packages p on p.id = r.package_id \
+             join events e on e.job_id = j.id and e.seq = (select max(x.seq) from events x where x.job_id = j.id) \
+             where p.name = $1 and j.state = 'succeeded' order by j.finished_at desc limit $2",
         )
         .bind(package_name)
         .bind(HISTORY)
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter().map(|(a, p)| Ok((stored_id(a)?, from_json(p, "job phases")?))).collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for (agent, data) in rows {
+            let summary: Option<InstallSummary> = serde_json::from_str::<serde_json::Value>(&data)
+                .ok()
+                .and_then(|d| serde_json::from_value(d.get("summary")?.clone()).ok());
+            if let Some(s) = summary {
+                out.push((stored_id(&agent)?, s.phase_ms));
+            }
+        }
+        Ok(out)
     }
 
     /// Flags a running phase as stalled (once per phase), audited as `job.stalled`.
