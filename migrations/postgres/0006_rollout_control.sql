@@ -10,3 +10,13 @@ alter table jobs add column note text;
 alter table jobs add column stalled_at bigint;
 alter table jobs add column stall text;
 alter table rollouts add column wait_until bigint;
+-- "The same answer from now on": a bulk answer kept standing for the rest of the rollout.
+create table standing_answers (
+    id          text primary key,
+    rollout_id  text not null references rollouts (id),
+    filter      text not null,
+    answer      text not null,
+    created_by  text not null,
+    created_at  bigint not null
+);
+create index standing_answers_rollout on standing_answers (rollout_id);

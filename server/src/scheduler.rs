@@ -131,6 +131,10 @@ pub async fn pass(app: &App, cache: &mut RulesCache, now: i64) -> StoreResult<Pa
             None => tx.classify(&f.job_id, transient).await?,
         }
     }
+    // Answers an operator asked to keep giving, to the decisions asked since.
+    for standing in tx.standing_answers().await? {
+        report.wake_agents.extend(tx.apply_standing(&standing).await?);
+    }
     let stall_rules =
         StallRules { factor: app.config.stall_factor, floor_ms: (app.config.stall_floor_secs as i64).saturating_mul(1000) };
     for job in tx.running_phases().await? {

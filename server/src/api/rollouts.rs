@@ -180,6 +180,9 @@ struct DecideAll {
     matching: Option<String>,
     /// The answer for every one of them.
     answer: fleetup_proto::DecisionAnswer,
+    /// Keep the answer standing: every such decision asked later in the rollout gets it too.
+    #[serde(default)]
+    remember: bool,
 }
 
 /// `POST /rollouts/{id}/decisions`: answers every open decision the filter covers.
@@ -190,6 +193,6 @@ async fn decide_all(
     ApiJson(body): ApiJson<DecideAll>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let filter = crate::domain::decide::DecisionFilter { kind: body.kind, code: body.code, matching: body.matching };
-    let answered = ops::jobs::answer_all(&state, &actor, &id, &filter, body.answer).await?;
+    let answered = ops::jobs::answer_all(&state, &actor, &id, &filter, body.answer, body.remember).await?;
     Ok(Json(serde_json::json!({ "answered": answered })))
 }

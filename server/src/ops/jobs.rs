@@ -36,19 +36,22 @@ pub async fn cancel(app: &App, actor: &Actor, job_id: &JobId) -> Result<Job, App
 }
 
 /// Answers every open decision of a rollout that `filter` covers (one audit record with the
-/// count) and wakes their agents. Answering none is not an error: the count says 0.
+/// count) and wakes their agents. Answering none is not an error: the count says 0. With
+/// `remember`, the answer stands for the rest of the rollout: the scheduler gives it to every
+/// such decision asked later.
 pub async fn answer_all(
     app: &App,
     actor: &Actor,
     rollout_id: &crate::model::RolloutId,
     filter: &crate::domain::decide::DecisionFilter,
     answer: DecisionAnswer,
+    remember: bool,
 ) -> Result<u64, AppError> {
     actor.require(Role::Operator)?;
     filter.check(answer).map_err(AppError::Unprocessable)?;
-    let detail = serde_json::json!({ "answer": answer, "filter": filter });
+    let detail = serde_json::json!({ "answer": answer, "filter": filter, "remember": remember });
     let audit = NewAudit::new(&actor.name, "rollout.decisions", "rollout", rollout_id.as_str(), detail);
-    let (count, agents) = app.store.answer_rollout_decisions(rollout_id, filter, answer, &audit).await?;
+    let (count, agents) = app.store.answer_rollout_decisions(rollout_id, filter, answer, remember, &audit).await?;
     app.wake_agents(&agents).await;
     Ok(count)
 }

@@ -5,13 +5,14 @@
 //! reads and writes.
 
 use super::audit::{commit_audited, record};
-use super::jobs::lock_job;
+use super::jobs::{answer_open_decisions, lock_job};
 use super::rows::AgentRow;
 use super::scheduler::RunningPhase;
-use super::{NewAudit, SchedulerPass, Store, StoreError, StoreResult, Tx, corrupt, stored_id, to_json};
+use super::{NewAudit, SchedulerPass, Store, StoreError, StoreResult, Tx, corrupt, from_json, stored_id, to_json};
+use crate::domain::decide::DecisionFilter;
 use crate::domain::job::{JobAction, guided_refused};
 use crate::model::{Agent, AgentId, Job, JobId, JobState, Millis, RolloutId, RolloutState, Stall, now_ms};
-use fleetup_proto::{InstallSummary, PhaseId};
+use fleetup_proto::{DecisionAnswer, InstallSummary, PhaseId};
 use std::collections::BTreeMap;
 
 /// A failed job of a running rollout whose failure is not classified yet.
@@ -56,7 +57,55 @@ async fn new_attempt(tx: &mut Tx, old: &JobId, not_before: Option<Millis>, now: 
     Ok(id)
 }
 
+/// A bulk answer kept standing for the rest of a rollout.
+#[derive(Debug, Clone)]
+pub struct StandingAnswer {
+    /// The rollout.
+    pub rollout_id: RolloutId,
+    /// Which decisions it answers.
+    pub filter: DecisionFilter,
+    /// The answer.
+    pub answer: DecisionAnswer,
+    /// The operator who gave it.
+    pub by: String,
+}
+
 impl SchedulerPass {
+    /// The standing answers of rollouts still going, oldest first.
+    pub async fn standing_answers(&mut self) -> StoreResult<Vec<StandingAnswer>> {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "select s.rollout_id, s.filter, s.answer, s.created_by from standing_answers s \
+             join rollouts r on r.id = s.rollout_id where r.state in ('running', 'paused', 'awaiting-approval') \
+             order by s.created_at, s.id",
+        )
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter()
+            .map(|(rollout, filter, answer, by)| {
+                Ok(StandingAnswer {
+                    rollout_id: stored_id(&rollout)?,
+                    filter: from_json(&filter, "standing answer filter")?,
+                    answer: answer.parse().map_err(corrupt)?,
+                    by,
+                })
+            })
+            .collect()
+    }
+
+    /// Gives a standing answer to the open decisions it covers (audited as the scheduler's
+    /// `rollout.decisions`, naming whose answer it is); returns the agents to wake.
+    pub async fn apply_standing(&mut self, s: &StandingAnswer) -> StoreResult<Vec<AgentId>> {
+        let now = self.now();
+        let actor = format!("{} (standing answer)", s.by);
+        let (n, agents) = answer_open_decisions(&mut self.tx, &s.rollout_id, &s.filter, s.answer, &actor, now).await?;
+        if n > 0 {
+            let detail = serde_json::json!({ "answer": s.answer, "filter": s.filter, "count": n, "standing_answer_of": s.by });
+            let audit = NewAudit::new("scheduler", "rollout.decisions", "rollout", s.rollout_id.as_str(), detail);
+            record(&mut self.tx, &audit, now).await?;
+        }
+        Ok(agents)
+    }
+
     /// Failed, rolled-back and lost jobs of rollouts still going (running, paused or awaiting
     /// approval) that no pass has classified yet.
     pub async fn unclassified_failures(&mut self) -> StoreResult<Vec<Failure>> {

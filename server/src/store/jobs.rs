@@ -8,6 +8,58 @@ use crate::model::{AgentId, Decision, Job, JobId, JobState, JobSummary, RolloutI
 use fleetup_proto::agent_api::LogLine;
 use fleetup_proto::{DecisionAnswer, DecisionRequest, EngineEvent};
 
+/// Answers, inside `tx`, every open decision of a rollout that `filter` covers and whose
+/// question offers `answer`, as `actor`; jobs with nothing left open run again. Returns the
+/// count and the agents to wake.
+pub(crate) async fn answer_open_decisions(
+    tx: &mut Tx,
+    rollout_id: &RolloutId,
+    filter: &crate::domain::decide::DecisionFilter,
+    answer: DecisionAnswer,
+    actor: &str,
+    now: i64,
+) -> StoreResult<(u64, Vec<AgentId>)> {
+    let open: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "select d.job_id, j.agent_id, d.id, d.request from decisions d join jobs j on j.id = d.job_id \
+         where j.rollout_id = $1 and d.answer is null and j.state = 'waiting' order by j.wave, j.position, d.id",
+    )
+    .bind(rollout_id.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut answered = 0u64;
+    let mut jobs: Vec<(String, String)> = Vec::new();
+    for (job_id, agent_id, decision_id, request) in open {
+        let req: DecisionRequest = from_json(&request, "decision request")?;
+        if !filter.covers(&req) || !req.options.contains(&answer) {
+            continue;
+        }
+        sqlx::query("update decisions set answer = $3, answered_by = $4, answered_at = $5 where job_id = $1 and id = $2")
+            .bind(&job_id)
+            .bind(decision_id)
+            .bind(answer.as_str())
+            .bind(actor)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        answered += 1;
+        if jobs.last().is_none_or(|(j, _)| *j != job_id) {
+            jobs.push((job_id, agent_id));
+        }
+    }
+    for (job_id, _) in &jobs {
+        sqlx::query(
+            "update jobs set state = 'running', updated_at = $2 where id = $1 and state = 'waiting' \
+             and not exists (select 1 from decisions d where d.job_id = $1 and d.answer is null)",
+        )
+        .bind(job_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let agents = jobs.iter().map(|(_, a)| stored_id(a)).collect::<StoreResult<_>>()?;
+    Ok((answered, agents))
+}
+
 /// The job's row, locked for the transaction (Postgres).
 pub(crate) async fn lock_job(tx: &mut Tx, dialect: Dialect, id: &JobId) -> StoreResult<JobRow> {
     let lock = if dialect == Dialect::Postgres { " for update of j" } else { "" };
@@ -196,66 +248,42 @@ impl Store {
         Ok((self.get_job(job_id).await?, stored_id(&job.agent_id)?))
     }
 
-    /// Answers every open decision of a rollout that `filter` covers with `answer`, audited
-    /// as one action with its count. Jobs left with no open decision go back to `running`.
-    /// Returns how many were answered and the agents to wake.
+    /// Answers every open decision of a rollout that `filter` covers (audited once, with the
+    /// count) and, when `remember`, keeps the answer standing: the scheduler gives it to every
+    /// such decision asked later in the rollout. Returns the count and the agents to wake.
     #[tracing::instrument(skip_all)]
     pub async fn answer_rollout_decisions(
         &self,
         rollout_id: &RolloutId,
         filter: &crate::domain::decide::DecisionFilter,
         answer: DecisionAnswer,
+        remember: bool,
         audit: &NewAudit,
     ) -> StoreResult<(u64, Vec<AgentId>)> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         super::rollouts::lock_rollout(&mut tx, self.dialect, rollout_id).await?;
-        let open: Vec<(String, String, i64, String)> = sqlx::query_as(
-            "select d.job_id, j.agent_id, d.id, d.request from decisions d join jobs j on j.id = d.job_id \
-             where j.rollout_id = $1 and d.answer is null and j.state = 'waiting' order by j.wave, j.position, d.id",
-        )
-        .bind(rollout_id.as_str())
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut answered = 0u64;
-        let mut jobs: Vec<(String, String)> = Vec::new();
-        for (job_id, agent_id, decision_id, request) in open {
-            let req: DecisionRequest = from_json(&request, "decision request")?;
-            if !filter.covers(&req) || !req.options.contains(&answer) {
-                continue;
-            }
+        if remember {
             sqlx::query(
-                "update decisions set answer = $3, answered_by = $4, answered_at = $5 where job_id = $1 and id = $2",
+                "insert into standing_answers (id, rollout_id, filter, answer, created_by, created_at) \
+                 values ($1, $2, $3, $4, $5, $6)",
             )
-            .bind(&job_id)
-            .bind(decision_id)
+            .bind(fleetup_proto::id::new_id())
+            .bind(rollout_id.as_str())
+            .bind(super::to_json(filter))
             .bind(answer.as_str())
             .bind(&audit.actor)
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            answered += 1;
-            if jobs.last().is_none_or(|(j, _)| *j != job_id) {
-                jobs.push((job_id, agent_id));
-            }
         }
-        for (job_id, _) in &jobs {
-            sqlx::query(
-                "update jobs set state = 'running', updated_at = $2 where id = $1 and state = 'waiting' \
-                 and not exists (select 1 from decisions d where d.job_id = $1 and d.answer is null)",
-            )
-            .bind(job_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if answered > 0 {
+        let (answered, agents) = answer_open_decisions(&mut tx, rollout_id, filter, answer, &audit.actor, now).await?;
+        if answered > 0 || remember {
             let mut audit = audit.clone();
             audit.detail["count"] = serde_json::json!(answered);
             super::audit::record(&mut tx, &audit, now).await?;
         }
         tx.commit().await?;
-        let agents = jobs.iter().map(|(_, a)| stored_id(a)).collect::<StoreResult<_>>()?;
         Ok((answered, agents))
     }
 

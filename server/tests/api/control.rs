@@ -18,6 +18,7 @@ crate::both_backends!(
     a_window_in_an_iana_zone_holds_jobs_and_says_when_it_opens,
     late_joiners_join_the_last_wave,
     a_phase_running_far_past_its_learned_p95_is_flagged_stalled,
+    a_remembered_answer_stands_for_the_rest_of_the_rollout,
 );
 
 /// The final event of an install that failed and asks to be tried again later (a hook's
@@ -317,4 +318,49 @@ async fn a_phase_running_far_past_its_learned_p95_is_flagged_stalled(backend: Ba
     fresh.report(&job.job_id, job.fencing_token, done).await;
     let j = app.wait_job(&job.job_id, "succeeded", |j| j["state"] == "succeeded").await;
     assert!(j["stalled"].is_null(), "an ended job is not stalled: {j}");
+}
+
+/// A CRL warning naming `endpoint`, asked by a job.
+fn crl_warning(seq: u64, endpoint: &str) -> EngineEvent {
+    use fleetup_proto::{DecisionKind, DecisionRequest};
+    let kind = DecisionKind::Warning { code: "crl-unreachable".into(), remediation: None };
+    let req = DecisionRequest {
+        id: 1,
+        phase: PhaseId::CheckSystem,
+        message: format!("CRL endpoint {endpoint} is unreachable: refused"),
+        options: DecisionRequest::options_for(&kind),
+        kind,
+    };
+    let mut e = ev(seq, PhaseId::CheckSystem, PhaseStatus::Warning);
+    e.data = json!({ "decision": req });
+    e
+}
+
+/// "The same answer for this warning from now on": a bulk answer given with `remember`
+/// answers the open decisions it covers, then every such decision asked later in the
+/// rollout, by itself (audited, naming whose answer it is); one it does not cover waits.
+async fn a_remembered_answer_stands_for_the_rest_of_the_rollout(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("standing", 3).await;
+    let spec = json!({ "package_id": package, "targets": { "labels": { "group": "standing" } }, "concurrency": 3 });
+    let id = app.rollout(spec, true).await;
+    let jobs: Vec<JobAssignment> = futures_util::future::join_all(agents.iter().map(FakeAgent::next_job)).await;
+    agents[0].report(&jobs[0].job_id, jobs[0].fencing_token, vec![crl_warning(1, "http://crl.a.test/x.crl")]).await;
+    app.wait_job(&jobs[0].job_id, "waiting", |j| j["state"] == "waiting").await;
+    let body = json!({ "kind": "warning", "matching": "crl.a.test", "answer": "continue", "remember": true });
+    let v = app.post(&format!("/api/v1/rollouts/{id}/decisions"), body).await;
+    assert_eq!(v["answered"], 1, "{v}");
+    // Asked after the answer: the same endpoint is answered by itself, another one waits.
+    agents[1].report(&jobs[1].job_id, jobs[1].fencing_token, vec![crl_warning(1, "http://crl.a.test/x.crl")]).await;
+    agents[2].report(&jobs[2].job_id, jobs[2].fencing_token, vec![crl_warning(1, "http://crl.b.test/y.crl")]).await;
+    app.wait_job(&jobs[1].job_id, "answered by the standing answer", |j| j["state"] == "running").await;
+    let (_, r) = agents[1].report(&jobs[1].job_id, jobs[1].fencing_token, vec![]).await;
+    assert_eq!(r["decisions"][0]["answer"], "continue", "{r}");
+    let other = app.get(&format!("/api/v1/jobs/{}", jobs[2].job_id)).await;
+    assert_eq!(other["state"], "waiting", "another endpoint is not covered: {other}");
+    let decisions = app.get(&format!("/api/v1/jobs/{}/decisions", jobs[1].job_id)).await;
+    assert!(decisions[0]["answered_by"].as_str().unwrap().ends_with("(standing answer)"), "{decisions}");
+    let audit = app.get(&format!("/api/v1/audit?object_id={id}")).await.to_string();
+    assert!(audit.contains("standing_answer_of") && audit.contains("\"remember\":true"), "{audit}");
 }
