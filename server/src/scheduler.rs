@@ -135,8 +135,10 @@ pub async fn pass(app: &App, cache: &mut RulesCache, now: i64) -> StoreResult<Pa
     for standing in tx.standing_answers().await? {
         report.wake_agents.extend(tx.apply_standing(&standing).await?);
     }
-    let stall_rules =
-        StallRules { factor: app.config.stall_factor, floor_ms: (app.config.stall_floor_secs as i64).saturating_mul(1000) };
+    let stall_rules = StallRules {
+        factor: app.config.stall_factor,
+        floor_ms: (app.config.stall_floor_secs as i64).saturating_mul(1000),
+    };
     for job in tx.running_phases().await? {
         let rules = cache.of(&mut tx, &job.rollout_id).await?;
         if let Some(limit) = phase_timed_out(&rules, job.phase, job.started_at, now) {
@@ -148,7 +150,9 @@ pub async fn pass(app: &App, cache: &mut RulesCache, now: i64) -> StoreResult<Pa
             continue;
         }
         let elapsed = now - job.started_at;
-        if let Some(v) = cache.learned(&mut tx, &job.package).await?.judge(stall_rules, &job.agent_id, job.phase, elapsed) {
+        if let Some(v) =
+            cache.learned(&mut tx, &job.package).await?.judge(stall_rules, &job.agent_id, job.phase, elapsed)
+        {
             let secs = |ms: i64| ms as f64 / 1000.0;
             let stall = Stall {
                 phase: job.phase,

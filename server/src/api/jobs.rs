@@ -77,7 +77,9 @@ async fn guide(
     ApiPath((id, action)): ApiPath<(JobId, String)>,
 ) -> ApiResult<Json<Job>> {
     let action = crate::domain::job::JobAction::parse(&action).ok_or_else(|| {
-        crate::error::AppError::NotFound(format!("no job action '{action}': use cancel, decision, retry, skip or exclude"))
+        crate::error::AppError::NotFound(format!(
+            "no job action '{action}': use cancel, decision, retry, skip or exclude"
+        ))
     })?;
     Ok(Json(ops::jobs::guide(&state, &actor, &id, action).await?))
 }

@@ -101,7 +101,13 @@ mod tests {
         for (action, states) in allowed {
             for s in JobState::ALL {
                 let refused = guided_refused(*action, s, RolloutState::Running);
-                assert_eq!(refused.is_none(), states.contains(&s), "{} on {}: {refused:?}", action.as_str(), s.as_str());
+                assert_eq!(
+                    refused.is_none(),
+                    states.contains(&s),
+                    "{} on {}: {refused:?}",
+                    action.as_str(),
+                    s.as_str()
+                );
                 assert!(guided_refused(*action, s, RolloutState::Finished).is_some());
             }
         }

@@ -125,14 +125,12 @@ impl Window {
                 return Err("give the window either time_zone or utc_offset_minutes, not both".into());
             }
             Some(name) => Zone::Iana(name.parse().map_err(|_| {
-                format!("'{name}' is not an IANA time zone: write a name like \"Europe/Berlin\" or \"America/New_York\"")
+                format!(
+                    "'{name}' is not an IANA time zone: write a name like \"Europe/Berlin\" or \"America/New_York\""
+                )
             })?),
         };
-        Ok(Window {
-            zone,
-            ranges,
-            cutoff_minutes: i64::from(w.cutoff_minutes),
-        })
+        Ok(Window { zone, ranges, cutoff_minutes: i64::from(w.cutoff_minutes) })
     }
 }
 
@@ -411,10 +409,14 @@ mod tests {
     #[test]
     fn late_joiners_match_the_selector_and_only_when_asked() {
         let s = spec(serde_json::json!({ "targets": { "labels": { "role": "web" } }, "late_joiners": true }));
-        let outsiders =
-            vec![agent("a", &[("role", "web")], false), agent("b", &[("role", "db")], false), agent("c", &[("role", "web")], true)];
+        let outsiders = vec![
+            agent("a", &[("role", "web")], false),
+            agent("b", &[("role", "db")], false),
+            agent("c", &[("role", "web")], true),
+        ];
         let rules = Rules::parse(&s).unwrap();
-        let got: Vec<&str> = late_joiners(&rules, &outsiders, ("demo", "1.1.0")).iter().map(|(a, _)| a.id.as_str()).collect();
+        let got: Vec<&str> =
+            late_joiners(&rules, &outsiders, ("demo", "1.1.0")).iter().map(|(a, _)| a.id.as_str()).collect();
         assert_eq!(got, ["a"], "matching and not revoked");
         let off = Rules::parse(&RolloutSpec { late_joiners: false, ..s.clone() }).unwrap();
         assert!(late_joiners(&off, &outsiders, ("demo", "1.1.0")).is_empty());

@@ -173,9 +173,10 @@ pub fn next_step(view: &RolloutView, rules: &Rules, counts: &Counts, window: Win
         if pending == 0 {
             return Step::Nothing;
         }
-        let when = opens.map_or_else(|| "it never opens: check its ranges and cutoff".to_owned(), |t| {
-            format!("it next opens at {}", stamp(t))
-        });
+        let when = opens.map_or_else(
+            || "it never opens: check its ranges and cutoff".to_owned(),
+            |t| format!("it next opens at {}", stamp(t)),
+        );
         return Step::Wait(format!("outside its maintenance window: {pending} servers wait; {when}"), opens);
     }
     let active = in_wave(&|s| s.is_active());

@@ -100,7 +100,8 @@ mod tests {
     fn judged_on_the_host_history_first_then_the_fleet_and_never_on_too_little() {
         let (a, b): (AgentId, AgentId) = ("agent-a".parse().unwrap(), "agent-b".parse().unwrap());
         let rules = StallRules { factor: 3.0, floor_ms: 2000 };
-        let learn = |hist: &[(AgentId, BTreeMap<PhaseId, u64>)]| Learned::from_history(hist.iter().map(|(a, m)| (a, m)));
+        let learn =
+            |hist: &[(AgentId, BTreeMap<PhaseId, u64>)]| Learned::from_history(hist.iter().map(|(a, m)| (a, m)));
         // Four fleet samples: too few.
         let few: Vec<_> = (0..4).map(|_| (b.clone(), took(1000))).collect();
         assert_eq!(learn(&few).judge(rules, &a, PhaseId::PreHooks, 60_000), None);

@@ -99,7 +99,8 @@ impl SchedulerPass {
         let actor = format!("{} (standing answer)", s.by);
         let (n, agents) = answer_open_decisions(&mut self.tx, &s.rollout_id, &s.filter, s.answer, &actor, now).await?;
         if n > 0 {
-            let detail = serde_json::json!({ "answer": s.answer, "filter": s.filter, "count": n, "standing_answer_of": s.by });
+            let detail =
+                serde_json::json!({ "answer": s.answer, "filter": s.filter, "count": n, "standing_answer_of": s.by });
             let audit = NewAudit::new("scheduler", "rollout.decisions", "rollout", s.rollout_id.as_str(), detail);
             record(&mut self.tx, &audit, now).await?;
         }
@@ -167,10 +168,12 @@ impl SchedulerPass {
 
     /// The package (name, version) a rollout installs.
     pub async fn rollout_package(&mut self, id: &RolloutId) -> StoreResult<(String, String)> {
-        Ok(sqlx::query_as("select p.name, p.version from rollouts r join packages p on p.id = r.package_id where r.id = $1")
-            .bind(id.as_str())
-            .fetch_one(&mut *self.tx)
-            .await?)
+        Ok(sqlx::query_as(
+            "select p.name, p.version from rollouts r join packages p on p.id = r.package_id where r.id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_one(&mut *self.tx)
+        .await?)
     }
 
     /// Enrolled agents with no job in the rollout.
@@ -218,7 +221,8 @@ impl SchedulerPass {
             .bind(wave)
             .execute(&mut *self.tx)
             .await?;
-        let detail = serde_json::json!({ "agent_id": agent.id, "hostname": agent.hostname, "wave": wave, "skipped": skip });
+        let detail =
+            serde_json::json!({ "agent_id": agent.id, "hostname": agent.hostname, "wave": wave, "skipped": skip });
         record(&mut self.tx, &NewAudit::new("scheduler", "rollout.join", "rollout", id.as_str(), detail), now).await
     }
 
@@ -265,10 +269,11 @@ impl SchedulerPass {
 impl Store {
     /// Running jobs whose phase is flagged stalled.
     pub async fn stalled_jobs(&self) -> StoreResult<u64> {
-        let (n,): (i64,) =
-            sqlx::query_as("select count(*) from jobs where stalled_at is not null and state in ('running', 'waiting')")
-                .fetch_one(&self.pool)
-                .await?;
+        let (n,): (i64,) = sqlx::query_as(
+            "select count(*) from jobs where stalled_at is not null and state in ('running', 'waiting')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n as u64)
     }
 

@@ -33,14 +33,16 @@ pub(crate) async fn answer_open_decisions(
         if !filter.covers(&req) || !req.options.contains(&answer) {
             continue;
         }
-        sqlx::query("update decisions set answer = $3, answered_by = $4, answered_at = $5 where job_id = $1 and id = $2")
-            .bind(&job_id)
-            .bind(decision_id)
-            .bind(answer.as_str())
-            .bind(actor)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "update decisions set answer = $3, answered_by = $4, answered_at = $5 where job_id = $1 and id = $2",
+        )
+        .bind(&job_id)
+        .bind(decision_id)
+        .bind(answer.as_str())
+        .bind(actor)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
         answered += 1;
         if jobs.last().is_none_or(|(j, _)| *j != job_id) {
             jobs.push((job_id, agent_id));

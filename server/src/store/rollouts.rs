@@ -75,13 +75,15 @@ pub(crate) async fn apply_effect(tx: &mut Tx, id: &RolloutId, effect: &Effect, n
         Effect::End(target, reason) => {
             let in_flight = cancel_rollout_jobs(tx, id, now).await?;
             let state = ending_state(*target, in_flight.len());
-            sqlx::query("update rollouts set state = $2, state_reason = $3, wait_until = null, finished_at = $4 where id = $1")
-                .bind(id)
-                .bind(state.as_str())
-                .bind(reason)
-                .bind(state.is_terminal().then_some(now))
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "update rollouts set state = $2, state_reason = $3, wait_until = null, finished_at = $4 where id = $1",
+            )
+            .bind(id)
+            .bind(state.as_str())
+            .bind(reason)
+            .bind(state.is_terminal().then_some(now))
+            .execute(&mut **tx)
+            .await?;
             return Ok(in_flight);
         }
     }

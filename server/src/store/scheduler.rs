@@ -149,7 +149,8 @@ impl SchedulerPass {
         for (id, phase, started, rollout, agent, package, stall) in rows {
             let (Some(phase), Some(started_at)) = (phase, started) else { continue };
             let Ok(phase) = phase.parse() else { continue };
-            let stalled_phase = stall.as_deref().map(|s| super::from_json::<crate::model::Stall>(s, "job stall")).transpose()?;
+            let stalled_phase =
+                stall.as_deref().map(|s| super::from_json::<crate::model::Stall>(s, "job stall")).transpose()?;
             out.push(RunningPhase {
                 job_id: stored_id(&id)?,
                 phase,
@@ -364,10 +365,10 @@ async fn close_wave(tx: &mut Tx, rollout_id: &str, wave: u32, now: i64) -> Store
     sqlx::query(
         "update waves set state = 'done', done_at = coalesce(done_at, $3) where rollout_id = $1 and number = $2",
     )
-        .bind(rollout_id)
-        .bind(i64::from(wave))
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    .bind(rollout_id)
+    .bind(i64::from(wave))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

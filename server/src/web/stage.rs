@@ -8,8 +8,8 @@ use super::{WebResult, form_pairs};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::model::{
-    Agent, AgentId, ErrorAction, MaintenanceWindow, Package, Role, RetryPolicy, RolloutSpec, Targets, Threshold, WaveSpec,
-    WindowRange,
+    Agent, AgentId, ErrorAction, MaintenanceWindow, Package, RetryPolicy, Role, RolloutSpec, Targets, Threshold,
+    WaveSpec, WindowRange,
 };
 use crate::ops;
 use askama::Template;

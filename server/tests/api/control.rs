@@ -189,9 +189,13 @@ async fn the_next_wave_opens_after_the_soak_time(backend: Backend) {
     let first = agents[0].next_job().await;
     agents[0].finish(&first, InstallOutcome::Succeeded).await;
     let passed = Instant::now();
-    let r = app.wait_rollout(&id, "soaking", |r| r["state_reason"].as_str().is_some_and(|s| s.contains("soaking"))).await;
+    let r =
+        app.wait_rollout(&id, "soaking", |r| r["state_reason"].as_str().is_some_and(|s| s.contains("soaking"))).await;
     let reason = r["state_reason"].as_str().unwrap();
-    assert!(reason.starts_with("wave 1 passed its gate; soaking until ") && reason.ends_with("before wave 2 opens"), "{r}");
+    assert!(
+        reason.starts_with("wave 1 passed its gate; soaking until ") && reason.ends_with("before wave 2 opens"),
+        "{r}"
+    );
     assert!(r["wait_until"].is_string(), "{r}");
     assert_eq!(r["waves"][0]["state"], "done", "{r}");
     assert_eq!(r["current_wave"], 1, "{r}");
@@ -210,9 +214,7 @@ async fn a_window_in_an_iana_zone_holds_jobs_and_says_when_it_opens(backend: Bac
     // Asia/Kolkata is UTC+05:30 all year: a range starting two hours from now, local.
     let local = Utc::now() + Span::minutes(330);
     let (start, end) = ((local.hour() + 2) % 24, (local.hour() + 3) % 24);
-    let window = |zone: &str| {
-        json!({ "time_zone": zone, "ranges": [{ "start": format!("{start:02}:00"), "end": format!("{end:02}:00") }] })
-    };
+    let window = |zone: &str| json!({ "time_zone": zone, "ranges": [{ "start": format!("{start:02}:00"), "end": format!("{end:02}:00") }] });
     let spec = json!({
         "name": "night", "package_id": package, "targets": { "agents": [agent.id] },
         "maintenance_window": window("Asia/Kolkata"),
@@ -296,10 +298,8 @@ async fn a_phase_running_far_past_its_learned_p95_is_flagged_stalled(backend: Ba
     let fresh = app.fleet("fresh", 1).await.remove(0);
     let id = app.rollout(json!({ "package_id": package, "targets": { "agents": [fresh.id] } }), true).await;
     let job = fresh.next_job().await;
-    let running = vec![
-        ev(1, PhaseId::CheckSystem, PhaseStatus::Succeeded),
-        ev(2, PhaseId::PreHooks, PhaseStatus::Running),
-    ];
+    let running =
+        vec![ev(1, PhaseId::CheckSystem, PhaseStatus::Succeeded), ev(2, PhaseId::PreHooks, PhaseStatus::Running)];
     let started = Instant::now();
     fresh.report(&job.job_id, job.fencing_token, running).await;
     let j = app.wait_job(&job.job_id, "stalled", |j| !j["stalled"].is_null()).await;

@@ -15,6 +15,7 @@ crate::both_backends!(
     viewer_sees_no_start_button_and_cannot_post,
     ten_wrong_passwords_are_rate_limited,
     live_stamp_moves_when_a_job_changes,
+    the_staging_form_offers_the_rollout_control_options,
 );
 
 /// `application/x-www-form-urlencoded` bodies (reqwest is built without its `form` feature).
@@ -318,4 +319,53 @@ async fn rollout_page_of_ten_thousand_servers_is_bounded() {
     // The size is the contract (a page, never 120,000 cells); the time is printed for the
     // record only: speed goals live in docs/benchmarks.md, not in timed tests.
     assert!(bytes < 300_000, "the page must stay bounded: {bytes} bytes");
+}
+
+/// The staging form has a field for each rollout-control option (issue 15), and what is
+/// typed there ends up in the staged rollout's spec.
+async fn the_staging_form_offers_the_rollout_control_options(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    add_user(&app, "sam", Role::Operator).await;
+    let (cookie, csrf, _) = login(&app, "sam").await;
+    let package = app.upload_package().await;
+    app.fleet("form", 2).await;
+    let page = client().get(format!("{}/rollouts/new", app.base)).header("cookie", &cookie).send().await.unwrap();
+    let html = page.text().await.unwrap();
+    let fields =
+        ["start_at", "soak_secs", "retries", "retry_backoff", "late_joiners", "allow_downgrade", "window_time_zone"];
+    for name in fields {
+        assert!(html.contains(&format!("name=\"{name}\"")), "the form has no {name} field");
+    }
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("name", "from the form"),
+        ("package_id", package.as_str()),
+        ("target_mode", "labels"),
+        ("labels", "group=form"),
+        ("waves", "1, 100%"),
+        ("concurrency", "1"),
+        ("start_at", "2030-01-02T03:04:05+01:00"),
+        ("soak_secs", "600"),
+        ("retries", "2"),
+        ("retry_backoff", "45"),
+        ("late_joiners", "on"),
+        ("window_day", "sat"),
+        ("window_start", "01:00"),
+        ("window_end", "05:00"),
+        ("window_time_zone", "Europe/Berlin"),
+    ];
+    let r = client()
+        .post(format!("{}/rollouts", app.base))
+        .header("cookie", &cookie)
+        .form_body(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303, "{}", r.text().await.unwrap());
+    let staged = &app.get("/api/v1/rollouts").await[0];
+    let spec = &staged["spec"];
+    assert_eq!(spec["start_at"], "2030-01-02T02:04:05Z", "{spec}");
+    assert_eq!((spec["soak_secs"].as_u64(), spec["late_joiners"].as_bool()), (Some(600), Some(true)), "{spec}");
+    assert_eq!(spec["retries"], json!({ "times": 2, "backoff_secs": 45, "max_backoff_secs": 600 }), "{spec}");
+    assert_eq!(spec["maintenance_window"]["time_zone"], "Europe/Berlin", "{spec}");
 }
