@@ -21,6 +21,10 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// The label that names this server's device class, matched against a manifest's
+/// `[target] device_class`.
+pub const DEVICE_CLASS_LABEL: &str = "device-class";
+
 /// How the daemon was started.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -96,6 +100,8 @@ impl Ctx {
                 JobCrl::None => CrlRemediation::None,
                 JobCrl::HostsFile => CrlRemediation::HostsFile,
             },
+            device_class: self.config.labels.get(DEVICE_CLASS_LABEL).cloned(),
+            allow_downgrade: job.allow_downgrade,
         }
     }
 }
