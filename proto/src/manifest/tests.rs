@@ -8,9 +8,9 @@ const SAMPLE: &str = include_str!("../../../examples/sample-rollup/manifest.toml
 #[test]
 fn sample_manifest_parses_and_uses_every_feature() {
     let m = Manifest::from_toml(SAMPLE).unwrap();
-    assert!(m.files.iter().any(|f| f.action == FileAction::Add));
-    assert!(m.files.iter().any(|f| f.action == FileAction::Replace));
-    assert!(m.files.iter().any(|f| f.action == FileAction::Remove));
+    // The directory form: one entry for the whole of lib/demo.
+    assert_eq!(m.files.len(), 1);
+    assert_eq!(m.files[0].action, FileAction::Tree);
     assert!(!m.services.is_empty() && m.services[0].health.is_some());
     assert!(m.prerequisites.iter().any(|p| p.severity == Severity::Warning));
     assert!(!m.crl.as_ref().unwrap().endpoints.is_empty());
@@ -35,10 +35,10 @@ fn sample_manifest_parses_and_uses_every_feature() {
 
 #[test]
 fn unsafe_paths_are_refused_with_the_field_named() {
-    let bad = SAMPLE.replacen("path = \"lib/demo/VERSION\"", "path = \"../etc/passwd\"", 1);
+    let bad = SAMPLE.replacen("path = \"lib/demo\"", "path = \"../etc/passwd\"", 1);
     let err = Manifest::from_toml(&bad).unwrap_err().to_string();
     assert!(err.contains("files[") && err.contains("../etc/passwd"), "{err}");
-    let bad = SAMPLE.replacen("path = \"lib/demo/VERSION\"", "path = \"/etc/passwd\"", 1);
+    let bad = SAMPLE.replacen("path = \"lib/demo\"", "path = \"/etc/passwd\"", 1);
     assert!(Manifest::from_toml(&bad).is_err());
 }
 
@@ -57,14 +57,18 @@ fn versions_that_are_not_one_directory_name_are_refused() {
 
 #[test]
 fn duplicate_entries_are_refused_naming_both() {
-    let dot = SAMPLE.to_owned() + "\n[[files]]\npath = \"./lib/demo/VERSION\"\naction = \"replace\"\n";
+    let dot = SAMPLE.to_owned() + "\n[[files]]\npath = \"./lib/demo\"\naction = \"tree\"\n";
     let err = Manifest::from_toml(&dot).unwrap_err().to_string();
-    assert!(err.contains("files[4].path") && err.contains("./lib/demo/VERSION") && err.contains("files[0]"), "{err}");
+    assert!(
+        err.contains("files[1].path") && err.contains("'./lib/demo'") && err.contains("files[0] ('lib/demo')"),
+        "{err}"
+    );
     let shared = SAMPLE.to_owned()
-        + "\n[[files]]\npath = \"lib/demo/copy.txt\"\naction = \"add\"\nsource = \"payload/lib/demo/feature-x.txt\"\n";
+        + "\n[[files]]\npath = \"etc/a.txt\"\naction = \"add\"\nsource = \"payload/x.txt\"\n"
+        + "\n[[files]]\npath = \"etc/b.txt\"\naction = \"add\"\nsource = \"payload/x.txt\"\n";
     let err = Manifest::from_toml(&shared).unwrap_err().to_string();
     assert!(
-        err.contains("files[4].source") && err.contains("lib/demo/copy.txt") && err.contains("lib/demo/feature-x.txt"),
+        err.contains("files[2].source") && err.contains("etc/b.txt") && err.contains("files[1] ('etc/a.txt')"),
         "{err}"
     );
 }
@@ -73,7 +77,7 @@ fn duplicate_entries_are_refused_naming_both() {
 fn an_entry_inside_a_tree_is_refused() {
     let text = SAMPLE.to_owned() + "\n[[files]]\npath = \"lib\"\naction = \"tree\"\n";
     let err = Manifest::from_toml(&text).unwrap_err().to_string();
-    assert!(err.contains("files[0].path") && err.contains("inside the tree files[4] ('lib')"), "{err}");
+    assert!(err.contains("files[0].path") && err.contains("inside the tree files[1] ('lib')"), "{err}");
 }
 
 #[test]
