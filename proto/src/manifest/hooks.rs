@@ -63,8 +63,6 @@ pub struct Scripts {
     pub deadline_secs: u64,
 }
 
-/// How a config file is edited.
-
 impl Scripts {
     /// Every script, in the order the hooks are listed.
     pub fn all(&self) -> impl Iterator<Item = &String> {

@@ -3,6 +3,7 @@
 use super::{ManifestError, check_relative, invalid};
 use serde::{Deserialize, Serialize};
 
+/// How a config file is edited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "format", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum PatchEdit {
