@@ -372,7 +372,16 @@ impl Run<'_> {
                 c => super::cancel_effect(phase, c),
             };
             self.em.emit(phase, PhaseStatus::Running, phase.title(), json!({ "number": phase.number(), "of": PhaseId::INSTALL.len(), "cancel": phase.cancellability(), "cancel_effect": can }));
-            let result = self.run_phase(phase);
+            let mut result = self.run_phase(phase);
+            // The events are the install's record (the agent reports them after a
+            // restart): an install that cannot write them stops, rolled back if needed.
+            if let (Ok(_), Some(e)) = (&result, self.em.take_persist_error()) {
+                result = Err(Stop::Failed(format!(
+                    "the state dir {} cannot be written ({e}): the install stops rather than go on unrecorded; \
+                     free space there",
+                    self.state_dir.display()
+                )));
+            }
             match result {
                 Ok((status, msg)) => self.em.emit(phase, status, msg, serde_json::Value::Null),
                 Err(stop) => return self.stopped(phase, stop),

@@ -7,6 +7,7 @@ mod beneath;
 mod cancel;
 mod crash;
 mod crl;
+mod diskfull;
 mod entries;
 mod failures;
 mod happy;

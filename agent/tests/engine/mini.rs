@@ -43,9 +43,13 @@ impl Mini {
     /// An empty root (with `lib/`) and state dir.
     pub fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("root");
+        let (root, state) = (tmp.path().join("root"), tmp.path().join("state"));
+        Self::with_dirs(tmp, root, state)
+    }
+
+    /// [`Mini::new`] with the root and the state dir at the given places (inside `tmp`).
+    pub fn with_dirs(tmp: tempfile::TempDir, root: PathBuf, state: PathBuf) -> Self {
         std::fs::create_dir_all(root.join("lib")).unwrap();
-        let state = tmp.path().join("state");
         let key = SecretKey::generate().unwrap();
         let key_pub = tmp.path().join("key.pub");
         std::fs::write(&key_pub, key.public().to_text()).unwrap();
@@ -116,7 +120,7 @@ impl Mini {
 
     /// Staging directories left beside the root.
     pub fn leftover_staging(&self) -> usize {
-        std::fs::read_dir(self.tmp.path())
+        std::fs::read_dir(self.root.parent().unwrap())
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with(".root.fleetup-"))
