@@ -505,3 +505,53 @@ async fn sigterm_after_the_files_are_in_place_finishes_forward_and_a_second_says
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert_eq!(f.host("web-1").version().as_deref(), Some("1.1.0"));
 }
+
+/// A server that already runs the version although the coordinator does not know it
+/// (installed from the command line): the job is dispatched, the engine confirms the
+/// version is there and changes nothing, and the coordinator counts the job `skipped`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_already_on_the_version_is_confirmed_by_the_engine_and_skipped() {
+    let mut f = fleet(1, None, |_, _| {}).await;
+    let token = f.server.enrollment_token(1).await;
+    let (key, key_pub) = (f.server.key.clone(), f.server.key_pub.clone());
+    let web1 = &mut f.hosts[0];
+    web1.agent.as_mut().unwrap().kill();
+    // The operator installs 1.1.0 by hand, with the agent's own state dir.
+    let agent = fleetup_e2e::binary("fleetup-agent");
+    let pkg = web1.dir.join("by-hand.fup");
+    let sample = fleetup_e2e::workspace_root().join("examples/sample-rollup");
+    let packed = std::process::Command::new(&agent)
+        .arg("pack")
+        .arg(&sample)
+        .arg("--key")
+        .arg(&key)
+        .arg("--out")
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    assert!(packed.status.success(), "{}", String::from_utf8_lossy(&packed.stderr));
+    let mut cli = std::process::Command::new(&agent);
+    cli.arg("install").arg(&pkg).arg("--root").arg(&web1.root).arg("--trust").arg(&key_pub);
+    cli.arg("--state-dir").arg(&web1.state).arg("--hosts-file").arg(web1.dir.join("hosts"));
+    cli.args(["--services-backend", "exec", "--yes", "--json"]);
+    for (k, v) in &web1.vars {
+        cli.args(["--var", &format!("{k}={v}")]);
+    }
+    let out = cli.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(web1.version().as_deref(), Some("1.1.0"));
+    let pid = std::fs::read_to_string(web1.root.join("run/demo.pid")).unwrap();
+    web1.start_agent(&f.server, &token);
+    let rollout = f.rollout(json!({ "waves": [1] })).await;
+    let done = f.wait_rollout_state(&rollout, &ENDED).await;
+    assert_eq!(done.state, RolloutState::Finished, "{done:?}");
+    let job = f.jobs(&rollout).await.into_iter().next().unwrap();
+    assert_eq!(job.state, JobState::Skipped, "{job:?}");
+    assert!(job.dispatched_at.is_some(), "decided by the engine, not at staging: {job:?}");
+    let events = f.server.client.job_events(&job.id, 0, None).await.unwrap();
+    let last = events.last().unwrap();
+    assert!(last.message.contains("demo-service 1.1.0 is already installed: nothing changed"), "{}", last.message);
+    let web1 = f.host("web-1");
+    assert_eq!(std::fs::read_to_string(web1.root.join("run/demo.pid")).unwrap(), pid, "the service was restarted");
+    assert_eq!(web1.version().as_deref(), Some("1.1.0"));
+}
