@@ -80,6 +80,14 @@ enum Command {
         /// A host variable for ${name} in the manifest (repeatable): --var port=8080.
         #[arg(long = "var", value_name = "NAME=VALUE")]
         vars: Vec<String>,
+        /// This server's device class, matched against the manifest's [target] device_class
+        /// (a package for another class is refused in check-system).
+        #[arg(long, env = "FLEETUP_DEVICE_CLASS")]
+        device_class: Option<String>,
+        /// Install even if the package is older than the highest version of its rollup
+        /// installed here (the high-water mark in the state dir).
+        #[arg(long)]
+        allow_downgrade: bool,
     },
     /// Run as an agent of a fleetup coordinator: enroll once, then long-poll for jobs and
     /// install them (see docs/agent.md).
@@ -135,6 +143,8 @@ where
             hosts_file,
             crl_remediation,
             vars,
+            device_class,
+            allow_downgrade,
         } => install::install(install::InstallArgs {
             package,
             root,
@@ -146,6 +156,8 @@ where
             hosts_file,
             crl_remediation,
             vars,
+            device_class,
+            allow_downgrade,
         }),
         Command::Recover { state_dir, json } => install::recover(&state_dir, json),
         Command::Run(args) => run::run(args),

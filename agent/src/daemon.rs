@@ -21,6 +21,10 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// The label that names this server's device class, matched against a manifest's
+/// `[target] device_class`.
+pub const DEVICE_CLASS_LABEL: &str = "device-class";
+
 /// How the daemon was started.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -80,6 +84,8 @@ pub(crate) struct Ctx {
     /// The cancel handle of the install running now, for a stop request (SIGTERM from
     /// `systemctl stop`) to cancel it as its phase allows.
     current: std::sync::Mutex<Option<crate::engine::CancelHandle>>,
+    /// A stop was requested: an install that starts from now on is cancelled at once.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
@@ -96,24 +102,54 @@ impl Ctx {
                 JobCrl::None => CrlRemediation::None,
                 JobCrl::HostsFile => CrlRemediation::HostsFile,
             },
+            device_class: self.config.labels.get(DEVICE_CLASS_LABEL).cloned(),
+            allow_downgrade: job.allow_downgrade,
         }
     }
 }
 
 impl Ctx {
-    /// Asks the running install (if any) to cancel, logging what that will do.
-    fn cancel_current(&self) {
+    /// Asks the running install (if any) to cancel, as its phase allows; returns what
+    /// that does, in the engine's words.
+    fn cancel_current(&self) -> String {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         let current = self.current.lock().expect("current job").clone();
-        if let Some(c) = current {
-            let (Ok(m) | Err(m)) = c.cancel();
-            tracing::warn!("stop requested during a job: {m}; exiting once it has ended");
+        match current {
+            Some(c) => {
+                let (Ok(m) | Err(m)) = c.cancel();
+                m
+            }
+            // Still downloading: the install is cancelled as soon as it starts.
+            None => "the install has not started; it ends before it changes anything".to_owned(),
         }
+    }
+
+    /// The phase of the install running now, for a second stop request.
+    fn current_phase(&self) -> Option<fleetup_proto::PhaseId> {
+        self.current.lock().expect("current job").as_ref().and_then(crate::engine::CancelHandle::current_phase)
+    }
+
+    /// Whether a stop was requested.
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Stopped between jobs.
+    Idle,
+    /// A stop arrived during a job; the job ended (with this outcome, if the engine gave
+    /// one) and was reported before the daemon returned.
+    DuringJob(Option<fleetup_proto::InstallOutcome>),
+}
+
 /// Runs until `shutdown` resolves. A job in progress is cancelled as its phase allows
-/// (finished forward from `post-precompile`), ends, is reported, then the daemon exits.
-pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+/// (rolled back up to `update-files`, finished forward from `post-precompile`), ends, is
+/// reported, then the daemon returns; a further SIGTERM or SIGINT meanwhile is answered
+/// with what is still being done.
+pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<Stopped> {
     std::fs::create_dir_all(&config.state_dir)?;
     let identity = match identity::load(&config.state_dir)? {
         Some(id) => id,
@@ -125,6 +161,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
         config,
         backoff: Backoff::default(),
         current: std::sync::Mutex::new(None),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     };
     if let Some(job) = job::unfinished(&ctx.config.state_dir)? {
         tracing::info!(job = %job.job_id, "resuming the job interrupted by a restart");
@@ -133,23 +170,25 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
     tokio::pin!(shutdown);
     loop {
         let polled = tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => return Ok(Stopped::Idle),
             r = ctx.client.poll(ctx.config.poll_wait) => r,
         };
         match polled {
             Ok(Some(assignment)) => {
                 ctx.backoff.reset();
                 tracing::info!(job = %assignment.job_id, package = %assignment.package.name, version = %assignment.package.version, "job received");
+                let job_id = assignment.job_id.clone();
                 let job = job::run(&ctx, assignment);
                 tokio::pin!(job);
                 tokio::select! {
-                    r = &mut job => r?,
+                    r = &mut job => { r?; }
                     // A stop request during a job is a cancel, honoured as the phase allows
                     // (as Ctrl-C on the command line); the job then ends and is reported.
                     () = &mut shutdown => {
-                        ctx.cancel_current();
-                        job.await?;
-                        return Ok(());
+                        let effect = ctx.cancel_current();
+                        tracing::warn!(job = %job_id, "stop requested during job {job_id}: {effect}; the agent exits once the job has ended and its outcome is reported");
+                        let outcome = finish_stopping(&ctx, &job_id, &effect, job).await?;
+                        return Ok(Stopped::DuringJob(outcome));
                     }
                 }
             }
@@ -160,6 +199,37 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
                 ctx.backoff.pause().await;
             }
         }
+    }
+}
+
+/// Waits for the job being stopped to end, answering each further SIGTERM or SIGINT with
+/// what is still being done.
+async fn finish_stopping(
+    ctx: &Ctx,
+    job_id: &str,
+    effect: &str,
+    job: impl std::future::Future<Output = anyhow::Result<Option<fleetup_proto::InstallOutcome>>>,
+) -> anyhow::Result<Option<fleetup_proto::InstallOutcome>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    tokio::pin!(job);
+    loop {
+        let again = tokio::select! {
+            r = &mut job => {
+                let outcome = r?;
+                let said = outcome.map_or_else(|| "without an outcome".to_owned(), |o| format!("{o}"));
+                tracing::warn!(job = %job_id, "job {job_id} ended {said} and was reported; stopping");
+                return Ok(outcome);
+            }
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        let phase = ctx.current_phase().map_or_else(|| "finishing and reporting".to_owned(), |p| format!("in '{p}'"));
+        tracing::warn!(
+            job = %job_id,
+            "{again} received again: job {job_id} is still {phase}; the stop asked earlier stands ({effect}). \
+             The agent exits on its own once the job has ended; kill -9 would leave it for the next start to recover"
+        );
     }
 }
 

@@ -20,7 +20,9 @@ mod http;
 mod inuse;
 mod journal;
 mod lock;
+mod marks;
 mod orphans;
+mod owner;
 mod patch;
 mod phases;
 mod recovery;
@@ -34,6 +36,7 @@ pub use decide::{AutoDecider, Decider, ScriptedDecider};
 pub use events::{EventSink, MemorySink, NullSink, recorded_events};
 pub use journal::{PAUSE_ENV, PAUSE_RENAME_ENV, PAUSE_SPAWN_ENV, PAUSE_UNDO_ENV};
 pub use lock::Holder;
+pub use marks::VERSIONS_FILE;
 pub use run::{BUILT_IN_VARS, RETRY_LATER, RETRY_LATER_EXIT};
 pub use services::{BackendKind, Services, pid_alive};
 
@@ -73,6 +76,11 @@ pub struct InstallRequest {
     pub hosts_file: PathBuf,
     /// CRL remediation choice.
     pub crl_remediation: CrlRemediation,
+    /// This server's device class (the agent's `device-class` label), matched against
+    /// the manifest's `[target] device_class`; `None`: the server declares none.
+    pub device_class: Option<String>,
+    /// Install even if the package is older than the rollup's high-water mark.
+    pub allow_downgrade: bool,
 }
 
 /// Why the engine could not run at all (an install that ran always ends in a summary).

@@ -159,6 +159,11 @@ pub struct JobAssignment {
     /// absent from the map have no limit beyond the engine's own deadlines.
     #[serde(default)]
     pub phase_timeouts: BTreeMap<PhaseId, u64>,
+    /// The rollout explicitly allows installing a version older than the agent's
+    /// high-water mark for this rollup (an audited operator choice). Without it the
+    /// engine refuses a downgrade in `check-system`.
+    #[serde(default)]
+    pub allow_downgrade: bool,
 }
 
 /// `POST /api/v1/agent/jobs/{id}/events`.

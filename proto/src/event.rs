@@ -49,6 +49,10 @@ pub enum InstallOutcome {
     Cancelled,
     /// A rollback could not complete: a person must look at this server.
     RecoveryRequired,
+    /// The server already had this version (the engine's record of its last install, or
+    /// the manifest's from-version file, says so): nothing was changed. A success; the
+    /// coordinator counts the job as skipped.
+    AlreadyInstalled,
 }
 
 impl InstallOutcome {
@@ -60,7 +64,13 @@ impl InstallOutcome {
             InstallOutcome::RolledBack => "rolled-back",
             InstallOutcome::Cancelled => "cancelled",
             InstallOutcome::RecoveryRequired => "recovery-required",
+            InstallOutcome::AlreadyInstalled => "already-installed",
         }
+    }
+
+    /// Whether the server ends on the version installed (succeeded, or already there).
+    pub const fn is_success(self) -> bool {
+        matches!(self, InstallOutcome::Succeeded | InstallOutcome::AlreadyInstalled)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod manifest;
 pub mod package;
 pub mod phase;
+pub mod version;
 
 pub use decision::{DecisionAnswer, DecisionKind, DecisionRequest, HoldingProcess};
 pub use event::{EngineEvent, InstallOutcome, InstallSummary};

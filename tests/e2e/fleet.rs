@@ -465,3 +465,154 @@ async fn a_hung_phase_is_flagged_stalled_from_learned_history() {
     assert!(stall.elapsed_secs > stall.limit_secs && stall.limit_secs >= 2.0, "{stall:?}");
     f.hosts[5].agent.as_mut().unwrap().kill();
 }
+
+/// Adds an executable host hook (`<state>/hooks/<dir>/<name>`) before the agent starts.
+fn host_hook(h: &Host, dir: &str, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hooks = h.state.join("hooks").join(dir);
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join(name), format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(hooks.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Sends `sig` to the host's agent process.
+fn signal_agent(h: &mut Host, sig: nix::sys::signal::Signal) {
+    let pid = h.agent.as_ref().unwrap().child.id();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()), sig).unwrap();
+}
+
+/// Waits (with a deadline) for the host's agent to exit; its exit code.
+fn agent_exit(h: &mut Host) -> Option<i32> {
+    let agent = h.agent.as_mut().unwrap();
+    let status = fleetup_e2e::wait_for("the agent to exit", LONG, || agent.child.try_wait().unwrap());
+    status.code()
+}
+
+/// Waits until the agent's log contains `want`.
+fn wait_logged(h: &Host, want: &str) -> String {
+    let agent = h.agent.as_ref().unwrap();
+    fleetup_e2e::wait_for(&format!("{} logging '{want}'", h.name), LONG, || {
+        agent.output().lines().find(|l| l.contains(want)).map(str::to_owned)
+    })
+}
+
+/// `systemctl stop` of the agent in the middle of an install: SIGTERM is a cancel,
+/// honoured as the phase allows (here pre-hooks: ends now, nothing changed), said in the
+/// journal; the outcome `cancelled` reaches the coordinator before the agent exits 143.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_to_the_agent_mid_install_cancels_reports_cancelled_and_exits_143() {
+    let mut f = fleet(1, None, |_, h| {
+        let running = h.dir.join("hook-running");
+        host_hook(h, "pre-install.d", "10-wait", &format!("touch '{}'; sleep 30", running.display()));
+    })
+    .await;
+    let rollout = f.rollout(json!({ "waves": [1] })).await;
+    let running = f.host("web-1").dir.join("hook-running");
+    fleetup_e2e::wait_for("the pre-install hook to run", LONG, || running.exists().then_some(()));
+    let started = std::time::Instant::now();
+    let web1 = &mut f.hosts[0];
+    signal_agent(web1, nix::sys::signal::Signal::SIGTERM);
+    let line = wait_logged(web1, "stop requested during job");
+    assert!(line.contains("cancel during 'pre-hooks': the install ends now; nothing has been changed"), "{line}");
+    assert_eq!(agent_exit(web1), Some(143), "{}", web1.agent.as_ref().unwrap().output());
+    assert!(started.elapsed() < Duration::from_secs(25), "the hook was interrupted, not waited out");
+    let out = web1.agent.as_ref().unwrap().output();
+    assert!(out.contains("ended cancelled and was reported; stopping"), "{out}");
+    // Reported before the exit: the coordinator already has the outcome.
+    let job = f.jobs(&rollout).await.into_iter().next().unwrap();
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+    let web1 = f.host("web-1");
+    assert_eq!(web1.version().as_deref(), Some("1.0.0"));
+    assert!(web1.root.join("lib/demo/legacy.txt").exists() && !web1.root.join("lib/demo/feature-x.txt").exists());
+    assert!(!web1.state.join("journal.jsonl").exists(), "the journal was left open");
+    assert!(!web1.state.join("job.json").exists(), "the job was left for the next start");
+}
+
+/// From post-precompile on a cancel is refused: a SIGTERM then lets the install finish
+/// forward, a second one says what is still being done, and the agent exits 0 once the
+/// success is reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_after_the_files_are_in_place_finishes_forward_and_a_second_says_what_is_being_done() {
+    let mut f = fleet(1, None, |_, h| {
+        let (running, go) = (h.dir.join("hook-running"), h.dir.join("go"));
+        host_hook(
+            h,
+            "post-install.d",
+            "10-wait",
+            &format!(
+                "touch '{}'; n=0; while [ ! -e '{}' ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done",
+                running.display(),
+                go.display()
+            ),
+        );
+    })
+    .await;
+    let rollout = f.rollout(json!({ "waves": [1] })).await;
+    let (running, go) = (f.host("web-1").dir.join("hook-running"), f.host("web-1").dir.join("go"));
+    fleetup_e2e::wait_for("the post-install hook to run", LONG, || running.exists().then_some(()));
+    let web1 = &mut f.hosts[0];
+    signal_agent(web1, nix::sys::signal::Signal::SIGTERM);
+    let first = wait_logged(web1, "stop requested during job");
+    assert!(first.contains("cancel refused during 'post-hooks'"), "{first}");
+    signal_agent(web1, nix::sys::signal::Signal::SIGTERM);
+    let second = wait_logged(web1, "SIGTERM received again");
+    assert!(
+        second.contains("is still in 'post-hooks'") && second.contains("the stop asked earlier stands"),
+        "{second}"
+    );
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(agent_exit(web1), Some(0), "{}", web1.agent.as_ref().unwrap().output());
+    let job = f.jobs(&rollout).await.into_iter().next().unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(f.host("web-1").version().as_deref(), Some("1.1.0"));
+}
+
+/// A server that already runs the version although the coordinator does not know it
+/// (installed from the command line): the job is dispatched, the engine confirms the
+/// version is there and changes nothing, and the coordinator counts the job `skipped`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_already_on_the_version_is_confirmed_by_the_engine_and_skipped() {
+    let mut f = fleet(1, None, |_, _| {}).await;
+    let token = f.server.enrollment_token(1).await;
+    let (key, key_pub) = (f.server.key.clone(), f.server.key_pub.clone());
+    let web1 = &mut f.hosts[0];
+    web1.agent.as_mut().unwrap().kill();
+    // The operator installs 1.1.0 by hand, with the agent's own state dir.
+    let agent = fleetup_e2e::binary("fleetup-agent");
+    let pkg = web1.dir.join("by-hand.fup");
+    let sample = fleetup_e2e::workspace_root().join("examples/sample-rollup");
+    let packed = std::process::Command::new(&agent)
+        .arg("pack")
+        .arg(&sample)
+        .arg("--key")
+        .arg(&key)
+        .arg("--out")
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    assert!(packed.status.success(), "{}", String::from_utf8_lossy(&packed.stderr));
+    let mut cli = std::process::Command::new(&agent);
+    cli.arg("install").arg(&pkg).arg("--root").arg(&web1.root).arg("--trust").arg(&key_pub);
+    cli.arg("--state-dir").arg(&web1.state).arg("--hosts-file").arg(web1.dir.join("hosts"));
+    cli.args(["--services-backend", "exec", "--yes", "--json"]);
+    for (k, v) in &web1.vars {
+        cli.args(["--var", &format!("{k}={v}")]);
+    }
+    let out = cli.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(web1.version().as_deref(), Some("1.1.0"));
+    let pid = std::fs::read_to_string(web1.root.join("run/demo.pid")).unwrap();
+    web1.start_agent(&f.server, &token);
+    let rollout = f.rollout(json!({ "waves": [1] })).await;
+    let done = f.wait_rollout_state(&rollout, &ENDED).await;
+    assert_eq!(done.state, RolloutState::Finished, "{done:?}");
+    let job = f.jobs(&rollout).await.into_iter().next().unwrap();
+    assert_eq!(job.state, JobState::Skipped, "{job:?}");
+    assert!(job.dispatched_at.is_some(), "decided by the engine, not at staging: {job:?}");
+    let events = f.server.client.job_events(&job.id, 0, None).await.unwrap();
+    let last = events.last().unwrap();
+    assert!(last.message.contains("demo-service 1.1.0 is already installed: nothing changed"), "{}", last.message);
+    let web1 = f.host("web-1");
+    assert_eq!(std::fs::read_to_string(web1.root.join("run/demo.pid")).unwrap(), pid, "the service was restarted");
+    assert_eq!(web1.version().as_deref(), Some("1.1.0"));
+}

@@ -67,11 +67,8 @@ fn pack_refuses_a_bad_manifest_with_the_field_named() {
     let src = dir.path().join("rollup");
     fleetup_e2e::copy_tree(&workspace_root().join("examples/sample-rollup"), &src).unwrap();
     let manifest = std::fs::read_to_string(src.join("manifest.toml")).unwrap();
-    std::fs::write(
-        src.join("manifest.toml"),
-        manifest.replace("path = \"lib/demo/VERSION\"", "path = \"../../etc/passwd\""),
-    )
-    .unwrap();
+    std::fs::write(src.join("manifest.toml"), manifest.replace("path = \"lib/demo\"", "path = \"../../etc/passwd\""))
+        .unwrap();
     let key = dir.path().join("k");
     assert!(agent(&["keygen", "--out", key.to_str().unwrap()]).status.success());
     let out = agent(&[

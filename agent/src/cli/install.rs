@@ -41,6 +41,10 @@ pub struct InstallArgs {
     pub crl_remediation: CrlRemediation,
     /// `--var k=v`.
     pub vars: Vec<String>,
+    /// `--device-class`.
+    pub device_class: Option<String>,
+    /// `--allow-downgrade`.
+    pub allow_downgrade: bool,
 }
 
 /// Prints events as JSON lines.
@@ -148,7 +152,7 @@ pub(crate) fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, Str
 
 fn exit_for(s: &InstallSummary) -> ExitCode {
     match s.outcome {
-        InstallOutcome::Succeeded => ExitCode::SUCCESS,
+        InstallOutcome::Succeeded | InstallOutcome::AlreadyInstalled => ExitCode::SUCCESS,
         InstallOutcome::RecoveryRequired => ExitCode::from(3),
         _ if s.error.as_deref().is_some_and(|e| e.starts_with(crate::engine::RETRY_LATER)) => {
             ExitCode::from(crate::engine::RETRY_LATER_EXIT as u8)
@@ -205,9 +209,11 @@ pub fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
         backend: args.backend,
         hosts_file: args.hosts_file,
         crl_remediation: args.crl_remediation,
+        device_class: args.device_class,
+        allow_downgrade: args.allow_downgrade,
     };
     let summary = engine.install(&req)?;
-    Ok(signals.exit_code(exit_for(&summary), summary.outcome == InstallOutcome::Succeeded))
+    Ok(signals.exit_code(exit_for(&summary), summary.outcome.is_success()))
 }
 
 /// `fleetup-agent recover`
@@ -218,7 +224,7 @@ pub fn recover(state_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCo
     // still answered with a line instead of a kill halfway through.
     let signals = SignalWatch::start(engine.cancel_handle())?;
     if let Some(s) = engine.recover(state_dir)? {
-        return Ok(signals.exit_code(exit_for(&s), s.outcome == InstallOutcome::Succeeded));
+        return Ok(signals.exit_code(exit_for(&s), s.outcome.is_success()));
     }
     eprintln!("nothing to recover in {}", state_dir.display());
     Ok(ExitCode::SUCCESS)

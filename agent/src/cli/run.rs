@@ -46,6 +46,21 @@ pub struct RunArgs {
     poll_wait: u64,
 }
 
+/// The exit status of `fleetup-agent run` when a stop (SIGTERM from `systemctl stop`, or
+/// SIGINT) interrupted a job that then did not succeed: 128 + the signal (143, 130), as
+/// `fleetup-agent install` does. A stop between jobs, or during a job that finished
+/// successfully anyway (a cancel is refused from `post-precompile` on), exits 0.
+fn stopped_exit(stopped: crate::daemon::Stopped, signal: i32) -> ExitCode {
+    match stopped {
+        crate::daemon::Stopped::DuringJob(outcome)
+            if !outcome.is_some_and(fleetup_proto::InstallOutcome::is_success) =>
+        {
+            ExitCode::from(128 + u8::try_from(signal).unwrap_or(15))
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -75,17 +90,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         poll_wait: Duration::from_secs(args.poll_wait),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(async {
+    let signal = std::sync::atomic::AtomicI32::new(0);
+    let stopped = runtime.block_on(async {
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            tracing::info!("stopping: the agent exits between jobs");
+            let (sig, name) = tokio::select! {
+                _ = tokio::signal::ctrl_c() => (nix::sys::signal::Signal::SIGINT, "SIGINT"),
+                _ = term.recv() => (nix::sys::signal::Signal::SIGTERM, "SIGTERM"),
+            };
+            signal.store(sig as i32, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!("{name} received: stopping (a job in progress is cancelled as its phase allows)");
         };
         crate::daemon::run(config, shutdown).await
     })?;
-    Ok(ExitCode::SUCCESS)
+    Ok(stopped_exit(stopped, signal.load(std::sync::atomic::Ordering::SeqCst)))
 }

@@ -50,8 +50,8 @@ fn forget(state_dir: &Path) {
     let _ = std::fs::remove_file(job_file(state_dir));
 }
 
-/// Runs a new job to its end.
-pub async fn run(ctx: &Ctx, job: JobAssignment) -> anyhow::Result<()> {
+/// Runs a new job to its end; the install's outcome, if the engine gave one.
+pub async fn run(ctx: &Ctx, job: JobAssignment) -> anyhow::Result<Option<InstallOutcome>> {
     remember(&ctx.config.state_dir, &job)?;
     let bridge = Arc::new(Bridge::default());
     let engine = Engine::new(bridge.clone(), bridge.clone());
@@ -63,7 +63,7 @@ pub async fn run(ctx: &Ctx, job: JobAssignment) -> anyhow::Result<()> {
                 // Renew the lease meanwhile so a slow download is not declared lost.
                 if let Err(CallError::Stale) = report_once(ctx, &job, &[], Duration::ZERO).await {
                     forget(&ctx.config.state_dir);
-                    return Ok(());
+                    return Ok(None);
                 }
                 ctx.backoff.pause().await;
             }
@@ -72,15 +72,16 @@ pub async fn run(ctx: &Ctx, job: JobAssignment) -> anyhow::Result<()> {
                 bridge.emit_final(&job, &e.to_string());
                 report_all(ctx, &job, &bridge).await;
                 forget(&ctx.config.state_dir);
-                return Ok(());
+                return Ok(Some(InstallOutcome::Failed));
             }
         }
     };
     let req = ctx.install_request(package, &job);
     let install_id = job.job_id.clone();
-    drive(ctx, &job, &bridge, &engine, move |engine| engine.install_as(&req, &install_id).map(Some)).await;
+    let outcome =
+        drive(ctx, &job, &bridge, &engine, move |engine| engine.install_as(&req, &install_id).map(Some)).await;
     forget(&ctx.config.state_dir);
-    Ok(())
+    Ok(outcome)
 }
 
 /// Finishes a job interrupted by a restart: the engine's recovery, then reporting every
@@ -91,28 +92,28 @@ pub async fn resume(ctx: &Ctx, job: JobAssignment) -> anyhow::Result<()> {
     let engine = Engine::new(bridge.clone(), bridge.clone());
     let state_dir = ctx.config.state_dir.clone();
     let recovered = drive(ctx, &job, &bridge, &engine, move |engine| engine.recover(&state_dir)).await;
-    if !recovered
+    if recovered.is_none()
         && !crate::engine::recorded_events(&ctx.config.state_dir, &job.job_id).iter().any(|e| e.summary().is_some())
     {
         // Killed before the engine recorded anything final: nothing changed on the
         // server (the journal would say otherwise), so run the job again if the lease
         // still stands.
         tracing::info!(job = %job.job_id, "no install was recorded for this job; running it");
-        return run(ctx, job).await;
+        return run(ctx, job).await.map(drop);
     }
     forget(&ctx.config.state_dir);
     Ok(())
 }
 
-/// Runs `work` on the engine's blocking thread while reporting; returns whether the
-/// engine produced an outcome.
+/// Runs `work` on the engine's blocking thread while reporting; returns the engine's
+/// outcome, if it produced one.
 async fn drive(
     ctx: &Ctx,
     job: &JobAssignment,
     bridge: &Arc<Bridge>,
     engine: &Engine,
     work: impl FnOnce(Engine) -> Result<Option<InstallSummary>, crate::engine::EngineError> + Send + 'static,
-) -> bool {
+) -> Option<InstallOutcome> {
     let shipper = LogShipper::new(&ctx.config.state_dir, &job.job_id);
     let handle = {
         let engine = engine.clone();
@@ -120,6 +121,10 @@ async fn drive(
     };
     let cancel = engine.cancel_handle();
     *ctx.current.lock().expect("current job") = Some(cancel.clone());
+    if ctx.is_stopping() {
+        // The stop came while the package was downloading: end before any change.
+        let _ = cancel.cancel();
+    }
     let finished = Arc::new(tokio::sync::Notify::new());
     let reporter = {
         let finished = finished.clone();
@@ -171,16 +176,16 @@ async fn drive(
     match result {
         Ok(Ok(Some(summary))) => {
             tracing::info!(job = %job.job_id, outcome = %summary.outcome, "install ended");
-            true
+            Some(summary.outcome)
         }
-        Ok(Ok(None)) => false,
+        Ok(Ok(None)) => None,
         Ok(Err(e)) => {
             tracing::error!(job = %job.job_id, "engine could not run: {e}");
-            false
+            None
         }
         Err(e) => {
             tracing::error!(job = %job.job_id, "engine thread failed: {e}");
-            false
+            None
         }
     }
 }

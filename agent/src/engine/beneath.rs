@@ -13,7 +13,7 @@
 //! again when `update-files` plans its renames. Links inside the root that stay inside
 //! it are fine: hosts use them (`lib/current -> lib/1.0`).
 
-use fleetup_proto::manifest::Manifest;
+use fleetup_proto::manifest::{FileAction, Manifest, normal_path};
 use fleetup_proto::package::index::check_link_target;
 use fleetup_proto::package::{EntryKind, PackageIndex};
 use std::fs;
@@ -42,6 +42,37 @@ pub(crate) fn escapes(root: &Path, rel: &str, through_last: bool) -> Option<Stri
     }
 }
 
+/// Why a link at `link` (under `root`) pointing to `target` would resolve outside the
+/// root, if it would: an absolute target, `..` climbing above the root, or a symlink on
+/// the way (already on the server) that leads out.
+pub(crate) fn link_escapes(root: &Path, link: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return Some(format!(
+            "{link} -> {target}: an absolute target points outside the install root; give it relative to the link"
+        ));
+    }
+    let link_norm = normal_path(link);
+    let mut parts: Vec<&str> = link_norm.split('/').collect();
+    parts.pop(); // the link's own name: the target is relative to its directory
+    for c in target.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if c == ".." {
+            if parts.pop().is_none() {
+                return Some(format!("{link} -> {target}: the target climbs out of the install root"));
+            }
+        } else {
+            parts.push(c);
+        }
+    }
+    if parts.is_empty() {
+        return None; // the root itself
+    }
+    let resolved = parts.join("/");
+    escapes(root, &resolved, true).map(|why| {
+        let why = why.strip_prefix(&format!("{resolved}: ")).unwrap_or(&why).to_owned();
+        format!("{link} -> {target}: {why}")
+    })
+}
+
 fn shown(root: &Path, p: &Path) -> String {
     p.strip_prefix(root).map_or_else(|_| p.display().to_string(), |r| r.display().to_string())
 }
@@ -53,6 +84,9 @@ pub(crate) fn offenders(root: &Path, m: &Manifest, index: &PackageIndex) -> Vec<
     // (A payload source is always a regular file: the signed index refuses anything else.)
     for f in &m.files {
         out.extend(escapes(root, &f.path, false));
+        if let Some(target) = f.target.as_deref().filter(|_| f.action == FileAction::Symlink) {
+            out.extend(link_escapes(root, &f.path, target));
+        }
     }
     for c in &m.config_patches {
         out.extend(escapes(root, &c.file, true));

@@ -28,11 +28,21 @@ impl Run<'_> {
             json!({ "step": "integrity" }),
         );
         let mut m = verified.manifest;
+        // Is this package for this server at all, and not already or no longer due?
+        let mut fatal = target_problems(&m.target, self.device_class.as_deref());
+        let versions = super::marks::Versions::load(&self.state_dir).map_err(Stop::Failed)?;
+        let mark = versions.get(&m.rollup.name);
+        if fatal.is_empty()
+            && let Some(why) = already_installed(&self.root, &m, mark)
+        {
+            self.manifest = Some(m);
+            return Err(Stop::AlreadyInstalled(why));
+        }
+        fatal.extend(super::marks::downgrade_problem(mark, &m.rollup.name, &m.rollup.version, self.allow_downgrade));
         // From here on a tree entry is its per-file changes (see `tree`).
         m.files = super::tree::expand(&self.root, &m.files, &verified.index).map_err(Stop::Failed)?;
         self.vars.insert("version".into(), m.rollup.version.clone());
         self.services.vars.clone_from(&self.vars);
-        let mut fatal = Vec::new();
         // Every template must expand now: a typo fails here, not halfway through.
         let mut templates: Vec<&str> = Vec::new();
         for s in &m.services {
@@ -72,10 +82,15 @@ impl Run<'_> {
                     f.path,
                     if f.action == FileAction::Remove { "remove" } else { "replace" }
                 )),
+                (FileAction::Symlink, Ok(md)) if md.is_dir() => fatal.push(format!(
+                    "{} is a directory, but the rollup makes it a symlink (a link replaces a file or a link)",
+                    f.path
+                )),
                 (_, Ok(md)) => backup_bytes += md.len(),
                 _ => {}
             }
         }
+        fatal.extend(super::owner::problems(&m.files));
         for c in &m.config_patches {
             match fs::metadata(self.root.join(&c.file)) {
                 Ok(md) => backup_bytes += md.len(),
@@ -231,6 +246,54 @@ impl Run<'_> {
             ),
         ))
     }
+}
+
+/// Why this server is not one the manifest's `[target]` is for: the running OS, and the
+/// device class the server declares (the agent's `device-class` label, `--device-class`).
+/// A package naming a class installs only where that class is declared.
+fn target_problems(t: &fleetup_proto::manifest::Target, device_class: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    let os = std::env::consts::OS;
+    if !t.os.is_empty() && !t.os.eq_ignore_ascii_case(os) {
+        out.push(format!("this rollup is for os '{}' ([target] os), but this server runs {os}", t.os));
+    }
+    if !t.device_class.is_empty() {
+        match device_class {
+            Some(c) if c == t.device_class => {}
+            Some(c) => out.push(format!(
+                "this rollup is for device class '{}' ([target] device_class), but this server is '{c}'",
+                t.device_class
+            )),
+            None => out.push(format!(
+                "this rollup is for device class '{}' ([target] device_class), but this server declares none: \
+                 give the agent the label device-class={} (or --device-class) if it is one",
+                t.device_class, t.device_class
+            )),
+        }
+    }
+    out
+}
+
+/// Why the server already has this version, if it does. With `[check.from_version]` the
+/// file on disk decides (it is what is there now); otherwise the engine's record of the
+/// last successful install of the rollup.
+fn already_installed(
+    root: &std::path::Path,
+    m: &fleetup_proto::Manifest,
+    mark: Option<&super::marks::Mark>,
+) -> Option<String> {
+    let version = &m.rollup.version;
+    if let Some(f) = &m.check.from_version {
+        if super::beneath::escapes(root, &f.file, true).is_some() {
+            return None; // refused below, naming why
+        }
+        let found = fs::read_to_string(root.join(&f.file)).ok()?;
+        return (found.trim() == version).then(|| format!("{} says the installed version is {version}", f.file));
+    }
+    let mark = mark?;
+    (mark.installed == *version).then(|| {
+        format!("the last install here put {version} in place ({}, recorded in the state dir)", mark.at.to_rfc3339())
+    })
 }
 
 /// Why the installed version (read from `f.file`) is not one this rollup upgrades from.

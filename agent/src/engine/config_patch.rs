@@ -1,5 +1,5 @@
-//! Config file edits: key = value lines, INI sections, a JSON pointer, an XML attribute;
-//! each sets a value or (except XML) removes the key.
+//! Config file edits: key = value lines, INI sections, a JSON pointer, a YAML key path,
+//! an XML attribute; each sets a value or (except XML) removes the key.
 //!
 //! Each edit is a pure function from old text to new text, so applying it twice gives
 //! the same file: recovery can redo a patch after a crash without harm.
@@ -16,6 +16,7 @@ pub fn apply(text: &str, patch: &ConfigPatch) -> Result<String, String> {
             Ok(lines_edit(text, Some(section.as_deref().unwrap_or("")), key, set(value).as_deref()))
         }
         PatchEdit::Json { pointer } => json(text, pointer, value),
+        PatchEdit::Yaml { key } => yaml(text, key, value),
         PatchEdit::Xml { element, attribute } => {
             let v = value.ok_or("an XML attribute cannot be removed")?;
             xml(text, element, attribute, &scalar(v))
@@ -113,6 +114,67 @@ fn json(text: &str, pointer: &str, value: Option<&toml::Value>) -> Result<String
     let mut s = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
     s.push('\n');
     Ok(s)
+}
+
+/// Sets (`Some`) or removes (`None`) the mapping entry at the `.`-separated `key` path of a
+/// YAML document (one document; parents must exist). yaml-rust2 re-emits the whole
+/// document, so comments are not kept: said in `docs/manifest.md`.
+fn yaml(text: &str, key: &str, value: Option<&toml::Value>) -> Result<String, String> {
+    use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
+    let mut docs = YamlLoader::load_from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    let mut doc = match docs.len() {
+        0 => Yaml::Hash(yaml_rust2::yaml::Hash::new()),
+        1 => docs.remove(0),
+        n => return Err(format!("holds {n} YAML documents; only a single document can be patched")),
+    };
+    let (parents, last) = key.rsplit_once('.').map_or((None, key), |(p, l)| (Some(p), l));
+    let mut node = &mut doc;
+    let mut walked = Vec::new();
+    for part in parents.into_iter().flat_map(|p| p.split('.')) {
+        walked.push(part);
+        let Yaml::Hash(map) = node else {
+            return Err(format!("{} is not a mapping", walked[..walked.len() - 1].join(".")));
+        };
+        node = map
+            .get_mut(&Yaml::String(part.to_owned()))
+            .ok_or_else(|| format!("{} does not exist (parents must exist)", walked.join(".")))?;
+    }
+    let Yaml::Hash(map) = node else {
+        return Err(format!("{} is not a mapping", parents.unwrap_or("the document")));
+    };
+    let k = Yaml::String(last.to_owned());
+    match value {
+        Some(v) => {
+            let new = to_yaml(v);
+            match map.get_mut(&k) {
+                Some(slot) => *slot = new,
+                None => {
+                    map.insert(k, new);
+                }
+            }
+        }
+        None => {
+            map.remove(&k);
+        }
+    }
+    let mut out = String::new();
+    YamlEmitter::new(&mut out).dump(&doc).map_err(|e| format!("writing YAML: {e}"))?;
+    // The emitter starts with a `---` line and ends without a newline.
+    let body = out.strip_prefix("---\n").unwrap_or(&out);
+    Ok(format!("{body}\n"))
+}
+
+fn to_yaml(v: &toml::Value) -> yaml_rust2::Yaml {
+    use yaml_rust2::Yaml;
+    match v {
+        toml::Value::String(s) => Yaml::String(s.clone()),
+        toml::Value::Integer(i) => Yaml::Integer(*i),
+        toml::Value::Float(f) => Yaml::Real(f.to_string()),
+        toml::Value::Boolean(b) => Yaml::Boolean(*b),
+        toml::Value::Datetime(d) => Yaml::String(d.to_string()),
+        toml::Value::Array(a) => Yaml::Array(a.iter().map(to_yaml).collect()),
+        toml::Value::Table(t) => Yaml::Hash(t.iter().map(|(k, v)| (Yaml::String(k.clone()), to_yaml(v))).collect()),
+    }
 }
 
 /// Sets `attribute` on the element at the `/`-separated path. A small scanner rather
@@ -221,6 +283,24 @@ mod tests {
         let new_section = lines_edit(ini, Some("log"), "level", Some("warn"));
         assert!(new_section.ends_with("port = 6379\n[log]\nlevel = warn\n"), "{new_section}");
         assert_eq!(lines_edit(ini, Some(""), "top", Some("2")), ini.replacen("top = 1", "top = 2", 1));
+    }
+
+    #[test]
+    fn yaml_keys_are_set_added_and_removed_idempotently() {
+        let t = "server:\n  port: 8080\n  host: 127.0.0.1\ncache:\n  size_mb: 64\n";
+        let set = yaml(t, "server.port", Some(&toml::Value::Integer(9090))).unwrap();
+        assert_eq!(set, "server:\n  port: 9090\n  host: 127.0.0.1\ncache:\n  size_mb: 64\n");
+        assert_eq!(yaml(&set, "server.port", Some(&toml::Value::Integer(9090))).unwrap(), set);
+        let added = yaml(t, "cache.enabled", Some(&toml::Value::Boolean(true))).unwrap();
+        assert!(added.contains("  size_mb: 64\n  enabled: true\n"), "{added}");
+        let removed = yaml(t, "cache.size_mb", None).unwrap();
+        assert!(!removed.contains("size_mb"), "{removed}");
+        assert_eq!(yaml(&removed, "cache.size_mb", None).unwrap(), removed);
+        let err = yaml(t, "nope.x", Some(&toml::Value::Integer(1))).unwrap_err();
+        assert!(err.contains("nope does not exist"), "{err}");
+        let err = yaml(t, "server.port.x", Some(&toml::Value::Integer(1))).unwrap_err();
+        assert!(err.contains("server.port is not a mapping"), "{err}");
+        assert!(yaml("a: [", "a", None).unwrap_err().contains("not valid YAML"));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub(crate) struct Emitter {
     next_seq: u64,
     history: Vec<EngineEvent>,
     sink: Arc<dyn EventSink>,
+    /// The first event that could not be persisted (a full or failing state dir), until
+    /// the run takes it at the end of the phase and stops the install.
+    persist_error: Option<String>,
     pub(crate) logs: PathBuf,
 }
 
@@ -75,7 +78,7 @@ impl Emitter {
         }
         let file = OpenOptions::new().append(true).create(true).open(&path)?;
         let next_seq = history.last().map_or(1, |e| e.seq + 1);
-        Ok(Self { file, next_seq, history, sink, logs: logs.to_path_buf() })
+        Ok(Self { file, next_seq, history, sink, logs: logs.to_path_buf(), persist_error: None })
     }
 
     /// Emits one event.
@@ -93,10 +96,16 @@ impl Emitter {
         // Persist first: the sink may be a network; the file is the record of truth.
         if let Err(e) = self.file.write_all(line.as_bytes()).and_then(|()| self.file.sync_data()) {
             eprintln!("fleetup-engine: cannot persist event {}: {e}", ev.seq);
+            self.persist_error.get_or_insert_with(|| format!("cannot persist event {}: {e}", ev.seq));
         }
         self.log(phase, &format!("[{}] {}", status, ev.message));
         self.sink.emit(&ev);
         self.history.push(ev);
+    }
+
+    /// The first persistence failure since the last call, if any.
+    pub(crate) fn take_persist_error(&mut self) -> Option<String> {
+        self.persist_error.take()
     }
 
     /// Appends a line to the phase's log file.

@@ -108,7 +108,13 @@ impl Run<'_> {
             let dst = self.root.join(&f.path);
             let meta = fs::symlink_metadata(&dst).ok();
             let exists = meta.is_some();
-            match (f.action, exists) {
+            // A link entry adds or replaces, whichever the disk says.
+            let action = match f.action {
+                FileAction::Symlink if exists => FileAction::Replace,
+                FileAction::Symlink => FileAction::Add,
+                a => a,
+            };
+            match (action, exists) {
                 (FileAction::Add, true) => {
                     return Err(Stop::Failed(format!("{} already exists, but the rollup adds it", f.path)));
                 }
@@ -121,25 +127,30 @@ impl Run<'_> {
                 }
                 _ => {}
             }
-            if f.action == FileAction::Add {
+            if action == FileAction::Add {
                 let mut d = parent_of(&dst);
                 while !d.exists() && d.starts_with(&self.root) && d != self.root {
                     mkdirs.insert(d.strip_prefix(&self.root).expect("under root").display().to_string());
                     d = parent_of(&d);
                 }
             }
-            if f.action != FileAction::Add {
+            if action != FileAction::Add {
                 let bak = self.backup().join(&f.path);
                 fs::create_dir_all(parent_of(&bak))
                     .map_err(|e| Stop::Failed(format!("creating the backup dir of {}: {e}", f.path)))?;
-                plan.backups.push((f.path.clone(), f.action, meta.map_or(0, |m| m.ino())));
+                plan.backups.push((f.path.clone(), action, meta.map_or(0, |m| m.ino())));
             }
-            if f.action != FileAction::Remove {
-                let src = self.pkg().join(f.source_path());
-                if !src.is_file() {
-                    return Err(Stop::Failed(format!("{} is not a file in staging", src.display())));
+            if action != FileAction::Remove {
+                let src = self.staged_source(f);
+                let staged = fs::symlink_metadata(&src).ok();
+                let ok = match f.action {
+                    FileAction::Symlink => staged.is_some_and(|m| m.file_type().is_symlink()),
+                    _ => staged.is_some_and(|m| m.is_file()),
+                };
+                if !ok {
+                    return Err(Stop::Failed(format!("{} is not staged", src.display())));
                 }
-                plan.places.push((Placement { path: f.path.clone(), added: f.action == FileAction::Add }, src));
+                plan.places.push((Placement { path: f.path.clone(), added: action == FileAction::Add }, src));
             }
         }
         // Patched config files swap in with the payload: the services start on them.
@@ -223,6 +234,7 @@ fn action_verb(a: FileAction) -> &'static str {
         FileAction::Replace => "replace",
         FileAction::Remove => "remove",
         FileAction::Tree => "replace as a tree",
+        FileAction::Symlink => "link",
     }
 }
 

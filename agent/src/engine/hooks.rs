@@ -80,7 +80,7 @@ impl Run<'_> {
             let result = self.shell_named(PhaseId::Rollback, &cmd, &what, &self.root, deadline);
             let (status, msg) = match result {
                 Ok(()) => (PhaseStatus::Running, format!("error hook {} done", s.display())),
-                Err(Stop::Failed(e) | Stop::Cancelled(e) | Stop::Exit(e)) => {
+                Err(Stop::Failed(e) | Stop::Cancelled(e) | Stop::Exit(e) | Stop::AlreadyInstalled(e)) => {
                     (PhaseStatus::Warning, format!("{e} (the outcome stays {outcome})"))
                 }
             };

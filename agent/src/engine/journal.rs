@@ -56,6 +56,9 @@ pub enum Record {
         backend: String,
         /// The hosts file used for CRL name resolution and remediation.
         hosts_file: PathBuf,
+        /// The install may go below the high-water mark (recorded on success).
+        #[serde(default)]
+        allow_downgrade: bool,
     },
     /// The package is verified and unpacked in staging; its manifest.
     Staged {

@@ -12,6 +12,7 @@ use fleetup_proto::{PhaseId, PhaseStatus};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 
 impl Run<'_> {
@@ -52,10 +53,14 @@ impl Run<'_> {
             fs::create_dir_all(out.parent().expect("has a parent")).map_err(|e| Stop::Failed(e.to_string()))?;
             // The staged file's own mode (set from the manifest), or the original's.
             let mode_of = if staged_sources.contains_key(file) { out.clone() } else { self.root.join(file) };
-            let mode = fs::metadata(&mode_of).map_err(|e| Stop::Failed(format!("{file}: {e}")))?.permissions();
+            let meta = fs::metadata(&mode_of).map_err(|e| Stop::Failed(format!("{file}: {e}")))?;
             let tmp = out.with_extension("fleetup-tmp");
             write_durable(&tmp, text.as_bytes()).map_err(|e| Stop::Failed(format!("staging {file}: {e}")))?;
-            fs::set_permissions(&tmp, mode).map_err(|e| Stop::Failed(e.to_string()))?;
+            fs::set_permissions(&tmp, meta.permissions()).map_err(|e| Stop::Failed(e.to_string()))?;
+            // The patched copy keeps the owner too: a service reading its config as its
+            // own user must still be able to.
+            std::os::unix::fs::lchown(&tmp, Some(meta.uid()), Some(meta.gid()))
+                .map_err(|e| Stop::Failed(format!("staging {file}: setting its owner: {e}")))?;
             fs::rename(&tmp, out).map_err(|e| Stop::Failed(format!("staging {file}: {e}")))?;
         }
         Ok(())

@@ -58,15 +58,22 @@ impl Run<'_> {
         self.record(Record::Staged { manifest: manifest_text })?;
         fs::create_dir_all(self.backup()).map_err(|e| Stop::Failed(e.to_string()))?;
         let m = self.manifest().clone();
-        for f in m.files.iter().filter(|f| f.action != FileAction::Remove) {
-            let src = self.pkg().join(f.source_path());
-            if !src.is_file() {
+        for f in m.files.iter().filter(|f| f.action.places()) {
+            let staged = self.staged_source(f);
+            if let Some(target) = f.target.as_deref().filter(|_| f.action == FileAction::Symlink) {
+                // The link is made in staging and renamed into place with the rest.
+                fs::create_dir_all(staged.parent().expect("under staging")).map_err(|e| Stop::Failed(e.to_string()))?;
+                std::os::unix::fs::symlink(target, &staged)
+                    .map_err(|e| Stop::Failed(format!("staging the link {}: {e}", f.path)))?;
+            } else if !staged.is_file() {
                 return Err(Stop::Failed(format!("{} is not a file in the package", f.source_path())));
             }
             if let Some(mode) = &f.mode {
                 let mode = fleetup_proto::manifest::parse_mode(mode).map_err(Stop::Failed)?;
-                fs::set_permissions(&src, fs::Permissions::from_mode(mode)).map_err(|e| Stop::Failed(e.to_string()))?;
+                fs::set_permissions(&staged, fs::Permissions::from_mode(mode))
+                    .map_err(|e| Stop::Failed(e.to_string()))?;
             }
+            super::owner::apply(&staged, f).map_err(Stop::Failed)?;
         }
         self.stage_config_patches()?;
         self.em.emit(

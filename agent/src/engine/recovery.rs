@@ -24,7 +24,7 @@ pub(crate) fn recover(engine: &Engine, state_dir: &Path) -> Result<Option<Instal
     let mut locks = Locks::state(&state_dir, &lock::me("recover", "", ""))
         .map_err(|e| e.into_engine(&format!("state dir {}", state_dir.display())))?;
     let Some(journal) = Journal::open(&state_dir).map_err(state_err(&state_dir))? else { return Ok(None) };
-    let Some(Record::Begin { install_id, package, root, stage, vars, backend, hosts_file }) =
+    let Some(Record::Begin { install_id, package, root, stage, vars, backend, hosts_file, allow_downgrade }) =
         journal.records().first().cloned()
     else {
         // Not even the first record made it: nothing was changed.
@@ -67,6 +67,8 @@ pub(crate) fn recover(engine: &Engine, state_dir: &Path) -> Result<Option<Instal
         services,
         hosts_file,
         remediation: CrlRemediation::None,
+        device_class: None,
+        allow_downgrade,
         journal,
         em,
         manifest,

@@ -16,7 +16,7 @@ use std::path::Path;
 /// Rolls back everything the journal records. `Err` lists what could not be undone.
 pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome) -> Result<(), String> {
     let p = PhaseId::Rollback;
-    if let Err(Stop::Failed(e) | Stop::Cancelled(e) | Stop::Exit(e)) =
+    if let Err(Stop::Failed(e) | Stop::Cancelled(e) | Stop::Exit(e) | Stop::AlreadyInstalled(e)) =
         run.record(Record::RollbackStarted { reason: reason.to_owned(), outcome })
     {
         return Err(e);
@@ -115,7 +115,7 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
                 Ok(()) => {
                     run.em.emit(p, PhaseStatus::Running, format!("rollback script {s} done"), serde_json::Value::Null);
                 }
-                Err(Stop::Failed(e) | Stop::Cancelled(e) | Stop::Exit(e)) => {
+                Err(Stop::Failed(e) | Stop::Cancelled(e) | Stop::Exit(e) | Stop::AlreadyInstalled(e)) => {
                     errors.push(format!("rollback script {s}: {e}"));
                 }
             }

@@ -8,7 +8,7 @@ use super::journal::{Journal, Record};
 use super::lock::{self, Locks};
 use super::services::{Services, Spawned};
 use super::{CancelHandle, CrlRemediation, Engine, EngineError, InstallRequest, rollback};
-use fleetup_proto::manifest::{FileAction, Manifest, Service};
+use fleetup_proto::manifest::{FileAction, FileChange, Manifest, Service};
 use fleetup_proto::{
     Cancellability, DecisionAnswer, DecisionKind, DecisionRequest, InstallOutcome, InstallSummary, PhaseId,
     PhaseStatus, PublicKey,
@@ -39,6 +39,8 @@ pub(crate) enum Stop {
     Exit(String),
     /// Something failed.
     Failed(String),
+    /// The server already has this version: the install ends changing nothing.
+    AlreadyInstalled(String),
 }
 
 pub(crate) type PhaseResult = Result<(PhaseStatus, String), Stop>;
@@ -56,6 +58,10 @@ pub(crate) struct Run<'e> {
     pub(crate) services: Services,
     pub(crate) hosts_file: PathBuf,
     pub(crate) remediation: CrlRemediation,
+    /// This server's device class, for `[target]`.
+    pub(crate) device_class: Option<String>,
+    /// The install may go below the rollup's high-water mark.
+    pub(crate) allow_downgrade: bool,
     pub(crate) journal: Journal,
     pub(crate) em: Emitter,
     pub(crate) manifest: Option<Manifest>,
@@ -78,6 +84,15 @@ impl Run<'_> {
 
     pub(crate) fn backup(&self) -> PathBuf {
         self.stage.join("backup")
+    }
+
+    /// What update-files renames into place for an entry: its file in the unpacked
+    /// package, or (a `symlink` entry) the link made in `<staging>/links/`.
+    pub(crate) fn staged_source(&self, f: &FileChange) -> PathBuf {
+        match f.action {
+            FileAction::Symlink => self.stage.join("links").join(&f.path),
+            _ => self.pkg().join(f.source_path()),
+        }
     }
 
     pub(crate) fn cancel(&self) -> &CancelHandle {
@@ -269,7 +284,20 @@ impl Run<'_> {
             outcome = InstallOutcome::RecoveryRequired;
             error = Some(format!("{}; hosts file not restored: {e}", error.unwrap_or_default()));
         }
-        if outcome != InstallOutcome::Succeeded {
+        if outcome == InstallOutcome::Succeeded
+            && let Some(m) = &self.manifest
+            && let Err(e) =
+                super::marks::Versions::record(&self.state_dir, &m.rollup.name, &m.rollup.version, self.allow_downgrade)
+        {
+            // The new version is in place and serving; only the record is missing.
+            self.em.emit(
+                PhaseId::Cleanup,
+                PhaseStatus::Warning,
+                e,
+                json!({ "warning": { "code": "versions-record" } }),
+            );
+        }
+        if !outcome.is_success() {
             self.error_hooks(outcome, failed_phase.unwrap_or(PhaseId::Rollback), error.as_deref().unwrap_or(""));
         }
         if outcome != InstallOutcome::RecoveryRequired && self.stage.exists() {
@@ -284,10 +312,14 @@ impl Run<'_> {
             InstallOutcome::RolledBack => (PhaseId::Rollback, PhaseStatus::Succeeded),
             InstallOutcome::Failed => (failed_phase.unwrap_or(PhaseId::CheckSystem), PhaseStatus::Failed),
             InstallOutcome::RecoveryRequired => (PhaseId::Rollback, PhaseStatus::Failed),
+            InstallOutcome::AlreadyInstalled => (PhaseId::CheckSystem, PhaseStatus::Skipped),
         };
         let msg = match (&outcome, &error) {
             (InstallOutcome::Succeeded, _) => {
                 format!("{name} {version} installed; outage {} ms of {} ms total", summary.outage_ms, summary.total_ms)
+            }
+            (InstallOutcome::AlreadyInstalled, e) => {
+                format!("{name} {version} is already installed: nothing changed ({})", e.as_deref().unwrap_or(""))
             }
             (InstallOutcome::RecoveryRequired, e) => format!(
                 "install of {name} {version} needs a person: {}; backups kept in {}",
@@ -297,6 +329,12 @@ impl Run<'_> {
             (o, e) => format!("install of {name} {version} ended: {o}: {}", e.as_deref().unwrap_or("")),
         };
         let retry_later = error.as_deref().is_some_and(|e| e.starts_with(RETRY_LATER));
+        let summary = if outcome == InstallOutcome::AlreadyInstalled {
+            // Not an error: the reason is in the message only.
+            InstallSummary { error: None, ..summary }
+        } else {
+            summary
+        };
         self.em.emit(phase, status, msg, json!({ "summary": summary, "retry_later": retry_later }));
         self.cancel().set_phase(None);
         let _ = self.journal.append(Record::End { outcome });
@@ -334,7 +372,16 @@ impl Run<'_> {
                 c => super::cancel_effect(phase, c),
             };
             self.em.emit(phase, PhaseStatus::Running, phase.title(), json!({ "number": phase.number(), "of": PhaseId::INSTALL.len(), "cancel": phase.cancellability(), "cancel_effect": can }));
-            let result = self.run_phase(phase);
+            let mut result = self.run_phase(phase);
+            // The events are the install's record (the agent reports them after a
+            // restart): an install that cannot write them stops, rolled back if needed.
+            if let (Ok(_), Some(e)) = (&result, self.em.take_persist_error()) {
+                result = Err(Stop::Failed(format!(
+                    "the state dir {} cannot be written ({e}): the install stops rather than go on unrecorded; \
+                     free space there",
+                    self.state_dir.display()
+                )));
+            }
             match result {
                 Ok((status, msg)) => self.em.emit(phase, status, msg, serde_json::Value::Null),
                 Err(stop) => return self.stopped(phase, stop),
@@ -346,6 +393,7 @@ impl Run<'_> {
     fn stopped(mut self, phase: PhaseId, stop: Stop) -> InstallSummary {
         let changed = self.journal.records().iter().any(|r| matches!(r, Record::ServicesStopping { .. }));
         match stop {
+            Stop::AlreadyInstalled(why) => self.finish(InstallOutcome::AlreadyInstalled, None, Some(why)),
             Stop::Cancelled(msg) | Stop::Exit(msg) => {
                 self.em.emit(phase, PhaseStatus::Cancelled, msg.clone(), serde_json::Value::Null);
                 match phase.cancellability() {
@@ -381,6 +429,7 @@ pub(crate) fn action_word(a: FileAction) -> &'static str {
         FileAction::Replace => "replaced",
         FileAction::Remove => "removed",
         FileAction::Tree => "replaced as a tree",
+        FileAction::Symlink => "linked",
     }
 }
 
@@ -439,6 +488,7 @@ pub(crate) fn install(
             vars: vars.clone(),
             backend: req.backend.as_str().into(),
             hosts_file: req.hosts_file.clone(),
+            allow_downgrade: req.allow_downgrade,
         })
         .map_err(state_err(&state_dir))?;
     let services = Services {
@@ -460,6 +510,8 @@ pub(crate) fn install(
         services,
         hosts_file: req.hosts_file.clone(),
         remediation: req.crl_remediation,
+        device_class: req.device_class.clone(),
+        allow_downgrade: req.allow_downgrade,
         journal,
         em,
         manifest: None,

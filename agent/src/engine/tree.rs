@@ -39,6 +39,9 @@ pub(crate) fn expand(root: &Path, files: &[FileChange], index: &PackageIndex) ->
                 action,
                 source: Some(format!("{prefix}{rel}")),
                 mode: f.mode.clone(),
+                owner: f.owner.clone(),
+                group: f.group.clone(),
+                target: None,
             });
         }
         for rel in old.difference(&new) {
@@ -47,6 +50,9 @@ pub(crate) fn expand(root: &Path, files: &[FileChange], index: &PackageIndex) ->
                 action: FileAction::Remove,
                 source: None,
                 mode: None,
+                owner: None,
+                group: None,
+                target: None,
             });
         }
     }

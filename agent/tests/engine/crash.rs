@@ -167,7 +167,8 @@ const NESTED: &str = "lib/demo/plugins/extra/x.txt";
 fn nested_fixture() -> Fixture {
     Fixture::with_payload(
         &crl_stub_ok(),
-        |t| t + &format!("\n[[files]]\npath = \"{NESTED}\"\naction = \"add\"\n"),
+        // Inside the sample's lib/demo tree: the tree adds it.
+        |t| t,
         &[(NESTED, "a plugin that 1.1.0 adds\n")],
     )
 }

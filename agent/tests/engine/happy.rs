@@ -192,13 +192,9 @@ fn staging_and_update_files_report_progress_at_a_bounded_rate() {
     const N: usize = 400;
     let extra: Vec<(String, String)> =
         (0..N).map(|i| (format!("lib/demo/data/f{i:04}.txt"), format!("{i}\n"))).collect();
-    let entries = extra.iter().fold(String::new(), |mut out, (p, _)| {
-        use std::fmt::Write as _;
-        let _ = write!(out, "\n[[files]]\npath = \"{p}\"\naction = \"add\"\n");
-        out
-    });
     let extra_refs: Vec<(&str, &str)> = extra.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
-    let fx = crate::support::Fixture::with_payload(&crl_stub_ok(), |t| t + &entries, &extra_refs);
+    // Inside the sample's lib/demo tree: added by it, with no entry of their own.
+    let fx = crate::support::Fixture::with_payload(&crl_stub_ok(), |t| t, &extra_refs);
     let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
     assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
     for phase in [PhaseId::PrePrecompile, PhaseId::UpdateFiles] {
@@ -298,19 +294,26 @@ remove = true
     assert_eq!(settings["features"]["fast_start"], true);
 }
 
-/// The sample's four `[[files]]` entries as one `tree` entry.
-fn as_tree(t: &str) -> String {
-    let per_file = "[[files]]\npath = \"lib/demo/VERSION\"\naction = \"replace\"\n\n[[files]]\npath = \"lib/demo/messages.txt\"\naction = \"replace\"\nmode = \"0644\"\n\n[[files]]\npath = \"lib/demo/feature-x.txt\"\naction = \"add\"\n\n[[files]]\npath = \"lib/demo/legacy.txt\"\naction = \"remove\"\n";
-    assert!(t.contains(per_file), "the sample's [[files]] changed");
-    t.replace(per_file, "[[files]]\npath = \"lib/demo\"\naction = \"tree\"\n")
+/// The sample's one `tree` entry as the four per-file entries it stands for.
+fn as_files(t: &str) -> String {
+    let tree = "[[files]]\npath = \"lib/demo\"\naction = \"tree\"\nmode = \"0644\"\n";
+    assert!(t.contains(tree), "the sample's [[files]] changed");
+    t.replace(
+        tree,
+        "[[files]]\npath = \"lib/demo/VERSION\"\naction = \"replace\"\nmode = \"0644\"\n\n\
+         [[files]]\npath = \"lib/demo/messages.txt\"\naction = \"replace\"\nmode = \"0644\"\n\n\
+         [[files]]\npath = \"lib/demo/feature-x.txt\"\naction = \"add\"\nmode = \"0644\"\n\n\
+         [[files]]\npath = \"lib/demo/legacy.txt\"\naction = \"remove\"\n",
+    )
 }
 
 #[test]
 fn a_tree_entry_replaces_a_directory_as_a_unit() {
-    let per_file = Fixture::new(&crl_stub_ok(), |t| t);
+    let per_file = Fixture::new(&crl_stub_ok(), |t| as_files(&t));
     let (summary, _) = per_file.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
     assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
-    let fx = Fixture::new(&crl_stub_ok(), |t| as_tree(&t));
+    // The sample as shipped: lib/demo as one tree entry.
+    let fx = Fixture::new(&crl_stub_ok(), |t| t);
     let (summary, events) = fx.install_lib(Arc::new(AutoDecider::default()), |_, _| {});
     assert_eq!(summary.outcome, InstallOutcome::Succeeded, "{summary:?}");
     // Added, replaced, and legacy.txt (no longer in the tree) removed: as the four entries.
@@ -327,7 +330,7 @@ fn a_tree_entry_replaces_a_directory_as_a_unit() {
 #[test]
 fn a_tree_entry_is_rolled_back_whole() {
     let fx = Fixture::new(&crl_stub_ok(), |t| {
-        as_tree(&t).replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 1\n\n[[prerequisites]]")
+        t.replace("deadline_secs = 8\n\n[[prerequisites]]", "deadline_secs = 1\n\n[[prerequisites]]")
     });
     fx.mark_unhealthy("1.1.0");
     let before = tree(&fx.root);

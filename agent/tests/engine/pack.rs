@@ -28,16 +28,17 @@ fn pack_with(extra: &str) -> (Option<i32>, String) {
 
 #[test]
 fn pack_refuses_duplicate_entries_naming_them() {
-    let (code, err) = pack_with("\n[[files]]\npath = \"./lib/demo/VERSION\"\naction = \"replace\"\n");
+    let (code, err) = pack_with("\n[[files]]\npath = \"./lib/demo\"\naction = \"tree\"\n");
     assert_eq!(code, Some(1), "{err}");
-    for want in ["files[4].path", "'./lib/demo/VERSION'", "files[0] ('lib/demo/VERSION')"] {
+    for want in ["files[1].path", "'./lib/demo'", "files[0] ('lib/demo')"] {
         assert!(err.contains(want), "stderr does not say {want}: {err}");
     }
     let (code, err) = pack_with(
-        "\n[[files]]\npath = \"lib/demo/copy.txt\"\naction = \"add\"\nsource = \"payload/lib/demo/feature-x.txt\"\n",
+        "\n[[files]]\npath = \"etc/copy.txt\"\naction = \"add\"\nsource = \"payload/lib/demo/feature-x.txt\"\n\n\
+         [[files]]\npath = \"etc/copy2.txt\"\naction = \"add\"\nsource = \"payload/lib/demo/feature-x.txt\"\n",
     );
     assert_eq!(code, Some(1), "{err}");
-    for want in ["files[4].source", "lib/demo/copy.txt", "files[2] ('lib/demo/feature-x.txt')"] {
+    for want in ["files[2].source", "etc/copy2.txt", "files[1] ('etc/copy.txt')"] {
         assert!(err.contains(want), "stderr does not say {want}: {err}");
     }
 }

@@ -196,6 +196,9 @@ impl Fixture {
             backend: BackendKind::Exec,
             hosts_file: self.hosts.clone(),
             crl_remediation: remediation,
+            // The sample's [target] device_class.
+            device_class: Some("demo".into()),
+            allow_downgrade: false,
         }
     }
 
@@ -241,7 +244,7 @@ impl Fixture {
             .arg(state)
             .arg("--hosts-file")
             .arg(&self.hosts)
-            .args(["--services-backend", "exec"]);
+            .args(["--services-backend", "exec", "--device-class", "demo"]);
         for (k, v) in &self.vars {
             c.arg("--var").arg(format!("{k}={v}"));
         }

@@ -67,6 +67,8 @@ pub fn outcome_state(outcome: InstallOutcome) -> JobState {
         InstallOutcome::Failed | InstallOutcome::RecoveryRequired => JobState::Failed,
         InstallOutcome::RolledBack => JobState::RolledBack,
         InstallOutcome::Cancelled => JobState::Cancelled,
+        // The engine confirmed what staging decides for servers on the version.
+        InstallOutcome::AlreadyInstalled => JobState::Skipped,
     }
 }
 
@@ -106,8 +108,8 @@ pub fn fold(mut progress: Progress, new_events: &[&EngineEvent], now: Millis) ->
             progress.error = summary
                 .error
                 .clone()
-                .or_else(|| (state != JobState::Succeeded).then(|| format!("install ended {}", summary.outcome)));
-            if state == JobState::Succeeded {
+                .or_else(|| (!summary.outcome.is_success()).then(|| format!("install ended {}", summary.outcome)));
+            if summary.outcome.is_success() {
                 installed =
                     Some(Installed { rollup: summary.rollup.clone(), version: summary.version.clone(), at: ev.at });
             }
@@ -203,6 +205,8 @@ mod tests {
             (InstallOutcome::RolledBack, JobState::RolledBack, Some("install ended rolled-back")),
             (InstallOutcome::RecoveryRequired, JobState::Failed, Some("install ended recovery-required")),
             (InstallOutcome::Cancelled, JobState::Cancelled, Some("install ended cancelled")),
+            // The engine found the version already there: a success, counted as skipped.
+            (InstallOutcome::AlreadyInstalled, JobState::Skipped, None),
         ];
         for (outcome, state, error) in table {
             let summary = InstallSummary {
@@ -224,7 +228,7 @@ mod tests {
             assert_eq!(f.progress.error.as_deref(), error, "{outcome}");
             assert_eq!(f.progress.outage_secs, Some(1.5));
             assert!(f.progress.restart_required);
-            assert_eq!(f.installed.is_some(), state == JobState::Succeeded, "{outcome}");
+            assert_eq!(f.installed.is_some(), outcome.is_success(), "{outcome}");
         }
     }
 
