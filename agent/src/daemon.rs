@@ -272,3 +272,54 @@ async fn enroll(config: &DaemonConfig) -> anyhow::Result<identity::Identity> {
     identity::save(&config.state_dir, &id)?;
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(labels: &[(&str, &str)]) -> Ctx {
+        let config = DaemonConfig {
+            server: "http://127.0.0.1:9".into(),
+            state_dir: PathBuf::from("/nonexistent/state"),
+            enroll_token: None,
+            hostname: None,
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            root: PathBuf::from("/nonexistent/root"),
+            trusted: Vec::new(),
+            vars: BTreeMap::new(),
+            backend: BackendKind::Exec,
+            hosts_file: PathBuf::from("/etc/hosts"),
+            poll_wait: Duration::from_secs(1),
+        };
+        Ctx {
+            client: Client::new(&config.server).unwrap(),
+            config,
+            backoff: Backoff::default(),
+            current: std::sync::Mutex::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn job(extra: serde_json::Value) -> JobAssignment {
+        let mut v = serde_json::json!({
+            "job_id": "j1", "rollout_id": "r1", "fencing_token": 1, "lease_secs": 60,
+            "package": { "id": "p", "name": "demo", "version": "1.0.0", "sha256": "00", "size": 1,
+                         "download_path": "/api/v1/agent/packages/p" },
+            "policies": {}
+        });
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_jobs_downgrade_permission_and_the_device_class_label_reach_the_engine() {
+        let req = ctx(&[("device-class", "router"), ("role", "web")])
+            .install_request(PathBuf::from("p.fup"), &job(serde_json::json!({ "allow_downgrade": true })));
+        assert!(req.allow_downgrade);
+        assert_eq!(req.device_class.as_deref(), Some("router"));
+        // A coordinator that does not send the field never allows a downgrade.
+        let req = ctx(&[]).install_request(PathBuf::from("p.fup"), &job(serde_json::json!({})));
+        assert!(!req.allow_downgrade);
+        assert_eq!(req.device_class, None);
+    }
+}
