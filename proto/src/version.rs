@@ -44,7 +44,9 @@ fn runs(v: &str) -> Vec<Run<'_>> {
         let (run, tail) = rest.split_at(end);
         out.push(if digits {
             // Leading zeros and huge numbers: the value first, then the text.
-            Run::Number(run.trim_start_matches('0').parse().unwrap_or(u128::MAX), run)
+            // (All zeros is 0: "0" trimmed is empty, which is no number.)
+            let value = run.trim_start_matches('0');
+            Run::Number(if value.is_empty() { 0 } else { value.parse().unwrap_or(u128::MAX) }, run)
         } else {
             Run::Text(run)
         });
@@ -78,6 +80,8 @@ mod tests {
         assert_eq!(compare("2024.10", "2024.9.1"), Ordering::Greater);
         assert_eq!(compare("1.0~beta", "1.0~beta2"), Ordering::Less);
         assert_eq!(compare("r10", "r9"), Ordering::Greater);
+        assert_eq!(compare("1.0", "1.1"), Ordering::Less, "a zero is 0, not a huge number");
+        assert_eq!(compare("1.00", "1.0"), Ordering::Greater, "same value: the text decides, consistently");
         assert_ne!(compare("1.01", "1.1"), Ordering::Equal, "different text is never equal");
     }
 }

@@ -171,9 +171,9 @@ pub async fn pass(app: &App, cache: &mut RulesCache, now: i64) -> StoreResult<Pa
     for rollout in tx.running_rollouts().await? {
         let rules = cache.get(&rollout.id, &rollout.spec_text)?;
         if rules.late_joiners.is_some() {
-            let (name, version) = tx.rollout_package(&rollout.id).await?;
+            let package = tx.rollout_package(&rollout.id).await?;
             let outsiders = tx.outsiders(&rollout.id).await?;
-            for (agent, skip) in late_joiners(&rules, &outsiders, (&name, &version)) {
+            for (agent, skip) in late_joiners(&rules, &outsiders, &package) {
                 tx.join(&rollout.id, agent, skip).await?;
             }
         }

@@ -75,9 +75,8 @@ async fn poll(State(state): State<AppState>, agent: AgentCaller, ApiQuery(q): Ap
                     },
                     policies: JobPolicies { ..c.spec.policies },
                     phase_timeouts: c.spec.phase_timeouts.clone(),
-                    // The coordinator refuses downgrades at staging; set by the rollout
-                    // control once it can allow one.
-                    allow_downgrade: false,
+                    // Refused at staging unless the rollout allows it (audited with its spec).
+                    allow_downgrade: c.spec.allow_downgrade,
                 };
                 return Ok::<_, AppError>(Json(assignment).into_response());
             }

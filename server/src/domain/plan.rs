@@ -7,7 +7,8 @@
 //! on a spec that was accepted at staging.
 
 use crate::model::{
-    Agent, AgentId, ErrorAction, MaintenanceWindow, Millis, RetryPolicy, RolloutSpec, Targets, Threshold, WaveSpec,
+    Agent, AgentId, ErrorAction, MaintenanceWindow, Millis, Package, RetryPolicy, RolloutSpec, Targets, Threshold,
+    WaveSpec,
 };
 use fleetup_proto::PhaseId;
 use std::collections::BTreeMap;
@@ -162,6 +163,8 @@ pub struct Rules {
     /// With late joiners: the label selector agents that come to match it while the rollout
     /// runs are added by (to its last wave).
     pub late_joiners: Option<BTreeMap<String, String>>,
+    /// Installing a version older than a server runs is allowed.
+    pub allow_downgrade: bool,
 }
 
 /// A retry policy, parsed.
@@ -246,6 +249,7 @@ impl Rules {
             soak_ms: i64::try_from(spec.soak_secs.min(86_400 * 30)).unwrap_or(0) * 1000,
             retries: spec.retries.as_ref().map(Retries::parse).transpose()?,
             late_joiners: spec.targets.labels.clone().filter(|_| spec.late_joiners),
+            allow_downgrade: spec.allow_downgrade,
         })
     }
 }
@@ -339,6 +343,72 @@ pub struct Plan {
     /// The last wave was added: the plan's waves did not reach every target (e.g. `[1, 5]`
     /// over 20 servers adds a wave of 14). The preview says so.
     pub catch_all: bool,
+    /// Servers the selector matched that get no job, each with why (the package's
+    /// `[target]` is not for them). The preview lists them.
+    pub left_out: Vec<(AgentId, String)>,
+}
+
+/// What staging needs of a package: its rollup, its version and what its `[target]` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackageFacts {
+    /// Rollup name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// `[target] os`; empty: any.
+    pub os: String,
+    /// `[target] device_class`; empty: any.
+    pub device_class: String,
+}
+
+impl PackageFacts {
+    /// The facts of an uploaded package (its manifest as stored).
+    pub fn of(p: &Package) -> PackageFacts {
+        PackageFacts::from_manifest(p.name.clone(), p.version.clone(), &p.manifest)
+    }
+
+    /// The facts of a package's rollup and version and its stored manifest.
+    pub fn from_manifest(name: String, version: String, manifest: &serde_json::Value) -> PackageFacts {
+        let target = |k: &str| manifest["target"][k].as_str().unwrap_or_default().to_owned();
+        PackageFacts { name, version, os: target("os"), device_class: target("device_class") }
+    }
+}
+
+/// Why a package is not for this agent, if it is not: its `[target] os` against the OS the
+/// agent reported at enrollment (an agent that reported none is left to the engine's own
+/// check), its `device_class` against the agent's `device-class` label (a package naming a
+/// class is not for an agent that declares none). The engine checks the same in
+/// check-system.
+pub fn not_for(agent: &Agent, pkg: &PackageFacts) -> Option<String> {
+    let os = agent.facts.get("os").and_then(|v| v.as_str());
+    if let Some(os) = os.filter(|os| !pkg.os.is_empty() && !pkg.os.eq_ignore_ascii_case(os)) {
+        return Some(format!("the package is for os '{}', and this server runs {os}", pkg.os));
+    }
+    if pkg.device_class.is_empty() {
+        return None;
+    }
+    match agent.labels.get("device-class") {
+        Some(c) if *c == pkg.device_class => None,
+        Some(c) => Some(format!("the package is for device class '{}', and this server is '{c}'", pkg.device_class)),
+        None => Some(format!(
+            "the package is for device class '{}', and this server declares none (label device-class)",
+            pkg.device_class
+        )),
+    }
+}
+
+/// The version of the package's rollup the agent runs, when it is newer than the package's:
+/// installing would downgrade it.
+pub fn would_downgrade<'a>(agent: &'a Agent, pkg: &PackageFacts) -> Option<&'a str> {
+    let newest = agent.installed.iter().rev().find(|i| i.rollup == pkg.name)?;
+    fleetup_proto::version::is_downgrade(&pkg.version, &newest.version).then_some(newest.version.as_str())
+}
+
+/// "web-1 (why), web-2 (why) and 3 more".
+fn some_of(items: &[(String, String)]) -> String {
+    let shown: Vec<String> = items.iter().take(3).map(|(h, why)| format!("{h} ({why})")).collect();
+    let more = items.len().saturating_sub(3);
+    if more > 0 { format!("{} and {more} more", shown.join(", ")) } else { shown.join(", ") }
 }
 
 /// True when the newest install of rollup `name` on the agent is `version` (what the
@@ -347,13 +417,61 @@ pub fn runs(agent: &Agent, name: &str, version: &str) -> bool {
     agent.installed.iter().rev().find(|i| i.rollup == name).is_some_and(|i| i.version == version)
 }
 
-/// Checks a spec and plans its waves over the known agents, for the package's rollup
-/// `(name, version)`. Servers that already run it are planned last and skipped, so the first
-/// waves (the canaries) are servers that really install.
-pub fn plan(spec: &RolloutSpec, agents: &[Agent], package: (&str, &str)) -> Result<Plan, String> {
+/// Checks a spec and plans its waves over the known agents, for the package. Servers the
+/// package's `[target]` is not for get no job (named agents: refused; a selector's: left out,
+/// with why); a plan that would downgrade a server is refused unless the spec allows it.
+/// Servers that already run the version are planned last and skipped, so the first waves
+/// (the canaries) are servers that really install.
+pub fn plan(spec: &RolloutSpec, agents: &[Agent], package: &PackageFacts) -> Result<Plan, String> {
     let rules = Rules::parse(spec)?;
-    let targets = select_targets(&spec.targets, agents)?;
-    let already = |id: &AgentId| agents.iter().find(|a| &a.id == id).is_some_and(|a| runs(a, package.0, package.1));
+    let find = |id: &AgentId| agents.iter().find(|a| &a.id == id);
+    let mut left_out = Vec::new();
+    let mut targets = Vec::new();
+    for id in select_targets(&spec.targets, agents)? {
+        match find(&id).and_then(|a| not_for(a, package)) {
+            Some(why) => left_out.push((id, why)),
+            None => targets.push(id),
+        }
+    }
+    let named = |list: &[(AgentId, String)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(id, why)| (find(id).map_or_else(|| id.to_string(), |a| a.hostname.clone()), why.clone()))
+            .collect()
+    };
+    if spec.targets.agents.is_some() && !left_out.is_empty() {
+        return Err(format!(
+            "{} {} is not for {} of the servers named: {}; leave them out of the targets",
+            package.name,
+            package.version,
+            left_out.len(),
+            some_of(&named(&left_out))
+        ));
+    }
+    if targets.is_empty() {
+        return Err(format!(
+            "{} {} is for none of the servers the targets select: {}",
+            package.name,
+            package.version,
+            some_of(&named(&left_out))
+        ));
+    }
+    if !spec.allow_downgrade {
+        let down: Vec<(String, String)> = targets
+            .iter()
+            .filter_map(|id| find(id))
+            .filter_map(|a| would_downgrade(a, package).map(|v| (a.hostname.clone(), format!("runs {v}"))))
+            .collect();
+        if !down.is_empty() {
+            return Err(format!(
+                "installing {} {} would downgrade {} servers: {}; set allow_downgrade to do it on purpose",
+                package.name,
+                package.version,
+                down.len(),
+                some_of(&down)
+            ));
+        }
+    }
+    let already = |id: &AgentId| find(id).is_some_and(|a| runs(a, &package.name, &package.version));
     let (mut ordered, skipped): (Vec<AgentId>, Vec<AgentId>) = targets.into_iter().partition(|id| !already(id));
     let to_install = ordered.len();
     ordered.extend(skipped);
@@ -365,18 +483,20 @@ pub fn plan(spec: &RolloutSpec, agents: &[Agent], package: (&str, &str)) -> Resu
             jobs.push(PlannedJob { agent, wave: i as u32 + 1, skip: n >= to_install });
         }
     }
-    Ok(Plan { rules, wave_sizes, jobs, catch_all })
+    Ok(Plan { rules, wave_sizes, jobs, catch_all, left_out })
 }
 
 /// The servers that join a running label-targeted rollout late (`late_joiners`, the rules'
-/// selector): agents not yet in it (`outsiders`) that now match the selector and are not
-/// revoked, each with whether it already runs the version (its job is then `skipped`).
-pub fn late_joiners<'a>(rules: &Rules, outsiders: &'a [Agent], package: (&str, &str)) -> Vec<(&'a Agent, bool)> {
+/// selector): agents not yet in it (`outsiders`) that now match the selector, are not
+/// revoked, are ones the package is for and would not be downgraded (unless the rollout
+/// allows it), each with whether it already runs the version (its job is then `skipped`).
+pub fn late_joiners<'a>(rules: &Rules, outsiders: &'a [Agent], package: &PackageFacts) -> Vec<(&'a Agent, bool)> {
     let Some(sel) = rules.late_joiners.as_ref() else { return Vec::new() };
     outsiders
         .iter()
         .filter(|a| !a.revoked && sel.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
-        .map(|a| (a, runs(a, package.0, package.1)))
+        .filter(|a| not_for(a, package).is_none() && (rules.allow_downgrade || would_downgrade(a, package).is_none()))
+        .map(|a| (a, runs(a, &package.name, &package.version)))
         .collect()
 }
 
@@ -400,6 +520,48 @@ mod tests {
         }
     }
 
+    fn demo(version: &str) -> PackageFacts {
+        PackageFacts { name: "demo".into(), version: version.into(), ..PackageFacts::default() }
+    }
+
+    /// A package for another OS or device class gets no job on a server it is not for: a
+    /// selector's servers are left out with why, named servers are refused, and a package
+    /// for none of them is refused.
+    #[test]
+    fn the_package_target_decides_who_gets_a_job() {
+        let mut agents = vec![agent("a", &[("device-class", "web")], false), agent("b", &[], false)];
+        agents[0].facts.insert("os".into(), serde_json::json!("linux"));
+        agents[1].facts.insert("os".into(), serde_json::json!("linux"));
+        let web = PackageFacts { os: "linux".into(), device_class: "web".into(), ..demo("2.0") };
+        let p = plan(&spec(serde_json::json!({})), &agents, &web).unwrap();
+        assert_eq!(p.jobs.iter().map(|j| j.agent.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(p.left_out.len(), 1);
+        assert!(p.left_out[0].1.contains("declares none (label device-class)"), "{:?}", p.left_out);
+        let named = spec(serde_json::json!({ "targets": { "agents": ["a", "b"] } }));
+        let err = plan(&named, &agents, &web).unwrap_err();
+        assert!(err.contains("demo 2.0 is not for 1 of the servers named: host-b"), "{err}");
+        let windows = PackageFacts { os: "windows".into(), ..demo("2.0") };
+        let err = plan(&spec(serde_json::json!({})), &agents, &windows).unwrap_err();
+        assert!(err.contains("is for none of the servers") && err.contains("runs linux"), "{err}");
+    }
+
+    /// A plan that would take a server back to an older version is refused, naming it,
+    /// unless the spec allows the downgrade.
+    #[test]
+    fn a_downgrade_is_refused_unless_allowed() {
+        let mut agents = vec![agent("a", &[], false)];
+        agents[0].installed = vec![crate::model::InstalledRollup {
+            rollup: "demo".into(),
+            version: "2.0.0".into(),
+            job_id: "j".parse().unwrap(),
+            at: chrono::DateTime::default(),
+        }];
+        let err = plan(&spec(serde_json::json!({})), &agents, &demo("1.5.0")).unwrap_err();
+        assert!(err.contains("would downgrade 1 servers: host-a (runs 2.0.0)"), "{err}");
+        assert!(plan(&spec(serde_json::json!({ "allow_downgrade": true })), &agents, &demo("1.5.0")).is_ok());
+        assert!(plan(&spec(serde_json::json!({})), &agents, &demo("2.0.1")).is_ok(), "an upgrade");
+    }
+
     fn spec(json: serde_json::Value) -> RolloutSpec {
         let mut base = serde_json::json!({ "name": "r", "package_id": "p", "targets": { "labels": {} } });
         base.as_object_mut().unwrap().extend(json.as_object().unwrap().clone());
@@ -416,10 +578,10 @@ mod tests {
         ];
         let rules = Rules::parse(&s).unwrap();
         let got: Vec<&str> =
-            late_joiners(&rules, &outsiders, ("demo", "1.1.0")).iter().map(|(a, _)| a.id.as_str()).collect();
+            late_joiners(&rules, &outsiders, &demo("1.1.0")).iter().map(|(a, _)| a.id.as_str()).collect();
         assert_eq!(got, ["a"], "matching and not revoked");
         let off = Rules::parse(&RolloutSpec { late_joiners: false, ..s.clone() }).unwrap();
-        assert!(late_joiners(&off, &outsiders, ("demo", "1.1.0")).is_empty());
+        assert!(late_joiners(&off, &outsiders, &demo("1.1.0")).is_empty());
         let by_id = spec(serde_json::json!({ "targets": { "agents": ["a"] }, "late_joiners": true }));
         assert!(Rules::parse(&by_id).unwrap_err().contains("late_joiners needs targets by label"));
     }
@@ -520,14 +682,14 @@ mod tests {
     #[test]
     fn plans_put_agents_in_waves_in_order() {
         let agents: Vec<Agent> = (0..5).map(|i| agent(&format!("a{i}"), &[], false)).collect();
-        let p = plan(&spec(serde_json::json!({ "waves": [1, "50%"] })), &agents, ("demo", "1.1")).unwrap();
+        let p = plan(&spec(serde_json::json!({ "waves": [1, "50%"] })), &agents, &demo("1.1")).unwrap();
         assert_eq!(p.wave_sizes, vec![1, 2, 2]);
         let waves: Vec<u32> = p.jobs.iter().map(|j| j.wave).collect();
         assert_eq!(waves, vec![1, 2, 2, 3, 3]);
         assert_eq!(p.jobs[0].agent, "a0");
         assert!(p.jobs.iter().all(|j| !j.skip));
         assert!(p.catch_all, "[1, 50%] of 5 leaves 2 servers for an added wave");
-        let exact = plan(&spec(serde_json::json!({ "waves": [1, "100%"] })), &agents, ("demo", "1.1")).unwrap();
+        let exact = plan(&spec(serde_json::json!({ "waves": [1, "100%"] })), &agents, &demo("1.1")).unwrap();
         assert!(!exact.catch_all);
     }
 
@@ -546,7 +708,7 @@ mod tests {
         agents[0].installed = vec![done("1.0"), done("1.1")];
         agents[2].installed = vec![done("1.1"), done("1.0")];
         assert!(runs(&agents[0], "demo", "1.1") && !runs(&agents[2], "demo", "1.1"));
-        let p = plan(&spec(serde_json::json!({ "waves": [1, "100%"] })), &agents, ("demo", "1.1")).unwrap();
+        let p = plan(&spec(serde_json::json!({ "waves": [1, "100%"] })), &agents, &demo("1.1")).unwrap();
         let got: Vec<(&str, u32, bool)> = p.jobs.iter().map(|j| (j.agent.as_str(), j.wave, j.skip)).collect();
         assert_eq!(got, vec![("a1", 1, false), ("a2", 2, false), ("a0", 2, true)]);
     }

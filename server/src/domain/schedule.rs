@@ -205,6 +205,7 @@ mod tests {
             soak_ms: 0,
             retries: None,
             late_joiners: None,
+            allow_downgrade: false,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::Actor;
 use crate::app::App;
-use crate::domain::plan::{Plan, plan};
+use crate::domain::plan::{PackageFacts, Plan, plan};
 use crate::domain::rollout::RolloutAction;
 use crate::error::AppError;
 use crate::model::{Agent, AgentId, JobState, Role, Rollout, RolloutId, RolloutSpec, Targets};
@@ -33,7 +33,7 @@ pub async fn preview(app: &App, spec: &RolloutSpec) -> Result<Preview, AppError>
         Err(e) => return Err(e.into()),
     };
     let agents = app.store.list_agents().await?;
-    let plan = plan(spec, &agents, (&package.name, &package.version)).map_err(AppError::Unprocessable)?;
+    let plan = plan(spec, &agents, &PackageFacts::of(&package)).map_err(AppError::Unprocessable)?;
     Ok(Preview { plan, agents })
 }
 

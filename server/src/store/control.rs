@@ -11,6 +11,7 @@ use super::scheduler::RunningPhase;
 use super::{NewAudit, SchedulerPass, Store, StoreError, StoreResult, Tx, corrupt, from_json, stored_id, to_json};
 use crate::domain::decide::DecisionFilter;
 use crate::domain::job::{JobAction, guided_refused};
+use crate::domain::plan::PackageFacts;
 use crate::model::{Agent, AgentId, Job, JobId, JobState, Millis, RolloutId, RolloutState, Stall, now_ms};
 use fleetup_proto::{DecisionAnswer, InstallSummary, PhaseId};
 use std::collections::BTreeMap;
@@ -166,14 +167,15 @@ impl SchedulerPass {
         Ok(new)
     }
 
-    /// The package (name, version) a rollout installs.
-    pub async fn rollout_package(&mut self, id: &RolloutId) -> StoreResult<(String, String)> {
-        Ok(sqlx::query_as(
-            "select p.name, p.version from rollouts r join packages p on p.id = r.package_id where r.id = $1",
+    /// What staging needs of the package a rollout installs.
+    pub async fn rollout_package(&mut self, id: &RolloutId) -> StoreResult<PackageFacts> {
+        let (name, version, manifest): (String, String, String) = sqlx::query_as(
+            "select p.name, p.version, p.manifest from rollouts r join packages p on p.id = r.package_id where r.id = $1",
         )
         .bind(id.as_str())
         .fetch_one(&mut *self.tx)
-        .await?)
+        .await?;
+        Ok(PackageFacts::from_manifest(name, version, &from_json(&manifest, "package manifest")?))
     }
 
     /// Enrolled agents with no job in the rollout.

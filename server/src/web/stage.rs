@@ -181,6 +181,10 @@ pub struct Preview {
     total: usize,
     skipped: usize,
     catch_all: bool,
+    /// Servers the selector matched that the package is not for: (host, why), at most 20.
+    left_out: Vec<(String, String)>,
+    /// How many there are in all.
+    left_out_count: usize,
 }
 
 /// `POST /rollouts/preview`: which servers fall in which wave (nothing is written).
@@ -219,9 +223,19 @@ pub async fn preview(State(state): State<AppState>, body: Bytes) -> Preview {
                 total: p.jobs.len(),
                 skipped: p.jobs.iter().filter(|j| j.skip).count(),
                 catch_all: p.catch_all,
+                left_out: p.left_out.iter().take(20).map(|(id, why)| (name(id), why.clone())).collect(),
+                left_out_count: p.left_out.len(),
             }
         }
-        Err(e) => Preview { error: Some(e), waves: Vec::new(), total: 0, skipped: 0, catch_all: false },
+        Err(e) => Preview {
+            error: Some(e),
+            waves: Vec::new(),
+            total: 0,
+            skipped: 0,
+            catch_all: false,
+            left_out: Vec::new(),
+            left_out_count: 0,
+        },
     }
 }
 

@@ -19,6 +19,7 @@ crate::both_backends!(
     late_joiners_join_the_last_wave,
     a_phase_running_far_past_its_learned_p95_is_flagged_stalled,
     a_remembered_answer_stands_for_the_rest_of_the_rollout,
+    staging_refuses_a_downgrade_unless_allowed_and_a_package_for_other_servers,
 );
 
 /// The final event of an install that failed and asks to be tried again later (a hook's
@@ -363,4 +364,39 @@ async fn a_remembered_answer_stands_for_the_rest_of_the_rollout(backend: Backend
     assert!(decisions[0]["answered_by"].as_str().unwrap().ends_with("(standing answer)"), "{decisions}");
     let audit = app.get(&format!("/api/v1/audit?object_id={id}")).await.to_string();
     assert!(audit.contains("standing_answer_of") && audit.contains("\"remember\":true"), "{audit}");
+}
+
+/// Issue 14, defects 6 and 7, at staging: a rollout that would take a server back to an
+/// older version is refused, naming it, unless `allow_downgrade` (and then the agent is
+/// told it may); a package whose `[target]` names a device class the servers are not gets
+/// no job on them.
+async fn staging_refuses_a_downgrade_unless_allowed_and_a_package_for_other_servers(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let current = app.upload_package().await;
+    let agent = app.fleet("down", 1).await.remove(0);
+    let first = app.rollout(json!({ "package_id": current, "targets": { "agents": [agent.id] } }), true).await;
+    let job = agent.next_job().await;
+    assert!(!job.allow_downgrade);
+    agent.finish(&job, InstallOutcome::Succeeded).await;
+    app.wait_rollout(&first, "finished", |r| r["state"] == "finished").await;
+    let older = app.upload_variant(|m| m.replacen("version = \"1.1.0\"", "version = \"1.0.5\"", 1)).await;
+    let spec = json!({ "name": "back", "package_id": older, "targets": { "labels": { "group": "down" } } });
+    let (s, v) = app.call("POST", "/api/v1/rollouts", &app.operator, Some(spec.clone())).await;
+    assert_eq!(s, 422, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("installing demo-service 1.0.5 would downgrade 1 servers: down-0 (runs 1.1.0)"), "{msg}");
+    let mut allowed = spec;
+    allowed["allow_downgrade"] = json!(true);
+    let id = app.rollout(allowed, true).await;
+    let job = agent.next_job().await;
+    assert!(job.allow_downgrade, "the agent is told the downgrade is allowed");
+    app.post(&format!("/api/v1/rollouts/{id}/cancel"), json!({})).await;
+
+    let router =
+        app.upload_variant(|m| m.replacen("os = \"linux\"", "os = \"linux\"\ndevice_class = \"router\"", 1)).await;
+    let spec = json!({ "name": "routers", "package_id": router, "targets": { "labels": { "group": "down" } } });
+    let (s, v) = app.call("POST", "/api/v1/rollouts", &app.operator, Some(spec)).await;
+    assert_eq!(s, 422, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("is for none of the servers") && msg.contains("device class 'router'"), "{msg}");
 }

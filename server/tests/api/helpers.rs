@@ -240,6 +240,33 @@ impl TestApp {
         v["id"].as_str().unwrap().to_owned()
     }
 
+    /// Uploads the sample rollup with its manifest text changed by `edit`, signed by the
+    /// trusted key; returns the package id.
+    pub async fn upload_variant(&self, edit: impl Fn(String) -> String) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fleetup_e2e::workspace_root().join("examples/sample-rollup");
+        let copy = dir.path().join("rollup");
+        let status = std::process::Command::new("cp").arg("-a").arg(&src).arg(&copy).status().unwrap();
+        assert!(status.success());
+        let manifest = copy.join("manifest.toml");
+        std::fs::write(&manifest, edit(std::fs::read_to_string(&manifest).unwrap())).unwrap();
+        let key = fleetup_proto::SecretKey::read(&fixture().trusted.with_extension("")).unwrap();
+        let package = dir.path().join("variant.fleetup");
+        fleetup_proto::package::pack_dir(&copy, &key, &package).unwrap();
+        let res = self
+            .client
+            .post(format!("{}/api/v1/packages", self.base))
+            .bearer_auth(&self.operator)
+            .body(std::fs::read(&package).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(status, 201, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn enrollment_token(&self, labels: Value) -> String {
         let (s, v) =
             self.call("POST", "/api/v1/enrollment-tokens", &self.admin, Some(json!({ "labels": labels }))).await;

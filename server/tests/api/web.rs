@@ -368,4 +368,31 @@ async fn the_staging_form_offers_the_rollout_control_options(backend: Backend) {
     assert_eq!((spec["soak_secs"].as_u64(), spec["late_joiners"].as_bool()), (Some(600), Some(true)), "{spec}");
     assert_eq!(spec["retries"], json!({ "times": 2, "backoff_secs": 45, "max_backoff_secs": 600 }), "{spec}");
     assert_eq!(spec["maintenance_window"]["time_zone"], "Europe/Berlin", "{spec}");
+
+    // The preview names the servers a package's [target] is not for (issue 14, defect 7).
+    let router =
+        app.upload_variant(|m| m.replacen("os = \"linux\"", "os = \"linux\"\ndevice_class = \"router\"", 1)).await;
+    let token = app.enrollment_token(json!({ "group": "form", "device-class": "router" })).await;
+    app.enroll(&token, "edge-router").await;
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("name", "routers"),
+        ("package_id", router.as_str()),
+        ("target_mode", "labels"),
+        ("labels", "group=form"),
+    ];
+    let r = client()
+        .post(format!("{}/rollouts/preview", app.base))
+        .header("cookie", &cookie)
+        .form_body(&form)
+        .send()
+        .await
+        .unwrap();
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("id=\"preview-left-out\"") && html.contains("2 server(s) the selector matches get no job"),
+        "{html}"
+    );
+    assert!(html.contains("form-0") && html.contains("declares none"), "{html}");
+    assert!(html.contains("1 server(s) in 1 wave(s)") && html.contains("edge-router"), "{html}");
 }
