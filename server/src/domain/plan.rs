@@ -458,7 +458,7 @@ pub fn plan(spec: &RolloutSpec, agents: &[Agent], package: &PackageFacts) -> Res
     if !spec.allow_downgrade {
         let down: Vec<(String, String)> = targets
             .iter()
-            .filter_map(|id| find(id))
+            .filter_map(&find)
             .filter_map(|a| would_downgrade(a, package).map(|v| (a.hostname.clone(), format!("runs {v}"))))
             .collect();
         if !down.is_empty() {
