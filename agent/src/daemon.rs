@@ -8,9 +8,13 @@
 mod bridge;
 mod client;
 mod download;
+mod finished;
 mod identity;
 mod job;
+mod lease;
 mod logs;
+
+pub use download::Floor as DownloadFloor;
 
 use crate::engine::{BackendKind, CrlRemediation, InstallRequest};
 use client::{CallError, Client};
@@ -47,6 +51,8 @@ pub struct DaemonConfig {
     pub hosts_file: PathBuf,
     /// Long-poll duration.
     pub poll_wait: Duration,
+    /// The slowest a package download may be before it is retried (resumed with Range).
+    pub download_floor: DownloadFloor,
 }
 
 /// Exponential backoff for retries after transient failures: 0.5 s doubling to 30 s.
@@ -139,6 +145,11 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
         match polled {
             Ok(Some(assignment)) => {
                 ctx.backoff.reset();
+                if let Err(e) = checked_assignment(&ctx, &assignment) {
+                    refuse(&ctx, &assignment, &e).await;
+                    ctx.backoff.pause().await;
+                    continue;
+                }
                 tracing::info!(job = %assignment.job_id, package = %assignment.package.name, version = %assignment.package.version, "job received");
                 let job = job::run(&ctx, assignment);
                 tokio::pin!(job);
@@ -154,12 +165,34 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
                 }
             }
             Ok(None) => ctx.backoff.reset(),
+            Err(CallError::Busy(after)) => tokio::time::sleep(after).await,
             Err(CallError::Refused(e)) => anyhow::bail!("the coordinator refused this agent: {e}"),
             Err(e) => {
                 tracing::warn!("poll failed: {e}; retrying");
                 ctx.backoff.pause().await;
             }
         }
+    }
+}
+
+/// Every field of the assignment to its strict format, and its download on the
+/// coordinator's own origin.
+fn checked_assignment(ctx: &Ctx, job: &JobAssignment) -> Result<(), String> {
+    job.check().map_err(|e| e.to_string())?;
+    ctx.client.url(&job.package.download_path).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// A refused assignment is never run. When its job id is usable, the coordinator hears why
+/// (the job fails at check-system); otherwise it is only logged.
+async fn refuse(ctx: &Ctx, job: &JobAssignment, why: &str) {
+    tracing::error!("{why}");
+    if fleetup_proto::id::check_id("job", &job.job_id).is_err() {
+        return;
+    }
+    let event = job::refusal_event(why);
+    let batch = fleetup_proto::agent_api::EventBatch { fencing_token: job.fencing_token, events: vec![event] };
+    if let Err(e) = ctx.client.report(&job.job_id, &batch, Duration::ZERO).await {
+        tracing::warn!("could not tell the coordinator why the job was refused: {e}");
     }
 }
 
