@@ -85,12 +85,15 @@ impl Link {
     }
 
     async fn wait_job(&self, id: &JobId, what: &str, check: impl Fn(&Job) -> bool) -> Job {
-        self.server
-            .eventually(what, LONG, async || {
+        let found = self
+            .server
+            .client
+            .poll_until(what, LONG, async || {
                 let j = self.server.client.job(id).await?;
                 Ok(check(&j).then_some(j))
             })
-            .await
+            .await;
+        found.unwrap_or_else(|e| panic!("{e}\nthe agent's log:\n{}", self.agent_log()))
     }
 
     fn agent_log(&self) -> String {
@@ -221,6 +224,8 @@ async fn a_lease_lost_after_changes_began_finishes_forward_and_is_recorded_late(
     cut.store(true, Ordering::SeqCst);
     l.wait_job(&job, "the job lost", |j| j.state == JobState::Lost).await;
     cut.store(false, Ordering::SeqCst);
+    // The agent hears the 409 while the hook still runs; only then does the install end.
+    l.wait_agent_log("no longer holds this job's lease");
     std::fs::write(&*flag.lock().unwrap(), "go").unwrap();
     let late = l
         .wait_job(&job, "the late outcome recorded", |j| {

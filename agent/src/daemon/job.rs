@@ -224,8 +224,11 @@ async fn drive(
                     if !done {
                         (&mut wait_done).await;
                     }
-                    if let Some(last) = bridge.final_event() {
-                        report_late(ctx, job, last).await;
+                    match bridge.final_event() {
+                        Some(last) => report_late(ctx, job, last).await,
+                        None => {
+                            tracing::warn!(job = %job.job_id, "the lease was lost and the install recorded no outcome")
+                        }
                     }
                     break;
                 }
@@ -311,7 +314,10 @@ async fn report_late(ctx: &Ctx, job: &JobAssignment, last: EngineEvent) {
     let batch = EventBatch { fencing_token: job.fencing_token, events: vec![last] };
     for _ in 0..3 {
         match ctx.client.report(&job.job_id, &batch, Duration::ZERO).await {
-            Ok(_) => return,
+            Ok(_) => {
+                tracing::info!(job = %job.job_id, "outcome sent after the lease was lost: accepted");
+                return;
+            }
             Err(CallError::Stale) => {
                 tracing::warn!(job = %job.job_id, "outcome sent after the lease was lost: refused as stale, recorded by the coordinator as late");
                 return;
