@@ -134,7 +134,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
     };
     if let Some(job) = job::unfinished(&ctx.config.state_dir)? {
         tracing::info!(job = %job.job_id, "resuming the job interrupted by a restart");
-        job::resume(&ctx, job).await?;
+        Box::pin(job::resume(&ctx, job)).await?;
     }
     tokio::pin!(shutdown);
     loop {
@@ -151,8 +151,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
                     continue;
                 }
                 tracing::info!(job = %assignment.job_id, package = %assignment.package.name, version = %assignment.package.version, "job received");
-                let job = job::run(&ctx, assignment);
-                tokio::pin!(job);
+                // Boxed: a job's future is large, the idle loop's small.
+                let mut job = Box::pin(job::run(&ctx, assignment));
                 tokio::select! {
                     r = &mut job => r?,
                     // A stop request during a job is a cancel, honoured as the phase allows

@@ -335,7 +335,8 @@ mod tests {
     #[test]
     fn hostile_assignment_fields_are_refused() {
         assignment().check().unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut JobAssignment)>)> = vec![
+        type Spoil = Box<dyn Fn(&mut JobAssignment)>;
+        let cases: Vec<(&str, Spoil)> = vec![
             ("job id", Box::new(|j| j.job_id = "../../../x".into())),
             ("rollout id", Box::new(|j| j.rollout_id = "a/b".into())),
             ("package id", Box::new(|j| j.package.id = "p1/../..".into())),

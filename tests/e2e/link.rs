@@ -256,11 +256,12 @@ async fn hostile_assignment_fields_are_refused() {
         });
     }
     let package = l.package.to_string();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value) + Send + Sync>)> = vec![
+    type Edit = Box<dyn Fn(&mut Value) + Send + Sync>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "download_path",
             Box::new(move |v| {
-                v["package"]["download_path"] = json!(format!("@{other_addr}/api/v1/agent/packages/{package}"))
+                v["package"]["download_path"] = json!(format!("@{other_addr}/api/v1/agent/packages/{package}"));
             }),
         ),
         ("sha256", Box::new(|v| v["package"]["sha256"] = json!("../../../x"))),

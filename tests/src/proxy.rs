@@ -162,9 +162,10 @@ fn content_length(headers: &[(String, String)]) -> Option<usize> {
 }
 
 fn head_bytes(first: &str, headers: &[(String, String)]) -> Vec<u8> {
+    use std::fmt::Write as _;
     let mut out = format!("{first}\r\n");
     for (n, v) in headers {
-        out.push_str(&format!("{n}: {v}\r\n"));
+        let _ = write!(out, "{n}: {v}\r\n");
     }
     out.push_str("\r\n");
     out.into_bytes()

@@ -227,7 +227,7 @@ async fn drive(
                     match bridge.final_event() {
                         Some(last) => report_late(ctx, job, last).await,
                         None => {
-                            tracing::warn!(job = %job.job_id, "the lease was lost and the install recorded no outcome")
+                            tracing::warn!(job = %job.job_id, "the lease was lost and the install recorded no outcome");
                         }
                     }
                     break;

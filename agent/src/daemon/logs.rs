@@ -277,7 +277,10 @@ fn read_line_capped(reader: &mut std::io::BufReader<std::fs::File>, max: usize) 
         while text.len() > max {
             text.pop();
         }
-        text.push_str(&format!(" … [line cut: {} more bytes]", line_len - text.len() as u64));
+        let more = line_len - text.len() as u64;
+        text.push_str(" … [line cut: ");
+        text.push_str(&more.to_string());
+        text.push_str(" more bytes]");
     }
     Some((text, total))
 }

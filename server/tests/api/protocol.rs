@@ -199,8 +199,8 @@ async fn one_agent_polling_two_coordinators_gets_one_job() {
         for r in &rollouts {
             a.wait_rollout(r, "its job queued", |r| r["counts"]["queued"] == 1).await;
         }
-        let (x, y) = tokio::join!(agent_a.poll(0), agent_b.poll(0));
-        let ids: std::collections::BTreeSet<String> = [x, y].into_iter().flatten().map(|j| j.job_id).collect();
+        let (via_a, via_b) = tokio::join!(agent_a.poll(0), agent_b.poll(0));
+        let ids: std::collections::BTreeSet<String> = [via_a, via_b].into_iter().flatten().map(|j| j.job_id).collect();
         let mut active = 0;
         for r in &rollouts {
             let r = a.get(&format!("/api/v1/rollouts/{r}")).await;
