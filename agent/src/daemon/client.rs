@@ -287,4 +287,29 @@ mod tests {
         let sent = tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
         assert!(sent < 64 * MAX_POLL_BODY, "the agent read far past its cap: {sent} bytes");
     }
+
+    /// A `429` is `Busy` with the coordinator's `Retry-After`, which the reporter and the
+    /// log shipper wait before sending again.
+    #[tokio::test]
+    async fn a_429_carries_its_retry_after() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let body = r#"{"error":{"code":"too-many-requests","message":"slow down"}}"#;
+            let head =
+                format!("HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: {}\r\n\r\n", body.len());
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(body.as_bytes()).await.unwrap();
+        });
+        let c = Client::new(&format!("http://{addr}")).unwrap().with_token("t");
+        let batch = EventBatch { fencing_token: 1, events: vec![] };
+        match c.report("j1", &batch, Duration::ZERO).await {
+            Err(CallError::Busy(after)) => assert_eq!(after, Duration::from_secs(7)),
+            other => panic!("{other:?}"),
+        }
+    }
 }
