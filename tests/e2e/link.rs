@@ -357,7 +357,7 @@ async fn mixed_expired_and_replayed_jobs_are_not_installed() {
         {
             let (replay, once) = (replay.clone(), once.clone());
             l.proxy.set_rule(move |r| {
-                if is_poll(r) && !once.swap(true, Ordering::SeqCst) {
+                if is_poll(r) && !r.at_answer && !once.swap(true, Ordering::SeqCst) {
                     Action::Answer(200, replay.clone())
                 } else {
                     Action::Pass

@@ -23,6 +23,9 @@ pub struct Request {
     pub path: String,
     /// Header names (lowercase) and values.
     pub headers: Vec<(String, String)>,
+    /// True when the rule is asked again, for the answer of a request it passed (a rule
+    /// with side effects, such as "only once", decides at request time only).
+    pub at_answer: bool,
 }
 
 impl Request {
@@ -212,6 +215,7 @@ async fn serve(client: TcpStream, upstream_addr: &str, shared: &Shared) -> Io {
             method: parts.next().unwrap_or_default().to_owned(),
             path: parts.next().unwrap_or_default().to_owned(),
             headers: headers.clone(),
+            at_answer: false,
         };
         shared.seen.lock().unwrap_or_else(PoisonError::into_inner).push(request.clone());
         let rule = shared.rule.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -246,7 +250,8 @@ async fn serve(client: TcpStream, upstream_addr: &str, shared: &Shared) -> Io {
         let action = match action {
             Action::Pass | Action::Rewrite(_) => {
                 let rule = shared.rule.lock().unwrap_or_else(PoisonError::into_inner).clone();
-                match rule.map_or(Action::Pass, |r| r(&request)) {
+                let again = Request { at_answer: true, ..request.clone() };
+                match rule.map_or(Action::Pass, |r| r(&again)) {
                     a @ (Action::Rewrite(_) | Action::Trickle { .. }) => a,
                     _ => Action::Pass,
                 }
