@@ -106,6 +106,33 @@ impl Ctx {
     }
 }
 
+#[cfg(test)]
+impl Ctx {
+    /// A context for unit tests against a fake coordinator at `server`.
+    pub(crate) fn for_test(server: &str, state_dir: &std::path::Path) -> Self {
+        let config = DaemonConfig {
+            server: server.to_owned(),
+            state_dir: state_dir.to_path_buf(),
+            enroll_token: None,
+            hostname: None,
+            labels: BTreeMap::new(),
+            root: state_dir.to_path_buf(),
+            trusted: Vec::new(),
+            vars: BTreeMap::new(),
+            backend: BackendKind::Exec,
+            hosts_file: state_dir.join("hosts"),
+            poll_wait: Duration::from_secs(1),
+            download_floor: DownloadFloor::default(),
+        };
+        Self {
+            client: Client::new(server).expect("a client").with_token("t"),
+            config,
+            backoff: Backoff::default(),
+            current: std::sync::Mutex::new(None),
+        }
+    }
+}
+
 impl Ctx {
     /// Asks the running install (if any) to cancel, logging what that will do.
     fn cancel_current(&self) {

@@ -419,3 +419,25 @@ impl Bridge {
         crate::engine::EventSink::emit(self, &failure_event(&job.package.name, &job.package.version, error));
     }
 }
+
+/// An assignment for unit tests.
+#[cfg(test)]
+pub(crate) fn test_assignment() -> JobAssignment {
+    JobAssignment {
+        job_id: "job1".into(),
+        rollout_id: "r1".into(),
+        fencing_token: 1,
+        lease_secs: 30,
+        package: fleetup_proto::agent_api::PackageRef {
+            id: "p1".into(),
+            name: "demo-service".into(),
+            version: "1.1.0".into(),
+            sha256: "ab".repeat(32),
+            size: 10,
+            download_path: "/api/v1/agent/packages/p1".into(),
+        },
+        policies: fleetup_proto::agent_api::JobPolicies::default(),
+        phase_timeouts: std::collections::BTreeMap::new(),
+        expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+    }
+}

@@ -365,4 +365,57 @@ mod tests {
         assert!(!all.iter().any(|l| l.line.contains("unfinished")));
         assert!(all.iter().any(|l| l.phase == PhaseId::StopServices && l.line.contains("service demo stopped")));
     }
+
+    /// A batch the coordinator refuses (4xx) is never sent again as it was: it is split
+    /// until the refused line stands alone, which is dropped and counted in a marker line;
+    /// every other line arrives, and shipping goes on past it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_batch_is_split_and_a_refused_line_dropped_with_a_count() {
+        use fleetup_e2e::proxy::{Action, Proxy};
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("logs").join("job1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = String::new();
+        for i in 0..9 {
+            text.push_str(&format!("2026-11-21T15:57:36.094Z line {i}\n"));
+            if i == 4 {
+                text.push_str(&format!("{}\n", "z".repeat(6000)));
+            }
+        }
+        std::fs::write(dir.join("pre-hooks.log"), text).unwrap();
+        // A coordinator refusing any log batch over 4,000 bytes with 413.
+        let coordinator = Proxy::start("127.0.0.1:9").await;
+        coordinator.set_rule(|r| {
+            let len: usize = r.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            if len > 4000 {
+                Action::Fail(413)
+            } else {
+                Action::Answer(200, br#"{"accepted":1,"duplicates":0}"#.to_vec())
+            }
+        });
+        let ctx = super::super::Ctx::for_test(&coordinator.url, state.path());
+        let job = super::super::job::test_assignment();
+        let shipper = LogShipper::new(state.path(), "job1");
+        shipper.ship(&ctx, &job).await;
+        shipper.ship(&ctx, &job).await;
+        let sent: Vec<usize> = coordinator
+            .seen()
+            .iter()
+            .map(|r| r.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0))
+            .collect();
+        let refused: Vec<usize> = sent.iter().copied().filter(|n| *n > 4000).collect();
+        // Each refusal is followed by smaller batches: no body is sent twice.
+        let mut distinct = refused.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), refused.len(), "a refused batch was sent again unchanged: {sent:?}");
+        assert!(sent.len() < 12, "{sent:?}");
+        // Everything was read: a third call has nothing to send.
+        let before = coordinator.seen().len();
+        shipper.ship(&ctx, &job).await;
+        assert_eq!(coordinator.seen().len(), before);
+        let p = shipper.progress.lock().unwrap();
+        // 9 short lines and the marker were numbered (the dropped line took none).
+        assert_eq!(p.next_seq, 11, "{sent:?}");
+    }
 }
