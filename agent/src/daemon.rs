@@ -8,9 +8,13 @@
 mod bridge;
 mod client;
 mod download;
+mod finished;
 mod identity;
 mod job;
+mod lease;
 mod logs;
+
+pub use download::Floor as DownloadFloor;
 
 use crate::engine::{BackendKind, CrlRemediation, InstallRequest};
 use client::{CallError, Client};
@@ -51,6 +55,8 @@ pub struct DaemonConfig {
     pub hosts_file: PathBuf,
     /// Long-poll duration.
     pub poll_wait: Duration,
+    /// The slowest a package download may be before it is retried (resumed with Range).
+    pub download_floor: DownloadFloor,
 }
 
 /// Exponential backoff for retries after transient failures: 0.5 s doubling to 30 s.
@@ -104,6 +110,34 @@ impl Ctx {
             },
             device_class: self.config.labels.get(DEVICE_CLASS_LABEL).cloned(),
             allow_downgrade: job.allow_downgrade,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Ctx {
+    /// A context for unit tests against a fake coordinator at `server`.
+    pub(crate) fn for_test(server: &str, state_dir: &std::path::Path) -> Self {
+        let config = DaemonConfig {
+            server: server.to_owned(),
+            state_dir: state_dir.to_path_buf(),
+            enroll_token: None,
+            hostname: None,
+            labels: BTreeMap::new(),
+            root: state_dir.to_path_buf(),
+            trusted: Vec::new(),
+            vars: BTreeMap::new(),
+            backend: BackendKind::Exec,
+            hosts_file: state_dir.join("hosts"),
+            poll_wait: Duration::from_secs(1),
+            download_floor: DownloadFloor::default(),
+        };
+        Self {
+            client: Client::new(server).expect("a client").with_token("t"),
+            config,
+            backoff: Backoff::default(),
+            current: std::sync::Mutex::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -165,7 +199,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
     };
     if let Some(job) = job::unfinished(&ctx.config.state_dir)? {
         tracing::info!(job = %job.job_id, "resuming the job interrupted by a restart");
-        job::resume(&ctx, job).await?;
+        Box::pin(job::resume(&ctx, job)).await?;
     }
     tokio::pin!(shutdown);
     loop {
@@ -176,10 +210,15 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
         match polled {
             Ok(Some(assignment)) => {
                 ctx.backoff.reset();
+                if let Err(e) = checked_assignment(&ctx, &assignment) {
+                    refuse(&ctx, &assignment, &e).await;
+                    ctx.backoff.pause().await;
+                    continue;
+                }
                 tracing::info!(job = %assignment.job_id, package = %assignment.package.name, version = %assignment.package.version, "job received");
                 let job_id = assignment.job_id.clone();
-                let job = job::run(&ctx, assignment);
-                tokio::pin!(job);
+                // Boxed: a job's future is large, the idle loop's small.
+                let mut job = Box::pin(job::run(&ctx, assignment));
                 tokio::select! {
                     r = &mut job => { r?; }
                     // A stop request during a job is a cancel, honoured as the phase allows
@@ -193,6 +232,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
                 }
             }
             Ok(None) => ctx.backoff.reset(),
+            Err(CallError::Busy(after)) => tokio::time::sleep(after).await,
             Err(CallError::Refused(e)) => anyhow::bail!("the coordinator refused this agent: {e}"),
             Err(e) => {
                 tracing::warn!("poll failed: {e}; retrying");
@@ -230,6 +270,27 @@ async fn finish_stopping(
             "{again} received again: job {job_id} is still {phase}; the stop asked earlier stands ({effect}). \
              The agent exits on its own once the job has ended; kill -9 would leave it for the next start to recover"
         );
+    }
+}
+
+/// Every field of the assignment to its strict format, and its download on the
+/// coordinator's own origin.
+fn checked_assignment(ctx: &Ctx, job: &JobAssignment) -> Result<(), String> {
+    job.check().map_err(|e| e.to_string())?;
+    ctx.client.url(&job.package.download_path).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// A refused assignment is never run. When its job id is usable, the coordinator hears why
+/// (the job fails at check-system); otherwise it is only logged.
+async fn refuse(ctx: &Ctx, job: &JobAssignment, why: &str) {
+    tracing::error!("{why}");
+    if fleetup_proto::id::check_id("job", &job.job_id).is_err() {
+        return;
+    }
+    let event = job::refusal_event(why);
+    let batch = fleetup_proto::agent_api::EventBatch { fencing_token: job.fencing_token, events: vec![event] };
+    if let Err(e) = ctx.client.report(&job.job_id, &batch, Duration::ZERO).await {
+        tracing::warn!("could not tell the coordinator why the job was refused: {e}");
     }
 }
 
@@ -278,31 +339,16 @@ mod tests {
     use super::*;
 
     fn ctx(labels: &[(&str, &str)]) -> Ctx {
-        let config = DaemonConfig {
-            server: "http://127.0.0.1:9".into(),
-            state_dir: PathBuf::from("/nonexistent/state"),
-            enroll_token: None,
-            hostname: None,
-            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-            root: PathBuf::from("/nonexistent/root"),
-            trusted: Vec::new(),
-            vars: BTreeMap::new(),
-            backend: BackendKind::Exec,
-            hosts_file: PathBuf::from("/etc/hosts"),
-            poll_wait: Duration::from_secs(1),
-        };
-        Ctx {
-            client: Client::new(&config.server).unwrap(),
-            config,
-            backoff: Backoff::default(),
-            current: std::sync::Mutex::new(None),
-            stopping: std::sync::atomic::AtomicBool::new(false),
-        }
+        let mut ctx = Ctx::for_test("http://127.0.0.1:9", std::path::Path::new("/nonexistent/state"));
+        ctx.config.labels = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        ctx.config.root = PathBuf::from("/nonexistent/root");
+        ctx.config.hosts_file = PathBuf::from("/etc/hosts");
+        ctx
     }
 
     fn job(extra: serde_json::Value) -> JobAssignment {
         let mut v = serde_json::json!({
-            "job_id": "j1", "rollout_id": "r1", "fencing_token": 1, "lease_secs": 60,
+            "job_id": "j1", "rollout_id": "r1", "fencing_token": 1, "lease_secs": 60, "expires_at": "2099-01-01T00:00:00Z",
             "package": { "id": "p", "name": "demo", "version": "1.0.0", "sha256": "00", "size": 1,
                          "download_path": "/api/v1/agent/packages/p" },
             "policies": {}

@@ -164,6 +164,65 @@ pub struct JobAssignment {
     /// engine refuses a downgrade in `check-system`.
     #[serde(default)]
     pub allow_downgrade: bool,
+    /// The agent starts the job before this instant or not at all: an assignment replayed
+    /// (or delayed) past it is refused. Set by the coordinator when it hands the job over.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Longest rollup name or version the agent accepts from a coordinator.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Why an assignment from the coordinator was refused before anything was done with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the coordinator's job assignment is refused: {0}")]
+pub struct AssignmentError(pub String);
+
+impl JobAssignment {
+    /// Checks every field the agent uses as a path, a URL or a bound, to its strict format:
+    /// the ids by [`crate::id`]'s syntax, `sha256` as 64 lowercase hex digits, the name and
+    /// version as printable text without `/`, `download_path` as an absolute path on the
+    /// coordinator (never a URL, `//host` or `@host`), a lease of 1 s to 1 day.
+    pub fn check(&self) -> Result<(), AssignmentError> {
+        let bad = |m: String| AssignmentError(m);
+        crate::id::check_id("job", &self.job_id).map_err(|e| bad(e.to_string()))?;
+        crate::id::check_id("rollout", &self.rollout_id).map_err(|e| bad(e.to_string()))?;
+        crate::id::check_id("package", &self.package.id).map_err(|e| bad(e.to_string()))?;
+        let p = &self.package;
+        if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(bad(format!("sha256 '{}' is not 64 lowercase hex digits", shown(&p.sha256))));
+        }
+        for (what, v) in [("name", &p.name), ("version", &p.version)] {
+            let ok = !v.is_empty()
+                && v.len() <= MAX_NAME_LEN
+                && v.chars().all(|c| !c.is_control() && !c.is_whitespace() && c != '/' && c != '\\');
+            if !ok || v == "." || v == ".." {
+                return Err(bad(format!(
+                    "package {what} '{}' is not a name (1 to {MAX_NAME_LEN} printable characters, no '/')",
+                    shown(v)
+                )));
+            }
+        }
+        let path = &p.download_path;
+        let ok = path.starts_with('/')
+            && !path.starts_with("//")
+            && path.bytes().all(|b| b.is_ascii_graphic() && b != b'@' && b != b'\\' && b != b'#')
+            && !path.split('/').any(|seg| seg == "..");
+        if !ok {
+            return Err(bad(format!(
+                "download_path '{}' is not a path on the coordinator (it must start with one '/' and hold no '@', '\\', '..' or spaces)",
+                shown(path)
+            )));
+        }
+        if self.lease_secs == 0 || self.lease_secs > 86_400 {
+            return Err(bad(format!("lease of {} s is outside 1 s to 1 day", self.lease_secs)));
+        }
+        Ok(())
+    }
+}
+
+/// A refused value, cut to a readable length, control characters replaced.
+fn shown(s: &str) -> String {
+    s.chars().take(80).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
 }
 
 /// `POST /api/v1/agent/jobs/{id}/events`.
@@ -254,5 +313,55 @@ mod tests {
             serde_json::json!({"warning": "continue", "files_in_use": {"mode": "retry", "times": 3}, "crl_remediation": "hosts-file"})
         );
         assert_eq!(serde_json::from_value::<JobPolicies>(serde_json::json!({})).unwrap(), JobPolicies::default());
+    }
+
+    fn assignment() -> JobAssignment {
+        JobAssignment {
+            job_id: "01a2-job".into(),
+            rollout_id: "r1".into(),
+            fencing_token: 1,
+            lease_secs: 60,
+            package: PackageRef {
+                id: "p1".into(),
+                name: "demo-service".into(),
+                version: "1.1.0".into(),
+                sha256: "ab".repeat(32),
+                size: 10,
+                download_path: "/api/v1/agent/packages/p1".into(),
+            },
+            policies: JobPolicies::default(),
+            phase_timeouts: BTreeMap::new(),
+            allow_downgrade: false,
+            expires_at: Utc::now(),
+        }
+    }
+
+    /// Issue 14, defect 4: each field the agent uses as a path, a URL or a bound is held
+    /// to its format; a hostile value is refused with the field named.
+    #[test]
+    fn hostile_assignment_fields_are_refused() {
+        assignment().check().unwrap();
+        type Spoil = Box<dyn Fn(&mut JobAssignment)>;
+        let cases: Vec<(&str, Spoil)> = vec![
+            ("job id", Box::new(|j| j.job_id = "../../../x".into())),
+            ("rollout id", Box::new(|j| j.rollout_id = "a/b".into())),
+            ("package id", Box::new(|j| j.package.id = "p1/../..".into())),
+            ("sha256", Box::new(|j| j.package.sha256 = "../../../x".into())),
+            ("sha256", Box::new(|j| j.package.sha256 = "AB".repeat(32))),
+            ("name", Box::new(|j| j.package.name = "../etc".into())),
+            ("version", Box::new(|j| j.package.version = "1.0\n".replace("\\n", "\n"))),
+            ("download_path", Box::new(|j| j.package.download_path = "@127.0.0.2:9/api/v1/agent/packages/p1".into())),
+            ("download_path", Box::new(|j| j.package.download_path = "//127.0.0.2/x".into())),
+            ("download_path", Box::new(|j| j.package.download_path = "http://127.0.0.2/x".into())),
+            ("download_path", Box::new(|j| j.package.download_path = "/api/../../x".into())),
+            ("lease", Box::new(|j| j.lease_secs = 0)),
+        ];
+        for (what, spoil) in cases {
+            let mut j = assignment();
+            spoil(&mut j);
+            let err = j.check().expect_err(what).to_string();
+            let named = what.split(' ').next().unwrap();
+            assert!(err.contains(named), "{what}: {err}");
+        }
     }
 }

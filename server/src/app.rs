@@ -44,6 +44,8 @@ pub struct App {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Failed dashboard logins, for the rate limit.
     pub logins: crate::limits::LoginLimiter,
+    /// Per-job caps on agents' events and log lines (429 beyond).
+    pub agent_limits: crate::agent_limits::AgentLimits,
 }
 
 impl App {

@@ -36,6 +36,14 @@ pub enum AppError {
     /// Body too large.
     #[error("{0}")]
     TooLarge(String),
+    /// Over a rate cap: try again after `retry_after` seconds (sent as `Retry-After`).
+    #[error("{message}")]
+    TooManyRequests {
+        /// What was capped, and when to come back.
+        message: String,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
     /// A bug or an outage; detail logged only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -53,6 +61,7 @@ impl AppError {
             AppError::StaleLease(_) => (StatusCode::CONFLICT, fleetup_proto::agent_api::STALE_LEASE_CODE),
             AppError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
+            AppError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too-many-requests"),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -124,6 +133,9 @@ impl IntoResponse for AppError {
         let message = self.public_message();
         let mut resp =
             (status, Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response();
+        if let AppError::TooManyRequests { retry_after, .. } = &self {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, (*retry_after).into());
+        }
         resp.extensions_mut().insert(ErrorInfo { status, message });
         resp
     }

@@ -4,6 +4,7 @@
 //! [`run`] takes a listener and a shutdown future so tests can bind port 0 and stop the
 //! server; `main.rs` only parses the command line.
 
+pub mod agent_limits;
 pub mod api;
 pub mod app;
 pub mod auth;
@@ -83,6 +84,7 @@ pub async fn run(
         shutdown: cancel.clone(),
         metrics: metrics_handle(),
         logins: limits::LoginLimiter::default(),
+        agent_limits: agent_limits::AgentLimits::default(),
     });
     tracing::info!(addr = ?listener.local_addr().ok(), backend = app.store.backend(), "fleetup-server listening");
     let tasks = [

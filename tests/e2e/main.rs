@@ -4,4 +4,5 @@ mod browser;
 mod demo;
 mod docker;
 mod fleet;
+mod link;
 mod packaging_cli;

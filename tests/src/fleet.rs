@@ -263,8 +263,14 @@ impl Host {
 
     /// Like [`Host::start_agent`], with extra environment variables for the agent.
     pub fn start_agent_with_env(&mut self, server: &Server, enroll_token: &str, env: &[(String, String)]) {
+        self.start_agent_via(server, &server.url, enroll_token, env);
+    }
+
+    /// Like [`Host::start_agent_with_env`], the agent talking to `url` (a proxy in front of
+    /// `server`) instead of the server itself.
+    pub fn start_agent_via(&mut self, server: &Server, url: &str, enroll_token: &str, env: &[(String, String)]) {
         let mut cmd = Command::new(binary("fleetup-agent"));
-        cmd.args(["run", "--server", &server.url, "--enroll-token", enroll_token, "--hostname", &self.name])
+        cmd.args(["run", "--server", url, "--enroll-token", enroll_token, "--hostname", &self.name])
             .arg("--state-dir")
             .arg(&self.state)
             .arg("--root")

@@ -44,6 +44,13 @@ pub struct RunArgs {
     /// Seconds the coordinator may hold each long-poll.
     #[arg(long, default_value_t = 30)]
     poll_wait: u64,
+    /// Slowest package download in bytes per second, averaged over --download-rate-window:
+    /// a slower attempt is abandoned and resumed (HTTP Range) after a pause.
+    #[arg(long, env = "FLEETUP_DOWNLOAD_MIN_RATE", default_value_t = 1024)]
+    download_min_rate: u64,
+    /// Seconds over which --download-min-rate is measured.
+    #[arg(long, env = "FLEETUP_DOWNLOAD_RATE_WINDOW", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    download_rate_window: u64,
 }
 
 /// The exit status of `fleetup-agent run` when a stop (SIGTERM from `systemctl stop`, or
@@ -88,6 +95,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         backend: args.services_backend,
         hosts_file: args.hosts_file,
         poll_wait: Duration::from_secs(args.poll_wait),
+        download_floor: crate::daemon::DownloadFloor {
+            min_bytes_per_sec: args.download_min_rate,
+            window: Duration::from_secs(args.download_rate_window),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let signal = std::sync::atomic::AtomicI32::new(0);

@@ -1,5 +1,11 @@
 //! Downloading a job's package: resumable, bounded by the announced size, a deadline on
-//! every read, and the sha256 checked before the file is used.
+//! every read, a minimum throughput over a window, and the sha256 checked before the file
+//! is used.
+//!
+//! A link that trickles (1 byte every 10 s never trips a per-read deadline) is caught by
+//! the throughput floor: fewer than `min_bytes_per_sec × window` bytes in any window ends
+//! the attempt as transient; the partial file is kept and the next attempt resumes it with
+//! HTTP Range.
 
 use super::client::{CallError, Client};
 use fleetup_proto::agent_api::PackageRef;
@@ -9,6 +15,22 @@ use tokio::io::AsyncWriteExt as _;
 
 /// How long one read may take before the download is abandoned (and resumed later).
 const READ_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The slowest a download may be: fewer than `min_bytes_per_sec × window` bytes in any
+/// `window` ends the attempt (resumed later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Floor {
+    /// Bytes per second, averaged over `window`.
+    pub min_bytes_per_sec: u64,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for Floor {
+    fn default() -> Self {
+        Self { min_bytes_per_sec: 1024, window: Duration::from_secs(30) }
+    }
+}
 
 /// Why a download failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +47,7 @@ pub enum DownloadError {
 }
 
 /// Downloads `pkg` into `dir/<sha256>.fup` (reusing a complete copy) and returns its path.
-pub async fn fetch(client: &Client, pkg: &PackageRef, dir: &Path) -> Result<PathBuf, DownloadError> {
+pub async fn fetch(client: &Client, pkg: &PackageRef, dir: &Path, floor: Floor) -> Result<PathBuf, DownloadError> {
     tokio::fs::create_dir_all(dir).await.map_err(|e| DownloadError::Transient(format!("{}: {e}", dir.display())))?;
     let done = dir.join(format!("{}.fup", pkg.sha256));
     if tokio::fs::metadata(&done).await.is_ok() {
@@ -58,11 +80,27 @@ pub async fn fetch(client: &Client, pkg: &PackageRef, dir: &Path) -> Result<Path
             .await
             .map_err(|e| DownloadError::Transient(format!("{}: {e}", part.display())))?;
         let mut resp = resp;
+        let mut window_start = (tokio::time::Instant::now(), have);
+        let floor_bytes = floor.min_bytes_per_sec.saturating_mul(floor.window.as_secs().max(1));
         loop {
-            let chunk = tokio::time::timeout(READ_DEADLINE, resp.chunk())
-                .await
-                .map_err(|_| DownloadError::Transient(format!("no data for {}s", READ_DEADLINE.as_secs())))?
-                .map_err(|e| DownloadError::Transient(e.to_string()))?;
+            let window_end = window_start.0 + floor.window;
+            let chunk = tokio::select! {
+                r = tokio::time::timeout(READ_DEADLINE, resp.chunk()) => r
+                    .map_err(|_| DownloadError::Transient(format!("no data for {}s", READ_DEADLINE.as_secs())))?
+                    .map_err(|e| DownloadError::Transient(e.to_string()))?,
+                () = tokio::time::sleep_until(window_end) => {
+                    let got = have - window_start.1;
+                    if got < floor_bytes.min(pkg.size - window_start.1) {
+                        file.sync_all().await.map_err(|e| DownloadError::Transient(format!("writing: {e}")))?;
+                        return Err(DownloadError::Transient(format!(
+                            "too slow: {got} bytes in {} s, under the floor of {} bytes/s (--download-min-rate); {have} of {} bytes kept for a resumed attempt",
+                            floor.window.as_secs(), floor.min_bytes_per_sec, pkg.size
+                        )));
+                    }
+                    window_start = (tokio::time::Instant::now(), have);
+                    continue;
+                }
+            };
             let Some(chunk) = chunk else { break };
             have += chunk.len() as u64;
             if have > pkg.size {

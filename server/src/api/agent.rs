@@ -4,6 +4,7 @@
 //! batches) and, when no job is ready, performs reads only. A job the scheduler queues wakes
 //! the held poll through the agent's `Notify` (and, across replicas, Postgres NOTIFY).
 
+use crate::agent_limits::{MAX_EVENTS_PER_BATCH, MAX_LINES_PER_BATCH, MAX_LOG_BODY, retry_after_secs};
 use crate::app::AppState;
 use crate::auth::AgentCaller;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
@@ -27,7 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/enroll", post(enroll))
         .route("/poll", get(poll))
         .route("/jobs/{id}/events", post(events))
-        .route("/jobs/{id}/logs", post(logs))
+        .route("/jobs/{id}/logs", post(logs).layer(axum::extract::DefaultBodyLimit::max(MAX_LOG_BODY)))
         .route("/packages/{id}", get(download))
 }
 
@@ -37,6 +38,10 @@ async fn enroll(
 ) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
     Ok((StatusCode::CREATED, Json(ops::agents::enroll(&state, req).await?)))
 }
+
+/// How long an agent has to start a job it was handed (`JobAssignment::expires_at`): an
+/// assignment replayed later than this is refused by the agent (docs/decisions.md).
+pub const JOB_START_WINDOW: Duration = Duration::from_hours(6);
 
 /// `?wait=SECS`.
 #[derive(Debug, serde::Deserialize)]
@@ -77,6 +82,7 @@ async fn poll(State(state): State<AppState>, agent: AgentCaller, ApiQuery(q): Ap
                     phase_timeouts: c.spec.phase_timeouts.clone(),
                     // Refused at staging unless the rollout allows it (audited with its spec).
                     allow_downgrade: c.spec.allow_downgrade,
+                    expires_at: crate::model::to_time(now_ms() + JOB_START_WINDOW.as_millis() as i64),
                 };
                 return Ok::<_, AppError>(Json(assignment).into_response());
             }
@@ -103,7 +109,19 @@ async fn events(
 ) -> ApiResult<Json<ReportResponse>> {
     let now = now_ms();
     state.seen(&agent.id, now);
+    if batch.events.len() > MAX_EVENTS_PER_BATCH {
+        return Err(AppError::TooLarge(format!(
+            "{} events in one report; send at most {MAX_EVENTS_PER_BATCH} per report",
+            batch.events.len()
+        )));
+    }
+    capped(&state.agent_limits.events, &job_id, batch.events.len(), "events")?;
     let out = state.store.report_events(&job_id, &agent.id, batch.fencing_token, &batch.events, now).await?;
+    if let Some(late) = out.late {
+        return Err(AppError::StaleLease(format!(
+            "job {job_id} was declared lost before this report; its outcome is recorded as late ({late}); stop reporting for this dispatch"
+        )));
+    }
     metrics::counter!("fleetup_events_accepted_total").increment(u64::from(out.accepted));
     metrics::counter!("fleetup_events_duplicate_total").increment(u64::from(out.duplicates));
     if out.finished.is_some() {
@@ -144,8 +162,27 @@ async fn logs(
     ApiJson(batch): ApiJson<LogBatch>,
 ) -> ApiResult<Json<LogResponse>> {
     state.seen(&agent.id, now_ms());
+    if batch.lines.len() > MAX_LINES_PER_BATCH {
+        return Err(AppError::TooLarge(format!(
+            "{} log lines in one batch; send at most {MAX_LINES_PER_BATCH} per batch",
+            batch.lines.len()
+        )));
+    }
+    capped(&state.agent_limits.lines, &job_id, batch.lines.len(), "log lines")?;
     let (accepted, duplicates) = state.store.report_logs(&job_id, &agent.id, batch.fencing_token, &batch.lines).await?;
     Ok(Json(LogResponse { accepted, duplicates }))
+}
+
+/// Takes `n` items of a job's cap, or refuses with `429` and `Retry-After`.
+fn capped(rate: &crate::agent_limits::JobRate, job_id: &JobId, n: usize, what: &str) -> ApiResult<()> {
+    rate.take(job_id, n, std::time::Instant::now()).map_err(|wait| {
+        metrics::counter!("fleetup_agent_capped_total").increment(1);
+        let retry_after = retry_after_secs(wait);
+        AppError::TooManyRequests {
+            message: format!("job {job_id} sent {what} faster than its cap; send this batch again in {retry_after} s"),
+            retry_after,
+        }
+    })
 }
 
 async fn download(

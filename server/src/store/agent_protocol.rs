@@ -99,6 +99,12 @@ async fn claim_tx(
     // assignment needs, so a claim is one statement (a wave's claims share the plan and
     // package read below once per batch). On Postgres, concurrent claims pass over each
     // other's rows (`skip locked`).
+    // At most one active job per agent, held by the store: the agent's row is locked first,
+    // so two coordinators claiming for one agent at once take turns, and the second one's
+    // `not exists` sees the first one's dispatch (each Postgres statement reads what was
+    // committed before it began). SQLite's `BEGIN IMMEDIATE` already gives one writer.
+    let agent_lock = format!("select id from agents where id = $1{}", dialect.for_update());
+    sqlx::query(sqlx::AssertSqlSafe(agent_lock)).bind(agent_id.as_str()).fetch_all(&mut **tx).await?;
     let skip_locked = if dialect == Dialect::Postgres { " for update of j skip locked" } else { "" };
     let claimed: Vec<(String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = $2 + lease_ms, \
@@ -157,9 +163,15 @@ async fn claim_tx(
 /// token) come before any write, as `batch_tx!` requires.
 async fn report_tx(tx: &mut Tx, dialect: Dialect, r: &ReportRequest) -> StoreResult<ReportOutcome> {
     let row = lock_job(tx, dialect, &r.job_id).await?;
+    if let Some(late) = late_outcome(&row, r) {
+        return record_late(tx, &row, r, late).await;
+    }
     check_lease(&row, &r.agent_id, r.fencing_token)?;
     let was = row.state()?;
     let job_id = r.job_id.as_str();
+    if was.is_terminal() {
+        refuse_after_end(tx, &row, &r.events).await?;
+    }
     let mut out = ReportOutcome::default();
     // One statement per 500 events (a round trip each inside the shared transaction);
     // `returning` tells which were new.
@@ -197,6 +209,7 @@ async fn report_tx(tx: &mut Tx, dialect: Dialect, r: &ReportRequest) -> StoreRes
     }
     out.accepted = fresh.len() as u32;
     if was.is_terminal() {
+        // Only resends of what was recorded get this far (`refuse_after_end`).
         return Ok(out);
     }
     let job = row.to_job()?;
@@ -325,6 +338,73 @@ async fn add_installed(tx: &mut Tx, dialect: Dialect, installed: &[(&AgentId, &I
             .await?;
     }
     Ok(())
+}
+
+/// After a job's final event only resends of recorded events are answered (a retry whose
+/// answer was lost); an empty report (a lease renewal) or any event not recorded is refused
+/// with `409`: nothing may change a finished job. A read only, before any write.
+async fn refuse_after_end(tx: &mut Tx, row: &JobRow, events: &[EngineEvent]) -> StoreResult<()> {
+    let ended = || {
+        StoreError::Conflict(format!(
+            "job {} has ended ({}): no report is accepted after its final event; stop reporting for it",
+            row.id, row.state
+        ))
+    };
+    let seqs: BTreeSet<u64> = events.iter().map(|e| e.seq).collect();
+    if seqs.is_empty() {
+        return Err(ended());
+    }
+    let list: Vec<String> = (0..seqs.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!("select count(*) from events where job_id = $1 and seq in ({})", list.join(", "));
+    let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql)).bind(&row.id);
+    for seq in &seqs {
+        count = count.bind(*seq as i64);
+    }
+    let (recorded,) = count.fetch_one(&mut **tx).await?;
+    if recorded as usize == seqs.len() { Ok(()) } else { Err(ended()) }
+}
+
+/// A report on the dispatch that was declared lost (its fencing token is the one before the
+/// current) that carries the install's outcome: the agent finished after its lease ran out
+/// (an install that had begun changing the server ends by the engine's cancel rules). That
+/// outcome is true of the server, so it is recorded on the job as late, though the job stays
+/// `lost` and the agent is told its lease is stale.
+fn late_outcome(row: &JobRow, r: &ReportRequest) -> Option<fleetup_proto::InstallSummary> {
+    let lost_dispatch = row.state == "lost" && row.fencing_token as u64 == r.fencing_token.wrapping_add(1);
+    if !lost_dispatch || row.agent_id != r.agent_id.as_str() {
+        return None;
+    }
+    r.events.iter().find_map(EngineEvent::summary)
+}
+
+async fn record_late(
+    tx: &mut Tx,
+    row: &JobRow,
+    r: &ReportRequest,
+    summary: fleetup_proto::InstallSummary,
+) -> StoreResult<ReportOutcome> {
+    let late = format!(
+        "the agent reported after the job was lost: {} {} {}{}",
+        summary.rollup,
+        summary.version,
+        summary.outcome,
+        summary.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+    );
+    let earlier = row.error.clone().unwrap_or_default();
+    if !earlier.contains(&late) {
+        let error = if earlier.is_empty() { late.clone() } else { format!("{earlier}; {late}") };
+        sqlx::query("update jobs set error = $2, updated_at = $3 where id = $1")
+            .bind(&row.id)
+            .bind(&error)
+            .bind(r.now)
+            .execute(&mut **tx)
+            .await?;
+        let detail =
+            serde_json::json!({ "rollout_id": row.rollout_id, "outcome": summary.outcome, "version": summary.version });
+        let audit = super::NewAudit::new(&format!("agent:{}", r.agent_id), "job.late-report", "job", &row.id, detail);
+        super::audit::record(tx, &audit, r.now).await?;
+    }
+    Ok(ReportOutcome { late: Some(late), ..ReportOutcome::default() })
 }
 
 /// Checks that `agent_id` holds the current lease of the job.

@@ -235,6 +235,9 @@ pub struct ReportOutcome {
     /// The rollup this report installed, added to the agent's list at the end of the
     /// report's transaction.
     pub installed: Option<crate::model::InstalledRollup>,
+    /// The report came after the job was declared lost and carried its outcome: recorded
+    /// on the job as late (this sentence), but refused to the agent as a stale lease.
+    pub late: Option<String>,
 }
 
 /// What the agent must hear about one job.

@@ -351,6 +351,12 @@ pub struct FakeAgent {
 }
 
 impl FakeAgent {
+    /// The same agent speaking to another coordinator on the same database.
+    #[allow(dead_code)]
+    pub fn via(&self, app: &TestApp) -> Self {
+        Self { base: app.base.clone(), ..self.clone() }
+    }
+
     /// Long-polls; `None` on 204.
     pub async fn poll(&self, wait: u64) -> Option<JobAssignment> {
         let res = self

@@ -7,7 +7,10 @@ use serde_json::json;
 crate::both_backends!(
     enroll_poll_report_decide_cancel,
     silent_agent_job_becomes_lost,
-    a_lost_poll_answer_is_delivered_again
+    a_lost_poll_answer_is_delivered_again,
+    a_status_flood_is_capped_with_retry_after,
+    nothing_is_accepted_after_the_final_event,
+    an_outcome_after_the_lease_was_lost_is_recorded_as_late
 );
 
 async fn enroll_poll_report_decide_cancel(backend: Backend) {
@@ -168,4 +171,151 @@ async fn a_lost_poll_answer_is_delivered_again(backend: Backend) {
         agent.report(&first.job_id, first.fencing_token, vec![ev(1, PhaseId::CheckSystem, PhaseStatus::Running)]).await;
     assert_eq!(status, 200);
     assert!(agent.poll(0).await.is_none());
+}
+
+/// Issue 14, defect 9: one agent long-polls two coordinators on one Postgres database at the
+/// same instant while it has two ready jobs (two rollouts). The store holds at most one
+/// active job per agent, whichever coordinator claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_agent_polling_two_coordinators_gets_one_job() {
+    let Some(pg) = crate::helpers::pg_database("one_agent_polling_two_coordinators_gets_one_job").await else {
+        return;
+    };
+    let pg = std::sync::Arc::new(pg);
+    let a = crate::helpers::spawn_on(Backend::Postgres, Some(pg.clone()), None).await.unwrap();
+    let b = crate::helpers::spawn_on(Backend::Postgres, Some(pg.clone()), Some(a.tokens())).await.unwrap();
+    let package = a.upload_package().await;
+    let mut doubled = Vec::new();
+    for trial in 0..12 {
+        // A fresh agent per trial, with two ready jobs of two rollouts.
+        let group = format!("pair{trial}");
+        let agent_a = a.fleet(&group, 1).await.remove(0);
+        let agent_b = agent_a.via(&b);
+        let mut rollouts = Vec::new();
+        for _ in 0..2 {
+            let spec = json!({ "package_id": package, "targets": { "labels": { "group": group } } });
+            rollouts.push(a.rollout(spec, true).await);
+        }
+        for r in &rollouts {
+            a.wait_rollout(r, "its job queued", |r| r["counts"]["queued"] == 1).await;
+        }
+        let (via_a, via_b) = tokio::join!(agent_a.poll(0), agent_b.poll(0));
+        let ids: std::collections::BTreeSet<String> = [via_a, via_b].into_iter().flatten().map(|j| j.job_id).collect();
+        let mut active = 0;
+        for r in &rollouts {
+            let r = a.get(&format!("/api/v1/rollouts/{r}")).await;
+            for state in ["dispatched", "running", "waiting"] {
+                active += r["counts"][state].as_u64().unwrap_or(0);
+            }
+        }
+        if ids.len() > 1 || active > 1 {
+            doubled.push((trial, ids.len(), active));
+        }
+    }
+    assert!(doubled.is_empty(), "(trial, jobs handed out, active jobs) with more than one: {doubled:?}");
+}
+
+/// Issue 14, defect 8: 40,000 events as fast as the agent can send them get a `429` with
+/// `Retry-After` long before the end; nothing of a refused batch is stored, and after the
+/// wait the final event is accepted.
+async fn a_status_flood_is_capped_with_retry_after(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("flood", 1).await;
+    app.rollout(json!({ "package_id": package, "targets": { "labels": { "group": "flood" } } }), true).await;
+    let job = agents[0].next_job().await;
+    let url = format!("{}/api/v1/agent/jobs/{}/events", app.base, job.job_id);
+    let mut seq = 0;
+    let mut capped = None;
+    while seq < 40_000 {
+        let events: Vec<_> = (seq + 1..=seq + 500).map(|s| ev(s, PhaseId::PreHooks, PhaseStatus::Running)).collect();
+        let batch = fleetup_proto::agent_api::EventBatch { fencing_token: job.fencing_token, events };
+        let res = app.client.post(&url).bearer_auth(&agents[0].token).json(&batch).send().await.unwrap();
+        if res.status().as_u16() == 429 {
+            let after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "too-many-requests", "{body}");
+            capped = Some((seq, after));
+            break;
+        }
+        assert_eq!(res.status().as_u16(), 200);
+        seq += 500;
+    }
+    let (stored, after) = capped.expect("40,000 events in a burst got no 429");
+    assert!(stored < 40_000 && after >= 1, "{stored} {after}");
+    let events = app.get(&format!("/api/v1/jobs/{}/events?limit=5000", job.job_id)).await;
+    let n = events.as_array().map_or(0, Vec::len);
+    assert!(n <= stored as usize, "{n} events stored, {stored} accepted: a refused batch wrote nothing");
+    // The agent honours Retry-After (a wait the protocol asks for, not a synchronisation).
+    tokio::time::sleep(std::time::Duration::from_secs(after)).await;
+    let (s, r) =
+        agents[0].report(&job.job_id, job.fencing_token, vec![final_ev(stored + 1, InstallOutcome::Succeeded)]).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(app.get(&format!("/api/v1/jobs/{}", job.job_id)).await["state"], "succeeded");
+}
+
+/// Issue 14, defect 8: after the final event a new event, or a lease renewal, is refused
+/// with `409` and changes nothing; an exact resend of what was recorded is still answered.
+async fn nothing_is_accepted_after_the_final_event(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("ended", 1).await;
+    app.rollout(json!({ "package_id": package, "targets": { "labels": { "group": "ended" } } }), true).await;
+    let job = agents[0].next_job().await;
+    agents[0].finish(&job, InstallOutcome::Succeeded).await;
+    let before = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
+    assert_eq!(before["state"], "succeeded");
+    let late = vec![ev(4, PhaseId::Rollback, PhaseStatus::Failed)];
+    for events in [
+        late,
+        vec![],
+        vec![ev(3, PhaseId::Cleanup, PhaseStatus::Succeeded), ev(9, PhaseId::Cleanup, PhaseStatus::Failed)],
+    ] {
+        let (s, r) = agents[0].report(&job.job_id, job.fencing_token, events).await;
+        assert_eq!((s, r["error"]["code"].as_str()), (409, Some("conflict")), "{r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("after its final event"), "{r}");
+    }
+    let (s, r) = agents[0].report(&job.job_id, job.fencing_token, vec![final_ev(3, InstallOutcome::Succeeded)]).await;
+    assert_eq!((s, r["duplicates"].as_u64()), (200, Some(1)), "{r}");
+    let events = app.get(&format!("/api/v1/jobs/{}/events", job.job_id)).await;
+    assert_eq!(events.as_array().unwrap().len(), 3, "{events}");
+    let after = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
+    assert_eq!((after["state"].clone(), after["phases"].clone()), (before["state"].clone(), before["phases"].clone()));
+}
+
+/// Issue 14, defect 1: an agent whose lease ran out while its install was changing the
+/// server finishes by the engine's cancel rules and sends the outcome once. The coordinator
+/// refuses it (`409 stale-lease`), keeps the job `lost`, and records the late outcome on the
+/// job and in the audit log, since it is true of the server.
+async fn an_outcome_after_the_lease_was_lost_is_recorded_as_late(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("late", 1).await;
+    let spec = json!({ "package_id": package, "targets": { "labels": { "group": "late" } }, "lease_secs": 1 });
+    app.rollout(spec, true).await;
+    let job = agents[0].next_job().await;
+    let (s, _) =
+        agents[0].report(&job.job_id, job.fencing_token, vec![ev(1, PhaseId::UpdateFiles, PhaseStatus::Running)]).await;
+    assert_eq!(s, 200);
+    app.wait_job(&job.job_id, "lost", |j| j["state"] == "lost").await;
+    let (s, r) = agents[0].report(&job.job_id, job.fencing_token, vec![final_ev(2, InstallOutcome::Succeeded)]).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (409, Some("stale-lease")), "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("recorded as late"), "{r}");
+    // Sent twice (a retry): recorded once.
+    let _ = agents[0].report(&job.job_id, job.fencing_token, vec![final_ev(2, InstallOutcome::Succeeded)]).await;
+    let j = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
+    assert_eq!(j["state"], "lost", "{j}");
+    let error = j["error"].as_str().unwrap();
+    assert!(
+        error.contains("lease") && error.contains("reported after the job was lost: demo-service 1.1.0 succeeded"),
+        "{error}"
+    );
+    assert_eq!(error.matches("reported after").count(), 1, "{error}");
+    let audit = app.get("/api/v1/audit?limit=5000").await;
+    let late: Vec<_> = audit.as_array().unwrap().iter().filter(|a| a["action"] == "job.late-report").collect();
+    assert_eq!(late.len(), 1, "{audit}");
+    // Any other agent's, or an older dispatch's, report is refused as before.
+    let (s, r) =
+        agents[0].report(&job.job_id, job.fencing_token + 5, vec![final_ev(2, InstallOutcome::Succeeded)]).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (409, Some("stale-lease")), "{r}");
 }
