@@ -375,13 +375,9 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let dir = state.path().join("logs").join("job1");
         std::fs::create_dir_all(&dir).unwrap();
-        let mut text = String::new();
-        for i in 0..9 {
-            text.push_str(&format!("2026-11-21T15:57:36.094Z line {i}\n"));
-            if i == 4 {
-                text.push_str(&format!("{}\n", "z".repeat(6000)));
-            }
-        }
+        let mut lines: Vec<String> = (0..9).map(|i| format!("2026-11-21T15:57:36.094Z line {i}")).collect();
+        lines.insert(5, "z".repeat(6000));
+        let text = lines.join("\n") + "\n";
         std::fs::write(dir.join("pre-hooks.log"), text).unwrap();
         // A coordinator refusing any log batch over 4,000 bytes with 413.
         let coordinator = Proxy::start("127.0.0.1:9").await;
