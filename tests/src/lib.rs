@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod fleet;
+pub mod sim;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

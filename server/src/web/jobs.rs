@@ -6,7 +6,7 @@
 use super::detail::{DecisionItem, WarningItem, decision_items, warning_items};
 use super::session::User;
 use super::view::{Cell, Nav, cell, duration_ms, job_class, opt_time};
-use super::{WebResult, form_pairs};
+use super::{WebResult, confirm, form_pairs};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::model::{InstalledRollup, Job, JobId, RolloutId};
@@ -15,7 +15,7 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::response::Redirect;
+use axum::response::{IntoResponse, Redirect, Response};
 use fleetup_proto::{DecisionAnswer, PhaseId};
 
 /// One phase on the timeline.
@@ -169,7 +169,7 @@ pub async fn decide(
     user: User,
     Path(id): Path<JobId>,
     body: Bytes,
-) -> WebResult<Redirect> {
+) -> WebResult<Response> {
     let form = form_pairs(&body);
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let answer: DecisionAnswer = get("answer")
@@ -177,14 +177,28 @@ pub async fn decide(
         .parse()
         .map_err(AppError::BadRequest)?;
     let decision_id = get("decision_id").and_then(|d| d.parse::<u32>().ok());
+    if let Some(question) = confirm::pending(&form) {
+        let page = confirm::page(&user, &format!("/jobs/{id}/decision"), &format!("/jobs/{id}"), &form, question);
+        return Ok(page.into_response());
+    }
     let job = ops::jobs::answer_decision(&state, &user.actor(), &id, decision_id, answer).await?;
-    Ok(Redirect::to(&back(get("back"), &format!("/rollouts/{}", job.rollout_id))))
+    Ok(Redirect::to(&back(get("back"), &format!("/rollouts/{}", job.rollout_id))).into_response())
 }
 
-/// `POST /jobs/{id}/cancel`.
-pub async fn cancel(State(state): State<AppState>, user: User, Path(id): Path<JobId>) -> WebResult<Redirect> {
+/// `POST /jobs/{id}/cancel` (confirmed: see `confirm.rs`).
+pub async fn cancel(
+    State(state): State<AppState>,
+    user: User,
+    Path(id): Path<JobId>,
+    body: Bytes,
+) -> WebResult<Response> {
+    let form = form_pairs(&body);
+    let back = format!("/jobs/{id}");
+    if let Some(question) = confirm::pending(&form) {
+        return Ok(confirm::page(&user, &format!("/jobs/{id}/cancel"), &back, &form, question).into_response());
+    }
     ops::jobs::cancel(&state, &user.actor(), &id).await?;
-    Ok(Redirect::to(&format!("/jobs/{id}")))
+    Ok(Redirect::to(&back).into_response())
 }
 
 /// A local path to go back to, or `default`.
