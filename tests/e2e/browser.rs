@@ -113,6 +113,9 @@ async fn stage_start_watch_live_and_cancel() {
 
     // Cancel the rollout: the server in pre-hooks is interrupted, the other never starts.
     b.client.find(Locator::Id("action-cancel")).await.unwrap().click().await.unwrap();
+    let question = b.wait_for("the cancel confirmation", LONG, async || b.client.get_alert_text().await.ok()).await;
+    assert!(question.contains("installing now are asked to stop"), "{question}");
+    b.client.accept_alert().await.unwrap();
     b.wait_text("the cancelled rollout", "#rollout-state", "cancelled", LONG).await;
     let rollouts = server.client.rollouts().await.unwrap();
     let id = &rollouts[0].id;

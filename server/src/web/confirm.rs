@@ -32,5 +32,10 @@ pub fn page(user: &User, action: &str, back: &str, form: &[(String, String)], qu
 /// `confirmed` not).
 pub fn pending(form: &[(String, String)]) -> Option<String> {
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
-    get("confirm").filter(|_| get("confirmed").is_none())
+    get("confirm").filter(|_| !confirmed(form))
+}
+
+/// True when the form says its action was confirmed.
+pub fn confirmed(form: &[(String, String)]) -> bool {
+    form.iter().any(|(k, v)| k == "confirmed" && v == "yes")
 }

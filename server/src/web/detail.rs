@@ -242,13 +242,7 @@ fn controls(r: &Rollout) -> Vec<Control> {
         _ => {}
     }
     if !r.state.is_terminal() && !r.state.is_ending() {
-        let unstarted = n(JobState::Pending) + n(JobState::Queued);
-        let active = n(JobState::Dispatched) + n(JobState::Running) + n(JobState::Waiting);
-        out.push(Control {
-            action: "cancel",
-            label: "Cancel rollout",
-            confirm: Some(cancel_sentence(&r.name, unstarted, active)),
-        });
+        out.push(Control { action: "cancel", label: "Cancel rollout", confirm: Some(cancel_question(r)) });
     }
     if failed {
         out.push(plain("retry-failed", "Retry failed servers"));
@@ -257,10 +251,14 @@ fn controls(r: &Rollout) -> Vec<Control> {
 }
 
 /// What cancelling a rollout does, said before it is done.
-pub fn cancel_sentence(name: &str, unstarted: u64, active: u64) -> String {
+pub fn cancel_question(r: &Rollout) -> String {
+    let n = |s: JobState| r.counts.get(&s).copied().unwrap_or(0);
+    let unstarted = n(JobState::Pending) + n(JobState::Queued);
+    let active = n(JobState::Dispatched) + n(JobState::Running) + n(JobState::Waiting);
     format!(
-        "Cancel the rollout \u{201c}{name}\u{201d}? {unstarted} server(s) not started yet will not be installed; \
-         {active} installing now are asked to stop. This cannot be undone."
+        "Cancel the rollout \u{201c}{}\u{201d}? {unstarted} server(s) not started yet will not be installed; \
+         {active} installing now are asked to stop. This cannot be undone.",
+        r.name
     )
 }
 

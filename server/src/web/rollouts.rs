@@ -89,9 +89,12 @@ pub async fn action(
     let parsed =
         RolloutAction::parse(&action).ok_or_else(|| AppError::NotFound(format!("no rollout action '{action}'")))?;
     let form = form_pairs(&body);
-    if let Some(question) = confirm::pending(&form) {
+    // Cancelling cannot be undone: asked first, with the sentence computed here (not taken
+    // from the form), unless the form says it was confirmed.
+    if parsed == RolloutAction::Cancel && !confirm::confirmed(&form) {
+        let r = state.store.get_rollout(&id).await?;
         let url = format!("/rollouts/{id}/action/{action}");
-        return Ok(confirm::page(&user, &url, &back, &form, question).into_response());
+        return Ok(confirm::page(&user, &url, &back, &form, super::detail::cancel_question(&r)).into_response());
     }
     ops::rollouts::act(&state, &actor, &id, parsed).await?;
     Ok(Redirect::to(&back).into_response())
