@@ -379,19 +379,22 @@ async fn live_page_shows_a_lost_connection_and_a_change_made_before_the_stream_o
     assert!(banner.contains("Connection to the coordinator lost"), "{banner}");
     b.screenshot("11-connection-lost").await;
 
-    // While the page has no stream, another coordinator on the same database starts the
+    // While the page has no stream, another coordinator on the same database cancels the
     // rollout; then the page's coordinator comes back. The page was rendered before the
     // change and its stream opens after it: the change must still show.
     let port = free_port();
     let mut other = serve_again(&server, port, "server-other.log");
     let other_client = fleetup_client::Client::new(&format!("http://127.0.0.1:{port}"), &server.token).unwrap();
     other_client.wait_healthy(LONG).await.unwrap();
-    other_client.start(&id).await.unwrap();
+    // Cancelling a draft is a last change: nothing moves after it (a started rollout's
+    // scheduler would move the stamp again and hide a missed change).
+    other_client.cancel(&id).await.unwrap();
+    other_client.wait_rollout(&id, LONG, |r| r.state.as_str() == "cancelled").await.unwrap();
     other.kill();
     let own_port = server.url.rsplit(':').next().unwrap().parse().unwrap();
     server.proc = serve_again(&server, own_port, "server-again.log");
     server.client.wait_healthy(LONG).await.unwrap();
-    b.wait_text("the change made while the stream was closed", "#rollout-state", "running", LONG).await;
+    b.wait_text("the change made while the stream was closed", "#rollout-state", "cancelled", LONG).await;
     b.wait_for("the banner gone after reconnecting", LONG, async || {
         (banner_shown().await == Some(false)).then_some(())
     })
