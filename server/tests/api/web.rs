@@ -3,6 +3,7 @@
 //! These also exercise the store's user, session and stamp methods on both backends. The
 //! login's protections (limits, `next`, Origin, timeouts, caching, audit) are in `login`.
 
+mod budgets;
 mod login;
 
 use crate::helpers::{Backend, TestApp, spawn_app};
@@ -232,31 +233,34 @@ async fn live_stamp_moves_when_a_job_changes(backend: Backend) {
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
 }
 
+/// `n` agents `srv-00000.example.test` … labelled `fleet=big`, straight into the SQLite
+/// database in one transaction (enrolling 10,000 by HTTP would measure the enrollment, not
+/// the page).
+async fn seed_agents(app: &TestApp, n: usize) {
+    use sqlx::Connection as _;
+    let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+    let mut tx = c.begin().await.unwrap();
+    let now = fleetup_server::model::now_ms();
+    for i in 0..n {
+        sqlx::query("insert into agents (id, hostname, secret_hash, labels, facts, version, installed, enrolled_at, last_seen) values ($1, $2, $3, $4, '{}', '0.1.0', '[]', $5, $5)")
+            .bind(format!("agent-{i:05}"))
+            .bind(format!("srv-{i:05}.example.test"))
+            .bind(format!("hash-{i}"))
+            .bind(r#"{"fleet":"big"}"#)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
 /// 10,000 servers in one rollout: the page ships one grid page, not 120,000 cells.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_page_of_ten_thousand_servers_is_bounded() {
     let Some(app) = spawn_app(Backend::Sqlite).await else { return };
     let package = app.upload_package().await;
-    {
-        // Agents straight into the database, in one transaction (enrolling 10,000 by HTTP
-        // would measure the enrollment, not the page).
-        use sqlx::Connection as _;
-        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-        let mut tx = c.begin().await.unwrap();
-        let now = fleetup_server::model::now_ms();
-        for i in 0..10_000 {
-            sqlx::query("insert into agents (id, hostname, secret_hash, labels, facts, version, installed, enrolled_at, last_seen) values ($1, $2, $3, $4, '{}', '0.1.0', '[]', $5, $5)")
-                .bind(format!("agent-{i:05}"))
-                .bind(format!("srv-{i:05}.example.test"))
-                .bind(format!("hash-{i}"))
-                .bind(r#"{"fleet":"big"}"#)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-        }
-        tx.commit().await.unwrap();
-    }
+    seed_agents(&app, 10_000).await;
     let id = app
         .rollout(
             json!({ "package_id": package, "targets": { "labels": { "fleet": "big" } }, "waves": [100, "50%", "100%"] }),
