@@ -19,13 +19,11 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_mins(2);
 const PASSWORD: &str = "correct horse battery";
 
-/// A coordinator with a dashboard admin `ada`.
-async fn server_with_admin(dir: &std::path::Path) -> Server {
-    let server =
-        Server::start(&dir.join("server"), None, &["--lease-secs", "20", "--scheduler-interval-ms", "200"]).await;
+/// A dashboard login `name` with `role`, made with the CLI as an administrator would.
+fn add_user(server: &Server, name: &str, role: &str) {
     let db = format!("sqlite:{}", server.dir.join("fleetup.db").display());
     let mut child = Command::new(fleetup_e2e::binary("fleetup-server"))
-        .args(["user", "create", "--username", "ada", "--role", "admin", "--password-stdin", "--database-url", &db])
+        .args(["user", "create", "--username", name, "--role", role, "--password-stdin", "--database-url", &db])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -34,6 +32,13 @@ async fn server_with_admin(dir: &std::path::Path) -> Server {
     writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "user create: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A coordinator with a dashboard admin `ada`.
+async fn server_with_admin(dir: &std::path::Path) -> Server {
+    let server =
+        Server::start(&dir.join("server"), None, &["--lease-secs", "20", "--scheduler-interval-ms", "200"]).await;
+    add_user(&server, "ada", "admin");
     server
 }
 
@@ -231,16 +236,7 @@ async fn page_bytes(b: &Browser) -> usize {
 /// simulated agents labelled `fleet=sim` (no engine behind them: the test reports for them).
 async fn sim_fleet(dir: &std::path::Path, n: usize) -> (Server, SimFleet, PackageId) {
     let server = server_with_admin(dir).await;
-    let db = format!("sqlite:{}", server.dir.join("fleetup.db").display());
-    let mut child = Command::new(fleetup_e2e::binary("fleetup-server"))
-        .args(["user", "create", "--username", "vic", "--role", "viewer", "--password-stdin", "--database-url", &db])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    add_user(&server, "vic", "viewer");
     let package = server.upload(None).await;
     let fleet = SimFleet::enroll(&server, "srv", n, &[("fleet", "sim")]).await;
     (server, fleet, package)

@@ -113,7 +113,7 @@ impl Store {
     /// Every failed, rolled-back or lost job of the rollout, in dispatch order.
     #[tracing::instrument(skip_all)]
     pub async fn failed_jobs(&self, rollout_id: &RolloutId) -> StoreResult<Vec<FailedJob>> {
-        let rows: Vec<(String, String, String, Option<String>, String, Option<String>)> = sqlx::query_as(
+        let rows: Vec<FailedRow> = sqlx::query_as(
             "select j.id, a.hostname, j.state, j.current_phase, j.phases, j.error from jobs j \
              join agents a on a.id = j.agent_id \
              where j.rollout_id = $1 and j.state in ('failed', 'rolled-back', 'lost') order by j.wave, j.position",
@@ -153,6 +153,9 @@ impl Store {
             .collect()
     }
 }
+
+/// id, hostname, state, current phase, phases, error.
+type FailedRow = (String, String, String, Option<String>, String, Option<String>);
 
 fn parse_state(s: &str) -> StoreResult<JobState> {
     JobState::parse(s).ok_or_else(|| super::StoreError::Corrupt(format!("unknown job state '{s}'")))

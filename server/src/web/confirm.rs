@@ -9,6 +9,7 @@ use super::session::User;
 use super::view::Nav;
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::response::{IntoResponse, Response};
 
 #[derive(Debug, Template, WebTemplate)]
 #[template(path = "confirm.html")]
@@ -38,4 +39,9 @@ pub fn pending(form: &[(String, String)]) -> Option<String> {
 /// True when the form says its action was confirmed.
 pub fn confirmed(form: &[(String, String)]) -> bool {
     form.iter().any(|(k, v)| k == "confirmed" && v == "yes")
+}
+
+/// The confirmation page to send instead of acting, when the form still needs one.
+pub fn ask(user: &User, action: &str, back: &str, form: &[(String, String)]) -> Option<Response> {
+    pending(form).map(|question| page(user, action, back, form, question).into_response())
 }

@@ -367,15 +367,14 @@ async fn panel_views(state: &AppState, r: &Rollout, panel: Panel, skip: bool) ->
         return Ok((Vec::new(), 0));
     }
     let all = panel_groups(state, &r.id, panel).await?;
-    let servers = match panel {
-        // A server is in one failure group and may have several decisions or warnings.
-        Panel::Failures => all.iter().map(Group::count).sum(),
-        _ => {
-            let mut ids: Vec<&JobId> = all.iter().flat_map(|g| g.members.iter().map(|m| &m.job_id)).collect();
-            ids.sort();
-            ids.dedup();
-            ids.len() as u64
-        }
+    // A server is in one failure group and may have several decisions or warnings.
+    let servers = if panel == Panel::Failures {
+        all.iter().map(Group::count).sum()
+    } else {
+        let mut ids: Vec<&JobId> = all.iter().flat_map(|g| g.members.iter().map(|m| &m.job_id)).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len() as u64
     };
     let mut out = Vec::new();
     for g in all.into_iter().take(GROUPS_SHOWN) {
@@ -469,25 +468,17 @@ pub async fn answer_group(
 ) -> WebResult<Response> {
     let form = form_pairs(&body);
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
-    let answer: DecisionAnswer = get("answer")
-        .ok_or_else(|| AppError::BadRequest("choose an answer".into()))?
-        .parse()
-        .map_err(AppError::BadRequest)?;
+    let answer = super::jobs::answer_of(&form)?;
     let filter = DecisionFilter {
         kind: get("kind")
             .ok_or_else(|| AppError::BadRequest("the form lacks the decision kind; reload the rollout page".into()))?,
         code: get("code"),
         matching: get("matching"),
     };
-    if let Some(question) = super::confirm::pending(&form) {
-        let page = super::confirm::page(
-            &user,
-            &format!("/rollouts/{id}/decisions"),
-            &format!("/rollouts/{id}"),
-            &form,
-            question,
-        );
-        return Ok(page.into_response());
+    if let Some(page) =
+        super::confirm::ask(&user, &format!("/rollouts/{id}/decisions"), &format!("/rollouts/{id}"), &form)
+    {
+        return Ok(page);
     }
     ops::jobs::answer_all(&state, &user.actor(), &id, &filter, answer).await?;
     Ok(Redirect::to(&format!("/rollouts/{id}")).into_response())

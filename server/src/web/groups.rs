@@ -151,13 +151,11 @@ struct Groups(Vec<Group>);
 
 impl Groups {
     fn entry(&mut self, g: Group) -> &mut Group {
-        match self.0.iter().position(|x| x.key == g.key) {
-            Some(i) => &mut self.0[i],
-            None => {
-                self.0.push(g);
-                self.0.last_mut().expect("just pushed")
-            }
-        }
+        let i = self.0.iter().position(|x| x.key == g.key).unwrap_or_else(|| {
+            self.0.push(g);
+            self.0.len() - 1
+        });
+        &mut self.0[i]
     }
 
     /// Biggest first (ties: first seen first).

@@ -172,14 +172,10 @@ pub async fn decide(
 ) -> WebResult<Response> {
     let form = form_pairs(&body);
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let answer: DecisionAnswer = get("answer")
-        .ok_or_else(|| AppError::BadRequest("choose an answer".into()))?
-        .parse()
-        .map_err(AppError::BadRequest)?;
+    let answer = answer_of(&form)?;
     let decision_id = get("decision_id").and_then(|d| d.parse::<u32>().ok());
-    if let Some(question) = confirm::pending(&form) {
-        let page = confirm::page(&user, &format!("/jobs/{id}/decision"), &format!("/jobs/{id}"), &form, question);
-        return Ok(page.into_response());
+    if let Some(page) = confirm::ask(&user, &format!("/jobs/{id}/decision"), &format!("/jobs/{id}"), &form) {
+        return Ok(page);
     }
     let job = ops::jobs::answer_decision(&state, &user.actor(), &id, decision_id, answer).await?;
     Ok(Redirect::to(&back(get("back"), &format!("/rollouts/{}", job.rollout_id))).into_response())
@@ -194,11 +190,21 @@ pub async fn cancel(
 ) -> WebResult<Response> {
     let form = form_pairs(&body);
     let back = format!("/jobs/{id}");
-    if let Some(question) = confirm::pending(&form) {
-        return Ok(confirm::page(&user, &format!("/jobs/{id}/cancel"), &back, &form, question).into_response());
+    if let Some(page) = confirm::ask(&user, &format!("/jobs/{id}/cancel"), &back, &form) {
+        return Ok(page);
     }
     ops::jobs::cancel(&state, &user.actor(), &id).await?;
     Ok(Redirect::to(&back).into_response())
+}
+
+/// The form's `answer`, or an error saying to choose one.
+pub fn answer_of(form: &[(String, String)]) -> Result<DecisionAnswer, AppError> {
+    form.iter()
+        .find(|(n, _)| n == "answer")
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| AppError::BadRequest("choose an answer".into()))?
+        .parse()
+        .map_err(AppError::BadRequest)
 }
 
 /// A local path to go back to, or `default`.
