@@ -95,4 +95,9 @@ async fn grouped_panels_of_ten_thousand_troubled_servers_stay_within_budget() {
     assert!(members.contains("servers 1981–2000 of 3333"), "{members}");
     let grid = get(format!("/rollouts/{id}/grid?page=57")).await;
     assert!(grid.len() < BUDGET, "grid fragment: {} bytes", grid.len());
+    let agents = get("/agents?page=37".to_owned()).await;
+    assert!(agents.len() < BUDGET, "agents page: {} bytes", agents.len());
+    assert!(agents.contains("page 37 of 100 · 10000 agent(s)") && agents.contains("srv-03600.example.test"));
+    let found = get("/agents?q=srv-0777&label=fleet%3Dbig".to_owned()).await;
+    assert!(found.contains("10 of 10000 match"), "search and label filter");
 }
