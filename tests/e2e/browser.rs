@@ -250,7 +250,8 @@ async fn logout(b: &Browser) {
 /// 1,000 servers ask the same CRL question: the panel shows one group with its count, one
 /// remediation (the hosts line visible, in its own box), a paged list of the servers; a
 /// viewer is told an operator must answer; one click of an operator answers all of them.
-/// Then the agents page of the 1,000: paged on the server, searchable, bounded.
+/// Then the agents page of the 1,000: paged on the server, searchable, bounded; and the
+/// stage form: no checkbox per server (targets by labels or host names), bounded.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_crl_decisions_are_one_group_answered_in_one_click() {
     let Some(b) = Browser::start("a_thousand_crl_decisions_are_one_group_answered_in_one_click").await else { return };
@@ -350,6 +351,13 @@ async fn a_thousand_crl_decisions_are_one_group_answered_in_one_click() {
     assert!(rows[0].text().await.unwrap().contains("srv-00777"));
     b.client.goto(&format!("{}/agents?label=fleet%3Dother", server.url)).await.unwrap();
     b.wait_text("no match for another label", "table.list", "No agent matches.", LONG).await;
+
+    // Staging for the 1,000: no checkbox per server; labels or host names, with a preview.
+    b.client.goto(&format!("{}/rollouts/new", server.url)).await.unwrap();
+    b.wait_text("the stage form", "#stage", "1000 server(s) enrolled", LONG).await;
+    let bytes = page_bytes(&b).await;
+    assert!(bytes < 150_000, "the stage page is bounded: {bytes} bytes");
+    assert!(b.client.find_all(Locator::Css("input[type=checkbox][name=agent]")).await.unwrap().is_empty());
     b.close().await;
 }
 

@@ -103,6 +103,25 @@ pub struct AgentsPage {
     error: Option<String>,
 }
 
+/// Seen before this (unix ms), an agent is offline.
+pub fn offline_horizon(state: &AppState) -> i64 {
+    crate::model::now_ms() - (state.config.offline_after_secs as i64) * 1000
+}
+
+/// An agent's status word, its class and when it was last seen (the store's time or the
+/// newer one of a recent poll this coordinator holds in memory).
+pub fn status_of(state: &AppState, a: &crate::model::Agent, horizon: i64) -> (&'static str, &'static str, i64) {
+    let seen = state.last_seen_of(&a.id).unwrap_or(0).max(a.last_seen.timestamp_millis());
+    let (status, class) = if a.revoked {
+        ("revoked", "st-cancel")
+    } else if seen >= horizon {
+        ("online", "st-ok")
+    } else {
+        ("offline", "st-fail")
+    };
+    (status, class, seen)
+}
+
 /// Parses `k=v, k2=v2`.
 fn label_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
     s.split(',')
@@ -118,7 +137,7 @@ fn label_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
 
 /// `GET /agents`.
 pub async fn page(State(state): State<AppState>, user: User, Query(q): Query<AgentQuery>) -> WebResult<AgentsPage> {
-    let horizon = crate::model::now_ms() - (state.config.offline_after_secs as i64) * 1000;
+    let horizon = offline_horizon(&state);
     let (labels, error) = match label_pairs(&q.label) {
         Ok(l) => (l, None),
         Err(e) => (Vec::new(), Some(e)),
@@ -133,14 +152,7 @@ pub async fn page(State(state): State<AppState>, user: User, Query(q): Query<Age
     let mut online = 0;
     let mut lines = Vec::new();
     for a in all {
-        let seen = state.last_seen_of(&a.id).unwrap_or(0).max(a.last_seen.timestamp_millis());
-        let (status, class) = if a.revoked {
-            ("revoked", "st-cancel")
-        } else if seen >= horizon {
-            ("online", "st-ok")
-        } else {
-            ("offline", "st-fail")
-        };
+        let (status, class, seen) = status_of(&state, &a, horizon);
         let installed_version = a.installed.last().map_or("none", |i| i.version.as_str());
         let keep =
             (needle.is_empty() || a.hostname.to_lowercase().contains(&needle) || a.id.as_str().contains(&needle))

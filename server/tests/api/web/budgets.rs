@@ -4,7 +4,7 @@
 //! group's servers each stay under 150 KB. Sizes are asserted; server times are printed
 //! for docs/benchmarks.md ("Dashboard page budgets"), never asserted.
 
-use super::{add_user, client, login, seed_agents};
+use super::{FormExt as _, add_user, client, login, seed_agents};
 use crate::helpers::{Backend, spawn_app};
 use fleetup_server::model::Role;
 use serde_json::json;
@@ -59,7 +59,7 @@ async fn grouped_panels_of_ten_thousand_troubled_servers_stay_within_budget() {
         .unwrap();
     }
     add_user(&app, "olivia", Role::Operator).await;
-    let (cookie, _, _) = login(&app, "olivia").await;
+    let (cookie, csrf, _) = login(&app, "olivia").await;
     let get = |path: String| {
         let cookie = cookie.clone();
         let url = format!("{}{path}", app.base);
@@ -98,6 +98,46 @@ async fn grouped_panels_of_ten_thousand_troubled_servers_stay_within_budget() {
     let agents = get("/agents?page=37".to_owned()).await;
     assert!(agents.len() < BUDGET, "agents page: {} bytes", agents.len());
     assert!(agents.contains("page 37 of 100 · 10000 agent(s)") && agents.contains("srv-03600.example.test"));
+    let t = Instant::now();
+    let preview = client()
+        .post(format!("{}/rollouts/preview", app.base))
+        .header("cookie", &cookie)
+        .form_body(&[
+            ("csrf", csrf.as_str()),
+            ("package_id", package.as_str()),
+            ("target_mode", "labels"),
+            ("labels", "fleet=big"),
+            ("waves", "1, 100%"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preview.status().as_u16(), 200);
+    let preview = preview.text().await.unwrap();
+    eprintln!("budget: POST /rollouts/preview (10,000 targets): {} bytes, {:?}", preview.len(), t.elapsed());
+    assert!(preview.contains("10000 server(s) in 2 wave(s)"), "{preview}");
+    assert!(preview.len() < BUDGET);
+    // "These servers" by host name, with an unknown one named in the error.
+    let by_hosts = |hosts: &'static str| {
+        client()
+            .post(format!("{}/rollouts/preview", app.base))
+            .header("cookie", &cookie)
+            .form_body(&[
+                ("csrf", csrf.as_str()),
+                ("package_id", package.as_str()),
+                ("target_mode", "agents"),
+                ("hosts", hosts),
+            ])
+            .send()
+    };
+    let bad = by_hosts("srv-00005.example.test, nope").await.unwrap().text().await.unwrap();
+    assert!(
+        bad.contains("no enrolled server is called &#39;nope&#39;")
+            || bad.contains("no enrolled server is called 'nope'"),
+        "{bad}"
+    );
+    let good = by_hosts("srv-00005.example.test\nsrv-00006.example.test").await.unwrap().text().await.unwrap();
+    assert!(good.contains("2 server(s) in 1 wave(s)"), "{good}");
     let found = get("/agents?q=srv-0777&label=fleet%3Dbig".to_owned()).await;
     assert!(found.contains("10 of 10000 match"), "search and label filter");
 }
