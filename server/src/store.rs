@@ -32,12 +32,14 @@ pub(crate) mod packages;
 pub(crate) mod rollouts;
 pub(crate) mod scheduler;
 mod types;
+pub(crate) mod views;
 mod wakeups;
 
 pub use audit::AuditFilter;
 pub use control::Failure;
 pub use scheduler::SchedulerPass;
 pub use types::*;
+pub use views::{FailedJob, OpenDecision, RunningPhase, WarnedJob};
 
 use group_commit::GroupCommit;
 use serde::Serialize;

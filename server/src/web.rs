@@ -11,7 +11,9 @@
 mod agents;
 mod assets;
 mod audit;
+mod confirm;
 mod detail;
+mod groups;
 mod jobs;
 mod live;
 mod packages;
@@ -42,9 +44,12 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts/{id}/panels", get(detail::panels))
         .route("/rollouts/{id}/live", get(live::rollout_events))
         .route("/rollouts/{id}/action/{action}", post(rollouts::action))
+        .route("/rollouts/{id}/decisions", post(detail::answer_group))
+        .route("/rollouts/{id}/group/{panel}/{key}", get(detail::group_members))
         .route("/jobs/{id}", get(jobs::page))
         .route("/jobs/{id}/decision", post(jobs::decide))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/guide/{action}", post(jobs::guide))
         .route("/agents", get(agents::page))
         .route("/packages", get(packages::page).post(packages::upload))
         .route("/audit", get(audit::page))

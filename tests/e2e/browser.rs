@@ -8,6 +8,7 @@ use fantoccini::Locator;
 use fleetup_client::AuditQuery;
 use fleetup_e2e::browser::Browser;
 use fleetup_e2e::fleet::{Host, Server, free_port};
+use fleetup_e2e::sim::{self, SimFleet};
 use fleetup_proto::api::{JobState, JobSummary, RolloutSpec};
 use fleetup_proto::id::PackageId;
 use serde_json::json;
@@ -18,13 +19,11 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_mins(2);
 const PASSWORD: &str = "correct horse battery";
 
-/// A coordinator with a dashboard admin `ada`.
-async fn server_with_admin(dir: &std::path::Path) -> Server {
-    let server =
-        Server::start(&dir.join("server"), None, &["--lease-secs", "20", "--scheduler-interval-ms", "200"]).await;
+/// A dashboard login `name` with `role`, made with the CLI as an administrator would.
+fn add_user(server: &Server, name: &str, role: &str) {
     let db = format!("sqlite:{}", server.dir.join("fleetup.db").display());
     let mut child = Command::new(fleetup_e2e::binary("fleetup-server"))
-        .args(["user", "create", "--username", "ada", "--role", "admin", "--password-stdin", "--database-url", &db])
+        .args(["user", "create", "--username", name, "--role", role, "--password-stdin", "--database-url", &db])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -33,6 +32,13 @@ async fn server_with_admin(dir: &std::path::Path) -> Server {
     writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "user create: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A coordinator with a dashboard admin `ada`.
+async fn server_with_admin(dir: &std::path::Path) -> Server {
+    let server =
+        Server::start(&dir.join("server"), None, &["--lease-secs", "20", "--scheduler-interval-ms", "200"]).await;
+    add_user(&server, "ada", "admin");
     server
 }
 
@@ -112,6 +118,9 @@ async fn stage_start_watch_live_and_cancel() {
 
     // Cancel the rollout: the server in pre-hooks is interrupted, the other never starts.
     b.client.find(Locator::Id("action-cancel")).await.unwrap().click().await.unwrap();
+    let question = b.wait_for("the cancel confirmation", LONG, async || b.client.get_alert_text().await.ok()).await;
+    assert!(question.contains("installing now are asked to stop"), "{question}");
+    b.client.accept_alert().await.unwrap();
     b.wait_text("the cancelled rollout", "#rollout-state", "cancelled", LONG).await;
     let rollouts = server.client.rollouts().await.unwrap();
     let id = &rollouts[0].id;
@@ -215,5 +224,312 @@ async fn back_after_logout_shows_the_login_form() {
     let source = b.client.source().await.unwrap();
     assert!(!source.contains("session.login"), "no page of the ended session is shown");
     b.screenshot("08-back-after-logout").await;
+    b.close().await;
+}
+
+/// The page's HTML as the browser holds it now, to bound its size.
+async fn page_bytes(b: &Browser) -> usize {
+    b.client.source().await.unwrap().len()
+}
+
+/// A coordinator with `ada` (admin) and `vic` (viewer), the sample package, and `n`
+/// simulated agents labelled `fleet=sim` (no engine behind them: the test reports for them).
+async fn sim_fleet(dir: &std::path::Path, n: usize) -> (Server, SimFleet, PackageId) {
+    let server = server_with_admin(dir).await;
+    add_user(&server, "vic", "viewer");
+    let package = server.upload(None).await;
+    let fleet = SimFleet::enroll(&server, "srv", n, &[("fleet", "sim")]).await;
+    (server, fleet, package)
+}
+
+async fn logout(b: &Browser) {
+    b.client.find(Locator::Css("form[action='/logout'] button")).await.unwrap().click().await.unwrap();
+    b.wait_for("the login form after logout", LONG, async || b.client.find(Locator::Id("login")).await.ok()).await;
+}
+
+/// 1,000 servers ask the same CRL question: the panel shows one group with its count, one
+/// remediation (the hosts line visible, in its own box), a paged list of the servers; a
+/// viewer is told an operator must answer; one click of an operator answers all of them.
+/// Then the agents page of the 1,000: paged on the server, searchable, bounded; and the
+/// stage form: no checkbox per server (targets by labels or host names), bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_crl_decisions_are_one_group_answered_in_one_click() {
+    let Some(b) = Browser::start("a_thousand_crl_decisions_are_one_group_answered_in_one_click").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1000;
+    let (server, fleet, package) = sim_fleet(dir.path(), n).await;
+    let spec: RolloutSpec = serde_json::from_value(json!({ "name": "1.1 to a thousand", "package_id": package,
+        "targets": { "labels": { "fleet": "sim" } }, "waves": ["100%"], "concurrency": n, "policies": { "warning": "ask" } }))
+    .unwrap();
+    let id = server.client.create_rollout(&spec).await.unwrap().id;
+    server.client.start(&id).await.unwrap();
+    let jobs = fleet.take_jobs(LONG).await;
+    fleet.report_all(&jobs, |_| sim::crl_question("http://crl.big.test/root.crl", "crl.big.test")).await;
+    server.client.wait_rollout(&id, LONG, |r| r.counts.get(&JobState::Waiting) == Some(&(n as u64))).await.unwrap();
+    let url = format!("{}/rollouts/{id}", server.url);
+
+    // A viewer sees the group and is told who can answer it.
+    b.login(&server.url, "vic", PASSWORD).await;
+    b.client.goto(&url).await.unwrap();
+    let panel = b.wait_text("the grouped decision", "#decisions", "1000 server(s)", LONG).await;
+    assert!(panel.contains("An operator must answer this decision"), "{panel}");
+    assert!(
+        b.client.find(Locator::Css("#decisions button[data-answer]")).await.is_err(),
+        "no answer button for a viewer"
+    );
+    logout(&b).await;
+
+    b.login(&server.url, "ada", PASSWORD).await;
+    b.client.goto(&url).await.unwrap();
+    b.wait_text("the grouped decision", "#decisions", "1000 server(s)", LONG).await;
+    let groups = b.client.find_all(Locator::Css("#decisions article.group")).await.unwrap();
+    assert_eq!(groups.len(), 1, "one cause, one group");
+    let count = b.client.find(Locator::Css("#decisions .group-count")).await.unwrap().text().await.unwrap();
+    assert_eq!(count, "1000");
+    let title = b.client.find(Locator::Css("#decisions .group-title")).await.unwrap().text().await.unwrap();
+    assert!(title.contains("http://crl.big.test/root.crl"), "{title}");
+    // One remediation: prose to read, the hosts line in its own box, all of it visible.
+    let boxes = b.client.find_all(Locator::Css("textarea.hosts-lines")).await.unwrap();
+    assert_eq!(boxes.len(), 1, "the remediation appears once");
+    let lines = boxes[0].prop("value").await.unwrap().unwrap_or_default();
+    assert_eq!(lines.trim(), "127.0.0.1 crl.big.test");
+    let fits: serde_json::Value = b
+        .client
+        .execute(
+            "const t = document.querySelector('textarea.hosts-lines'); return t.scrollHeight <= t.clientHeight + 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fits, json!(true), "the box shows every line it holds");
+    let prose = b.client.find(Locator::Css("#decisions .remediation .prose")).await.unwrap().text().await.unwrap();
+    assert!(prose.contains("through the firewall") && !prose.contains("127.0.0.1"), "{prose}");
+    assert!(!b.client.source().await.unwrap().contains("copy and run"));
+    let bytes = page_bytes(&b).await;
+    assert!(bytes < 150_000, "the rollout page of 1,000 waiting servers is bounded: {bytes} bytes");
+    // The servers of the group, 20 a page.
+    b.client.find(Locator::Css("#decisions details summary")).await.unwrap().click().await.unwrap();
+    b.wait_text("the first page of servers", "#decisions .members", "servers 1–20 of 1000", LONG).await;
+    b.client.find(Locator::Css("#decisions .members a.next")).await.unwrap().click().await.unwrap();
+    let second = b.wait_text("the second page of servers", "#decisions .members", "servers 21–40 of 1000", LONG).await;
+    assert!(second.contains("srv-00021") && !second.contains("srv-00001"), "{second}");
+    b.screenshot("09-grouped-crl-decision").await;
+
+    // One click answers the group.
+    b.client.find(Locator::Css("#decisions button[data-answer='continue']")).await.unwrap().click().await.unwrap();
+    b.wait_for("no server waiting any more", LONG, async || {
+        let t = b.client.find(Locator::Id("count-waiting")).await.ok()?.text().await.ok()?;
+        (t == "0").then_some(())
+    })
+    .await;
+    assert!(b.client.find(Locator::Id("decisions")).await.is_err(), "the decision panel is gone");
+    let r = server.client.rollout(&id).await.unwrap();
+    assert_eq!(r.counts.get(&JobState::Waiting).copied().unwrap_or(0), 0, "{:?}", r.counts);
+    // (The answered jobs run on; the simulated agents do not, so their leases may lapse.)
+    let audit = server.client.audit(&AuditQuery { object_id: Some(id.to_string()), limit: None }).await.unwrap();
+    let audit = serde_json::to_string(&audit).unwrap();
+    assert!(audit.contains("rollout.decisions") && audit.contains("user:ada"), "{audit}");
+    assert!(audit.contains("\"count\":1000"), "one answer for all 1000 decisions: {audit}");
+    b.screenshot("10-group-answered").await;
+
+    // The agents page of the same 1,000 servers: one page of 100 rows, a pager, a search.
+    b.client.goto(&format!("{}/agents", server.url)).await.unwrap();
+    b.wait_text("the agents pager", ".pager", "page 1 of 10 · 1000 agent(s)", LONG).await;
+    assert_eq!(b.client.find_all(Locator::Css("table.list tbody tr")).await.unwrap().len(), 100);
+    let bytes = page_bytes(&b).await;
+    assert!(bytes < 150_000, "the agents page is bounded: {bytes} bytes");
+    b.client.find(Locator::Id("agents-next")).await.unwrap().click().await.unwrap();
+    b.wait_text("the second page of agents", ".pager", "page 2 of 10", LONG).await;
+    let first = b.client.find(Locator::Css("table.list tbody tr td")).await.unwrap().text().await.unwrap();
+    assert_eq!(first, "srv-00101", "page 2 starts after the first 100 host names");
+    b.client.find(Locator::Id("agent-q")).await.unwrap().send_keys("srv-00777").await.unwrap();
+    b.client.find(Locator::Id("agent-search")).await.unwrap().click().await.unwrap();
+    let summary = b.wait_text("the search result", "#agents-summary", "1 of 1000 match", LONG).await;
+    assert!(summary.contains("1 of 1000 match"), "{summary}");
+    let rows = b.client.find_all(Locator::Css("table.list tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].text().await.unwrap().contains("srv-00777"));
+    b.client.goto(&format!("{}/agents?label=fleet%3Dother", server.url)).await.unwrap();
+    b.wait_text("no match for another label", "table.list", "No agent matches.", LONG).await;
+
+    // Staging for the 1,000: no checkbox per server; labels or host names, with a preview.
+    b.client.goto(&format!("{}/rollouts/new", server.url)).await.unwrap();
+    b.wait_text("the stage form", "#stage", "1000 server(s) enrolled", LONG).await;
+    let bytes = page_bytes(&b).await;
+    assert!(bytes < 150_000, "the stage page is bounded: {bytes} bytes");
+    assert!(b.client.find_all(Locator::Css("input[type=checkbox][name=agent]")).await.unwrap().is_empty());
+    b.close().await;
+}
+
+/// `fleetup-server serve` again on `port`, on the test server's database and key.
+fn serve_again(server: &Server, port: u16, log: &str) -> fleetup_e2e::fleet::Proc {
+    let db = format!("sqlite:{}", server.dir.join("fleetup.db").display());
+    let mut cmd = Command::new(fleetup_e2e::binary("fleetup-server"));
+    cmd.current_dir(&server.dir)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url", &db, "--trust"])
+        .arg(&server.key_pub)
+        .arg("--data-dir")
+        .arg(server.dir.join("data"))
+        .args(["--lease-secs", "20", "--scheduler-interval-ms", "200"]);
+    fleetup_e2e::fleet::Proc::spawn(cmd, server.dir.join(log))
+}
+
+/// The live page is honest: when the coordinator goes away, a banner says so; a change
+/// made after the page was rendered and before its stream (re)opens still shows (the
+/// stream starts from the page's stamp, not from the moment it opens); the page says how
+/// fresh it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_page_shows_a_lost_connection_and_a_change_made_before_the_stream_opened() {
+    let Some(b) = Browser::start("live_page_shows_a_lost_connection_and_a_change_made_before_the_stream_opened").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, _fleet, package) = sim_fleet(dir.path(), 1).await;
+    let spec: RolloutSpec = serde_json::from_value(
+        json!({ "name": "live", "package_id": package, "targets": { "labels": { "fleet": "sim" } } }),
+    )
+    .unwrap();
+    let id = server.client.create_rollout(&spec).await.unwrap().id;
+    b.login(&server.url, "ada", PASSWORD).await;
+    b.client.goto(&format!("{}/rollouts/{id}", server.url)).await.unwrap();
+    b.wait_text("the draft", "#rollout-state", "draft", LONG).await;
+    let banner_shown = async || b.client.find(Locator::Id("conn-lost")).await.ok()?.is_displayed().await.ok();
+    assert_eq!(banner_shown().await, Some(false), "no banner while connected");
+    b.wait_text("the page's freshness", "#updated", "updated", LONG).await;
+
+    // The coordinator goes away: the page says so.
+    server.proc.kill();
+    b.wait_for("the connection-lost banner", LONG, async || (banner_shown().await == Some(true)).then_some(())).await;
+    let banner = b.client.find(Locator::Id("conn-lost")).await.unwrap().text().await.unwrap();
+    assert!(banner.contains("Connection to the coordinator lost"), "{banner}");
+    b.screenshot("11-connection-lost").await;
+
+    // While the page has no stream, another coordinator on the same database cancels the
+    // rollout; then the page's coordinator comes back. The page was rendered before the
+    // change and its stream opens after it: the change must still show.
+    let port = free_port();
+    let mut other = serve_again(&server, port, "server-other.log");
+    let other_client = fleetup_client::Client::new(&format!("http://127.0.0.1:{port}"), &server.token).unwrap();
+    other_client.wait_healthy(LONG).await.unwrap();
+    // Cancelling a draft is a last change: nothing moves after it (a started rollout's
+    // scheduler would move the stamp again and hide a missed change).
+    other_client.cancel(&id).await.unwrap();
+    other_client.wait_rollout(&id, LONG, |r| r.state.as_str() == "cancelled").await.unwrap();
+    other.kill();
+    let own_port = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    server.proc = serve_again(&server, own_port, "server-again.log");
+    server.client.wait_healthy(LONG).await.unwrap();
+    b.wait_text("the change made while the stream was closed", "#rollout-state", "cancelled", LONG).await;
+    b.wait_for("the banner gone after reconnecting", LONG, async || {
+        (banner_shown().await == Some(false)).then_some(())
+    })
+    .await;
+    b.close().await;
+}
+
+/// `document.documentElement.scrollWidth <= innerWidth` and the same for the header: nothing
+/// sticks out sideways. Returns (page width, viewport width).
+async fn overflow(b: &Browser) -> (i64, i64, i64, i64) {
+    let v = b
+        .client
+        .execute(
+            "const h = document.querySelector('header.top'); return [document.documentElement.scrollWidth, window.innerWidth, h.scrollWidth, h.clientWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let n = |i: usize| v[i].as_i64().unwrap();
+    (n(0), n(1), n(2), n(3))
+}
+
+/// Badges say what happened: a rollout that finished with a rolled-back server is not
+/// green, a server already on the version is `skipped` in grey, not a red failure.
+/// Cancelling a rollout asks first and says what it will do. At phone width (390 px) the
+/// header fits and the grid scrolls inside its box, not the page.
+#[tokio::test(flavor = "multi_thread")]
+async fn honest_badges_a_confirmed_cancel_and_a_phone_width_page() {
+    let Some(b) = Browser::start("honest_badges_a_confirmed_cancel_and_a_phone_width_page").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (server, fleet, package) = sim_fleet(dir.path(), 3).await;
+    let spec = |name: &str, targets: serde_json::Value| -> RolloutSpec {
+        serde_json::from_value(
+            json!({ "name": name, "package_id": package, "targets": targets, "waves": ["100%"], "concurrency": 3,
+                "success_threshold": "0%" }),
+        )
+        .unwrap()
+    };
+    // srv-00001 gets the version first.
+    let first = server
+        .client
+        .create_rollout(&spec("first server", json!({ "agents": [fleet.agents[0].id] })))
+        .await
+        .unwrap()
+        .id;
+    server.client.start(&first).await.unwrap();
+    let job = fleet.take_jobs_of(&[0], LONG).await.remove(0);
+    fleet.report(0, &job, sim::finished(fleetup_proto::InstallOutcome::Succeeded)).await;
+    server.client.wait_rollout(&first, LONG, |r| r.state.as_str() == "finished").await.unwrap();
+    // Then the rest: srv-00001 is skipped, srv-00002 installs, srv-00003 rolls back.
+    let all =
+        server.client.create_rollout(&spec("all servers", json!({ "labels": { "fleet": "sim" } }))).await.unwrap().id;
+    server.client.start(&all).await.unwrap();
+    let jobs = fleet.take_jobs_of(&[1, 2], LONG).await;
+    fleet.report(1, &jobs[0], sim::finished(fleetup_proto::InstallOutcome::Succeeded)).await;
+    fleet.report(2, &jobs[1], sim::finished(fleetup_proto::InstallOutcome::RolledBack)).await;
+    server.client.wait_rollout(&all, LONG, |r| r.state.as_str() == "finished").await.unwrap();
+
+    b.login(&server.url, "ada", PASSWORD).await;
+    let badge = |name: &str| format!("//table//tr[td/a[text()='{name}']]//span[contains(@class,'badge')]");
+    let clean = b.client.find(Locator::XPath(&badge("first server"))).await.unwrap();
+    assert_eq!(clean.text().await.unwrap(), "finished");
+    assert!(clean.attr("class").await.unwrap().unwrap().contains("st-ok"));
+    let partial = b.client.find(Locator::XPath(&badge("all servers"))).await.unwrap();
+    assert_eq!(partial.text().await.unwrap(), "finished · 1 failed");
+    let class = partial.attr("class").await.unwrap().unwrap();
+    assert!(class.contains("st-fail") && !class.contains("st-ok"), "{class}");
+    b.client.goto(&format!("{}/rollouts/{all}", server.url)).await.unwrap();
+    b.wait_text("the finished rollout", "#rollout-state", "1 failed", LONG).await;
+    let skipped =
+        b.client.find(Locator::XPath("//table[@class='grid']//tr[td/a[text()='srv-00001']]/td[3]")).await.unwrap();
+    assert_eq!(skipped.text().await.unwrap(), "skipped");
+    assert!(skipped.attr("class").await.unwrap().unwrap().contains("st-skip"), "skipped is grey, not red");
+    b.screenshot("12-finished-with-a-failure").await;
+
+    // At phone width.
+    b.client.set_window_size(390, 844).await.unwrap();
+    for path in [format!("/rollouts/{all}"), "/rollouts".to_owned(), "/agents".to_owned(), "/audit".to_owned()] {
+        b.client.goto(&format!("{}{path}", server.url)).await.unwrap();
+        b.wait_for("the page", LONG, async || b.client.find(Locator::Css("header.top")).await.ok()).await;
+        let (page, viewport, header, header_box) = overflow(&b).await;
+        assert!(viewport <= 400, "the window is phone-wide: {viewport}");
+        assert!(page <= viewport, "{path}: the page is {page} px wide in a {viewport} px window");
+        assert!(header <= header_box, "{path}: the header's content ({header} px) fits its box ({header_box} px)");
+    }
+    b.client.goto(&format!("{}/rollouts/{all}", server.url)).await.unwrap();
+    let scrolls = b.client.execute("const g = document.querySelector('.grid-scroll'); return g.scrollWidth > g.clientWidth && getComputedStyle(g).overflowX === 'auto';", vec![]).await.unwrap();
+    assert_eq!(scrolls, json!(true), "the grid scrolls sideways inside its box");
+    let phases = b.client.find_all(Locator::Css("table.grid th.ph")).await.unwrap();
+    assert_eq!(phases.len(), 12, "every phase column is there");
+    b.screenshot("13-phone-width").await;
+    b.client.set_window_size(1400, 1000).await.unwrap();
+
+    // Cancel asks first, says what it does, and does nothing when dismissed.
+    let draft =
+        server.client.create_rollout(&spec("to cancel", json!({ "labels": { "fleet": "sim" } }))).await.unwrap().id;
+    b.client.goto(&format!("{}/rollouts/{draft}", server.url)).await.unwrap();
+    b.client.find(Locator::Id("action-cancel")).await.unwrap().click().await.unwrap();
+    let question = b.wait_for("the confirmation", LONG, async || b.client.get_alert_text().await.ok()).await;
+    assert!(
+        question.contains("Cancel the rollout \u{201c}to cancel\u{201d}")
+            && question.contains("1 server(s) not started"),
+        "{question}"
+    );
+    b.client.dismiss_alert().await.unwrap();
+    assert_eq!(server.client.rollout(&draft).await.unwrap().state.as_str(), "draft", "dismissed: nothing happens");
+    b.client.find(Locator::Id("action-cancel")).await.unwrap().click().await.unwrap();
+    b.wait_for("the confirmation again", LONG, async || b.client.get_alert_text().await.ok()).await;
+    b.client.accept_alert().await.unwrap();
+    b.wait_text("the cancelled rollout", "#rollout-state", "cancelled", LONG).await;
     b.close().await;
 }

@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod fleet;
 pub mod proxy;
+pub mod sim;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -6,22 +6,30 @@
 //! 10,000-server rollout ships at most `PAGE_SIZE × 12` cells. The grid and the panels are
 //! partials: the page's SSE stream (`live.rs`) says "changed" and htmx fetches them again.
 
-use super::WebResult;
+use super::groups::{self, Group, Member, Panel, Remediation};
 use super::session::User;
-use super::view::{Nav, Row, Summary, rollout_class};
+use super::view::{Badge, Nav, Row, Summary, duration_ms};
+use super::{WebResult, form_pairs};
 use crate::app::AppState;
+use crate::domain::decide::DecisionFilter;
 use crate::error::AppError;
-use crate::model::{Job, JobState, Rollout, RolloutId, RolloutState};
-use crate::store::JobFilter;
+use crate::model::{Job, JobId, JobState, Rollout, RolloutId, RolloutState};
+use crate::ops;
+use crate::store::{JobFilter, WarnedJob};
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use fleetup_proto::{DecisionRequest, PhaseId, PhaseStatus};
+use axum::response::{IntoResponse, Redirect, Response};
+use chrono::Utc;
+use fleetup_proto::{DecisionAnswer, DecisionRequest, PhaseId};
 
 /// Servers per grid page.
 pub const PAGE_SIZE: u64 = 100;
-/// Jobs listed per panel.
-const PANEL_LIMIT: u64 = 10;
+/// Groups shown per panel (the biggest; the rest are counted).
+const GROUPS_SHOWN: usize = 10;
+/// Servers per page of a group.
+const MEMBERS_PAGE: u64 = 20;
 /// Log lines shown per failed server.
 const LOG_TAIL: u64 = 8;
 
@@ -51,51 +59,26 @@ pub struct Grid {
     next: Option<String>,
 }
 
-/// A warning shown in the warnings panel.
+/// A warning shown on the server page.
 #[derive(Debug)]
 pub struct WarningItem {
-    /// Job.
-    pub job_id: String,
-    /// Host.
-    pub hostname: String,
     /// Phase id.
     pub phase: String,
     /// `crl-unreachable`, `prerequisite`, …
     pub code: String,
-    /// CRL endpoint, when the warning is about one.
-    pub endpoint: Option<String>,
-    /// What the probe found (or the whole message).
-    pub result: String,
-    /// Text to copy.
-    pub remediation: Option<String>,
+    /// What it says.
+    pub title: String,
+    /// How to fix it.
+    pub remediation: Option<Remediation>,
     /// The engine already applied the hosts-file workaround.
     pub applied: Option<String>,
 }
 
-/// A failed server.
-#[derive(Debug)]
-pub struct FailureItem {
-    /// Job.
-    pub job_id: String,
-    /// Host.
-    pub hostname: String,
-    /// Job state.
-    pub state: &'static str,
-    /// The phase that failed.
-    pub phase: String,
-    /// Why.
-    pub error: String,
-    /// Last log lines, `phase: line`.
-    pub lines: Vec<String>,
-}
-
-/// An open decision.
+/// An open decision of one job (the server page).
 #[derive(Debug)]
 pub struct DecisionItem {
     /// Job.
     pub job_id: String,
-    /// Host.
-    pub hostname: String,
     /// Decision id.
     pub id: u32,
     /// Phase title.
@@ -106,10 +89,85 @@ pub struct DecisionItem {
     pub kind: String,
     /// Allowed answers.
     pub options: Vec<&'static str>,
-    /// Remediation text (warnings).
-    pub remediation: Option<String>,
+    /// Remediation (warnings).
+    pub remediation: Option<Remediation>,
     /// Holding processes: (pid, name, files).
     pub processes: Vec<(u32, String, String)>,
+}
+
+/// A group as a panel shows it: the cause, its count, the first page of its servers.
+#[derive(Debug)]
+pub struct GroupView {
+    /// The group (its members: every server).
+    pub g: Group,
+    /// The first page of its servers.
+    pub members: Members,
+    /// A sample server's last log lines (failures).
+    pub lines: Vec<String>,
+    /// The bulk answers: (answer, button label, confirmation sentence if destructive).
+    pub answers: Vec<(&'static str, String, Option<String>)>,
+}
+
+/// A page of a group's servers (the partial the group's pager swaps).
+#[derive(Debug, Template, WebTemplate)]
+#[template(path = "_members.html")]
+pub struct Members {
+    rollout_id: String,
+    panel: &'static str,
+    key: String,
+    items: Vec<Member>,
+    page: u64,
+    pages: u64,
+    total: u64,
+}
+
+impl Members {
+    /// The first server listed.
+    pub fn first_host(&self) -> &str {
+        self.items.first().map_or("", |m| m.hostname.as_str())
+    }
+}
+
+/// Builds page `page` (1-based) of a group's servers.
+fn members(rollout_id: &RolloutId, g: &Group, page: u64) -> Members {
+    let total = g.count();
+    let pages = total.div_ceil(MEMBERS_PAGE).max(1);
+    let page = page.clamp(1, pages);
+    let items =
+        g.members.iter().skip(((page - 1) * MEMBERS_PAGE) as usize).take(MEMBERS_PAGE as usize).cloned().collect();
+    Members {
+        rollout_id: rollout_id.to_string(),
+        panel: g.panel.as_str(),
+        key: g.key.clone(),
+        items,
+        page,
+        pages,
+        total,
+    }
+}
+
+/// The bulk answers of a decision group, with what each does.
+fn bulk_answers(g: &Group) -> Vec<(&'static str, String, Option<String>)> {
+    let n = g.count();
+    g.options
+        .iter()
+        .map(|o| {
+            let (label, confirm) = match o {
+                DecisionAnswer::Continue => (format!("Continue on all {n}"), None),
+                DecisionAnswer::Cancel => (
+                    format!("Cancel all {n} installs"),
+                    Some(format!("Cancel the install on all {n} server(s) of this group? Each ends without installing.")),
+                ),
+                DecisionAnswer::Retry => (format!("Retry on all {n}"), None),
+                DecisionAnswer::Ignore => (format!("Replace anyway on all {n}"), None),
+                DecisionAnswer::Exit => (
+                    format!("End all {n} installs"),
+                    Some(format!("End the install on all {n} server(s) of this group? Their services are restarted on the old version.")),
+                ),
+            };
+            (o.as_str(), label, confirm)
+        })
+        .collect()
 }
 
 /// The panels partial.
@@ -118,16 +176,39 @@ pub struct DecisionItem {
 pub struct Panels {
     nav: Nav,
     r: Rollout,
-    class: &'static str,
+    badge: Badge,
     sum: Summary,
     package: String,
-    controls: Vec<(&'static str, &'static str, bool)>,
-    decisions: Vec<DecisionItem>,
+    controls: Vec<Control>,
+    decisions: Vec<GroupView>,
     waiting_total: u64,
-    failures: Vec<FailureItem>,
+    failures: Vec<GroupView>,
     failed_total: u64,
-    warnings: Vec<WarningItem>,
+    warnings: Vec<GroupView>,
     warned_total: u64,
+    running: Option<RunningNow>,
+}
+
+/// The longest-running phase of the running servers.
+#[derive(Debug)]
+pub struct RunningNow {
+    /// Phase title.
+    pub phase: &'static str,
+    /// Elapsed, as text.
+    pub elapsed: String,
+    /// When it started (unix ms), for the page's clock.
+    pub since_ms: i64,
+}
+
+/// A rollout control: a form button, with a confirmation when it cannot be undone.
+#[derive(Debug)]
+pub struct Control {
+    /// Action id.
+    pub action: &'static str,
+    /// Button label.
+    pub label: &'static str,
+    /// What it will do, asked before it is done (destructive actions).
+    pub confirm: Option<String>,
 }
 
 #[derive(Debug, Template, WebTemplate)]
@@ -137,33 +218,48 @@ pub struct Page {
     id: String,
     name: String,
     terminal: bool,
+    /// The live stamp the page was rendered from (the stream compares against it).
+    stamp: String,
+    /// When it was rendered (unix ms), for "updated N s ago".
+    rendered_ms: i64,
     panels_html: String,
     grid_html: String,
 }
 
-fn controls(r: &Rollout) -> Vec<(&'static str, &'static str, bool)> {
-    // (action, label, dangerous)
-    let failed = [JobState::Failed, JobState::RolledBack, JobState::Lost, JobState::Undeliverable]
-        .iter()
-        .any(|s| r.counts.get(s).copied().unwrap_or(0) > 0);
+fn controls(r: &Rollout) -> Vec<Control> {
+    let n = |s: JobState| r.counts.get(&s).copied().unwrap_or(0);
+    let failed = n(JobState::Failed) + n(JobState::RolledBack) + n(JobState::Lost) + n(JobState::Undeliverable) > 0;
+    let plain = |action, label| Control { action, label, confirm: None };
     let mut out = Vec::new();
     match r.state {
-        RolloutState::Draft => out.push(("start", "Start rollout", false)),
-        RolloutState::Running => out.push(("pause", "Pause", false)),
-        RolloutState::Paused => out.push(("resume", "Resume", false)),
+        RolloutState::Draft => out.push(plain("start", "Start rollout")),
+        RolloutState::Running => out.push(plain("pause", "Pause")),
+        RolloutState::Paused => out.push(plain("resume", "Resume")),
         RolloutState::AwaitingApproval => {
-            out.push(("approve", "Approve next wave", false));
-            out.push(("pause", "Pause", false));
+            out.push(plain("approve", "Approve next wave"));
+            out.push(plain("pause", "Pause"));
         }
         _ => {}
     }
     if !r.state.is_terminal() && !r.state.is_ending() {
-        out.push(("cancel", "Cancel rollout", true));
+        out.push(Control { action: "cancel", label: "Cancel rollout", confirm: Some(cancel_question(r)) });
     }
     if failed {
-        out.push(("retry-failed", "Retry failed servers", false));
+        out.push(plain("retry-failed", "Retry failed servers"));
     }
     out
+}
+
+/// What cancelling a rollout does, said before it is done.
+pub fn cancel_question(r: &Rollout) -> String {
+    let n = |s: JobState| r.counts.get(&s).copied().unwrap_or(0);
+    let unstarted = n(JobState::Pending) + n(JobState::Queued);
+    let active = n(JobState::Dispatched) + n(JobState::Running) + n(JobState::Waiting);
+    format!(
+        "Cancel the rollout \u{201c}{}\u{201d}? {unstarted} server(s) not started yet will not be installed; \
+         {active} installing now are asked to stop. This cannot be undone.",
+        r.name
+    )
 }
 
 /// Builds the grid partial.
@@ -205,52 +301,27 @@ fn page_query(page: u64, state: Option<&str>) -> String {
     format!("page={page}&state={}", state.unwrap_or_default())
 }
 
-fn failing_phase(job: &Job) -> String {
-    PhaseId::ALL
-        .iter()
-        .find(|p| job.phases.get(p).is_some_and(|s| s.status == PhaseStatus::Failed))
-        .or(job.current_phase.as_ref())
-        .map_or_else(|| "—".to_owned(), |p| format!("{} ({})", p.title(), p.as_str()))
-}
-
-/// The warnings a job reported, as panel items.
+/// The warnings a job reported, for its page.
 pub fn warning_items(job: &Job) -> Vec<WarningItem> {
-    job.warnings
-        .iter()
-        .map(|w| {
-            let message = w["message"].as_str().unwrap_or_default().to_owned();
-            let data = &w["data"];
-            let (code, remediation) = if let Some(d) = data.get("decision") {
-                (d["code"].as_str().unwrap_or("warning").to_owned(), d["remediation"].as_str().map(str::to_owned))
-            } else if let Some(d) = data.get("warning") {
-                (d["code"].as_str().unwrap_or("warning").to_owned(), d["remediation"].as_str().map(str::to_owned))
-            } else {
-                ("warning".to_owned(), None)
-            };
-            let applied = data.get("warning").and_then(|d| d["applied"].as_str()).map(str::to_owned);
-            // "CRL endpoint URL is unreachable: PROBLEM[; …]"
-            let (endpoint, result) =
-                match message.strip_prefix("CRL endpoint ").and_then(|m| m.split_once(" is unreachable: ")) {
-                    Some((url, rest)) => {
-                        (Some(url.to_owned()), format!("unreachable: {}", rest.split("; ").next().unwrap_or(rest)))
-                    }
-                    None => (None, message.clone()),
-                };
-            WarningItem {
-                job_id: job.id.to_string(),
-                hostname: job.hostname.clone(),
-                phase: w["phase"].as_str().unwrap_or_default().to_owned(),
-                code,
-                endpoint,
-                result,
-                remediation,
-                applied,
-            }
+    let warned = WarnedJob {
+        job_id: job.id.clone(),
+        hostname: job.hostname.clone(),
+        state: job.state,
+        warnings: job.warnings.clone(),
+    };
+    groups::warning_groups(std::slice::from_ref(&warned))
+        .into_iter()
+        .map(|g| WarningItem {
+            phase: g.phase,
+            code: g.code,
+            title: g.title,
+            remediation: g.remediation,
+            applied: g.applied,
         })
         .collect()
 }
 
-/// Open decisions of a job, as panel items.
+/// Open decisions of a job, for its page.
 pub async fn decision_items(state: &AppState, job: &Job) -> WebResult<Vec<DecisionItem>> {
     let mut out = Vec::new();
     for d in state.store.list_decisions(&job.id).await? {
@@ -259,7 +330,9 @@ pub async fn decision_items(state: &AppState, job: &Job) -> WebResult<Vec<Decisi
         }
         let req: Option<DecisionRequest> = serde_json::from_value(d.request.clone()).ok();
         let (remediation, processes) = match req.as_ref().map(|r| &r.kind) {
-            Some(fleetup_proto::DecisionKind::Warning { remediation, .. }) => (remediation.clone(), Vec::new()),
+            Some(fleetup_proto::DecisionKind::Warning { remediation, .. }) => {
+                (remediation.as_deref().map(Remediation::of), Vec::new())
+            }
             Some(fleetup_proto::DecisionKind::FilesInUse { processes }) => {
                 (None, processes.iter().map(|p| (p.pid, p.name.clone(), p.files.join(", "))).collect())
             }
@@ -267,7 +340,6 @@ pub async fn decision_items(state: &AppState, job: &Job) -> WebResult<Vec<Decisi
         };
         out.push(DecisionItem {
             job_id: job.id.to_string(),
-            hostname: job.hostname.clone(),
             id: d.id,
             phase: d.phase.title().to_owned(),
             message: req.as_ref().map_or_else(String::new, |r| r.message.clone()),
@@ -280,43 +352,65 @@ pub async fn decision_items(state: &AppState, job: &Job) -> WebResult<Vec<Decisi
     Ok(out)
 }
 
-/// Builds the panels partial.
-pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResult<Panels> {
-    let n = |s: JobState| r.counts.get(&s).copied().unwrap_or(0);
-    let mut decisions = Vec::new();
-    if n(JobState::Waiting) > 0 {
-        let filter = JobFilter { state: Some(JobState::Waiting), limit: PANEL_LIMIT, ..JobFilter::default() };
-        for job in state.store.list_jobs(&r.id, &filter).await?.items {
-            decisions.extend(decision_items(state, &job).await?);
-        }
+/// Every group of a panel of the rollout.
+async fn panel_groups(state: &AppState, id: &RolloutId, panel: Panel) -> WebResult<Vec<Group>> {
+    Ok(match panel {
+        Panel::Decisions => groups::decision_groups(&state.store.open_decisions(id).await?),
+        Panel::Warnings => groups::warning_groups(&state.store.warned_jobs(id).await?),
+        Panel::Failures => groups::failure_groups(&state.store.failed_jobs(id).await?),
+    })
+}
+
+/// The first [`GROUPS_SHOWN`] groups of a panel, as shown, and how many servers it has.
+async fn panel_views(state: &AppState, r: &Rollout, panel: Panel, skip: bool) -> WebResult<(Vec<GroupView>, u64)> {
+    if skip {
+        return Ok((Vec::new(), 0));
     }
-    let mut failures = Vec::new();
-    for s in [JobState::Failed, JobState::RolledBack, JobState::Lost] {
-        let left = PANEL_LIMIT.saturating_sub(failures.len() as u64);
-        if n(s) == 0 || left == 0 {
-            continue;
-        }
-        let filter = JobFilter { state: Some(s), limit: left, ..JobFilter::default() };
-        for job in state.store.list_jobs(&r.id, &filter).await?.items {
-            let lines = state
+    let all = panel_groups(state, &r.id, panel).await?;
+    // A server is in one failure group and may have several decisions or warnings.
+    let servers = if panel == Panel::Failures {
+        all.iter().map(Group::count).sum()
+    } else {
+        let mut ids: Vec<&JobId> = all.iter().flat_map(|g| g.members.iter().map(|m| &m.job_id)).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len() as u64
+    };
+    let mut out = Vec::new();
+    for g in all.into_iter().take(GROUPS_SHOWN) {
+        let lines = if panel == Panel::Failures {
+            state
                 .store
-                .tail_logs(&job.id, LOG_TAIL)
+                .tail_logs(&g.members[0].job_id, LOG_TAIL)
                 .await?
                 .into_iter()
                 .map(|l| format!("{}: {}", l.phase, l.line))
-                .collect();
-            failures.push(FailureItem {
-                phase: failing_phase(&job),
-                error: job.error.clone().unwrap_or_default(),
-                job_id: job.id.to_string(),
-                hostname: job.hostname,
-                state: job.state.as_str(),
-                lines,
-            });
-        }
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let answers = if panel == Panel::Decisions { bulk_answers(&g) } else { Vec::new() };
+        out.push(GroupView { members: members(&r.id, &g, 1), g, lines, answers });
     }
-    let (warned, warned_total) = state.store.list_warned_jobs(&r.id, PANEL_LIMIT).await?;
-    let warnings = warned.iter().flat_map(warning_items).collect();
+    Ok((out, servers))
+}
+
+/// Builds the panels partial.
+pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResult<Panels> {
+    let n = |s: JobState| r.counts.get(&s).copied().unwrap_or(0);
+    let (decisions, _) = panel_views(state, r, Panel::Decisions, n(JobState::Waiting) == 0).await?;
+    let no_failures = n(JobState::Failed) + n(JobState::RolledBack) + n(JobState::Lost) == 0;
+    let (failures, failed_total) = panel_views(state, r, Panel::Failures, no_failures).await?;
+    let (warnings, warned_total) = panel_views(state, r, Panel::Warnings, false).await?;
+    let running = if n(JobState::Running) > 0 {
+        state.store.running_phases(&r.id, 1).await?.into_iter().next().map(|p| RunningNow {
+            phase: p.phase.title(),
+            elapsed: duration_ms((Utc::now() - p.since).num_milliseconds().max(0)),
+            since_ms: p.since.timestamp_millis(),
+        })
+    } else {
+        None
+    };
     let package = state
         .store
         .get_package(&r.package_id)
@@ -324,7 +418,7 @@ pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResu
         .map_or_else(|_| r.package_id.to_string(), |p| format!("{} {}", p.name, p.version));
     Ok(Panels {
         nav: Nav::new(user, "rollouts"),
-        class: rollout_class(r.state),
+        badge: Badge::of(r),
         sum: Summary::of(r),
         controls: controls(r),
         package,
@@ -332,10 +426,64 @@ pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResu
         decisions,
         waiting_total: n(JobState::Waiting),
         failures,
-        failed_total: n(JobState::Failed) + n(JobState::RolledBack) + n(JobState::Lost),
+        failed_total,
         warnings,
         warned_total,
+        running,
     })
+}
+
+/// `?page=`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct PageQuery {
+    /// 1-based page.
+    pub page: Option<u64>,
+}
+
+/// `GET /rollouts/{id}/group/{panel}/{key}?page=`: a page of one group's servers.
+pub async fn group_members(
+    State(state): State<AppState>,
+    _user: User,
+    Path((id, panel, key)): Path<(RolloutId, String, String)>,
+    Query(q): Query<PageQuery>,
+) -> WebResult<Members> {
+    let panel = Panel::parse(&panel)
+        .ok_or_else(|| AppError::NotFound(format!("no panel '{panel}': use decisions, warnings or failures")))?;
+    let all = panel_groups(&state, &id, panel).await?;
+    let g = all.iter().find(|g| g.key == key).ok_or_else(|| {
+        AppError::NotFound(
+            "this group has no server left (its servers were answered or moved on); reload the rollout".into(),
+        )
+    })?;
+    Ok(members(&id, g, q.page.unwrap_or(1)))
+}
+
+/// `POST /rollouts/{id}/decisions` (`kind`, `code`, `matching`, `answer`, `remember`): answers
+/// every open decision of a group at once, through the same use case as the API's bulk
+/// answer; with `remember=on` the answer stands for the rest of the rollout.
+pub async fn answer_group(
+    State(state): State<AppState>,
+    user: User,
+    Path(id): Path<RolloutId>,
+    body: Bytes,
+) -> WebResult<Response> {
+    let form = form_pairs(&body);
+    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+    let answer = super::jobs::answer_of(&form)?;
+    let filter = DecisionFilter {
+        kind: get("kind")
+            .ok_or_else(|| AppError::BadRequest("the form lacks the decision kind; reload the rollout page".into()))?,
+        code: get("code"),
+        matching: get("matching"),
+    };
+    if let Some(page) =
+        super::confirm::ask(&user, &format!("/rollouts/{id}/decisions"), &format!("/rollouts/{id}"), &form)
+    {
+        return Ok(page);
+    }
+    let remember = get("remember").as_deref() == Some("on");
+    ops::jobs::answer_all(&state, &user.actor(), &id, &filter, answer, remember).await?;
+    Ok(Redirect::to(&format!("/rollouts/{id}")).into_response())
 }
 
 /// `GET /rollouts/{id}`.
@@ -345,6 +493,8 @@ pub async fn page(
     Path(id): Path<RolloutId>,
     Query(q): Query<GridQuery>,
 ) -> WebResult<Page> {
+    // The stamp first: a change after it is read shows up in the stream, which starts from it.
+    let stamp = super::live::stamp(&state, &id).await?;
     let r = state.store.get_rollout(&id).await?;
     let grid = build_grid(&state, &r, &q).await?;
     let panels = build_panels(&state, &user, &r).await?;
@@ -352,6 +502,8 @@ pub async fn page(
     Ok(Page {
         nav: Nav::new(&user, "rollouts"),
         terminal: r.state.is_terminal(),
+        stamp,
+        rendered_ms: Utc::now().timestamp_millis(),
         name: r.name.clone(),
         id: r.id.to_string(),
         panels_html: panels.render().map_err(render)?,

@@ -6,7 +6,7 @@
 use super::detail::{DecisionItem, WarningItem, decision_items, warning_items};
 use super::session::User;
 use super::view::{Cell, Nav, cell, duration_ms, job_class, opt_time};
-use super::{WebResult, form_pairs};
+use super::{WebResult, confirm, form_pairs};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::model::{InstalledRollup, Job, JobId, RolloutId};
@@ -15,7 +15,7 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::response::Redirect;
+use axum::response::{IntoResponse, Redirect, Response};
 use fleetup_proto::{DecisionAnswer, PhaseId};
 
 /// One phase on the timeline.
@@ -82,12 +82,45 @@ pub struct JobPage {
     installed: Vec<InstalledRollup>,
     others: Vec<OtherJob>,
     can_cancel: bool,
+    /// The guided-failure answers this job allows now: (action, button, confirmation).
+    guided: Vec<(&'static str, String, Option<String>)>,
+}
+
+/// The guided-failure buttons of a job in a rollout in `rollout` (none for a viewer).
+fn guided_buttons(
+    job: &Job,
+    rollout: crate::model::RolloutState,
+    user: &User,
+) -> Vec<(&'static str, String, Option<String>)> {
+    use crate::domain::job::{JobAction, guided_refused};
+    if !user.can_operate() {
+        return Vec::new();
+    }
+    let host = &job.hostname;
+    JobAction::ALL
+        .into_iter()
+        .filter(|a| guided_refused(*a, job.state, rollout).is_none())
+        .map(|a| match a {
+            JobAction::Retry => ("retry", format!("Retry {host} now"), None),
+            JobAction::Skip => (
+                "skip",
+                format!("Skip {host}'s failure"),
+                Some(format!("Count {host} as done? Its failure no longer counts toward the gate or the error threshold; it stays on the version it has.")),
+            ),
+            JobAction::Exclude => (
+                "exclude",
+                format!("Exclude {host} from this rollout"),
+                Some(format!("Take {host} out of this rollout? It gets nothing more from it and counts nowhere.")),
+            ),
+        })
+        .collect()
 }
 
 /// `GET /jobs/{id}`.
 pub async fn page(State(state): State<AppState>, user: User, Path(id): Path<JobId>) -> WebResult<JobPage> {
     let job = state.store.get_job(&id).await?;
     let rollout = state.store.get_rollout(&job.rollout_id).await?;
+    let rollout_state = rollout.state;
     let events = state.store.list_events(&id, 0, 5000).await?;
     let outage_phases = [
         PhaseId::StopServices,
@@ -159,6 +192,7 @@ pub async fn page(State(state): State<AppState>, user: User, Path(id): Path<JobI
         installed: agent.installed.into_iter().rev().collect(),
         others,
         can_cancel: !job.state.is_terminal() && user.can_operate(),
+        guided: guided_buttons(&job, rollout_state, &user),
         job,
     })
 }
@@ -169,22 +203,62 @@ pub async fn decide(
     user: User,
     Path(id): Path<JobId>,
     body: Bytes,
-) -> WebResult<Redirect> {
+) -> WebResult<Response> {
     let form = form_pairs(&body);
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let answer: DecisionAnswer = get("answer")
-        .ok_or_else(|| AppError::BadRequest("choose an answer".into()))?
-        .parse()
-        .map_err(AppError::BadRequest)?;
+    let answer = answer_of(&form)?;
     let decision_id = get("decision_id").and_then(|d| d.parse::<u32>().ok());
+    if let Some(page) = confirm::ask(&user, &format!("/jobs/{id}/decision"), &format!("/jobs/{id}"), &form) {
+        return Ok(page);
+    }
     let job = ops::jobs::answer_decision(&state, &user.actor(), &id, decision_id, answer).await?;
-    Ok(Redirect::to(&back(get("back"), &format!("/rollouts/{}", job.rollout_id))))
+    Ok(Redirect::to(&back(get("back"), &format!("/rollouts/{}", job.rollout_id))).into_response())
 }
 
-/// `POST /jobs/{id}/cancel`.
-pub async fn cancel(State(state): State<AppState>, user: User, Path(id): Path<JobId>) -> WebResult<Redirect> {
+/// `POST /jobs/{id}/cancel` (confirmed: see `confirm.rs`).
+pub async fn cancel(
+    State(state): State<AppState>,
+    user: User,
+    Path(id): Path<JobId>,
+    body: Bytes,
+) -> WebResult<Response> {
+    let form = form_pairs(&body);
+    let back = format!("/jobs/{id}");
+    if let Some(page) = confirm::ask(&user, &format!("/jobs/{id}/cancel"), &back, &form) {
+        return Ok(page);
+    }
     ops::jobs::cancel(&state, &user.actor(), &id).await?;
-    Ok(Redirect::to(&format!("/jobs/{id}")))
+    Ok(Redirect::to(&back).into_response())
+}
+
+/// `POST /jobs/{id}/guide/{action}` (retry, skip, exclude): the guided-failure answer, after
+/// a confirmation where the button asks one; shows the job afterwards (a retry: the new
+/// attempt).
+pub async fn guide(
+    State(state): State<AppState>,
+    user: User,
+    Path((id, action)): Path<(JobId, String)>,
+    body: Bytes,
+) -> WebResult<Response> {
+    let action = crate::domain::job::JobAction::parse(&action)
+        .ok_or_else(|| AppError::NotFound(format!("no job action '{action}': use retry, skip or exclude")))?;
+    let form = form_pairs(&body);
+    let back = format!("/jobs/{id}");
+    if let Some(page) = confirm::ask(&user, &format!("/jobs/{id}/guide/{}", action.as_str()), &back, &form) {
+        return Ok(page);
+    }
+    let job = ops::jobs::guide(&state, &user.actor(), &id, action).await?;
+    Ok(Redirect::to(&format!("/jobs/{}", job.id)).into_response())
+}
+
+/// The form's `answer`, or an error saying to choose one.
+pub fn answer_of(form: &[(String, String)]) -> Result<DecisionAnswer, AppError> {
+    form.iter()
+        .find(|(n, _)| n == "answer")
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| AppError::BadRequest("choose an answer".into()))?
+        .parse()
+        .map_err(AppError::BadRequest)
 }
 
 /// A local path to go back to, or `default`.

@@ -2,9 +2,9 @@
 //! approve, cancel, retry failed). Controls are plain forms that redirect back to the
 //! rollout, so they work without JavaScript.
 
-use super::WebResult;
 use super::session::User;
-use super::view::{Nav, Summary, rollout_class};
+use super::view::{Badge, Nav, Summary};
+use super::{WebResult, confirm, form_pairs};
 use crate::app::AppState;
 use crate::domain::rollout::RolloutAction;
 use crate::error::AppError;
@@ -12,16 +12,17 @@ use crate::model::{Rollout, RolloutId};
 use crate::ops;
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::response::Redirect;
+use axum::response::{IntoResponse, Redirect, Response};
 
 /// One line of the list.
 #[derive(Debug)]
 pub struct Line {
     /// The rollout.
     pub r: Rollout,
-    /// Its state's class.
-    pub class: &'static str,
+    /// Its state's badge.
+    pub badge: Badge,
     /// Its counts.
     pub sum: Summary,
     /// Package name and version.
@@ -50,7 +51,7 @@ async fn lines(state: &AppState) -> WebResult<Vec<Line>> {
         .into_iter()
         .take(200)
         .map(|r| Line {
-            class: rollout_class(r.state),
+            badge: Badge::of(&r),
             sum: Summary::of(&r),
             package: packages
                 .iter()
@@ -77,14 +78,24 @@ pub async fn action(
     State(state): State<AppState>,
     user: User,
     Path((id, action)): Path<(RolloutId, String)>,
-) -> WebResult<Redirect> {
+    body: Bytes,
+) -> WebResult<Response> {
     let actor = user.actor();
+    let back = format!("/rollouts/{id}");
     if action == "retry-failed" {
         let new = ops::rollouts::retry_failed(&state, &actor, &id).await?;
-        return Ok(Redirect::to(&format!("/rollouts/{}", new.id)));
+        return Ok(Redirect::to(&format!("/rollouts/{}", new.id)).into_response());
     }
-    let action =
+    let parsed =
         RolloutAction::parse(&action).ok_or_else(|| AppError::NotFound(format!("no rollout action '{action}'")))?;
-    ops::rollouts::act(&state, &actor, &id, action).await?;
-    Ok(Redirect::to(&format!("/rollouts/{id}")))
+    let form = form_pairs(&body);
+    // Cancelling cannot be undone: asked first, with the sentence computed here (not taken
+    // from the form), unless the form says it was confirmed.
+    if parsed == RolloutAction::Cancel && !confirm::confirmed(&form) {
+        let r = state.store.get_rollout(&id).await?;
+        let url = format!("/rollouts/{id}/action/{action}");
+        return Ok(confirm::page(&user, &url, &back, &form, super::detail::cancel_question(&r)).into_response());
+    }
+    ops::rollouts::act(&state, &actor, &id, parsed).await?;
+    Ok(Redirect::to(&back).into_response())
 }

@@ -229,8 +229,8 @@ fn is_activity(parts: &axum::http::request::Parts) -> bool {
     parts.method != Method::GET || !background
 }
 
-/// Middleware: a live session for every request; operator role and the CSRF token for
-/// every request that is not GET/HEAD.
+/// Middleware: a live session for every request; the CSRF token for every request that is
+/// not GET/HEAD, and the operator role too, except for `/logout` (a viewer logs out).
 pub async fn require_session(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
     let session = match cookie(&parts.headers, SESSION_COOKIE) {
@@ -257,7 +257,10 @@ pub async fn require_session(State(state): State<AppState>, req: Request, next: 
     let user = User { session };
     let mut body = body;
     if !matches!(parts.method, Method::GET | Method::HEAD) {
-        if let Err(e) = user.require(Role::Operator) {
+        // Every viewer may end their own session; every other POST changes something.
+        if parts.uri.path() != "/logout"
+            && let Err(e) = user.require(Role::Operator)
+        {
             return e.into_response();
         }
         let header_token = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).map(str::to_owned);

@@ -31,14 +31,23 @@ fn threshold(s: &str, what: &str) -> Result<Threshold, String> {
     }
 }
 
-/// Reads the stage form into a spec.
-pub fn spec_from_form(pairs: &[(String, String)]) -> Result<RolloutSpec, String> {
+/// Reads the stage form into a spec; `agents` resolves the host names of "these servers".
+pub fn spec_from_form(pairs: &[(String, String)], agents: &[Agent]) -> Result<RolloutSpec, String> {
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map_or("", |(_, v)| v.as_str()).trim().to_owned();
     let all = |k: &str| pairs.iter().filter(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).collect::<Vec<_>>();
     let targets = if get("target_mode") == "agents" {
-        let mut ids = Vec::new();
-        for a in all("agent") {
-            ids.push(a.parse().map_err(|e: fleetup_proto::id::IdError| e.to_string())?);
+        let mut ids: Vec<AgentId> = Vec::new();
+        for name in get("hosts").split([',', ' ', '\n', '\r', '\t']).filter(|n| !n.is_empty()) {
+            let agent = agents
+                .iter()
+                .find(|a| a.hostname == name || a.id.as_str() == name)
+                .ok_or_else(|| format!("no enrolled server is called '{name}': check the name on the Agents page"))?;
+            if !ids.contains(&agent.id) {
+                ids.push(agent.id.clone());
+            }
+        }
+        if ids.is_empty() {
+            return Err("name the servers (host names, separated by commas or new lines), or target by labels".into());
         }
         Targets { agents: Some(ids), labels: None }
     } else {
@@ -151,15 +160,15 @@ pub fn spec_from_form(pairs: &[(String, String)]) -> Result<RolloutSpec, String>
 pub struct StagePage {
     nav: Nav,
     packages: Vec<Package>,
-    agents: Vec<Agent>,
+    /// Enrolled, not revoked.
+    enrolled: usize,
 }
 
 /// `GET /rollouts/new`.
 pub async fn form(State(state): State<AppState>, user: User) -> WebResult<StagePage> {
     user.require(Role::Operator)?;
-    let mut agents: Vec<Agent> = state.store.list_agents().await?.into_iter().filter(|a| !a.revoked).collect();
-    agents.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-    Ok(StagePage { nav: Nav::new(&user, "stage"), packages: state.store.list_packages().await?, agents })
+    let enrolled = state.store.list_agents().await?.iter().filter(|a| !a.revoked).count();
+    Ok(StagePage { nav: Nav::new(&user, "stage"), packages: state.store.list_packages().await?, enrolled })
 }
 
 /// One wave of the preview.
@@ -185,20 +194,33 @@ pub struct Preview {
     left_out: Vec<(String, String)>,
     /// How many there are in all.
     left_out_count: usize,
+    /// Targets that are offline now: how many, and the first names.
+    offline: usize,
+    offline_hosts: Vec<String>,
 }
 
 /// `POST /rollouts/preview`: which servers fall in which wave (nothing is written).
 pub async fn preview(State(state): State<AppState>, body: Bytes) -> Preview {
     let pairs = form_pairs(&body);
-    let result = match spec_from_form(&pairs) {
-        Ok(spec) => ops::rollouts::preview(&state, &spec).await.map_err(|e| e.to_string()),
+    let known = match state.store.list_agents().await {
+        Ok(a) => a,
+        Err(e) => return Preview::error(AppError::from(e).to_string()),
+    };
+    let result = match spec_from_form(&pairs, &known) {
+        Ok(mut spec) => {
+            // The plan does not depend on the name; the form asks for it when staging.
+            if spec.name.is_empty() {
+                spec.name = "preview".into();
+            }
+            ops::rollouts::preview(&state, &spec).await.map_err(|e| e.to_string())
+        }
         Err(e) => Err(e),
     };
     match result {
         Ok(ops::rollouts::Preview { plan: p, agents }) => {
-            let name = |id: &AgentId| {
-                agents.iter().find(|a| &a.id == id).map_or_else(|| id.to_string(), |a| a.hostname.clone())
-            };
+            let names: std::collections::HashMap<&AgentId, &str> =
+                agents.iter().map(|a| (&a.id, a.hostname.as_str())).collect();
+            let name = |id: &AgentId| names.get(id).map_or_else(|| id.to_string(), |h| (*h).to_owned());
             let waves = p
                 .wave_sizes
                 .iter()
@@ -217,6 +239,15 @@ pub async fn preview(State(state): State<AppState>, body: Bytes) -> Preview {
                         .collect(),
                 })
                 .collect();
+            let horizon = super::agents::offline_horizon(&state);
+            let by_id: std::collections::HashMap<&AgentId, &Agent> = agents.iter().map(|a| (&a.id, a)).collect();
+            let offline: Vec<String> = p
+                .jobs
+                .iter()
+                .filter_map(|j| by_id.get(&j.agent).copied())
+                .filter(|a| super::agents::status_of(&state, a, horizon).0 != "online")
+                .map(|a| a.hostname.clone())
+                .collect();
             Preview {
                 error: None,
                 waves,
@@ -225,9 +256,17 @@ pub async fn preview(State(state): State<AppState>, body: Bytes) -> Preview {
                 catch_all: p.catch_all,
                 left_out: p.left_out.iter().take(20).map(|(id, why)| (name(id), why.clone())).collect(),
                 left_out_count: p.left_out.len(),
+                offline: offline.len(),
+                offline_hosts: offline.into_iter().take(10).collect(),
             }
         }
-        Err(e) => Preview {
+        Err(e) => Preview::error(e),
+    }
+}
+
+impl Preview {
+    fn error(e: String) -> Self {
+        Self {
             error: Some(e),
             waves: Vec::new(),
             total: 0,
@@ -235,14 +274,17 @@ pub async fn preview(State(state): State<AppState>, body: Bytes) -> Preview {
             catch_all: false,
             left_out: Vec::new(),
             left_out_count: 0,
-        },
+            offline: 0,
+            offline_hosts: Vec::new(),
+        }
     }
 }
 
 /// `POST /rollouts`: stages the rollout (state draft) and shows it.
 pub async fn create(State(state): State<AppState>, user: User, body: Bytes) -> WebResult<Redirect> {
     user.require(Role::Operator)?;
-    let spec = spec_from_form(&form_pairs(&body)).map_err(AppError::Unprocessable)?;
+    let known = state.store.list_agents().await?;
+    let spec = spec_from_form(&form_pairs(&body), &known).map_err(AppError::Unprocessable)?;
     let rollout = ops::rollouts::stage(&state, &user.actor(), spec, None).await?;
     Ok(Redirect::to(&format!("/rollouts/{}", rollout.id)))
 }

@@ -95,6 +95,37 @@ pub fn rollout_class(s: RolloutState) -> &'static str {
     }
 }
 
+/// A rollout's state as a badge: its class and its words. `finished` is green only when
+/// every server installed or was skipped; with failed, rolled-back or lost servers it
+/// says how many, in the failure colour, and with cancelled or undeliverable ones it is
+/// amber, so a glance at the list never reads a partial rollout as a clean one.
+#[derive(Debug, Clone)]
+pub struct Badge {
+    /// `st-…` class.
+    pub class: &'static str,
+    /// What it says.
+    pub label: String,
+}
+
+impl Badge {
+    /// The badge of a rollout.
+    pub fn of(r: &Rollout) -> Self {
+        let n = |s: JobState| r.counts.get(&s).copied().unwrap_or(0);
+        let failed = n(JobState::Failed) + n(JobState::RolledBack) + n(JobState::Lost);
+        let unfinished = n(JobState::Cancelled) + n(JobState::Undeliverable);
+        let state = r.state.as_str();
+        match r.state {
+            RolloutState::Finished if failed > 0 => {
+                Self { class: "st-fail", label: format!("{state} · {failed} failed") }
+            }
+            RolloutState::Finished if unfinished > 0 => {
+                Self { class: "st-warn", label: format!("{state} · {unfinished} not installed") }
+            }
+            s => Self { class: rollout_class(s), label: state.to_owned() },
+        }
+    }
+}
+
 /// A grid row: one server's job.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -110,6 +141,12 @@ pub struct Row {
     pub state_class: &'static str,
     /// Twelve cells, in install order.
     pub cells: Vec<Cell>,
+    /// Running: since when its current phase runs (unix ms), and the elapsed time.
+    pub running_since: Option<(i64, String)>,
+    /// Its running phase is flagged stalled.
+    pub stalled: bool,
+    /// Which attempt at this server it is.
+    pub attempt: u32,
 }
 
 impl Row {
@@ -122,6 +159,13 @@ impl Row {
             state: job.state.as_str(),
             state_class: job_class(job.state),
             cells: PhaseId::INSTALL.iter().map(|p| cell(job.phases.get(p).map(|s| s.status))).collect(),
+            running_since: job
+                .current_phase
+                .and_then(|p| job.phases.get(&p))
+                .filter(|s| job.state == JobState::Running && s.status == PhaseStatus::Running)
+                .map(|s| (s.at.timestamp_millis(), duration_ms((Utc::now() - s.at).num_milliseconds().max(0)))),
+            stalled: job.stalled.is_some(),
+            attempt: job.attempt,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! These also exercise the store's user, session and stamp methods on both backends. The
 //! login's protections (limits, `next`, Origin, timeouts, caching, audit) are in `login`.
 
+mod budgets;
 mod login;
 
 use crate::helpers::{Backend, TestApp, spawn_app};
@@ -16,6 +17,7 @@ crate::both_backends!(
     ten_wrong_passwords_are_rate_limited,
     live_stamp_moves_when_a_job_changes,
     the_staging_form_offers_the_rollout_control_options,
+    a_failed_job_page_offers_guided_answers_and_shows_the_new_attempt,
 );
 
 /// `application/x-www-form-urlencoded` bodies (reqwest is built without its `form` feature).
@@ -233,31 +235,34 @@ async fn live_stamp_moves_when_a_job_changes(backend: Backend) {
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
 }
 
+/// `n` agents `srv-00000.example.test` … labelled `fleet=big`, straight into the SQLite
+/// database in one transaction (enrolling 10,000 by HTTP would measure the enrollment, not
+/// the page).
+async fn seed_agents(app: &TestApp, n: usize) {
+    use sqlx::Connection as _;
+    let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+    let mut tx = c.begin().await.unwrap();
+    let now = fleetup_server::model::now_ms();
+    for i in 0..n {
+        sqlx::query("insert into agents (id, hostname, secret_hash, labels, facts, version, installed, enrolled_at, last_seen) values ($1, $2, $3, $4, '{}', '0.1.0', '[]', $5, $5)")
+            .bind(format!("agent-{i:05}"))
+            .bind(format!("srv-{i:05}.example.test"))
+            .bind(format!("hash-{i}"))
+            .bind(r#"{"fleet":"big"}"#)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
 /// 10,000 servers in one rollout: the page ships one grid page, not 120,000 cells.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_page_of_ten_thousand_servers_is_bounded() {
     let Some(app) = spawn_app(Backend::Sqlite).await else { return };
     let package = app.upload_package().await;
-    {
-        // Agents straight into the database, in one transaction (enrolling 10,000 by HTTP
-        // would measure the enrollment, not the page).
-        use sqlx::Connection as _;
-        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-        let mut tx = c.begin().await.unwrap();
-        let now = fleetup_server::model::now_ms();
-        for i in 0..10_000 {
-            sqlx::query("insert into agents (id, hostname, secret_hash, labels, facts, version, installed, enrolled_at, last_seen) values ($1, $2, $3, $4, '{}', '0.1.0', '[]', $5, $5)")
-                .bind(format!("agent-{i:05}"))
-                .bind(format!("srv-{i:05}.example.test"))
-                .bind(format!("hash-{i}"))
-                .bind(r#"{"fleet":"big"}"#)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-        }
-        tx.commit().await.unwrap();
-    }
+    seed_agents(&app, 10_000).await;
     let id = app
         .rollout(
             json!({ "package_id": package, "targets": { "labels": { "fleet": "big" } }, "waves": [100, "50%", "100%"] }),
@@ -395,4 +400,60 @@ async fn the_staging_form_offers_the_rollout_control_options(backend: Backend) {
     );
     assert!(html.contains("form-0") && html.contains("declares none"), "{html}");
     assert!(html.contains("1 server(s) in 1 wave(s)") && html.contains("edge-router"), "{html}");
+}
+
+/// The job page of a failed server offers the guided answers (retry, skip, exclude; the
+/// destructive ones confirmed first); retrying from the page shows the new attempt, and the
+/// grid marks it.
+async fn a_failed_job_page_offers_guided_answers_and_shows_the_new_attempt(backend: Backend) {
+    use fleetup_proto::InstallOutcome;
+    let Some(app) = spawn_app(backend).await else { return };
+    add_user(&app, "gus", Role::Operator).await;
+    let (cookie, csrf, _) = login(&app, "gus").await;
+    let package = app.upload_package().await;
+    let agents = app.fleet("guide", 2).await;
+    let id = app
+        .rollout(json!({ "package_id": package, "targets": { "agents": [agents[0].id, agents[1].id] } }), true)
+        .await;
+    let job = agents[0].next_job().await;
+    agents[0].finish(&job, InstallOutcome::RolledBack).await;
+    let page = |path: String| {
+        let cookie = cookie.clone();
+        async move { client().get(path).header("cookie", cookie).send().await.unwrap().text().await.unwrap() }
+    };
+    let html = page(format!("{}/jobs/{}", app.base, job.job_id)).await;
+    for action in ["retry", "skip", "exclude"] {
+        assert!(html.contains(&format!("id=\"guide-{action}\"")), "no {action} button:\n{html}");
+    }
+    // Exclude asks first: without `confirmed`, the server answers with the question.
+    let exclude = format!("{}/jobs/{}/guide/exclude", app.base, job.job_id);
+    let form = [("csrf", csrf.as_str()), ("confirm", "Take it out?")];
+    let r = client().post(&exclude).header("cookie", &cookie).form_body(&form).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().await.unwrap().contains("Take it out?"));
+    assert_eq!(app.get(&format!("/api/v1/jobs/{}", job.job_id)).await["state"], "rolled-back", "nothing done yet");
+    // Retry: the page of the new attempt.
+    let retry = format!("{}/jobs/{}/guide/retry", app.base, job.job_id);
+    let r = client().post(&retry).header("cookie", &cookie).form_body(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_ne!(to, format!("/jobs/{}", job.job_id), "the new attempt's page");
+    let html = page(format!("{}{to}", app.base)).await;
+    assert!(html.contains("id=\"job-attempt\"") && html.contains("Attempt 2"), "{html}");
+    assert!(!html.contains("id=\"guide-skip\""), "a pending attempt has no failure to skip");
+    let grid = page(format!("{}/rollouts/{id}", app.base)).await;
+    assert!(grid.contains("(attempt 2)"), "the grid marks the attempt");
+    // A viewer gets no buttons.
+    add_user(&app, "vic", Role::Viewer).await;
+    let (viewer, _, _) = login(&app, "vic").await;
+    let html = client()
+        .get(format!("{}/jobs/{}", app.base, job.job_id))
+        .header("cookie", viewer)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains("id=\"guide-"), "a viewer cannot answer");
 }
