@@ -11,6 +11,7 @@ mod download;
 mod identity;
 mod job;
 mod logs;
+pub mod tls;
 
 use crate::engine::{BackendKind, CrlRemediation, InstallRequest};
 use client::{CallError, Client};
@@ -47,6 +48,8 @@ pub struct DaemonConfig {
     pub hosts_file: PathBuf,
     /// Long-poll duration.
     pub poll_wait: Duration,
+    /// Whom the agent trusts as the coordinator (`--ca-cert`, `--insecure-http`).
+    pub tls: tls::TlsLink,
 }
 
 /// Exponential backoff for retries after transient failures: 0.5 s doubling to 30 s.
@@ -121,7 +124,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output
     };
     tracing::info!(agent = %identity.agent_id, server = %identity.server, "agent ready");
     let ctx = Ctx {
-        client: Client::new(&config.server)?.with_token(&identity.agent_token),
+        client: Client::new(&config.server, &config.tls)?.with_token(&identity.agent_token),
         config,
         backoff: Backoff::default(),
         current: std::sync::Mutex::new(None),
@@ -170,7 +173,7 @@ async fn enroll(config: &DaemonConfig) -> anyhow::Result<identity::Identity> {
             config.state_dir.display()
         )
     })?;
-    let client = Client::new(&config.server)?;
+    let client = Client::new(&config.server, &config.tls)?;
     let hostname = config.hostname.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
     });

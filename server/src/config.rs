@@ -45,6 +45,13 @@ pub struct Config {
     /// 12-hour lifetime. Fractions are allowed (`0.5` is 30 seconds).
     #[arg(long = "session-idle-mins", env = "FLEETUP_SESSION_IDLE_MINS", default_value = "30", value_parser = parse_minutes)]
     pub session_idle: Duration,
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key`; reloaded on SIGHUP).
+    /// Without it the coordinator speaks plain HTTP (for loopback or behind a TLS proxy).
+    #[arg(long, value_name = "FILE", env = "FLEETUP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "FILE", env = "FLEETUP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `--session-idle-mins`: a positive number of minutes, fractions allowed.
@@ -72,6 +79,16 @@ impl Config {
             max_poll_wait_secs: 60,
             max_package_bytes: 2 << 30,
             session_idle: Duration::from_mins(30),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+
+    /// The certificate pair to serve HTTPS with, if any.
+    pub fn tls(&self) -> Option<crate::tls::PemPair> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::PemPair { cert: cert.clone(), key: key.clone() }),
+            _ => None,
         }
     }
 
@@ -106,6 +123,7 @@ impl std::fmt::Debug for Config {
             .field("delivery_timeout_secs", &self.delivery_timeout_secs)
             .field("scheduler_interval_ms", &self.scheduler_interval_ms)
             .field("session_idle", &self.session_idle)
+            .field("tls_cert", &self.tls_cert)
             .finish_non_exhaustive()
     }
 }

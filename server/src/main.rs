@@ -2,7 +2,7 @@
 //! (The demo lives in the umbrella `fleetup` binary, so this one carries no agent.)
 
 use clap::Parser as _;
-use fleetup_server::cli::{Cli, Command, TokenCommand, UserCommand};
+use fleetup_server::cli::{Cli, Command, TlsCommand, TokenCommand, UserCommand};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -48,6 +48,14 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             let password = fleetup_server::cli::read_password(password_stdin)?;
             fleetup_server::cli::create_user(&database_url, &username, &password, role).await?;
             println!("created {} user {username}", role.as_str());
+        }
+        Command::Tls { command: TlsCommand::Init { dir, names, days } } => {
+            let q = fleetup_server::tls::init(&dir, &names, days)?;
+            println!("CA certificate (give to agents as --ca-cert): {}", q.ca_cert.display());
+            println!("CA key (keep it offline):                     {}", q.ca_key.display());
+            println!("server certificate (--tls-cert):             {}", q.cert.display());
+            println!("server key (--tls-key):                      {}", q.key.display());
+            println!("CA SHA-256 fingerprint: {}", q.fingerprint);
         }
     }
     Ok(())

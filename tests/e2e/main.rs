@@ -5,3 +5,4 @@ mod demo;
 mod docker;
 mod fleet;
 mod packaging_cli;
+mod tls;

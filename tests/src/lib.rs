@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod fleet;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -44,6 +44,14 @@ pub struct RunArgs {
     /// Seconds the coordinator may hold each long-poll.
     #[arg(long, default_value_t = 30)]
     poll_wait: u64,
+    /// The CA (PEM) the coordinator's https certificate must chain to, e.g. the ca.pem of
+    /// `fleetup-server tls init`. Default: the system's CA store.
+    #[arg(long, value_name = "FILE", env = "FLEETUP_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Allow plain http:// to a coordinator that is not on loopback (warned about on every
+    /// start). Without it such a URL is refused before anything connects.
+    #[arg(long, env = "FLEETUP_INSECURE_HTTP")]
+    insecure_http: bool,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -52,6 +60,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    let tls = crate::daemon::tls::TlsLink { ca_cert: args.ca_cert, insecure_http: args.insecure_http };
+    if let Some(warning) = tls.check(&args.server)? {
+        tracing::warn!("{warning}");
+    }
     let labels = args
         .labels
         .iter()
@@ -73,6 +85,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         backend: args.services_backend,
         hosts_file: args.hosts_file,
         poll_wait: Duration::from_secs(args.poll_wait),
+        tls,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {

@@ -31,14 +31,12 @@ pub struct Client {
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
 
 impl Client {
-    /// A client for `server` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(server: &str) -> anyhow::Result<Self> {
-        // reqwest is built without a bundled crypto provider; ring keeps the build small.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+    /// A client for `server` (e.g. `https://fleetup.example:8443`), trusting as `link` says.
+    pub fn new(server: &str, link: &super::tls::TlsLink) -> anyhow::Result<Self> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("fleetup-agent/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("fleetup-agent/", env!("CARGO_PKG_VERSION")));
+        let http = link.client(server, builder)?;
         Ok(Self { http, base: server.trim_end_matches('/').to_owned(), token: None })
     }
 
@@ -105,7 +103,8 @@ impl Client {
 }
 
 async fn checked(resp: Result<reqwest::Response, reqwest::Error>) -> Result<reqwest::Response, CallError> {
-    let resp = resp.map_err(|e| CallError::Transient(format!("coordinator unreachable: {e}")))?;
+    let resp =
+        resp.map_err(|e| CallError::Transient(format!("coordinator unreachable: {}", super::tls::describe(&e))))?;
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
