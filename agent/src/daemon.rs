@@ -114,15 +114,27 @@ impl Ctx {
     }
 }
 
+/// The identity in the state dir, enrolling first if there is none (`fleetup-agent
+/// enroll` and the start of `run`). Returns the agent id.
+pub async fn enroll_once(config: &DaemonConfig) -> anyhow::Result<String> {
+    Ok(enrolled(config).await?.agent_id)
+}
+
+async fn enrolled(config: &DaemonConfig) -> anyhow::Result<identity::Identity> {
+    std::fs::create_dir_all(&config.state_dir)?;
+    match identity::load(&config.state_dir)? {
+        Some(id) => Ok(id),
+        None => enroll(config).await,
+    }
+}
+
 /// Runs until `shutdown` resolves. A job in progress is cancelled as its phase allows
 /// (finished forward from `post-precompile`), ends, is reported, then the daemon exits.
 pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.state_dir)?;
-    let identity = match identity::load(&config.state_dir)? {
-        Some(id) => id,
-        None => enroll(&config).await?,
-    };
+    let identity = enrolled(&config).await?;
     tracing::info!(agent = %identity.agent_id, server = %identity.server, "agent ready");
+    // Under systemd (`Type=notify`): started once enrolled.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let ctx = Ctx {
         client: Client::new(&config.server, &config.tls)?.with_token(&identity.agent_token),
         config,

@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "fleetup-server", version)]
 pub struct Cli {
+    /// Log lines as `text` or `json` (one object per line). Levels: FLEETUP_LOG.
+    #[arg(long, global = true, default_value = "text", env = "FLEETUP_LOG_FORMAT")]
+    pub log_format: fleetup_proto::logging::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

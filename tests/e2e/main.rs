@@ -1,5 +1,6 @@
 //! End-to-end tests: the real binaries, driven as a user would.
 
+mod agent_config;
 mod browser;
 mod demo;
 mod docker;
