@@ -14,7 +14,7 @@ pub struct Config {
     pub database_url: String,
     /// A trusted package-signing public key (`.pub` file); repeat for several. Uploads
     /// signed by any other key are refused.
-    #[arg(long = "trust", value_name = "KEY.pub")]
+    #[arg(long = "trust", value_name = "KEY.pub", env = "FLEETUP_TRUST", value_delimiter = ',')]
     pub trust: Vec<PathBuf>,
     /// Directory where uploaded packages are kept.
     #[arg(long, default_value = "fleetup-data", env = "FLEETUP_DATA_DIR")]
