@@ -237,7 +237,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// How long `enroll` tries to reach the coordinator.
-const ENROLL_DEADLINE: Duration = Duration::from_secs(60);
+const ENROLL_DEADLINE: Duration = Duration::from_mins(1);
 
 /// Enrolls now (unless already enrolled) and writes the resolved options, without the
 /// token, to the configuration file, so that `systemctl enable --now fleetup-agent` starts
