@@ -44,6 +44,17 @@ stage() {
   printf 'fleetup %s\nLicense: Apache-2.0\n' "$version" > "$root/usr/share/doc/$name/copyright"
 }
 
+# prerm NAME: removing the package stops and disables its unit (an upgrade does not).
+prerm() {
+  cat > "$work/$1/DEBIAN/prerm" <<SH
+#!/bin/sh
+set -e
+if [ "\$1" = remove ] && [ -d /run/systemd/system ]; then
+  systemctl disable --now $1 >/dev/null 2>&1 || true
+fi
+SH
+}
+
 # control NAME DESCRIPTION DEPENDS [RECOMMENDS]
 control() {
   local root=$work/$1
@@ -88,13 +99,7 @@ if [ "$1" = configure ]; then
   [ -f /etc/fleetup/agent.toml ] || echo "fleetup-agent: enroll it, then start it: fleetup-agent enroll --server https://… --token …; systemctl enable --now fleetup-agent"
 fi
 SH
-cat > "$root/DEBIAN/prerm" <<'SH'
-#!/bin/sh
-set -e
-if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
-  systemctl disable --now fleetup-agent >/dev/null 2>&1 || true
-fi
-SH
+prerm fleetup-agent
 cat > "$root/DEBIAN/postrm" <<'SH'
 #!/bin/sh
 set -e
@@ -127,13 +132,7 @@ if [ "$1" = configure ]; then
   fi
 fi
 SH
-cat > "$root/DEBIAN/prerm" <<'SH'
-#!/bin/sh
-set -e
-if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
-  systemctl disable --now fleetup-server >/dev/null 2>&1 || true
-fi
-SH
+prerm fleetup-server
 cat > "$root/DEBIAN/postrm" <<'SH'
 #!/bin/sh
 set -e
