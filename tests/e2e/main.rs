@@ -6,5 +6,6 @@ mod debs;
 mod demo;
 mod docker;
 mod fleet;
+mod nspawn;
 mod packaging_cli;
 mod tls;

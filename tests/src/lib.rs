@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod fleet;
+pub mod nspawn;
 pub mod tls;
 
 use std::path::PathBuf;
