@@ -11,6 +11,10 @@ use std::process::Command;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_mins(3);
+/// The host whose new version fails its health check.
+const UNHEALTHY: usize = 3;
+/// The host whose service an operator stopped before the install.
+const STOPPED: usize = 2;
 
 /// The demo app as a real systemd unit on `port`.
 fn demo_unit(port: u16) -> String {
@@ -57,6 +61,9 @@ async fn rollout_over_tls_to_three_systemd_hosts() {
         host.run("dpkg -i /mnt/fleetup/fleetup-agent_*.deb");
         host.run("mkdir -p /opt/demo && cp -a /mnt/fleetup/base-1.0/. /opt/demo/ && cp /mnt/fleetup/ca.pem /mnt/fleetup/release.key.pub /etc/fleetup/");
         host.run("install -m 0755 /mnt/fleetup/fleetup-demo-service /usr/local/bin/");
+        if i == UNHEALTHY {
+            host.run("echo 'unhealthy_versions = 1.1.0' >> /opt/demo/etc/demo.conf");
+        }
         host.run(&format!("cat > /etc/systemd/system/demo.service <<'EOF'\n{}EOF\nsystemctl daemon-reload && systemctl enable --now demo", demo_unit(port)));
         // Not enrolled yet: the shipped unit is skipped, not crash-looping.
         host.run("systemctl start fleetup-agent; systemctl show -p ConditionResult fleetup-agent | grep -qx ConditionResult=no");
@@ -72,6 +79,7 @@ async fn rollout_over_tls_to_three_systemd_hosts() {
         hosts.push((host, port));
     }
     server.every_agent_online(3, LONG).await;
+    hosts[STOPPED - 1].0.run("systemctl stop demo");
     for (host, _) in &hosts {
         let journal = host.run("journalctl -u fleetup-agent --no-pager -o cat");
         assert!(journal.contains("agent ready"), "{}: {journal}", host.name);
@@ -80,7 +88,7 @@ async fn rollout_over_tls_to_three_systemd_hosts() {
 
     let spec: RolloutSpec = serde_json::from_value(json!({
         "name": "demo 1.1 on systemd", "package_id": package, "targets": { "labels": { "env": "test" } },
-        "waves": [1, 2], "concurrency": 2,
+        "waves": [3], "concurrency": 3,
     }))
     .unwrap();
     let r = server.client.create_rollout(&spec).await.unwrap();
@@ -95,20 +103,35 @@ async fn rollout_over_tls_to_three_systemd_hosts() {
     let jobs = server.jobs::<Job>(&r.id).await;
     let journals: Vec<String> =
         hosts.iter().map(|(h, _)| h.sh("journalctl -u fleetup-agent -u demo --no-pager -o cat | tail -40")).collect();
-    assert_eq!(done.state, RolloutState::Finished, "{done:?}\n{jobs:?}\n{}", journals.join("\n----\n"));
-    for (host, port) in &hosts {
+    let context = format!("{done:?}\n{jobs:?}\n{}", journals.join("\n----\n"));
+    assert!(matches!(done.state, RolloutState::Finished | RolloutState::Paused), "{context}");
+    for (i, (host, port)) in hosts.iter().enumerate() {
+        let slot = i + 1;
         let job = jobs.iter().find(|j| j.hostname == host.name).expect("a job per host");
-        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        let demo = host.run("journalctl -u demo --no-pager -o cat");
+        let version = host.run("cat /opt/demo/lib/demo/VERSION");
+        if slot == UNHEALTHY {
+            // Rolled back: the old files, the unit running again and answering 1.0.0.
+            assert_eq!(job.state, JobState::RolledBack, "{context}");
+            assert!(version.contains("1.0.0"), "{}: {version}", host.name);
+            host.run("systemctl is-active demo");
+            let health = host.run(&format!("curl -sS http://127.0.0.1:{port}/health"));
+            assert!(health.contains("1.0.0"), "{}: {health}", host.name);
+            continue;
+        }
+        assert_eq!(job.state, JobState::Succeeded, "{}: {context}", host.name);
+        assert!(version.contains("1.1.0"), "{}: {version}", host.name);
+        if slot == STOPPED {
+            // Stopped before the install: still stopped after it, never started by the agent.
+            let state = host.sh("systemctl is-active demo");
+            assert_eq!(state.trim(), "inactive", "{}: {demo}", host.name);
+            continue;
+        }
         // Inside the host: the unit was stopped and started by systemctl, and answers 1.1.0.
+        host.run("systemctl is-active demo");
         let health = host.run(&format!("curl -fsS http://127.0.0.1:{port}/health"));
         assert!(health.contains("1.1.0"), "{}: {health}", host.name);
-        let demo = host.run("journalctl -u demo --no-pager -o cat");
-        assert!(demo.matches("Started demo.service").count() >= 2 || demo.matches("Started").count() >= 2, "{demo}");
-        assert!(
-            demo.contains("Stopping demo.service") || demo.contains("Stopped demo.service"),
-            "{}: {demo}",
-            host.name
-        );
-        host.run("systemctl is-active demo");
+        assert!(demo.matches("Started demo.service").count() >= 2, "{}: {demo}", host.name);
+        assert!(demo.contains("Stopped demo.service"), "{}: {demo}", host.name);
     }
 }
