@@ -73,15 +73,34 @@ pub struct NspawnHost {
 }
 
 impl NspawnHost {
-    /// Boots `name` from `rootfs` with `share` bound read-only at `/mnt/fleetup`; waits until
-    /// systemd has reached its default target ("running" or "degraded").
+    /// Boots `name` from an ephemeral snapshot of `rootfs` (its changes vanish when it
+    /// stops) with `share` bound read-only at `/mnt/fleetup`; waits until systemd has
+    /// reached its default target ("running" or "degraded").
     pub fn boot(rootfs: &Path, name: &str, share: &Path, logs: &Path) -> Self {
-        let log = logs.join(format!("nspawn-{name}.log"));
+        Self::start(rootfs, true, name, share, logs)
+    }
+
+    /// Like [`NspawnHost::boot`] from a root filesystem of its own (`root`, e.g. a copy
+    /// from [`own_copy`]), which keeps its changes across a restart.
+    pub fn boot_persistent(root: &Path, name: &str, share: &Path, logs: &Path) -> Self {
+        Self::start(root, false, name, share, logs)
+    }
+
+    /// Stops the host abruptly: SIGKILL to its init ends every process inside at once, with
+    /// no shutdown (a crash, not a power cut: the host kernel's page cache survives).
+    pub fn kill_abruptly(mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.leader), nix::sys::signal::Signal::SIGKILL);
+        wait_for(&format!("{} to stop", self.name), Duration::from_secs(30), || (!self.is_running()).then_some(()));
+    }
+
+    fn start(rootfs: &Path, ephemeral: bool, name: &str, share: &Path, logs: &Path) -> Self {
+        let log = logs.join(format!("nspawn-{name}-{}.log", std::fs::read_dir(logs).map_or(0, Iterator::count)));
         let out = std::fs::File::create(&log).unwrap();
         let nspawn = Command::new("systemd-nspawn")
             .arg("-D")
             .arg(rootfs)
-            .args(["--ephemeral", "-b", "--register=no", "--keep-unit", "-M", name, "--hostname", name])
+            .args(ephemeral.then_some("--ephemeral"))
+            .args(["-b", "--register=no", "--keep-unit", "-M", name, "--hostname", name])
             .arg(format!("--bind-ro={}:/mnt/fleetup", share.display()))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -89,7 +108,7 @@ impl NspawnHost {
             .spawn()
             .expect("systemd-nspawn");
         let pid = i32::try_from(nspawn.id()).unwrap();
-        let leader = wait_for(&format!("{name}'s systemd"), Duration::from_secs(60), || child_named(pid, "systemd"));
+        let leader = wait_for(&format!("{name}'s systemd"), Duration::from_mins(1), || child_named(pid, "systemd"));
         let mut host = Self { name: name.to_owned(), nspawn, leader, log };
         let state = wait_for(&format!("{name} to boot"), Duration::from_secs(90), || {
             let s = host.sh("systemctl is-system-running 2>/dev/null || true");
@@ -144,6 +163,12 @@ impl Drop for NspawnHost {
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
     }
+}
+
+/// A copy of `rootfs` at `to` for a host that must survive a restart.
+pub fn own_copy(rootfs: &Path, to: &Path) {
+    let ok = Command::new("cp").arg("-a").arg(rootfs).arg(to).status().expect("cp");
+    assert!(ok.success(), "copying the root filesystem to {}", to.display());
 }
 
 /// A child process of `parent` whose command name is `comm`.
