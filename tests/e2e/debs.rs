@@ -1,7 +1,7 @@
 //! The .deb packages an operator installs: `packaging/build-debs.sh` from the built
 //! binaries, then what is inside them, read back with `dpkg-deb` as an operator would.
 
-use fleetup_e2e::{binary, skip_or_fail, workspace_root};
+use fleetup_e2e::skip_or_fail;
 use std::process::Command;
 
 fn dpkg_deb(args: &[&str], deb: &std::path::Path) -> String {
@@ -17,18 +17,7 @@ fn debs_hold_binaries_units_config_and_state_dirs() {
         return;
     }
     let out_dir = tempfile::tempdir().unwrap();
-    let bin_dir = binary("fleetup-agent").parent().unwrap().to_path_buf();
-    binary("fleetup-server");
-    let built = Command::new(workspace_root().join("packaging/build-debs.sh"))
-        .arg("--bin-dir")
-        .arg(&bin_dir)
-        .arg("--out")
-        .arg(out_dir.path())
-        .env("DEB_COMPRESS", "none")
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "build-debs.sh: {}", String::from_utf8_lossy(&built.stderr));
-    let debs: Vec<_> = String::from_utf8_lossy(&built.stdout).lines().map(std::path::PathBuf::from).collect();
+    let debs = fleetup_e2e::build_debs(out_dir.path());
     assert_eq!(debs.len(), 2, "{debs:?}");
     let (agent, server) = (&debs[0], &debs[1]);
 

@@ -4,12 +4,11 @@
 
 use fleetup_e2e::fleet::{Server, free_port};
 use fleetup_e2e::nspawn::{NspawnHost, own_copy, rootfs};
-use fleetup_e2e::{binary, copy_tree, wait_for, workspace_root};
+use fleetup_e2e::{binary, build_debs, copy_tree, wait_for, workspace_root};
 use fleetup_proto::api::{Job, JobState, RolloutSpec, RolloutState};
 use fleetup_proto::id::PackageId;
 use serde_json::json;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_mins(3);
@@ -32,17 +31,7 @@ fn demo_unit(port: u16) -> String {
 /// uploaded package and an enrollment token for `n` hosts.
 async fn coordinator_and_share(dir: &Path, share: &Path, n: u32) -> (Server, PackageId, String) {
     std::fs::create_dir_all(share).unwrap();
-    let bin_dir = binary("fleetup-agent").parent().unwrap().to_path_buf();
-    binary("fleetup-server");
-    let built = Command::new(workspace_root().join("packaging/build-debs.sh"))
-        .arg("--bin-dir")
-        .arg(&bin_dir)
-        .arg("--out")
-        .arg(share)
-        .env("DEB_COMPRESS", "none")
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "build-debs.sh: {}", String::from_utf8_lossy(&built.stderr));
+    build_debs(share);
     std::fs::copy(binary("fleetup-demo-service"), share.join("fleetup-demo-service")).unwrap();
     copy_tree(&workspace_root().join("examples/base-1.0"), &share.join("base-1.0")).unwrap();
     let server = Server::start_tls(&dir.join("server"), &["--scheduler-interval-ms", "200"]).await;
@@ -106,20 +95,10 @@ async fn rollout_over_tls_to_three_systemd_hosts() {
         assert!(!journal.contains('\x1b'), "{}: colour codes in journald:\n{journal}", host.name);
     }
 
-    let spec: RolloutSpec = serde_json::from_value(json!({
-        "name": "demo 1.1 on systemd", "package_id": package, "targets": { "labels": { "env": "test" } },
-        "waves": [3], "concurrency": 3,
-    }))
-    .unwrap();
-    let r = server.client.create_rollout(&spec).await.unwrap();
-    server.client.start(&r.id).await.unwrap();
     let done = server
-        .client
-        .wait_rollout(&r.id, LONG, |r| {
-            matches!(r.state, RolloutState::Finished | RolloutState::Paused | RolloutState::Aborted)
-        })
-        .await
-        .unwrap();
+        .rollout_to_end(&package, json!({ "name": "demo 1.1 on systemd", "waves": [3], "concurrency": 3 }), LONG)
+        .await;
+    let r = &done;
     let jobs = server.jobs::<Job>(&r.id).await;
     let journals: Vec<String> =
         hosts.iter().map(|(h, _)| h.sh("journalctl -u fleetup-agent -u demo --no-pager -o cat | tail -40")).collect();

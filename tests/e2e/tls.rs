@@ -4,7 +4,7 @@
 use fleetup_e2e::fleet::{Host, Proc, Server, free_port, tls_init};
 use fleetup_e2e::tls::handshake;
 use fleetup_e2e::{binary, skip_or_fail, wait_for};
-use fleetup_proto::api::{JobState, RolloutSpec, RolloutState};
+use fleetup_proto::api::{JobState, RolloutState};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::process::Command;
@@ -28,20 +28,9 @@ async fn rollout_over_tls_to_an_agent_pinning_the_ca() {
     let mut host = Host::new(dir.path(), "tls-1", &crl);
     host.start_agent(&server, &token);
     server.every_agent_online(1, LONG).await;
-    let spec: RolloutSpec = serde_json::from_value(json!({
-        "name": "over tls", "package_id": package, "targets": { "labels": { "env": "test" } },
-        "waves": [1], "concurrency": 1,
-    }))
-    .unwrap();
-    let r = server.client.create_rollout(&spec).await.unwrap();
-    server.client.start(&r.id).await.unwrap();
-    let done = server
-        .client
-        .wait_rollout(&r.id, LONG, |r| {
-            matches!(r.state, RolloutState::Finished | RolloutState::Paused | RolloutState::Aborted)
-        })
-        .await
-        .unwrap();
+    let done =
+        server.rollout_to_end(&package, json!({ "name": "over tls", "waves": [1], "concurrency": 1 }), LONG).await;
+    let r = &done;
     assert_eq!(done.state, RolloutState::Finished, "{done:?}\n{}", host.agent.as_ref().unwrap().output());
     let jobs = server.jobs::<fleetup_proto::api::Job>(&r.id).await;
     assert_eq!(jobs[0].state, JobState::Succeeded);

@@ -157,6 +157,27 @@ impl Server {
         self.client.upload_package(&pkg).await.unwrap_or_else(|e| panic!("upload: {e}")).id
     }
 
+    /// Stages and starts a rollout of `package` to every `env=test` agent with the spec's
+    /// other fields from `extra`, and waits (up to `deadline`) until it stops by itself
+    /// (finished, paused or aborted).
+    pub async fn rollout_to_end(
+        &self,
+        package: &PackageId,
+        extra: Value,
+        deadline: Duration,
+    ) -> fleetup_proto::api::Rollout {
+        use fleetup_proto::api::{RolloutSpec, RolloutState};
+        let mut spec = serde_json::json!({ "package_id": package, "targets": { "labels": { "env": "test" } } });
+        spec.as_object_mut().unwrap().extend(extra.as_object().expect("a JSON object").clone());
+        let spec: RolloutSpec = serde_json::from_value(spec).expect("a valid rollout spec");
+        let r = self.client.create_rollout(&spec).await.unwrap_or_else(|e| panic!("staging: {e}"));
+        self.client.start(&r.id).await.unwrap_or_else(|e| panic!("starting: {e}"));
+        let ended = |r: &fleetup_proto::api::Rollout| {
+            matches!(r.state, RolloutState::Finished | RolloutState::Paused | RolloutState::Aborted)
+        };
+        self.client.wait_rollout(&r.id, deadline, ended).await.unwrap_or_else(|e| panic!("rollout {}: {e}", r.id))
+    }
+
     /// An enrollment token good for `uses` agents, giving them the label `env=test`.
     pub async fn enrollment_token(&self, uses: u32) -> String {
         let new = NewEnrollmentToken {
