@@ -92,6 +92,10 @@ enum Command {
     /// Run as an agent of a fleetup coordinator: enroll once, then long-poll for jobs and
     /// install them (see docs/agent.md).
     Run(run::RunArgs),
+    /// Enroll with a coordinator now and write the options given (not the token) to the
+    /// configuration file: then `systemctl enable --now fleetup-agent` needs nothing more.
+    /// Takes the options of `run`, e.g. `enroll --server https://… --token … --ca-cert FILE`.
+    Enroll(run::RunArgs),
     /// Finish an interrupted install recorded in the state dir (roll back or complete it).
     Recover {
         /// The agent's state dir.
@@ -161,6 +165,7 @@ where
         }),
         Command::Recover { state_dir, json } => install::recover(&state_dir, json),
         Command::Run(args) => run::run(args),
+        Command::Enroll(args) => run::enroll(args),
     };
     match result {
         Ok(code) => code,

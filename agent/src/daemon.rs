@@ -13,6 +13,7 @@ mod identity;
 mod job;
 mod lease;
 mod logs;
+pub mod tls;
 
 pub use download::Floor as DownloadFloor;
 
@@ -57,6 +58,8 @@ pub struct DaemonConfig {
     pub poll_wait: Duration,
     /// The slowest a package download may be before it is retried (resumed with Range).
     pub download_floor: DownloadFloor,
+    /// Whom the agent trusts as the coordinator (`--ca-cert`, `--insecure-http`).
+    pub tls: tls::TlsLink,
 }
 
 /// Exponential backoff for retries after transient failures: 0.5 s doubling to 30 s.
@@ -131,9 +134,10 @@ impl Ctx {
             hosts_file: state_dir.join("hosts"),
             poll_wait: Duration::from_secs(1),
             download_floor: DownloadFloor::default(),
+            tls: tls::TlsLink::default(),
         };
         Self {
-            client: Client::new(server).expect("a client").with_token("t"),
+            client: Client::new(server, &tls::TlsLink::default()).expect("a client").with_token("t"),
             config,
             backoff: Backoff::default(),
             current: std::sync::Mutex::new(None),
@@ -179,19 +183,31 @@ pub enum Stopped {
     DuringJob(Option<fleetup_proto::InstallOutcome>),
 }
 
+/// The identity in the state dir, enrolling first if there is none (`fleetup-agent
+/// enroll` and the start of `run`). Returns the agent id.
+pub async fn enroll_once(config: &DaemonConfig) -> anyhow::Result<String> {
+    Ok(enrolled(config).await?.agent_id)
+}
+
+async fn enrolled(config: &DaemonConfig) -> anyhow::Result<identity::Identity> {
+    std::fs::create_dir_all(&config.state_dir)?;
+    match identity::load(&config.state_dir)? {
+        Some(id) => Ok(id),
+        None => enroll(config).await,
+    }
+}
+
 /// Runs until `shutdown` resolves. A job in progress is cancelled as its phase allows
 /// (rolled back up to `update-files`, finished forward from `post-precompile`), ends, is
 /// reported, then the daemon returns; a further SIGTERM or SIGINT meanwhile is answered
 /// with what is still being done.
 pub async fn run(config: DaemonConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<Stopped> {
-    std::fs::create_dir_all(&config.state_dir)?;
-    let identity = match identity::load(&config.state_dir)? {
-        Some(id) => id,
-        None => enroll(&config).await?,
-    };
+    let identity = enrolled(&config).await?;
     tracing::info!(agent = %identity.agent_id, server = %identity.server, "agent ready");
+    // Under systemd (`Type=notify`): started once enrolled.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let ctx = Ctx {
-        client: Client::new(&config.server)?.with_token(&identity.agent_token),
+        client: Client::new(&config.server, &config.tls)?.with_token(&identity.agent_token),
         config,
         backoff: Backoff::default(),
         current: std::sync::Mutex::new(None),
@@ -301,7 +317,7 @@ async fn enroll(config: &DaemonConfig) -> anyhow::Result<identity::Identity> {
             config.state_dir.display()
         )
     })?;
-    let client = Client::new(&config.server)?;
+    let client = Client::new(&config.server, &config.tls)?;
     let hostname = config.hostname.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
     });

@@ -135,6 +135,15 @@ impl Client {
         })
     }
 
+    /// The same client trusting only the CA certificates in `pem` for https (a coordinator
+    /// with a private CA, e.g. the ca.pem of `fleetup-server tls init`).
+    pub fn with_ca_cert(mut self, pem: &[u8]) -> Result<Self, Error> {
+        let transport = |source| Error::Transport { call: "reading the CA certificate".into(), source };
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(transport)?;
+        self.http = reqwest::Client::builder().tls_certs_only(certs).build().map_err(transport)?;
+        Ok(self)
+    }
+
     /// The same client with another per-request timeout (a benchmark reading 10,000 jobs,
     /// a large upload).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {

@@ -12,6 +12,8 @@ pub mod decision;
 pub mod event;
 pub mod id;
 pub mod keys;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod manifest;
 pub mod package;
 pub mod phase;

@@ -1,4 +1,4 @@
-//! The command line: `serve` and `token create`.
+//! The command line: `serve`, `token create`, `user create`, `tls init`.
 
 use crate::config::Config;
 use crate::model::Role;
@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "fleetup-server", version)]
 pub struct Cli {
+    /// Log lines as `text` or `json` (one object per line). Levels: FLEETUP_LOG.
+    #[arg(long, global = true, default_value = "text", env = "FLEETUP_LOG_FORMAT")]
+    pub log_format: fleetup_proto::logging::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -29,6 +32,33 @@ pub enum Command {
         /// What to do with users.
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Certificates for HTTPS.
+    Tls {
+        /// What to do.
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+/// TLS commands.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Make a private CA and a server certificate signed by it (ca.pem, ca-key.pem,
+    /// server.pem, server-key.pem in DIR) and print the CA's SHA-256 fingerprint. Serve
+    /// with `--tls-cert DIR/server.pem --tls-key DIR/server-key.pem`; give agents
+    /// `--ca-cert ca.pem`.
+    Init {
+        /// Where to write the files (created; existing files are never overwritten).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// A name agents use to reach the coordinator: a DNS name or an IP address
+        /// (repeatable; the first is the certificate's common name).
+        #[arg(long = "name", value_name = "HOST", required = true)]
+        names: Vec<String>,
+        /// Validity of both certificates in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
     },
 }
 

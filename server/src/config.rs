@@ -14,7 +14,7 @@ pub struct Config {
     pub database_url: String,
     /// A trusted package-signing public key (`.pub` file); repeat for several. Uploads
     /// signed by any other key are refused.
-    #[arg(long = "trust", value_name = "KEY.pub")]
+    #[arg(long = "trust", value_name = "KEY.pub", env = "FLEETUP_TRUST", value_delimiter = ',')]
     pub trust: Vec<PathBuf>,
     /// Directory where uploaded packages are kept.
     #[arg(long, default_value = "fleetup-data", env = "FLEETUP_DATA_DIR")]
@@ -52,6 +52,13 @@ pub struct Config {
     /// …and past this many seconds too, however quick the phase usually is.
     #[arg(long, default_value_t = 300, env = "FLEETUP_STALL_FLOOR_SECS")]
     pub stall_floor_secs: u64,
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key`; reloaded on SIGHUP).
+    /// Without it the coordinator speaks plain HTTP (for loopback or behind a TLS proxy).
+    #[arg(long, value_name = "FILE", env = "FLEETUP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "FILE", env = "FLEETUP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `--session-idle-mins`: a positive number of minutes, fractions allowed.
@@ -81,6 +88,16 @@ impl Config {
             session_idle: Duration::from_mins(30),
             stall_factor: 3.0,
             stall_floor_secs: 300,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+
+    /// The certificate pair to serve HTTPS with, if any.
+    pub fn tls(&self) -> Option<crate::tls::PemPair> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::PemPair { cert: cert.clone(), key: key.clone() }),
+            _ => None,
         }
     }
 
@@ -115,6 +132,7 @@ impl std::fmt::Debug for Config {
             .field("delivery_timeout_secs", &self.delivery_timeout_secs)
             .field("scheduler_interval_ms", &self.scheduler_interval_ms)
             .field("session_idle", &self.session_idle)
+            .field("tls_cert", &self.tls_cert)
             .finish_non_exhaustive()
     }
 }

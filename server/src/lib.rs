@@ -17,6 +17,7 @@ pub mod model;
 pub mod ops;
 pub mod scheduler;
 pub mod store;
+pub mod tls;
 pub mod web;
 
 use app::{App, AppState};
@@ -39,6 +40,9 @@ pub enum ServerError {
         /// Why.
         source: fleetup_proto::KeyError,
     },
+    /// The TLS certificate pair.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     /// Files or the socket.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -63,6 +67,8 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // A bad certificate pair stops the server before anything else happens.
+    let tls = config.tls().map(|pair| pair.load().map(|live| (pair, live))).transpose()?;
     let store = store::connect(&config.database_url).await?;
     let mut trusted = Vec::new();
     for path in &config.trust {
@@ -86,7 +92,8 @@ pub async fn run(
         logins: limits::LoginLimiter::default(),
         agent_limits: agent_limits::AgentLimits::default(),
     });
-    tracing::info!(addr = ?listener.local_addr().ok(), backend = app.store.backend(), "fleetup-server listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, tls = tls.is_some(), backend = app.store.backend(), "fleetup-server listening");
     let tasks = [
         tokio::spawn(scheduler::run(app.clone(), cancel.clone())),
         tokio::spawn(app::heartbeat_flusher(app.clone(), cancel.clone())),
@@ -95,19 +102,51 @@ pub async fn run(
     // The dashboard has no fallback of its own: unknown paths get the API's JSON 404.
     let router = web::router(AppState(app.clone())).merge(api::router(AppState(app.clone())));
     let stop = cancel.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stop.cancel();
+    };
+    // Under systemd (`Type=notify`): ready once the socket is bound and the store open.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     // `into_make_service`: a cheap clone of the router per connection. Serving the `Router`
     // itself re-runs `with_state(())` for every connection, rebuilding the route tables:
     // ~19 KiB per held connection (docs/benchmarks.md, P1 memory). `with_connect_info`: the
     // peer address as `ConnectInfo`, which the login limits key on (docs/decisions.md).
-    let result = axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop.cancel();
-        })
-        .await;
+    let result = match tls {
+        None => {
+            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some((pair, live)) => {
+            let reload = tokio::spawn(pair.reload_on_sighup(live.clone(), cancel.clone()));
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                // Long-polls end at once on `cancel`; give uploads and downloads a while.
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
+            });
+            // Over TLS the request is https whatever a client claims: cookies get `Secure`
+            // (web::session reads the same header a TLS-terminating proxy sets).
+            let router = router.layer(axum::middleware::map_request(mark_https));
+            let served = axum_server::from_tcp_rustls(listener.into_std()?, live)?
+                .handle(handle)
+                .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .await;
+            reload.abort();
+            served
+        }
+    };
     cancel.cancel();
     for t in tasks {
         let _ = t.await;
     }
     result.map_err(ServerError::Io)
+}
+
+/// Marks a request that arrived over this server's TLS as https (`X-Forwarded-Proto`).
+async fn mark_https(mut req: axum::extract::Request) -> axum::extract::Request {
+    req.headers_mut().insert("x-forwarded-proto", axum::http::HeaderValue::from_static("https"));
+    req
 }

@@ -2,7 +2,7 @@
 //! (The demo lives in the umbrella `fleetup` binary, so this one carries no agent.)
 
 use clap::Parser as _;
-use fleetup_server::cli::{Cli, Command, TokenCommand, UserCommand};
+use fleetup_server::cli::{Cli, Command, TlsCommand, TokenCommand, UserCommand};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -13,7 +13,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(Cli::parse().command)) {
+    let cli = Cli::parse();
+    fleetup_proto::logging::init(cli.log_format, "FLEETUP_LOG");
+    match runtime.block_on(serve(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -23,10 +25,6 @@ fn main() -> ExitCode {
 }
 
 async fn serve(command: Command) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FLEETUP_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -48,6 +46,14 @@ async fn serve(command: Command) -> anyhow::Result<()> {
             let password = fleetup_server::cli::read_password(password_stdin)?;
             fleetup_server::cli::create_user(&database_url, &username, &password, role).await?;
             println!("created {} user {username}", role.as_str());
+        }
+        Command::Tls { command: TlsCommand::Init { dir, names, days } } => {
+            let q = fleetup_server::tls::init(&dir, &names, days)?;
+            println!("CA certificate (give to agents as --ca-cert): {}", q.ca_cert.display());
+            println!("CA key (keep it offline):                     {}", q.ca_key.display());
+            println!("server certificate (--tls-cert):             {}", q.cert.display());
+            println!("server key (--tls-key):                      {}", q.key.display());
+            println!("CA SHA-256 fingerprint: {}", q.fingerprint);
         }
     }
     Ok(())

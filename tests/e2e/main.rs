@@ -1,8 +1,12 @@
 //! End-to-end tests: the real binaries, driven as a user would.
 
+mod agent_config;
 mod browser;
+mod debs;
 mod demo;
 mod docker;
 mod fleet;
 mod link;
+mod nspawn;
 mod packaging_cli;
+mod tls;

@@ -77,12 +77,32 @@ pub struct Server {
     pub dir: PathBuf,
     /// The operator API with the admin token: the one typed client, as any automation uses.
     pub client: Client,
+    /// Over TLS: the private CA (from `fleetup-server tls init`) agents pin.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Server {
     /// Starts `fleetup-server serve` on a free port with a fresh database (`database_url`,
     /// or a SQLite file in `dir` when `None`) and short leases for tests.
     pub async fn start(dir: &Path, database_url: Option<&str>, extra: &[&str]) -> Self {
+        Self::launch(dir, database_url, extra, None).await
+    }
+
+    /// Like [`Server::start`], serving HTTPS with a certificate for `localhost` and
+    /// `127.0.0.1` from `fleetup-server tls init` (its files in `dir/tls`); the operator
+    /// client pins that CA, as agents do with [`Server::ca_cert`].
+    pub async fn start_tls(dir: &Path, extra: &[&str]) -> Self {
+        let tls = dir.join("tls");
+        if !tls.join("ca.pem").exists() {
+            tls_init(&tls, &["localhost", "127.0.0.1"]);
+        }
+        let (cert, key) = (tls.join("server.pem"), tls.join("server-key.pem"));
+        let mut args = vec!["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Self::launch(dir, None, &args, Some(tls.join("ca.pem"))).await
+    }
+
+    async fn launch(dir: &Path, database_url: Option<&str>, extra: &[&str], ca_cert: Option<PathBuf>) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let key = dir.join("release.key");
         let key_pub = dir.join("release.key.pub");
@@ -107,12 +127,16 @@ impl Server {
             .args(extra)
             .env("RUST_LOG", "info");
         let proc = Proc::spawn(cmd, dir.join("server.log"));
-        let url = format!("http://127.0.0.1:{port}");
-        let client = Client::new(&url, &token).expect("an HTTP client");
+        let scheme = if ca_cert.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let mut client = Client::new(&url, &token).expect("an HTTP client");
+        if let Some(ca) = &ca_cert {
+            client = client.with_ca_cert(&std::fs::read(ca).unwrap()).expect("the CA certificate");
+        }
         if let Err(e) = client.wait_healthy(Duration::from_secs(30)).await {
             panic!("server did not become healthy: {e}\n{}", proc.output());
         }
-        Self { url, token, proc, key, key_pub, dir: dir.to_path_buf(), client }
+        Self { url, token, proc, key, key_pub, dir: dir.to_path_buf(), client, ca_cert }
     }
 
     /// Packs `src` (default: the sample rollup) with the server's key, with the agent's
@@ -131,6 +155,27 @@ impl Server {
             .unwrap();
         assert!(out.status.success(), "pack: {}", String::from_utf8_lossy(&out.stderr));
         self.client.upload_package(&pkg).await.unwrap_or_else(|e| panic!("upload: {e}")).id
+    }
+
+    /// Stages and starts a rollout of `package` to every `env=test` agent with the spec's
+    /// other fields from `extra`, and waits (up to `deadline`) until it stops by itself
+    /// (finished, paused or aborted).
+    pub async fn rollout_to_end(
+        &self,
+        package: &PackageId,
+        extra: Value,
+        deadline: Duration,
+    ) -> fleetup_proto::api::Rollout {
+        use fleetup_proto::api::{RolloutSpec, RolloutState};
+        let mut spec = serde_json::json!({ "package_id": package, "targets": { "labels": { "env": "test" } } });
+        spec.as_object_mut().unwrap().extend(extra.as_object().expect("a JSON object").clone());
+        let spec: RolloutSpec = serde_json::from_value(spec).expect("a valid rollout spec");
+        let r = self.client.create_rollout(&spec).await.unwrap_or_else(|e| panic!("staging: {e}"));
+        self.client.start(&r.id).await.unwrap_or_else(|e| panic!("starting: {e}"));
+        let ended = |r: &fleetup_proto::api::Rollout| {
+            matches!(r.state, RolloutState::Finished | RolloutState::Paused | RolloutState::Aborted)
+        };
+        self.client.wait_rollout(&r.id, deadline, ended).await.unwrap_or_else(|e| panic!("rollout {}: {e}", r.id))
     }
 
     /// An enrollment token good for `uses` agents, giving them the label `env=test`.
@@ -177,6 +222,17 @@ impl Server {
             }
         }
     }
+}
+
+/// `fleetup-server tls init --dir DIR --name …`: a private CA and a server certificate.
+pub fn tls_init(dir: &Path, names: &[&str]) {
+    let mut cmd = Command::new(binary("fleetup-server"));
+    cmd.args(["tls", "init", "--dir"]).arg(dir);
+    for n in names {
+        cmd.args(["--name", n]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "tls init: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A simulated server of the fleet: an install root at 1.0 with the demo service
@@ -281,6 +337,9 @@ impl Host {
             .arg(self.dir.join("hosts"))
             .args(["--services-backend", "exec", "--poll-wait", "5"])
             .env("RUST_LOG", "info");
+        if let Some(ca) = &server.ca_cert {
+            cmd.arg("--ca-cert").arg(ca);
+        }
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
         for l in &self.labels {
             cmd.args(["--label", l]);

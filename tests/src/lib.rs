@@ -3,8 +3,10 @@
 
 pub mod browser;
 pub mod fleet;
+pub mod nspawn;
 pub mod proxy;
 pub mod sim;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -79,4 +81,21 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Resul
         }
     }
     Ok(())
+}
+
+/// `packaging/build-debs.sh` on the binaries of this build, uncompressed (fast), into
+/// `out`; returns the agent's and the server's .deb, in that order.
+pub fn build_debs(out: &std::path::Path) -> Vec<PathBuf> {
+    let bin_dir = binary("fleetup-agent").parent().expect("a target dir").to_path_buf();
+    binary("fleetup-server");
+    let built = std::process::Command::new(workspace_root().join("packaging/build-debs.sh"))
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--out")
+        .arg(out)
+        .env("DEB_COMPRESS", "none")
+        .output()
+        .expect("running packaging/build-debs.sh");
+    assert!(built.status.success(), "build-debs.sh: {}", String::from_utf8_lossy(&built.stderr));
+    String::from_utf8_lossy(&built.stdout).lines().map(PathBuf::from).collect()
 }

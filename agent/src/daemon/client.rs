@@ -61,21 +61,19 @@ const MAX_RETRY_AFTER: Duration = Duration::from_mins(5);
 
 /// The HTTP client every call of the agent uses: the one place that configures
 /// connections (timeouts, user agent, and TLS when it is added).
-fn http_client() -> anyhow::Result<reqwest::Client> {
-    // reqwest is built without a bundled crypto provider; ring keeps the build small.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(reqwest::Client::builder()
+fn http_client(server: &str, link: &super::tls::TlsLink) -> anyhow::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("fleetup-agent/", env!("CARGO_PKG_VERSION")))
-        .build()?)
+        .user_agent(concat!("fleetup-agent/", env!("CARGO_PKG_VERSION")));
+    Ok(link.client(server, builder)?)
 }
 
 impl Client {
-    /// A client for `server` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(server: &str) -> anyhow::Result<Self> {
+    /// A client for `server` (e.g. `https://fleetup.example:8443`), trusting as `link` says.
+    pub fn new(server: &str, link: &super::tls::TlsLink) -> anyhow::Result<Self> {
         let base = Url::parse(server.trim_end_matches('/')).map_err(|e| {
-            anyhow::anyhow!("--server '{server}' is not a URL ({e}); give one like http://coordinator:8080")
+            anyhow::anyhow!("--server '{server}' is not a URL ({e}); give one like https://coordinator:8443")
         })?;
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             anyhow::bail!("--server '{server}' must be an http:// or https:// URL with a host");
@@ -83,7 +81,7 @@ impl Client {
         if !base.username().is_empty() || base.password().is_some() || base.query().is_some() {
             anyhow::bail!("--server '{server}' must not carry a user, password or query");
         }
-        Ok(Self { http: http_client()?, base, token: None })
+        Ok(Self { http: http_client(server, link)?, base, token: None })
     }
 
     /// The same client, authenticated as an agent.
@@ -197,7 +195,8 @@ fn retry_after(resp: &reqwest::Response) -> Duration {
 }
 
 async fn checked(resp: Result<reqwest::Response, reqwest::Error>) -> Result<reqwest::Response, CallError> {
-    let resp = resp.map_err(|e| CallError::Transient(format!("coordinator unreachable: {e}")))?;
+    let resp =
+        resp.map_err(|e| CallError::Transient(format!("coordinator unreachable: {}", super::tls::describe(&e))))?;
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
@@ -234,10 +233,11 @@ async fn json<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::tls::TlsLink;
 
     #[test]
     fn only_paths_on_the_configured_origin() {
-        let c = Client::new("http://127.0.0.1:8080").unwrap();
+        let c = Client::new("http://127.0.0.1:8080", &TlsLink::default()).unwrap();
         assert_eq!(
             c.url("/api/v1/agent/packages/p1").unwrap().as_str(),
             "http://127.0.0.1:8080/api/v1/agent/packages/p1"
@@ -252,12 +252,12 @@ mod tests {
         ] {
             assert!(c.url(hostile).is_err(), "{hostile}");
         }
-        let prefixed = Client::new("http://127.0.0.1:8080/fleetup/").unwrap();
+        let prefixed = Client::new("http://127.0.0.1:8080/fleetup/", &TlsLink::default()).unwrap();
         assert_eq!(
             prefixed.url("/api/v1/agent/poll").unwrap().as_str(),
             "http://127.0.0.1:8080/fleetup/api/v1/agent/poll"
         );
-        assert!(Client::new("http://u:p@127.0.0.1:8080").is_err());
+        assert!(Client::new("http://u:p@127.0.0.1:8080", &TlsLink::default()).is_err());
     }
 
     /// An endless answer is read up to the cap and refused; memory stays bounded.
@@ -281,7 +281,7 @@ mod tests {
             }
             sent
         });
-        let c = Client::new(&format!("http://{addr}")).unwrap().with_token("t");
+        let c = Client::new(&format!("http://{addr}"), &TlsLink::default()).unwrap().with_token("t");
         let err = c.poll(Duration::from_secs(1)).await.unwrap_err();
         assert!(err.to_string().contains("over"), "{err}");
         let sent = tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
@@ -305,7 +305,7 @@ mod tests {
             s.write_all(head.as_bytes()).await.unwrap();
             s.write_all(body.as_bytes()).await.unwrap();
         });
-        let c = Client::new(&format!("http://{addr}")).unwrap().with_token("t");
+        let c = Client::new(&format!("http://{addr}"), &TlsLink::default()).unwrap().with_token("t");
         let batch = EventBatch { fencing_token: 1, events: vec![] };
         match c.report("j1", &batch, Duration::ZERO).await {
             Err(CallError::Busy(after)) => assert_eq!(after, Duration::from_secs(7)),
