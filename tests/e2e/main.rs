@@ -7,6 +7,5 @@ mod demo;
 mod docker;
 mod fleet;
 mod link;
-mod nspawn;
 mod packaging_cli;
 mod tls;

@@ -225,7 +225,11 @@ impl TestApp {
     }
 
     pub async fn upload_package(&self) -> String {
-        let bytes = std::fs::read(&fixture().package).unwrap();
+        self.upload_bytes(std::fs::read(&fixture().package).unwrap()).await
+    }
+
+    /// Uploads a package file's bytes as the operator; returns the package id.
+    async fn upload_bytes(&self, bytes: Vec<u8>) -> String {
         let res = self
             .client
             .post(format!("{}/api/v1/packages", self.base))
@@ -253,18 +257,7 @@ impl TestApp {
         let key = fleetup_proto::SecretKey::read(&fixture().trusted.with_extension("")).unwrap();
         let package = dir.path().join("variant.fleetup");
         fleetup_proto::package::pack_dir(&copy, &key, &package).unwrap();
-        let res = self
-            .client
-            .post(format!("{}/api/v1/packages", self.base))
-            .bearer_auth(&self.operator)
-            .body(std::fs::read(&package).unwrap())
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let v: Value = res.json().await.unwrap();
-        assert_eq!(status, 201, "{v}");
-        v["id"].as_str().unwrap().to_owned()
+        self.upload_bytes(std::fs::read(&package).unwrap()).await
     }
 
     pub async fn enrollment_token(&self, labels: Value) -> String {
