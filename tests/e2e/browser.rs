@@ -166,13 +166,16 @@ async fn crl_warning_continue_and_failure_with_logs() {
     // The CRL warning waits for a decision: endpoint, probe result, copyable remediation.
     let panel = b.wait_text("the CRL decision", "#decisions", "crl.fleetup.test", LONG).await;
     assert!(panel.contains("unreachable"), "{panel}");
-    let textarea = b.client.find(Locator::Css("#decisions textarea.copy")).await.unwrap();
-    assert!(textarea.attr("readonly").await.unwrap().is_some(), "the remediation box is read-only");
-    let remediation = textarea.prop("value").await.unwrap().unwrap_or_default();
+    let (readonly, remediation) = b
+        .with_element("the remediation box", "#decisions textarea.copy", async |t| {
+            Ok((t.attr("readonly").await?, t.prop("value").await?.unwrap_or_default()))
+        })
+        .await;
+    assert!(readonly.is_some(), "the remediation box is read-only");
     assert!(remediation.contains("crl.fleetup.test"), "{remediation}");
     assert!(!remediation.contains("<a "), "text, not a link");
     b.screenshot("05-crl-warning-decision").await;
-    b.client.find(Locator::Css("#decisions button[data-answer='continue']")).await.unwrap().click().await.unwrap();
+    b.with_element("the continue button", "#decisions button[data-answer='continue']", async |e| e.click().await).await;
 
     // web-1 goes on and succeeds; web-2's failure shows with its failing phase and log lines.
     b.wait_for("web-1 installed, shown live", LONG, async || {
@@ -316,7 +319,7 @@ async fn a_thousand_crl_decisions_are_one_group_answered_in_one_click() {
     b.screenshot("09-grouped-crl-decision").await;
 
     // One click answers the group.
-    b.client.find(Locator::Css("#decisions button[data-answer='continue']")).await.unwrap().click().await.unwrap();
+    b.with_element("the continue button", "#decisions button[data-answer='continue']", async |e| e.click().await).await;
     b.wait_for("no server waiting any more", LONG, async || {
         let t = b.client.find(Locator::Id("count-waiting")).await.ok()?.text().await.ok()?;
         (t == "0").then_some(())

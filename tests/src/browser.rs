@@ -125,6 +125,22 @@ impl Browser {
         .await
     }
 
+    /// Finds the element matching `css` and runs `act` on it; when the page replaced the
+    /// element in between (a live update re-rendered its panel: a stale element), finds it
+    /// again, for up to 20 s.
+    pub async fn with_element<T>(
+        &self,
+        what: &str,
+        css: &str,
+        mut act: impl AsyncFnMut(fantoccini::elements::Element) -> Result<T, fantoccini::error::CmdError>,
+    ) -> T {
+        self.wait_for(what, Duration::from_secs(20), async || {
+            let e = self.client.find(Locator::Css(css)).await.ok()?;
+            act(e).await.ok()
+        })
+        .await
+    }
+
     /// Polls `check` until it gives `Some`, or panics after `deadline` with the page source.
     pub async fn wait_for<T>(&self, what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
         let start = Instant::now();
