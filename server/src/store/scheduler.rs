@@ -224,13 +224,19 @@ impl SchedulerPass {
         Ok(out)
     }
 
-    /// A rollout's job counts by (wave, state).
+    /// A rollout's job counts by (wave, state). A failure no pass has classified yet (it
+    /// may be retried: [`SchedulerPass::unclassified_failures`]) counts as still running:
+    /// on Postgres a job can fail between this pass's classification and this read (each
+    /// statement sees what was committed before it began), and a wave must not be judged
+    /// on a failure that the next pass turns into a retry.
     pub async fn counts(&mut self, id: &RolloutId) -> StoreResult<Counts> {
-        let rows: Vec<(i64, String, i64)> =
-            sqlx::query_as("select wave, state, count(*) from jobs where rollout_id = $1 group by wave, state")
-                .bind(id.as_str())
-                .fetch_all(&mut *self.tx)
-                .await?;
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+            "select wave, (case when transient is null and state in ('failed', 'rolled-back', 'lost') \
+             then 'running' else state end) as counted, count(*) from jobs where rollout_id = $1 group by 1, 2",
+        )
+        .bind(id.as_str())
+        .fetch_all(&mut *self.tx)
+        .await?;
         rows.into_iter()
             .map(|(w, s, n)| {
                 let s = JobState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("job state '{s}'")))?;
