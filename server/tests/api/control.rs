@@ -2,7 +2,7 @@
 //! job, a scheduled start, soak time between waves, maintenance windows in an IANA zone,
 //! late joiners and the stall alarm. Every wait here is a condition with a deadline.
 
-use crate::helpers::{Backend, FakeAgent, TestApp, ev, final_ev, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, FakeAgent, TestApp, ev, final_ev, spawn_app, spawn_app_with, warning_ev};
 use chrono::{Duration as Span, SecondsFormat, Timelike as _, Utc};
 use fleetup_proto::agent_api::JobAssignment;
 use fleetup_proto::{EngineEvent, InstallOutcome, PhaseId, PhaseStatus};
@@ -323,18 +323,7 @@ async fn a_phase_running_far_past_its_learned_p95_is_flagged_stalled(backend: Ba
 
 /// A CRL warning naming `endpoint`, asked by a job.
 fn crl_warning(seq: u64, endpoint: &str) -> EngineEvent {
-    use fleetup_proto::{DecisionKind, DecisionRequest};
-    let kind = DecisionKind::Warning { code: "crl-unreachable".into(), remediation: None };
-    let req = DecisionRequest {
-        id: 1,
-        phase: PhaseId::CheckSystem,
-        message: format!("CRL endpoint {endpoint} is unreachable: refused"),
-        options: DecisionRequest::options_for(&kind),
-        kind,
-    };
-    let mut e = ev(seq, PhaseId::CheckSystem, PhaseStatus::Warning);
-    e.data = json!({ "decision": req });
-    e
+    warning_ev(seq, "crl-unreachable", &format!("CRL endpoint {endpoint} is unreachable: refused"))
 }
 
 /// "The same answer for this warning from now on": a bulk answer given with `remember`

@@ -411,6 +411,23 @@ pub fn ev(seq: u64, phase: PhaseId, status: PhaseStatus) -> EngineEvent {
     EngineEvent { seq, phase, status, message: format!("{phase} {status:?}"), data: Value::Null, at: Utc::now() }
 }
 
+/// A check-system warning with code `code` asking a decision (id 1) whose question is
+/// `message`.
+pub fn warning_ev(seq: u64, code: &str, message: &str) -> EngineEvent {
+    use fleetup_proto::{DecisionKind, DecisionRequest};
+    let kind = DecisionKind::Warning { code: code.into(), remediation: None };
+    let req = DecisionRequest {
+        id: 1,
+        phase: PhaseId::CheckSystem,
+        message: message.into(),
+        options: DecisionRequest::options_for(&kind),
+        kind,
+    };
+    let mut e = ev(seq, PhaseId::CheckSystem, PhaseStatus::Warning);
+    e.data = json!({ "decision": req });
+    e
+}
+
 pub fn final_ev(seq: u64, outcome: InstallOutcome) -> EngineEvent {
     let summary = InstallSummary {
         outcome,

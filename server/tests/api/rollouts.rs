@@ -275,8 +275,7 @@ crate::both_backends!(one_call_answers_every_open_decision_of_a_kind);
 /// answers the warnings naming one endpoint; the others stay open; the audit has one record
 /// with the count.
 async fn one_call_answers_every_open_decision_of_a_kind(backend: Backend) {
-    use crate::helpers::ev;
-    use fleetup_proto::{DecisionKind, DecisionRequest, PhaseId, PhaseStatus};
+    use crate::helpers::warning_ev;
     let Some(app) = spawn_app(backend).await else { return };
     let package = app.upload_package().await;
     let agents = app.fleet("crl", 4).await;
@@ -291,16 +290,7 @@ async fn one_call_answers_every_open_decision_of_a_kind(backend: Backend) {
             2 => ("crl-unreachable", "CRL endpoint http://crl.b.test/y.crl is unreachable: refused"),
             _ => ("prerequisite", "libfoo 2 is missing"),
         };
-        let kind = DecisionKind::Warning { code: code.into(), remediation: None };
-        let req = DecisionRequest {
-            id: 1,
-            phase: PhaseId::CheckSystem,
-            message: message.into(),
-            options: DecisionRequest::options_for(&kind),
-            kind,
-        };
-        let mut e = ev(1, PhaseId::CheckSystem, PhaseStatus::Warning);
-        e.data = json!({ "decision": req });
+        let e = warning_ev(1, code, message);
         let (s, _) = a.report(&job.job_id, job.fencing_token, vec![e]).await;
         assert_eq!(s, 200);
         jobs.push(job);
