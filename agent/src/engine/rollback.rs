@@ -28,10 +28,28 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
         |r| matches!(r, Record::Phase { phase } if *phase >= PhaseId::StartServices && *phase != PhaseId::Rollback),
     );
     let stopped = records.iter().any(|r| matches!(r, Record::ServicesStopping { .. }));
-    if started_new && let Some(m) = run.manifest.clone() {
+    // Stopped by the install and not started again by it, a service that runs now was
+    // started behind its back (the boot starting an enabled unit after a crash, an
+    // operator, a restart policy) on a half-updated tree: it is stopped before the old
+    // files come back, or it would go on serving what it read from the new ones.
+    if (started_new || stopped)
+        && let Some(m) = run.manifest.clone()
+    {
         for s in m.services.iter().rev() {
+            let behind_our_back = !started_new && run.services.is_running(s).unwrap_or(false);
             if let Err(e) = run.services.stop(s) {
                 errors.push(format!("stopping {}: {e}", s.name));
+            } else if behind_our_back {
+                run.em.emit(
+                    p,
+                    PhaseStatus::Running,
+                    format!(
+                        "service {} was running though the install had stopped it (started by the boot or by \
+                         someone else while the install was interrupted): stopped before restoring the files",
+                        s.name
+                    ),
+                    json!({ "service": s.name, "started_behind_the_install": true }),
+                );
             }
         }
     }

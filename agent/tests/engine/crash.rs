@@ -206,6 +206,20 @@ fn sigkill_after_each_change_of_the_rename_set_rolls_back_whole_shard_1() {
     kill_renames(1, 2);
 }
 
+/// After the kill, something starts the stopped service on the half-updated tree (on a
+/// real host: the boot starting the enabled unit before the agent recovers). Recovery
+/// stops it before restoring the files, and the service the rollback starts serves the
+/// version on disk, not the one the intruder read from the new files.
+#[test]
+fn a_service_started_behind_the_interrupted_install_serves_the_restored_version() {
+    let (fx, old_tree) = kill_in_rename_set(SET - 1);
+    assert!(!fx.service_running(), "the install had not stopped the service before update-files");
+    fx.start_service();
+    fx.wait_version("1.1.0");
+    let outcome = assert_converges(&fx, "service started behind the install", &old_tree, None);
+    assert_eq!(outcome, InstallOutcome::RolledBack);
+}
+
 #[test]
 fn sigkill_during_the_recovery_undo_then_restart_rolls_back_whole() {
     for j in [1, SET - 1] {
