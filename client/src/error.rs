@@ -7,7 +7,8 @@ use reqwest::StatusCode;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The body of every API error: `{"error": {"code": "...", "message": "..."}}`.
+/// What an API error said: the `code` and `detail` of its problem document
+/// ([`fleetup_proto::problem`]), or the `{"error": {"code", "message"}}` of older coordinators.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct ErrorBody {
     /// Stable machine-readable code (`not-found`, `conflict`, `stale-lease`, …).
@@ -114,10 +115,6 @@ pub(crate) fn shown(body: &str) -> String {
 
 /// The error of a non-2xx answer, with the API's error body when it parses as one.
 pub(crate) fn status_error(call: String, status: StatusCode, body: &str) -> Error {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        error: ErrorBody,
-    }
-    let api = serde_json::from_str::<Envelope>(body).ok().map(|e| e.error);
+    let api = fleetup_proto::problem::Problem::parse(body).map(|p| ErrorBody { code: p.code, message: p.detail });
     Error::Status { call, status, api, body: shown(body) }
 }

@@ -219,21 +219,22 @@ impl RolloutState {
         }
     }
 
+    /// Every state, in lifecycle order.
+    pub const ALL: [RolloutState; 9] = [
+        RolloutState::Draft,
+        RolloutState::Running,
+        RolloutState::Paused,
+        RolloutState::AwaitingApproval,
+        RolloutState::Finished,
+        RolloutState::Cancelling,
+        RolloutState::Cancelled,
+        RolloutState::Aborting,
+        RolloutState::Aborted,
+    ];
+
     /// Parses the stored id.
     pub fn parse(s: &str) -> Option<RolloutState> {
-        [
-            RolloutState::Draft,
-            RolloutState::Running,
-            RolloutState::Paused,
-            RolloutState::AwaitingApproval,
-            RolloutState::Finished,
-            RolloutState::Cancelling,
-            RolloutState::Cancelled,
-            RolloutState::Aborting,
-            RolloutState::Aborted,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
     /// Ended for good.

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod manifest;
 pub mod package;
 pub mod phase;
+pub mod problem;
 pub mod version;
 
 pub use decision::{DecisionAnswer, DecisionKind, DecisionRequest, HoldingProcess};

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::error::problems_everywhere))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -42,11 +43,9 @@ async fn healthz(State(state): State<AppState>) -> Result<axum::Json<serde_json:
     Ok(axum::Json(serde_json::json!({ "status": "ok", "backend": state.store.backend() })))
 }
 
-/// The Prometheus text. Gauges of what the database holds (stalled jobs) are read at
-/// scrape time, so they are true of this coordinator's database whatever ran before.
+/// The Prometheus text (see [`crate::telemetry`]).
 async fn metrics(State(state): State<AppState>) -> Result<String, AppError> {
-    metrics::gauge!("fleetup_jobs_stalled").set(state.store.stalled_jobs().await? as f64);
-    Ok(state.metrics.render())
+    crate::telemetry::render(&state).await
 }
 
 async fn not_found(uri: axum::http::Uri) -> AppError {
@@ -66,8 +65,23 @@ pub struct Page {
 }
 
 impl Page {
-    /// The page size.
-    pub fn limit(&self) -> u64 {
-        self.limit.unwrap_or(500).clamp(1, 5000)
+    /// The page size, refused outside its range.
+    pub fn limit(&self) -> Result<u64, AppError> {
+        page_limit(self.limit, 500)
+    }
+}
+
+/// The largest page any list answers.
+pub const MAX_PAGE: u64 = 5000;
+
+/// `?limit=`: `default` when absent; outside 1..=[`MAX_PAGE`] a 400 that says the range
+/// (never a silent clamp: a client asking 10,000 must learn it gets at most 5,000).
+pub fn page_limit(limit: Option<u64>, default: u64) -> Result<u64, AppError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(AppError::BadRequest(format!(
+            "limit={n} is out of range: a page holds 1 to {MAX_PAGE} items (default {default}); page on with the cursor"
+        ))),
     }
 }

@@ -33,11 +33,13 @@ fn bearer(parts: &Parts) -> Result<&str, AppError> {
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| AppError::Unauthorized("missing Authorization: Bearer TOKEN header".into()))?;
+    // The scheme is case-insensitive (RFC 9110 §11.1): `bearer`, `BEARER` are `Bearer`.
     value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| AppError::Unauthorized("the Authorization header must be 'Bearer TOKEN'".into()))
 }

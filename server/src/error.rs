@@ -1,6 +1,6 @@
 //! The coordinator's one error kind, [`AppError`], and its status and code, mapped here
-//! and nowhere else. The REST API renders it as a JSON body `{ "error": { "code",
-//! "message" } }`; the dashboard renders the same error as a page (`web::error_pages`
+//! and nowhere else. The REST API renders it as an RFC 9457 problem document
+//! ([`fleetup_proto::problem`]); the dashboard renders the same error as a page (`web::error_pages`
 //! re-renders any response that carries an [`ErrorInfo`]). Internal detail is logged,
 //! never sent to the client.
 
@@ -87,6 +87,11 @@ impl From<axum::extract::rejection::JsonRejection> for AppError {
             J::MissingJsonContentType(_) => {
                 AppError::BadRequest("send the body as JSON with the header Content-Type: application/json".into())
             }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => AppError::TooLarge(
+                "the JSON body is over this route's size limit (2 MiB unless the route says otherwise): send less, \
+                 or split it"
+                    .into(),
+            ),
             other => AppError::BadRequest(format!("invalid JSON body: {}", other.body_text())),
         }
     }
@@ -131,14 +136,65 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
         let message = self.public_message();
-        let mut resp =
-            (status, Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response();
+        let mut resp = problem_response(status, code, message.clone());
         if let AppError::TooManyRequests { retry_after, .. } = &self {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, (*retry_after).into());
         }
         resp.extensions_mut().insert(ErrorInfo { status, message });
         resp
     }
+}
+
+/// An RFC 9457 problem document (`application/problem+json`; see [`fleetup_proto::problem`]).
+pub fn problem_response(status: StatusCode, code: &str, detail: String) -> Response {
+    let title = status.canonical_reason().unwrap_or("Error");
+    let problem = fleetup_proto::problem::Problem::new(status.as_u16(), title, code, detail);
+    let mut resp = (status, Json(problem)).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(fleetup_proto::problem::CONTENT_TYPE),
+    );
+    resp
+}
+
+/// Middleware of the HTTP API: an error answer that is not already a problem document (the
+/// framework's own 404, 405 and 413, a layer's plain-text refusal) becomes one, its headers
+/// (`Allow`, `Retry-After`) kept. So every error a client of `/api` sees has one shape.
+pub async fn problems_everywhere(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) || resp.extensions().get::<ErrorInfo>().is_some() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // What the framework said (a short text at most), for the detail.
+    let said = axum::body::to_bytes(body, 4096).await.ok().and_then(|b| String::from_utf8(b.to_vec()).ok());
+    let said = said.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty() && !s.starts_with('{'));
+    let (code, detail) = match status {
+        StatusCode::NOT_FOUND => ("not-found", format!("no route {path}; see /api/v1/openapi.json")),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts.headers.get(axum::http::header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
+            ("method-not-allowed", format!("{method} is not allowed on {path}; allowed: {allowed}"))
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too-large",
+            format!(
+                "the request body is over this route's limit{}",
+                said.map(|s| format!(" ({s})")).unwrap_or_default()
+            ),
+        ),
+        _ => ("http-error", said.unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned())),
+    };
+    let problem = problem_response(status, code, detail.clone());
+    let (problem_parts, problem_body) = problem.into_parts();
+    parts
+        .headers
+        .insert(axum::http::header::CONTENT_TYPE, problem_parts.headers[axum::http::header::CONTENT_TYPE].clone());
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.extensions.insert(ErrorInfo { status, message: detail });
+    Response::from_parts(parts, problem_body)
 }
 
 /// `Json` whose rejections are [`AppError`]s.

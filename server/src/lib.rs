@@ -17,13 +17,14 @@ pub mod model;
 pub mod ops;
 pub mod scheduler;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod web;
 
 use app::{App, AppState};
 use config::Config;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Why the server could not start or stopped with an error.
@@ -48,25 +49,14 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// The process-wide Prometheus recorder (a process can install only one).
-fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
-
 /// Opens the store, starts the scheduler and serves until `shutdown` completes.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // First: a series recorded before the recorder exists is lost for good.
+    let metrics = telemetry::install();
     // A bad certificate pair stops the server before anything else happens.
     let tls = config.tls().map(|pair| pair.load().map(|live| (pair, live))).transpose()?;
     let store = store::connect(&config.database_url).await?;
@@ -88,7 +78,7 @@ pub async fn run(
         seen_cache: std::sync::Mutex::default(),
         scheduler_kick: tokio::sync::Notify::new(),
         shutdown: cancel.clone(),
-        metrics: metrics_handle(),
+        metrics,
         logins: limits::LoginLimiter::default(),
         agent_limits: agent_limits::AgentLimits::default(),
     });

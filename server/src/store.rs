@@ -27,6 +27,7 @@ pub(crate) mod agent_protocol;
 pub(crate) mod agents;
 pub(crate) mod audit;
 pub(crate) mod control;
+pub(crate) mod gauges;
 pub(crate) mod jobs;
 pub(crate) mod packages;
 pub(crate) mod rollouts;
@@ -37,6 +38,7 @@ mod wakeups;
 
 pub use audit::AuditFilter;
 pub use control::Failure;
+pub use gauges::Gauges;
 pub use scheduler::SchedulerPass;
 pub use types::*;
 pub use views::{FailedJob, OpenDecision, RunningPhase, WarnedJob};

@@ -149,6 +149,24 @@ async fn three_server_rollout_upgrades_everyone(database_url: Option<&str>) {
     for j in jobs.iter().filter(|j| j.wave == 2) {
         assert!(j.dispatched_at.unwrap() >= first_done, "wave 2 started before wave 1 ended: {j:?}");
     }
+    // What Prometheus scrapes from this coordinator process: described series (the group
+    // commit's histogram too, which a recorder installed after the store started lost),
+    // and the database gauges of what just happened.
+    let metrics = reqwest::get(format!("{}/metrics", f.server.url)).await.unwrap().text().await.unwrap();
+    for line in [
+        "# HELP fleetup_group_commit_batch_size",
+        "# HELP fleetup_jobs_dispatched_total",
+        "# HELP fleetup_jobs_ended_total",
+        "fleetup_jobs_ended_total{outcome=\"succeeded\"} 3",
+        "fleetup_jobs{state=\"succeeded\"} 3",
+        "fleetup_jobs{state=\"failed\"} 0",
+        "fleetup_rollouts{state=\"finished\"} 1",
+        "fleetup_agents_enrolled 3",
+        "fleetup_agents_online 3",
+    ] {
+        assert!(metrics.lines().any(|l| l.starts_with(line)), "no '{line}' in /metrics:\n{metrics}");
+    }
+    assert!(metrics.contains("fleetup_group_commit_batch_size_count{kind="), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -124,6 +124,9 @@ async fn events(
     }
     metrics::counter!("fleetup_events_accepted_total").increment(u64::from(out.accepted));
     metrics::counter!("fleetup_events_duplicate_total").increment(u64::from(out.duplicates));
+    if let Some(ended) = out.ended {
+        metrics::counter!("fleetup_jobs_ended_total", "outcome" => ended.as_str()).increment(1);
+    }
     if out.finished.is_some() {
         state.scheduler_kick.notify_one();
     }

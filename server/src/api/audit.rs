@@ -19,5 +19,5 @@ struct Filter {
 }
 
 async fn list(State(state): State<AppState>, ApiQuery(f): ApiQuery<Filter>) -> ApiResult<Json<Vec<AuditEntry>>> {
-    Ok(Json(state.store.list_audit(f.limit.unwrap_or(200).clamp(1, 5000), f.object_id.as_deref()).await?))
+    Ok(Json(state.store.list_audit(super::page_limit(f.limit, 200)?, f.object_id.as_deref()).await?))
 }

@@ -32,7 +32,7 @@ async fn events(
     ApiPath(id): ApiPath<JobId>,
     ApiQuery(page): ApiQuery<super::Page>,
 ) -> ApiResult<Json<Vec<EngineEvent>>> {
-    Ok(Json(state.store.list_events(&id, page.after, page.limit()).await?))
+    Ok(Json(state.store.list_events(&id, page.after, page.limit()?).await?))
 }
 
 async fn logs(
@@ -40,7 +40,7 @@ async fn logs(
     ApiPath(id): ApiPath<JobId>,
     ApiQuery(page): ApiQuery<super::Page>,
 ) -> ApiResult<Json<Vec<LogLine>>> {
-    Ok(Json(state.store.list_logs(&id, page.after, page.limit()).await?))
+    Ok(Json(state.store.list_logs(&id, page.after, page.limit()?).await?))
 }
 
 async fn decisions(State(state): State<AppState>, ApiPath(id): ApiPath<JobId>) -> ApiResult<Json<Vec<Decision>>> {

@@ -78,7 +78,7 @@ async fn jobs(
     };
     let after = q.cursor.as_deref().map(|c| cursor::decode(id.as_str(), c)).transpose()?;
     let filter =
-        JobFilter { state: state_filter, wave: q.wave, after, offset: 0, limit: q.limit.unwrap_or(500).clamp(1, 5000) };
+        JobFilter { state: state_filter, wave: q.wave, after, offset: 0, limit: super::page_limit(q.limit, 500)? };
     let next = |k: Option<crate::store::JobKey>| k.map(|k| cursor::encode(id.as_str(), k));
     Ok(match q.view.as_deref().unwrap_or("full") {
         "full" => {

@@ -48,6 +48,9 @@ pub struct Fold {
     pub asked: Vec<(DecisionRequest, &'static str)>,
     /// The state the final summary ends the job in, if the report carried it.
     pub outcome: Option<JobState>,
+    /// The final summary's install outcome (finer than the state: `recovery-required` is a
+    /// failed job).
+    pub install_outcome: Option<InstallOutcome>,
     /// What a successful install put on the agent.
     pub installed: Option<Installed>,
 }
@@ -79,7 +82,7 @@ pub fn fold(mut progress: Progress, new_events: &[&EngineEvent], now: Millis) ->
     let mut events = new_events.to_vec();
     events.sort_by_key(|e| e.seq);
     let mut max_seq = progress.phases.values().map(|p| p.seq).max().unwrap_or(0);
-    let (mut asked, mut outcome, mut installed) = (Vec::new(), None, None);
+    let (mut asked, mut outcome, mut installed, mut install_outcome) = (Vec::new(), None, None, None);
     for ev in events {
         if progress.phases.get(&ev.phase).is_none_or(|p| p.seq < ev.seq) {
             progress.phases.insert(ev.phase, PhaseState { status: ev.status, seq: ev.seq, at: ev.at });
@@ -103,6 +106,7 @@ pub fn fold(mut progress: Progress, new_events: &[&EngineEvent], now: Millis) ->
         if let Some(summary) = ev.summary() {
             let state = outcome_state(summary.outcome);
             outcome = Some(state);
+            install_outcome = Some(summary.outcome);
             progress.outage_secs = Some(summary.outage_ms as f64 / 1000.0);
             progress.restart_required = summary.restart_required;
             progress.error = summary
@@ -115,7 +119,7 @@ pub fn fold(mut progress: Progress, new_events: &[&EngineEvent], now: Millis) ->
             }
         }
     }
-    Fold { progress, asked, outcome, installed }
+    Fold { progress, asked, outcome, install_outcome, installed }
 }
 
 /// The state a job is in after a report: its outcome if it ended, `waiting` while a decision

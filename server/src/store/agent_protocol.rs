@@ -241,6 +241,7 @@ async fn report_tx(tx: &mut Tx, dialect: Dialect, r: &ReportRequest) -> StoreRes
     let (lease, finished) =
         if folded.outcome.is_some() { (None, Some(r.now)) } else { (Some(r.now + row.lease_ms), None) };
     out.finished = folded.outcome.is_some().then(|| stored_id(&row.rollout_id)).transpose()?;
+    out.ended = folded.install_outcome;
     let p = &folded.progress;
     sqlx::query(
         "update jobs set state = $2, current_phase = $3, phase_started_at = $4, phases = $5, warnings = $6, outage_ms = $7, \

@@ -232,6 +232,8 @@ pub struct ReportOutcome {
     pub duplicates: u32,
     /// The job ended with this report: its rollout (whose state may settle now).
     pub finished: Option<RolloutId>,
+    /// The job ended with this report: the install's outcome.
+    pub ended: Option<fleetup_proto::InstallOutcome>,
     /// The rollup this report installed, added to the agent's list at the end of the
     /// report's transaction.
     pub installed: Option<crate::model::InstalledRollup>,

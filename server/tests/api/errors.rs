@@ -3,7 +3,27 @@
 use crate::helpers::{Backend, spawn_app};
 use serde_json::json;
 
-crate::both_backends!(bad_requests_change_nothing, every_mutation_is_audited);
+crate::both_backends!(bad_requests_change_nothing, every_mutation_is_audited, framework_refusals_are_problems_too);
+
+/// An RFC 9457 problem document answering with `want`: its members, and the sentence.
+fn assert_problem(s: u16, v: &serde_json::Value, want: u16) {
+    assert_eq!(s, want, "{v}");
+    let code = v["code"].as_str().unwrap_or_else(|| panic!("no code: {v}"));
+    assert_eq!(v["type"].as_str(), Some(format!("urn:fleetup:problem:{code}").as_str()), "{v}");
+    assert_eq!(v["status"], want, "{v}");
+    assert!(!v["title"].as_str().unwrap().is_empty() && !v["detail"].as_str().unwrap().is_empty(), "{v}");
+}
+
+/// A raw answer that must be a problem document: its media type, then its members.
+async fn problem_of(res: reqwest::Response, want: u16) -> serde_json::Value {
+    let s = res.status().as_u16();
+    let media = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let text = res.text().await.unwrap();
+    assert_eq!(media.as_deref(), Some("application/problem+json"), "{s}: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{s} {e}: {text}"));
+    assert_problem(s, &v, want);
+    v
+}
 
 async fn bad_requests_change_nothing(backend: Backend) {
     let Some(app) = spawn_app(backend).await else { return };
@@ -14,10 +34,7 @@ async fn bad_requests_change_nothing(backend: Backend) {
     let audit_before = app.audit_len().await;
     let rollouts_before = app.get("/api/v1/rollouts").await.as_array().unwrap().len();
 
-    let check = |s: u16, v: &serde_json::Value, want: u16| {
-        assert_eq!(s, want, "{v}");
-        assert!(v["error"]["code"].is_string() && !v["error"]["message"].as_str().unwrap().is_empty(), "{v}");
-    };
+    let check = assert_problem;
     // Malformed JSON.
     let res = app
         .client
@@ -100,7 +117,7 @@ async fn bad_requests_change_nothing(backend: Backend) {
     let s = res.status().as_u16();
     let v: serde_json::Value = res.json().await.unwrap();
     check(s, &v, 422);
-    assert!(v["error"]["message"].as_str().unwrap().contains("package refused"), "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("package refused"), "{v}");
 
     // Nothing changed.
     assert_eq!(app.audit_len().await, audit_before);
@@ -161,4 +178,52 @@ async fn every_mutation_is_audited(backend: Backend) {
     assert_eq!(app.client.get(format!("{}/healthz", app.base)).send().await.unwrap().status().as_u16(), 200);
     let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("fleetup_"), "{metrics}");
+}
+
+/// The framework's own refusals (no route, a method the route lacks, a body over the limit)
+/// and the API's range checks answer in the same problem shape, with a sentence that says
+/// what was wrong; the scheme of `Authorization` is case-insensitive; a NUL in an id is an
+/// id refused as malformed on both stores (400, before any query), not a 500.
+async fn framework_refusals_are_problems_too(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let url = |p: &str| format!("{}{p}", app.base);
+    let v =
+        problem_of(app.client.get(url("/api/v1/nowhere")).bearer_auth(&app.viewer).send().await.unwrap(), 404).await;
+    assert!(v["detail"].as_str().unwrap().contains("/api/v1/nowhere"), "{v}");
+    let res = app.client.put(url("/api/v1/rollouts")).bearer_auth(&app.operator).send().await.unwrap();
+    let allow = res.headers().get("allow").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let v = problem_of(res, 405).await;
+    assert!(allow.contains("GET") && allow.contains("POST"), "Allow: {allow}");
+    assert!(v["detail"].as_str().unwrap().contains("PUT is not allowed"), "{v}");
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(10 << 20));
+    let res = app
+        .client
+        .post(url("/api/v1/rollouts"))
+        .bearer_auth(&app.operator)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let v = problem_of(res, 413).await;
+    assert_eq!(v["code"], "too-large", "{v}");
+    for bad in ["0", "5001"] {
+        let res = app.client.get(url(&format!("/api/v1/audit?limit={bad}"))).bearer_auth(&app.viewer).send().await;
+        let v = problem_of(res.unwrap(), 400).await;
+        assert!(v["detail"].as_str().unwrap().contains("1 to 5000"), "limit={bad}: {v}");
+    }
+    for scheme in ["bearer", "BEARER"] {
+        let res = app
+            .client
+            .get(url("/api/v1/rollouts"))
+            .header("authorization", format!("{scheme} {}", app.viewer))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "scheme {scheme}");
+    }
+    for path in ["/api/v1/jobs/%00", "/api/v1/rollouts/r%00x/jobs"] {
+        let v = problem_of(app.client.get(url(path)).bearer_auth(&app.viewer).send().await.unwrap(), 400).await;
+        assert!(v["detail"].as_str().unwrap().contains("is not a valid"), "{path}: {v}");
+    }
 }
