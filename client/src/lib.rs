@@ -231,9 +231,27 @@ impl Client {
         self.send("POST /api/v1/packages".into(), req).await
     }
 
-    /// `GET /packages`.
+    /// `GET /packages`, every page: newest upload first.
     pub async fn packages(&self) -> Result<Vec<Package>, Error> {
-        self.get("/packages").await
+        self.every_page("/packages").await
+    }
+
+    /// Every item of a cursor-paged listing (`/rollouts`, `/agents`, `/packages`), following
+    /// `next` to the last page.
+    async fn every_page<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, Error> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let params: Vec<(&str, &str)> =
+                cursor.as_deref().map(|c| ("cursor", c)).into_iter().chain([("limit", "5000")]).collect();
+            let page: fleetup_proto::api::Page<T> =
+                self.send(format!("GET /api/v1{path}"), self.request(Method::GET, path).query(&params)).await?;
+            items.extend(page.items);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(items),
+            }
+        }
     }
 
     /// `GET /packages/{id}`.
@@ -251,9 +269,9 @@ impl Client {
         self.get("/enrollment-tokens").await
     }
 
-    /// `GET /agents`.
+    /// `GET /agents`, every page: by hostname.
     pub async fn agents(&self) -> Result<Vec<Agent>, Error> {
-        self.get("/agents").await
+        self.every_page("/agents").await
     }
 
     /// `GET /agents/{id}`.
@@ -279,9 +297,9 @@ impl Client {
         self.post("/rollouts", spec).await
     }
 
-    /// `GET /rollouts`.
+    /// `GET /rollouts`, every page: newest first.
     pub async fn rollouts(&self) -> Result<Vec<Rollout>, Error> {
-        self.get("/rollouts").await
+        self.every_page("/rollouts").await
     }
 
     /// `GET /rollouts/{id}`: state, waves, counts per job state.
@@ -374,7 +392,9 @@ impl Client {
         if let Some(o) = &query.object_id {
             params.push(("object_id", o.clone()));
         }
-        self.send("GET /api/v1/audit".into(), self.request(Method::GET, "/audit").query(&params)).await
+        let page: fleetup_proto::api::Page<AuditEntry> =
+            self.send("GET /api/v1/audit".into(), self.request(Method::GET, "/audit").query(&params)).await?;
+        Ok(page.items)
     }
 }
 

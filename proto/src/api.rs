@@ -716,3 +716,13 @@ pub struct AuditEntry {
     /// Details.
     pub detail: serde_json::Value,
 }
+
+/// One page of a listing (`GET /rollouts`, `/agents`, `/packages`, `/audit`), in the
+/// listing's stable order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Pass as `?cursor=` (with the same filters) for the next page; `null` on the last.
+    pub next: Option<String>,
+}

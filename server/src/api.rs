@@ -8,6 +8,7 @@ mod enrollment;
 mod jobs;
 mod openapi;
 mod packages;
+mod paging;
 
 mod rollouts;
 

@@ -10,6 +10,7 @@
 
 pub mod decide;
 pub mod job;
+pub mod labels;
 pub mod plan;
 pub mod report;
 pub mod retry;

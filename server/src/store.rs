@@ -39,6 +39,7 @@ mod wakeups;
 pub use audit::AuditFilter;
 pub use control::Failure;
 pub use gauges::Gauges;
+pub use rollouts::RolloutFilter;
 pub use scheduler::SchedulerPass;
 pub use types::*;
 pub use views::{FailedJob, OpenDecision, RunningPhase, WarnedJob};

@@ -2,8 +2,8 @@
 //! (revoke, admin). Online/offline comes from the in-memory last-seen times.
 
 use crate::app::AppState;
-use crate::error::{ApiJson, ApiPath, ApiResult};
-use crate::model::{Agent, AgentId};
+use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
+use crate::model::{Agent, AgentId, Page};
 use crate::ops::{self, Actor};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,8 +15,47 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/agents", get(list)).route("/agents/{id}", get(show).patch(update).delete(revoke))
 }
 
-async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Agent>>> {
-    Ok(Json(ops::agents::list(&state).await?))
+/// `GET /agents` query: filters, page size, cursor.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentsQuery {
+    /// `key=value, …`: only agents carrying every pair.
+    label: Option<String>,
+    /// Only online (`true`) or offline (`false`) agents.
+    online: Option<bool>,
+    /// Only agents whose last installed rollup has this version (`none`: nothing installed).
+    installed: Option<String>,
+    limit: Option<u64>,
+    cursor: Option<String>,
+    offset: Option<String>,
+}
+
+/// `GET /agents`: by hostname (then id), paged by cursor. Filtered on the decorated list
+/// (online comes from the in-memory last-seen times, which the database lags).
+async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<AgentsQuery>) -> ApiResult<Json<Page<Agent>>> {
+    super::paging::refuse_offset(q.offset.as_deref())?;
+    let labels =
+        crate::domain::labels::parse_selector(q.label.as_deref().unwrap_or("")).map_err(AppError::BadRequest)?;
+    let limit = super::page_limit(q.limit, 500)?;
+    let scope = format!("{labels:?}|{:?}|{:?}", q.online, q.installed);
+    let after = q.cursor.as_deref().map(|c| super::paging::decode("agents", &scope, c)).transpose()?;
+    let key = |a: &Agent| vec![a.hostname.clone(), a.id.to_string()];
+    let mut all: Vec<Agent> = ops::agents::list(&state)
+        .await?
+        .into_iter()
+        .filter(|a| crate::domain::labels::matches(&labels, &a.labels))
+        .filter(|a| q.online.is_none_or(|o| a.online == o))
+        .filter(|a| {
+            q.installed.as_deref().is_none_or(|v| a.installed.last().map_or("none", |i| i.version.as_str()) == v)
+        })
+        .collect();
+    all.sort_by_key(key);
+    let items: Vec<Agent> = all
+        .into_iter()
+        .filter(|a| after.as_ref().is_none_or(|after| key(a) > *after))
+        .take(usize::try_from(limit).unwrap_or(usize::MAX).saturating_add(1))
+        .collect();
+    Ok(Json(super::paging::page(items, limit, "agents", &scope, key)))
 }
 
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<AgentId>) -> ApiResult<Json<Agent>> {

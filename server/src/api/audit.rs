@@ -1,8 +1,10 @@
-//! `GET /audit?limit=N&object_id=ID`: who did what, when, to which object.
+//! `GET /audit?actor=&action=&object=&since=&until=&limit=&cursor=`: who did what, when,
+//! to which object.
 
 use crate::app::AppState;
-use crate::error::{ApiQuery, ApiResult};
-use crate::model::AuditEntry;
+use crate::error::{ApiQuery, ApiResult, AppError};
+use crate::model::{AuditEntry, Page};
+use crate::store::AuditFilter;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -11,13 +13,56 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/audit", get(list))
 }
 
+/// `GET /audit` query: filters, page size, cursor.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Filter {
-    limit: Option<u64>,
+struct AuditQuery {
+    /// Exactly this actor (`token:ci`, `user:ada`, …).
+    actor: Option<String>,
+    /// Exactly this action (`rollout.start`, …).
+    action: Option<String>,
+    /// This object id, or every object of this type (`rollout`, `user`, …).
+    object: Option<String>,
+    /// Older name of `object`.
     object_id: Option<String>,
+    /// At or after (RFC 3339).
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Before (RFC 3339).
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    limit: Option<u64>,
+    cursor: Option<String>,
+    offset: Option<String>,
 }
 
-async fn list(State(state): State<AppState>, ApiQuery(f): ApiQuery<Filter>) -> ApiResult<Json<Vec<AuditEntry>>> {
-    Ok(Json(state.store.list_audit(super::page_limit(f.limit, 200)?, f.object_id.as_deref()).await?))
+/// `GET /audit`: newest first, paged by cursor (keyset in the database: page 100 costs
+/// what page 1 does).
+async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>) -> ApiResult<Json<Page<AuditEntry>>> {
+    super::paging::refuse_offset(q.offset.as_deref())?;
+    let limit = super::page_limit(q.limit, 200)?;
+    let object = q.object.or(q.object_id).unwrap_or_default();
+    let (since, until) = (q.since.map(|t| t.timestamp_millis()), q.until.map(|t| t.timestamp_millis()));
+    let scope = format!("{:?}|{:?}|{object:?}|{since:?}|{until:?}", q.actor, q.action);
+    let before = match q.cursor.as_deref() {
+        Some(c) => match super::paging::decode("audit", &scope, c)?.as_slice() {
+            [at, id] => Some((at.parse().map_err(|_| bad_cursor())?, id.clone())),
+            _ => return Err(bad_cursor()),
+        },
+        None => None,
+    };
+    let filter = AuditFilter {
+        actor: q.actor.unwrap_or_default(),
+        action: q.action.unwrap_or_default(),
+        object,
+        before,
+        since,
+        until,
+    };
+    let items = state.store.audit_page(&filter, limit + 1).await?;
+    Ok(Json(super::paging::page(items, limit, "audit", &scope, |e| {
+        vec![e.at.timestamp_millis().to_string(), e.id.clone()]
+    })))
+}
+
+fn bad_cursor() -> AppError {
+    AppError::BadRequest("invalid cursor: pass the \"next\" value of the previous page unchanged".into())
 }

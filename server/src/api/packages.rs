@@ -5,8 +5,8 @@
 //! and the reason.
 
 use crate::app::AppState;
-use crate::error::{ApiPath, ApiResult};
-use crate::model::{Package, PackageId};
+use crate::error::{ApiPath, ApiQuery, ApiResult};
+use crate::model::{Package, PackageId, Page};
 use crate::ops::{self, Actor};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
@@ -20,8 +20,35 @@ pub fn router() -> Router<AppState> {
         .route("/packages/{id}", get(show))
 }
 
-async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Package>>> {
-    Ok(Json(state.store.list_packages().await?))
+/// `GET /packages` query: filter, page size, cursor.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackagesQuery {
+    /// Only packages of this rollup name.
+    name: Option<String>,
+    limit: Option<u64>,
+    cursor: Option<String>,
+    offset: Option<String>,
+}
+
+/// `GET /packages`: newest upload first, paged by cursor.
+async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<PackagesQuery>) -> ApiResult<Json<Page<Package>>> {
+    super::paging::refuse_offset(q.offset.as_deref())?;
+    let limit = super::page_limit(q.limit, 500)?;
+    let scope = format!("{:?}", q.name);
+    let after = q.cursor.as_deref().map(|c| super::paging::decode("packages", &scope, c)).transpose()?;
+    let key = |p: &Package| vec![format!("{:020}", p.uploaded_at.timestamp_millis()), p.id.to_string()];
+    // Newest first: a key below the cursor's comes after it.
+    let items: Vec<Package> = state
+        .store
+        .list_packages()
+        .await?
+        .into_iter()
+        .filter(|p| q.name.as_deref().is_none_or(|n| p.name == n))
+        .filter(|p| after.as_ref().is_none_or(|after| key(p) < *after))
+        .take(usize::try_from(limit).unwrap_or(usize::MAX).saturating_add(1))
+        .collect();
+    Ok(Json(super::paging::page(items, limit, "packages", &scope, key)))
 }
 
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<PackageId>) -> ApiResult<Json<Package>> {

@@ -6,9 +6,9 @@
 use crate::app::AppState;
 use crate::domain::rollout::RolloutAction;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
-use crate::model::{JobState, Rollout, RolloutId, RolloutSpec};
+use crate::model::{JobState, Rollout, RolloutId, RolloutSpec, RolloutState};
 use crate::ops::{self, Actor};
-use crate::store::JobFilter;
+use crate::store::{JobFilter, RolloutFilter};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -24,8 +24,72 @@ pub fn router() -> Router<AppState> {
         .route("/rollouts/{id}/{action}", post(act))
 }
 
-async fn list(State(state): State<AppState>) -> ApiResult<Json<Vec<Rollout>>> {
-    Ok(Json(state.store.list_rollouts().await?))
+/// `GET /rollouts` query: filters, page size, cursor.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutsQuery {
+    /// Only this state.
+    state: Option<String>,
+    /// `key=value, …`: only rollouts whose target labels carry every pair.
+    label: Option<String>,
+    /// Created at or after (RFC 3339).
+    created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Created before (RFC 3339).
+    created_before: Option<chrono::DateTime<chrono::Utc>>,
+    limit: Option<u64>,
+    cursor: Option<String>,
+    offset: Option<String>,
+}
+
+/// `GET /rollouts`: newest first, paged by cursor.
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<RolloutsQuery>,
+) -> ApiResult<Json<fleetup_proto::api::Page<Rollout>>> {
+    super::paging::refuse_offset(q.offset.as_deref())?;
+    let rollout_state = match q.state.as_deref() {
+        Some(s) => Some(
+            RolloutState::parse(s)
+                .ok_or_else(|| AppError::BadRequest(format!("unknown rollout state '{s}': use one of {}", states())))?,
+        ),
+        None => None,
+    };
+    let labels =
+        crate::domain::labels::parse_selector(q.label.as_deref().unwrap_or("")).map_err(AppError::BadRequest)?;
+    let limit = super::page_limit(q.limit, 100)?;
+    let ms = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
+    let scope = format!("{:?}|{labels:?}|{:?}|{:?}", q.state, ms(q.created_after), ms(q.created_before));
+    let after = match q.cursor.as_deref() {
+        Some(c) => Some(cursor_key(&super::paging::decode("rollouts", &scope, c)?)?),
+        None => None,
+    };
+    let filter = RolloutFilter {
+        state: rollout_state,
+        labels,
+        created_after: ms(q.created_after),
+        created_before: ms(q.created_before),
+        after,
+    };
+    let items = state.store.rollouts_page(&filter, limit).await?;
+    Ok(Json(super::paging::page(items, limit, "rollouts", &scope, |r| {
+        vec![r.created_at.timestamp_millis().to_string(), r.id.to_string()]
+    })))
+}
+
+/// Every rollout state, for a refusal's sentence.
+fn states() -> String {
+    RolloutState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// The (created, id) keyset of a rollouts cursor.
+fn cursor_key(key: &[String]) -> ApiResult<(i64, String)> {
+    match key {
+        [at, id] => Ok((
+            at.parse().map_err(|_| AppError::BadRequest("invalid cursor: pass \"next\" unchanged".into()))?,
+            id.clone(),
+        )),
+        _ => Err(AppError::BadRequest("invalid cursor: pass \"next\" unchanged".into())),
+    }
 }
 
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<RolloutId>) -> ApiResult<Json<Rollout>> {
@@ -65,13 +129,7 @@ async fn jobs(
     ApiQuery(q): ApiQuery<JobsQuery>,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse as _;
-    if q.offset.is_some() {
-        return Err(AppError::BadRequest(
-            "offset paging is not supported: this listing pages by cursor; pass the \"next\" value of the previous \
-             page as ?cursor= (omit it for the first page)"
-                .into(),
-        ));
-    }
+    super::paging::refuse_offset(q.offset.as_deref())?;
     let state_filter = match &q.state {
         Some(s) => Some(JobState::parse(s).ok_or_else(|| AppError::BadRequest(format!("unknown job state '{s}'")))?),
         None => None,

@@ -33,6 +33,10 @@ pub struct AuditFilter {
     pub object: String,
     /// Only records older than this one (the keyset cursor: its time and id).
     pub before: Option<(i64, String)>,
+    /// Only records at or after this time.
+    pub since: Option<i64>,
+    /// Only records before this time.
+    pub until: Option<i64>,
 }
 
 /// Writes the audit record of a mutation and commits the mutation with it: the one way a
@@ -44,13 +48,6 @@ pub(crate) async fn commit_audited(mut tx: Tx, a: &NewAudit, now: i64) -> StoreR
 }
 
 impl Store {
-    /// Audit records, newest first, optionally of one object.
-    #[tracing::instrument(skip_all)]
-    pub async fn list_audit(&self, limit: u64, object_id: Option<&str>) -> StoreResult<Vec<AuditEntry>> {
-        let filter = AuditFilter { object: object_id.unwrap_or_default().to_owned(), ..AuditFilter::default() };
-        self.audit_page(&filter, limit).await
-    }
-
     /// Up to `limit` audit records matching `f`, newest first. Pages are keyset pages
     /// (`before` = the last record shown), so page 100 costs what page 1 does.
     #[tracing::instrument(skip_all)]
@@ -60,7 +57,7 @@ impl Store {
             "select id, at, actor, action, object_type, object_id, detail from audit_log \
              where ($1 = '' or actor = $1) and ($2 = '' or action = $2) \
              and ($3 = '' or object_id = $3 or object_type = $3) \
-             and (at < $4 or (at = $4 and ($5 = '' or id < $5))) \
+             and (at < $4 or (at = $4 and ($5 = '' or id < $5))) and at >= $7 and at < $8 \
              order by at desc, id desc limit $6",
         )
         .bind(&f.actor)
@@ -69,6 +66,8 @@ impl Store {
         .bind(before_at)
         .bind(before_id)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(f.since.unwrap_or(i64::MIN))
+        .bind(f.until.unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(AuditRow::to_entry).collect()

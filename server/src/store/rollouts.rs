@@ -3,9 +3,24 @@
 //! ([`crate::domain::rollout::Effect`]), for an operator and for the scheduler alike.
 
 use super::rows::RolloutRow;
-use super::{Dialect, NewAudit, NewRollout, Store, StoreError, StoreResult, Tx, to_json};
+use super::{Dialect, NewAudit, NewRollout, Store, StoreError, StoreResult, Tx, from_json, to_json};
 use crate::domain::rollout::{Effect, RolloutAction, ending_state, operator_action, settled};
-use crate::model::{AgentId, Rollout, RolloutId, now_ms};
+use crate::model::{AgentId, Millis, Rollout, RolloutId, RolloutState, now_ms};
+
+/// Which rollouts to list (every field optional).
+#[derive(Debug, Clone, Default)]
+pub struct RolloutFilter {
+    /// Only this state.
+    pub state: Option<RolloutState>,
+    /// Only rollouts whose target labels carry every pair.
+    pub labels: Vec<(String, String)>,
+    /// Created at or after.
+    pub created_after: Option<Millis>,
+    /// Created before.
+    pub created_before: Option<Millis>,
+    /// The keyset cursor: the (created, id) of the last rollout shown.
+    pub after: Option<(Millis, String)>,
+}
 
 /// The rollout's row, locked for the transaction (Postgres).
 pub(crate) async fn lock_rollout(tx: &mut Tx, dialect: Dialect, id: &RolloutId) -> StoreResult<RolloutRow> {
@@ -209,6 +224,46 @@ impl Store {
             }
         }
         Self::get_rollout(self, &r.id).await
+    }
+
+    /// Up to `limit + 1` rollouts matching `f`, newest first (created, then id, both
+    /// descending), after the keyset `f.after`: the API's page (the extra one says there is
+    /// a next page). State and time are filtered in SQL; the label selector (on the
+    /// rollout's target labels) on the rows, before the costlier views are read.
+    #[tracing::instrument(skip_all)]
+    pub async fn rollouts_page(&self, f: &RolloutFilter, limit: u64) -> StoreResult<Vec<Rollout>> {
+        let (after_at, after_id) = f.after.clone().unwrap_or((i64::MAX, String::new()));
+        let want = usize::try_from(limit).unwrap_or(usize::MAX).saturating_add(1);
+        let sql_limit = if f.labels.is_empty() { i64::try_from(want).unwrap_or(i64::MAX) } else { i64::MAX };
+        let rows: Vec<RolloutRow> = sqlx::query_as(concat!(
+            rollout_select!(),
+            " where ($1 = '' or r.state = $1) and r.created_at >= $2 and r.created_at < $3 \
+              and (r.created_at < $4 or (r.created_at = $4 and r.id < $5)) \
+              order by r.created_at desc, r.id desc limit $6"
+        ))
+        .bind(f.state.map_or("", RolloutState::as_str))
+        .bind(f.created_after.unwrap_or(i64::MIN))
+        .bind(f.created_before.unwrap_or(i64::MAX))
+        .bind(after_at)
+        .bind(after_id)
+        .bind(sql_limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for row in &rows {
+            if !f.labels.is_empty() {
+                let spec: fleetup_proto::api::RolloutSpec = from_json(&row.spec, "rollout spec")?;
+                let targets = spec.targets.labels.unwrap_or_default();
+                if !crate::domain::labels::matches(&f.labels, &targets) {
+                    continue;
+                }
+            }
+            out.push(self.rollout_view(row).await?);
+            if out.len() == want {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// All rollouts, newest first.

@@ -122,23 +122,10 @@ pub fn status_of(state: &AppState, a: &crate::model::Agent, horizon: i64) -> (&'
     (status, class, seen)
 }
 
-/// Parses `k=v, k2=v2`.
-fn label_pairs(s: &str) -> Result<Vec<(String, String)>, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.split_once('=')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .ok_or_else(|| format!("label filter '{p}': write key=value, separated by commas"))
-        })
-        .collect()
-}
-
 /// `GET /agents`.
 pub async fn page(State(state): State<AppState>, user: User, Query(q): Query<AgentQuery>) -> WebResult<AgentsPage> {
     let horizon = offline_horizon(&state);
-    let (labels, error) = match label_pairs(&q.label) {
+    let (labels, error) = match crate::domain::labels::parse_selector(&q.label) {
         Ok(l) => (l, None),
         Err(e) => (Vec::new(), Some(e)),
     };
@@ -156,7 +143,7 @@ pub async fn page(State(state): State<AppState>, user: User, Query(q): Query<Age
         let installed_version = a.installed.last().map_or("none", |i| i.version.as_str());
         let keep =
             (needle.is_empty() || a.hostname.to_lowercase().contains(&needle) || a.id.as_str().contains(&needle))
-                && labels.iter().all(|(k, v)| a.labels.get(k) == Some(v))
+                && crate::domain::labels::matches(&labels, &a.labels)
                 && (q.status.is_empty() || q.status == status)
                 && (q.installed.is_empty() || q.installed == installed_version);
         if !keep {

@@ -142,6 +142,7 @@ pub async fn page(State(state): State<AppState>, user: User, Query(q): Query<Aud
         action: q.action.trim().to_owned(),
         object: q.object.trim().to_owned(),
         before: q.before.as_deref().filter(|b| !b.is_empty()).map(parse_cursor).transpose()?,
+        ..AuditFilter::default()
     };
     let mut entries = state.store.audit_page(&filter, PAGE + 1).await?;
     let more = entries.len() > usize::try_from(PAGE).unwrap_or(usize::MAX);

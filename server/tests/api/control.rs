@@ -72,7 +72,7 @@ async fn a_transient_failure_is_retried_after_its_backoff(backend: Backend) {
     agent.finish(&second, InstallOutcome::Succeeded).await;
     let r = app.wait_rollout(&id, "finished", |r| r["state"] == "finished").await;
     assert_eq!((r["counts"]["succeeded"].as_u64(), r["counts"]["retried"].as_u64()), (Some(1), Some(1)), "{r}");
-    let audit = app.get(&format!("/api/v1/audit?object_id={}", first.job_id)).await;
+    let audit = app.get(&format!("/api/v1/audit?object_id={}", first.job_id)).await["items"].clone();
     assert!(audit.to_string().contains("job.retry"), "{audit}");
 }
 
@@ -149,7 +149,7 @@ async fn guided_failure_retries_skips_and_excludes_one_server(backend: Backend) 
     assert_eq!(s, 409, "{v}");
     let (s, v) = app.call("POST", &format!("/api/v1/jobs/{}/frobnicate", j2.job_id), &app.operator, None).await;
     assert_eq!(s, 404, "{v}");
-    let audit = app.get("/api/v1/audit?limit=200").await.to_string();
+    let audit = app.get("/api/v1/audit?limit=200").await["items"].to_string();
     for action in ["job.skip", "job.retry", "job.exclude"] {
         assert!(audit.contains(action), "{action} audited");
     }
@@ -263,7 +263,7 @@ async fn late_joiners_join_the_last_wave(backend: Backend) {
     }
     let r = app.wait_rollout(&id, "finished", |r| r["state"] == "finished").await;
     assert_eq!(r["counts"]["succeeded"], 3, "{r}");
-    let audit = app.get(&format!("/api/v1/audit?object_id={id}")).await;
+    let audit = app.get(&format!("/api/v1/audit?object_id={id}")).await["items"].clone();
     assert!(audit.to_string().contains("rollout.join"), "{audit}");
     let mut by_id = spec;
     by_id["name"] = json!("by id");
@@ -311,7 +311,7 @@ async fn a_phase_running_far_past_its_learned_p95_is_flagged_stalled(backend: Ba
     assert_eq!(stall["limit_secs"].as_f64(), Some(1.0), "{j}");
     let listed = jobs_of(&app, &id, "?view=summary").await;
     assert_eq!(listed[0]["stalled"], true, "{listed:?}");
-    let audit = app.get(&format!("/api/v1/audit?object_id={}", job.job_id)).await;
+    let audit = app.get(&format!("/api/v1/audit?object_id={}", job.job_id)).await["items"].clone();
     assert!(audit.to_string().contains("job.stalled"), "{audit}");
     let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == "fleetup_jobs_stalled 1"), "{metrics}");
@@ -351,7 +351,7 @@ async fn a_remembered_answer_stands_for_the_rest_of_the_rollout(backend: Backend
     assert_eq!(other["state"], "waiting", "another endpoint is not covered: {other}");
     let decisions = app.get(&format!("/api/v1/jobs/{}/decisions", jobs[1].job_id)).await;
     assert!(decisions[0]["answered_by"].as_str().unwrap().ends_with("(standing answer)"), "{decisions}");
-    let audit = app.get(&format!("/api/v1/audit?object_id={id}")).await.to_string();
+    let audit = app.get(&format!("/api/v1/audit?object_id={id}")).await["items"].to_string();
     assert!(audit.contains("standing_answer_of") && audit.contains("\"remember\":true"), "{audit}");
 }
 

@@ -32,7 +32,7 @@ async fn bad_requests_change_nothing(backend: Backend) {
     let id = app.rollout(json!({ "package_id": package, "targets": { "agents": [agents[0].id] } }), true).await;
     let job = agents[0].next_job().await;
     let audit_before = app.audit_len().await;
-    let rollouts_before = app.get("/api/v1/rollouts").await.as_array().unwrap().len();
+    let rollouts_before = app.get("/api/v1/rollouts").await["items"].as_array().unwrap().len();
 
     let check = assert_problem;
     // Malformed JSON.
@@ -121,7 +121,7 @@ async fn bad_requests_change_nothing(backend: Backend) {
 
     // Nothing changed.
     assert_eq!(app.audit_len().await, audit_before);
-    assert_eq!(app.get("/api/v1/rollouts").await.as_array().unwrap().len(), rollouts_before);
+    assert_eq!(app.get("/api/v1/rollouts").await["items"].as_array().unwrap().len(), rollouts_before);
     let j = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
     assert_eq!(j["state"], "dispatched");
     assert_eq!(app.get(&format!("/api/v1/jobs/{}/events", job.job_id)).await, json!([]));
@@ -145,7 +145,7 @@ async fn every_mutation_is_audited(backend: Backend) {
     app.post(&format!("/api/v1/rollouts/{id}/cancel"), json!({})).await;
     let (s, _) = app.call("DELETE", &format!("/api/v1/agents/{}", agents[0].id), &app.admin, None).await;
     assert_eq!(s, 204);
-    let audit = app.get("/api/v1/audit?limit=1000").await;
+    let audit = app.get("/api/v1/audit?limit=1000").await["items"].clone();
     let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
     for want in [
         "api-token.create",

@@ -330,7 +330,7 @@ impl TestApp {
     }
 
     pub async fn audit_len(&self) -> usize {
-        self.get("/api/v1/audit?limit=5000").await.as_array().unwrap().len()
+        self.get("/api/v1/audit?limit=5000").await["items"].as_array().unwrap().len()
     }
 }
 

@@ -6,17 +6,27 @@ use fleetup_proto::{InstallOutcome, PhaseId, PhaseStatus};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 
-crate::both_backends!(cursor_pages_cover_every_job_once_in_order, bad_cursors_and_offsets_are_refused, summary_view);
+crate::both_backends!(
+    cursor_pages_cover_every_job_once_in_order,
+    bad_cursors_and_offsets_are_refused,
+    summary_view,
+    rollouts_agents_packages_and_audit_page_by_cursor_and_filter
+);
 
 /// Walks every page of `/rollouts/{id}/jobs?{query}&limit={limit}`; returns the jobs and the
 /// number of pages.
 async fn walk(app: &TestApp, id: &str, query: &str, limit: u64) -> (Vec<Value>, usize) {
+    walk_pages(app, &format!("/api/v1/rollouts/{id}/jobs?{query}"), "jobs", limit).await
+}
+
+/// Walks every page of the listing at `path` (with its query), whose items are `field`.
+async fn walk_pages(app: &TestApp, path: &str, field: &str, limit: u64) -> (Vec<Value>, usize) {
     let mut jobs = Vec::new();
     let mut cursor: Option<String> = None;
     for pages in 1..=100 {
         let c = cursor.as_deref().map(|c| format!("&cursor={c}")).unwrap_or_default();
-        let page = app.get(&format!("/api/v1/rollouts/{id}/jobs?{query}&limit={limit}{c}")).await;
-        let got = page["jobs"].as_array().unwrap();
+        let page = app.get(&format!("{path}&limit={limit}{c}")).await;
+        let got = page[field].as_array().unwrap();
         assert!(got.len() as u64 <= limit, "a page holds at most limit jobs: {page}");
         jobs.extend(got.iter().cloned());
         match page["next"].as_str() {
@@ -209,4 +219,69 @@ async fn summary_view(backend: Backend) {
         (Some("pending"), true, true)
     );
     assert_eq!(s["warning_count"], 0);
+}
+
+/// The other listings: every item once, in the stable order, across cursor pages; each
+/// filter applied; a cursor reused with other filters, an out-of-range limit, an offset and
+/// an unknown filter refused with a sentence.
+async fn rollouts_agents_packages_and_audit_page_by_cursor_and_filter(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let web = app.fleet("web", 7).await;
+    app.fleet("db", 4).await;
+    let mut made = Vec::new();
+    for i in 0..5 {
+        let group = if i % 2 == 0 { "web" } else { "db" };
+        made.push(
+            app.rollout(json!({ "package_id": package, "targets": { "labels": { "group": group } } }), false).await,
+        );
+    }
+    app.post(&format!("/api/v1/rollouts/{}/start", made[4]), json!({})).await;
+
+    // Rollouts: newest first, 2 a page.
+    let (all, pages) = walk_pages(&app, "/api/v1/rollouts?", "items", 2).await;
+    assert_eq!((ids(&all), pages), (made.iter().rev().cloned().collect::<Vec<_>>(), 3));
+    let (web_only, _) = walk_pages(&app, "/api/v1/rollouts?label=group=web", "items", 1).await;
+    assert_eq!(ids(&web_only), vec![made[4].clone(), made[2].clone(), made[0].clone()]);
+    let running = app.get("/api/v1/rollouts?state=running").await;
+    assert_eq!(ids(running["items"].as_array().unwrap()), vec![made[4].clone()], "{running}");
+    let future = app.get("/api/v1/rollouts?created_after=2999-01-01T00:00:00Z").await;
+    assert_eq!(future["items"], json!([]), "{future}");
+
+    // Agents: by hostname, filtered by label and online.
+    let (agents, pages) = walk_pages(&app, "/api/v1/agents?", "items", 4).await;
+    let names: Vec<&str> = agents.iter().map(|a| a["hostname"].as_str().unwrap()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!((names.len(), pages, &names), (11, 3, &sorted));
+    let (webs, _) = walk_pages(&app, "/api/v1/agents?label=group=web&online=true", "items", 3).await;
+    assert_eq!(webs.len(), web.len());
+    let none = app.get("/api/v1/agents?installed=9.9.9").await;
+    assert_eq!(none["items"], json!([]), "{none}");
+
+    // Packages and audit.
+    let packages = app.get("/api/v1/packages?name=demo-service").await;
+    assert_eq!(packages["items"].as_array().unwrap().len(), 1, "{packages}");
+    assert_eq!(app.get("/api/v1/packages?name=other").await["items"], json!([]));
+    let (creates, _) = walk_pages(&app, "/api/v1/audit?action=rollout.create", "items", 2).await;
+    assert_eq!(creates.len(), 5, "{creates:?}");
+    let (about, _) = walk_pages(&app, &format!("/api/v1/audit?object={}", made[4]), "items", 1).await;
+    let actions: Vec<&str> = about.iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, vec!["rollout.start", "rollout.create"]);
+
+    // Refusals.
+    let first = app.get("/api/v1/rollouts?limit=1").await;
+    let cursor = first["next"].as_str().unwrap();
+    for (path, says) in [
+        (format!("/api/v1/rollouts?state=paused&cursor={cursor}"), "same filters"),
+        ("/api/v1/agents?limit=0".to_owned(), "1 to 5000"),
+        ("/api/v1/packages?offset=10".to_owned(), "cursor"),
+        ("/api/v1/rollouts?state=sleeping".to_owned(), "unknown rollout state"),
+        ("/api/v1/agents?colour=blue".to_owned(), "colour"),
+        ("/api/v1/audit?since=yesterday".to_owned(), "since"),
+    ] {
+        let (s, v) = app.call("GET", &path, &app.viewer, None).await;
+        assert_eq!(s, 400, "{path}: {v}");
+        assert!(v["detail"].as_str().unwrap().contains(says), "{path}: {v}");
+    }
 }

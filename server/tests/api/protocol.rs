@@ -311,7 +311,7 @@ async fn an_outcome_after_the_lease_was_lost_is_recorded_as_late(backend: Backen
         "{error}"
     );
     assert_eq!(error.matches("reported after").count(), 1, "{error}");
-    let audit = app.get("/api/v1/audit?limit=5000").await;
+    let audit = app.get("/api/v1/audit?limit=5000").await["items"].clone();
     let late: Vec<_> = audit.as_array().unwrap().iter().filter(|a| a["action"] == "job.late-report").collect();
     assert_eq!(late.len(), 1, "{audit}");
     // Any other agent's, or an older dispatch's, report is refused as before.

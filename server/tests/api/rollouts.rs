@@ -190,7 +190,7 @@ async fn an_empty_wave_is_refused(backend: Backend) {
         assert_eq!(s, 422, "{v}");
         assert!(v["error"]["message"].as_str().unwrap().contains("adds no server"), "{v}");
     }
-    assert_eq!(app.get("/api/v1/rollouts").await.as_array().unwrap().len(), 0);
+    assert_eq!(app.get("/api/v1/rollouts").await["items"].as_array().unwrap().len(), 0);
 }
 
 crate::both_backends!(
@@ -228,7 +228,7 @@ async fn an_offline_server_becomes_undeliverable_and_frees_its_slot(backend: Bac
     online.finish(&job, InstallOutcome::Succeeded).await;
     let r = app.wait_rollout(&id, "finished", |r| r["state"] == "finished").await;
     assert_eq!((r["counts"]["undeliverable"].as_u64(), r["counts"]["succeeded"].as_u64()), (Some(1), Some(1)), "{r}");
-    let audit = app.get(&format!("/api/v1/audit?object_id={}", away["id"].as_str().unwrap())).await;
+    let audit = app.get(&format!("/api/v1/audit?object_id={}", away["id"].as_str().unwrap())).await["items"].clone();
     assert!(audit.to_string().contains("job.undeliverable"), "{audit}");
     // The offline server never got the job, even when it comes back.
     assert!(offline.poll(0).await.is_none());
@@ -318,7 +318,7 @@ async fn one_call_answers_every_open_decision_of_a_kind(backend: Backend) {
     }
     let (_, r) = agents[0].report(&jobs[0].job_id, jobs[0].fencing_token, vec![]).await;
     assert_eq!(r["decisions"][0]["answer"], "continue", "the agent hears the answer: {r}");
-    let audit = app.get("/api/v1/audit?limit=5000").await;
+    let audit = app.get("/api/v1/audit?limit=5000").await["items"].clone();
     assert_eq!(audit.as_array().unwrap().len(), audit_before + 1, "one audit record for the bulk answer");
     let entry = &audit[0];
     assert_eq!(

@@ -151,7 +151,7 @@ async fn session_cookie_is_httponly_samesite_and_forms_need_the_csrf_token(backe
     let r = client().post(&start).header("cookie", &cookie).form_body(&[("csrf", csrf.as_str())]).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(app.get(&format!("/api/v1/rollouts/{id}")).await["state"], "running");
-    let audit = app.get(&format!("/api/v1/audit?object_id={id}")).await;
+    let audit = app.get(&format!("/api/v1/audit?object_id={id}")).await["items"].clone();
     assert!(audit.to_string().contains("user:olivia"), "{audit}");
     // Logout ends the session.
     let r = client()
@@ -367,7 +367,7 @@ async fn the_staging_form_offers_the_rollout_control_options(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 303, "{}", r.text().await.unwrap());
-    let staged = &app.get("/api/v1/rollouts").await[0];
+    let staged = &app.get("/api/v1/rollouts").await["items"][0];
     let spec = &staged["spec"];
     assert_eq!(spec["start_at"], "2030-01-02T02:04:05Z", "{spec}");
     assert_eq!((spec["soak_secs"].as_u64(), spec["late_joiners"].as_bool()), (Some(600), Some(true)), "{spec}");

@@ -26,7 +26,7 @@ const GUESS: &str = "Tr0ub4dor&3-guess";
 
 /// Every audit record (the API's listing, newest first).
 async fn audit(app: &TestApp) -> Vec<Value> {
-    app.get("/api/v1/audit?limit=5000").await.as_array().unwrap().clone()
+    app.get("/api/v1/audit?limit=5000").await["items"].as_array().unwrap().clone()
 }
 
 fn count(records: &[Value], action: &str, actor: &str) -> usize {
