@@ -3,12 +3,13 @@
 use crate::app::AppState;
 use crate::error::{ApiQuery, ApiResult};
 use crate::model::AuditEntry;
+use crate::model::Role;
+use crate::routes::{Access, Routes};
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/audit", get(list))
+pub fn routes() -> Routes {
+    Routes::new().get("/audit", Access::Token(Role::Viewer), list)
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -7,6 +7,7 @@ mod errors;
 mod helpers;
 mod listing;
 mod protocol;
+mod rbac;
 mod rollouts;
 mod scale;
 mod web;
