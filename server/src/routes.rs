@@ -171,7 +171,7 @@ enum Found {
 fn find(rules: &[Rule], method: &Method, path: &str) -> Found {
     let method = if method == Method::HEAD { &Method::GET } else { method };
     let of_path: Vec<&Rule> = rules.iter().filter(|r| r.path == path).collect();
-    match of_path.iter().find(|r| &r.method == method) {
+    match of_path.iter().find(|r| r.method == *method) {
         Some(rule) => Found::Rule(rule.access),
         None if of_path.is_empty() => Found::Nothing,
         None => Found::OtherMethods(of_path.iter().map(|r| r.method.clone()).collect()),

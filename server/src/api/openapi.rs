@@ -213,8 +213,7 @@ mod tests {
                 .filter(|r| r.method.as_str().eq_ignore_ascii_case(method))
                 .filter_map(|r| matches(&r.path, path).map(|n| (n, r)))
                 .max_by_key(|(n, _)| *n)
-                .map(|(_, r)| r)
-                .unwrap_or_else(|| panic!("{method} {path} is described but has no route"));
+                .map_or_else(|| panic!("{method} {path} is described but has no route"), |(_, r)| r);
             assert_eq!(rule.access.name(), *role, "{method} {path} (route {})", rule.path);
         }
         for rule in table {

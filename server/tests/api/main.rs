@@ -2,6 +2,7 @@
 //! Postgres variant skips loudly when no server is reachable, or fails under
 //! `FLEETUP_TEST_REQUIRE_ALL=1`). Together they are the store's contract suite.
 
+mod audit;
 mod control;
 mod errors;
 mod helpers;
