@@ -14,25 +14,36 @@ mod rollouts;
 
 use crate::app::AppState;
 use crate::error::AppError;
+use crate::routes::{Access, Routes};
 use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 
-/// The whole application router.
+/// Every route of the HTTP API with its access rule (the rules: [`crate::routes`]).
+pub fn routes() -> Routes {
+    let api = Routes::new()
+        .merge(packages::routes())
+        .merge(enrollment::routes())
+        .merge(agents::routes())
+        .merge(rollouts::routes())
+        .merge(jobs::routes())
+        .merge(audit::routes())
+        .merge(openapi::routes());
+    Routes::new()
+        .nest("/api/v1", api)
+        .nest("/api/v1/agent", agent::routes())
+        .get("/healthz", Access::Public, healthz)
+        .get("/metrics", Access::Public, metrics)
+}
+
+/// The HTTP API's router.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .merge(packages::router())
-        .merge(enrollment::router())
-        .merge(agents::router())
-        .merge(rollouts::router())
-        .merge(jobs::router())
-        .merge(audit::router())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token));
-    Router::new()
-        .nest("/api/v1", api.merge(openapi::router()))
-        .nest("/api/v1/agent", agent::router())
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    serve(routes(), state)
+}
+
+/// `routes`, guarded before anything else runs, with the API's fallback and layers.
+pub(crate) fn serve(routes: Routes, state: AppState) -> Router {
+    routes
+        .guarded(state.clone())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::error::problems_everywhere))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -1,19 +1,17 @@
 //! Bearer tokens: API tokens with roles for people and automation, secret tokens for agents.
 //!
-//! Deny by default: the operator API router runs [`require_token`] before any handler, and
-//! it demands the viewer role for reads and the operator role for every other method; the
-//! use cases check what they need more ([`Actor::require`]). Tokens are stored as sha256 hashes
-//! (they are long random secrets, so a fast hash is enough; passwords are another matter).
+//! Deny by default: [`crate::routes::guard`] runs before every handler and authenticates
+//! the caller its route's rule names ([`api_caller`] with the rule's minimum role,
+//! [`agent_caller`]); the use cases check their role again ([`Actor::require`]). Tokens
+//! are stored as sha256 hashes (they are long random secrets, so a fast hash is enough;
+//! passwords are another matter).
 
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::model::{AgentId, Role};
 use crate::ops::Actor;
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::Method;
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::middleware::Next;
-use axum::response::Response;
 use sha2::{Digest as _, Sha256};
 
 /// A new random secret with a readable prefix.
@@ -44,24 +42,32 @@ fn bearer(parts: &Parts) -> Result<&str, AppError> {
         .ok_or_else(|| AppError::Unauthorized("the Authorization header must be 'Bearer TOKEN'".into()))
 }
 
-/// Middleware: authenticates the API token and applies the method's minimum role.
-pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, AppError> {
-    let (mut parts, body) = req.into_parts();
-    let token = bearer(&parts)?;
+/// The caller of an operator API route: its API token, holding at least `needed`
+/// ([`crate::routes::guard`] asks, with the role of the route's rule).
+pub async fn api_caller(state: &AppState, parts: &Parts, needed: Role) -> Result<Actor, AppError> {
+    let token = bearer(parts)?;
     let info = state
         .store
         .api_token_by_hash(&hash_secret(token))
         .await?
         .ok_or_else(|| AppError::Unauthorized("unknown or revoked API token".into()))?;
     let caller = Actor::new(format!("token:{}", info.name), info.role);
-    let needed = if matches!(parts.method, Method::GET | Method::HEAD) { Role::Viewer } else { Role::Operator };
     caller.require(needed)?;
-    parts.extensions.insert(caller);
-    req = Request::from_parts(parts, body);
-    Ok(next.run(req).await)
+    Ok(caller)
 }
 
-/// The authenticated caller of the operator API (set by [`require_token`]).
+/// The caller of an agent protocol route: an enrolled agent's secret.
+pub async fn agent_caller(state: &AppState, parts: &Parts) -> Result<AgentCaller, AppError> {
+    let token = bearer(parts)?;
+    let (id, hostname) = state
+        .store
+        .agent_by_secret_hash(&hash_secret(token))
+        .await?
+        .ok_or_else(|| AppError::Unauthorized("unknown or revoked agent token; enroll again".into()))?;
+    Ok(AgentCaller { id: crate::store::stored_id(&id)?, hostname })
+}
+
+/// The authenticated caller of the operator API (set by [`crate::routes::guard`]).
 impl<S: Send + Sync> FromRequestParts<S> for Actor {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
@@ -78,15 +84,10 @@ pub struct AgentCaller {
     pub hostname: String,
 }
 
-impl FromRequestParts<AppState> for AgentCaller {
+/// The authenticated agent (set by [`crate::routes::guard`] on agent routes).
+impl<S: Send + Sync> FromRequestParts<S> for AgentCaller {
     type Rejection = AppError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let token = bearer(parts)?;
-        let (id, hostname) = state
-            .store
-            .agent_by_secret_hash(&hash_secret(token))
-            .await?
-            .ok_or_else(|| AppError::Unauthorized("unknown or revoked agent token; enroll again".into()))?;
-        Ok(AgentCaller { id: crate::store::stored_id(&id)?, hostname })
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        parts.extensions.get::<AgentCaller>().cloned().ok_or_else(|| AppError::Unauthorized("not an agent".into()))
     }
 }

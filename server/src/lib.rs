@@ -15,6 +15,7 @@ pub mod error;
 pub mod limits;
 pub mod model;
 pub mod ops;
+pub mod routes;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;

@@ -2,9 +2,9 @@
 //! partial updates, server-sent events for live rollout pages. No single-page-app build
 //! step; every page reads fine without JavaScript.
 //!
-//! Security: every route except `/login` and `/static/*` runs behind
-//! [`session::require_session`] (deny by default); every route behind
-//! [`session::same_origin`] (no state change sent by another site). Mutations go through the same use cases
+//! Security: every route has an access rule ([`routes`]); every route except `/login` and
+//! `/static/*` needs a session, checked by [`session::require_session`] (deny by default);
+//! every route runs behind [`session::same_origin`] (no state change sent by another site). Mutations go through the same use cases
 //! ([`crate::ops`]) as the REST API, with the actor `user:NAME`; errors are the same
 //! [`AppError`], shown as a page.
 
@@ -24,41 +24,56 @@ mod view;
 
 use crate::app::AppState;
 use crate::error::{AppError, ErrorInfo};
+use crate::model::Role;
+use crate::routes::{Access, Routes};
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 
-/// The dashboard's routes (no fallback: the API's JSON 404 answers unknown paths).
+/// Every dashboard route with its access rule (the rules: [`crate::routes`]). A page
+/// needs a viewer's session, a change an operator's (and, every POST, the CSRF token);
+/// logging out is every viewer's.
+pub fn routes() -> Routes {
+    let (view, operate) = (Access::Session(Role::Viewer), Access::Session(Role::Operator));
+    Routes::new()
+        .get("/", view, rollouts::list)
+        .get("/rollouts", view, rollouts::list)
+        .post("/rollouts", operate, stage::create)
+        .get("/rollouts/rows", view, rollouts::rows)
+        .get("/rollouts/new", operate, stage::form)
+        .post("/rollouts/preview", operate, stage::preview)
+        .get("/rollouts/{id}", view, detail::page)
+        .get("/rollouts/{id}/grid", view, detail::grid)
+        .get("/rollouts/{id}/panels", view, detail::panels)
+        .get("/rollouts/{id}/live", view, live::rollout_events)
+        .post("/rollouts/{id}/action/{action}", operate, rollouts::action)
+        .post("/rollouts/{id}/decisions", operate, detail::answer_group)
+        .get("/rollouts/{id}/group/{panel}/{key}", view, detail::group_members)
+        .get("/jobs/{id}", view, jobs::page)
+        .post("/jobs/{id}/decision", operate, jobs::decide)
+        .post("/jobs/{id}/cancel", operate, jobs::cancel)
+        .post("/jobs/{id}/guide/{action}", operate, jobs::guide)
+        .get("/agents", view, agents::page)
+        .get("/packages", view, packages::page)
+        .post("/packages", operate, packages::upload)
+        .get("/audit", view, audit::page)
+        .post("/logout", view, session::logout)
+        .get("/login", Access::Public, session::login_form)
+        .post("/login", Access::Public, session::login)
+        .get("/static/{file}", Access::Public, assets::serve)
+}
+
+/// The dashboard's router (no fallback: the API's JSON 404 answers unknown paths).
 pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
-        .route("/", get(rollouts::list))
-        .route("/rollouts", get(rollouts::list).post(stage::create))
-        .route("/rollouts/rows", get(rollouts::rows))
-        .route("/rollouts/new", get(stage::form))
-        .route("/rollouts/preview", post(stage::preview))
-        .route("/rollouts/{id}", get(detail::page))
-        .route("/rollouts/{id}/grid", get(detail::grid))
-        .route("/rollouts/{id}/panels", get(detail::panels))
-        .route("/rollouts/{id}/live", get(live::rollout_events))
-        .route("/rollouts/{id}/action/{action}", post(rollouts::action))
-        .route("/rollouts/{id}/decisions", post(detail::answer_group))
-        .route("/rollouts/{id}/group/{panel}/{key}", get(detail::group_members))
-        .route("/jobs/{id}", get(jobs::page))
-        .route("/jobs/{id}/decision", post(jobs::decide))
-        .route("/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/jobs/{id}/guide/{action}", post(jobs::guide))
-        .route("/agents", get(agents::page))
-        .route("/packages", get(packages::page).post(packages::upload))
-        .route("/audit", get(audit::page))
-        .route("/logout", post(session::logout))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), session::require_session));
-    Router::new()
-        .merge(protected)
-        .route("/login", get(session::login_form).post(session::login))
-        .route("/static/{file}", get(assets::serve))
+    serve(routes(), state)
+}
+
+/// `routes`, guarded before anything else runs, with the dashboard's layers.
+pub(crate) fn serve(routes: Routes, state: AppState) -> Router {
+    routes
+        .guarded(state.clone())
         .layer(axum::middleware::from_fn(session::same_origin))
         .layer(axum::middleware::map_response(error_pages))
         .layer(axum::middleware::map_response(security_headers))

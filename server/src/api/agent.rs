@@ -10,12 +10,13 @@ use crate::auth::AgentCaller;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
 use crate::model::{JobId, JobState, PackageId, now_ms};
 use crate::ops;
+use crate::routes::{Access, Routes};
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::handler::Handler as _;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use fleetup_proto::agent_api::{
     EnrollRequest, EnrollResponse, EventBatch, JobAssignment, JobPolicies, LogBatch, LogResponse, PackageRef,
     ReportResponse,
@@ -23,13 +24,13 @@ use fleetup_proto::agent_api::{
 use std::time::Duration;
 use tower::ServiceExt as _;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/enroll", post(enroll))
-        .route("/poll", get(poll))
-        .route("/jobs/{id}/events", post(events))
-        .route("/jobs/{id}/logs", post(logs).layer(axum::extract::DefaultBodyLimit::max(MAX_LOG_BODY)))
-        .route("/packages/{id}", get(download))
+pub fn routes() -> Routes {
+    Routes::new()
+        .post("/enroll", Access::Public, enroll)
+        .get("/poll", Access::Agent, poll)
+        .post("/jobs/{id}/events", Access::Agent, events)
+        .post("/jobs/{id}/logs", Access::Agent, logs.layer(axum::extract::DefaultBodyLimit::max(MAX_LOG_BODY)))
+        .get("/packages/{id}", Access::Agent, download)
 }
 
 async fn enroll(

@@ -3,16 +3,20 @@
 
 use crate::app::AppState;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
-use crate::model::{Agent, AgentId, Page};
+use crate::model::{Agent, AgentId, Page, Role};
 use crate::ops::{self, Actor};
+use crate::routes::{Access, Routes};
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use std::collections::BTreeMap;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/agents", get(list)).route("/agents/{id}", get(show).patch(update).delete(revoke))
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/agents", Access::Token(Role::Viewer), list)
+        .get("/agents/{id}", Access::Token(Role::Viewer), show)
+        .patch("/agents/{id}", Access::Token(Role::Operator), update)
+        .delete("/agents/{id}", Access::Token(Role::Admin), revoke)
 }
 
 /// `GET /agents` query: filters, page size, cursor.

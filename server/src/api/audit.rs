@@ -3,14 +3,14 @@
 
 use crate::app::AppState;
 use crate::error::{ApiQuery, ApiResult, AppError};
-use crate::model::{AuditEntry, Page};
+use crate::model::{AuditEntry, Page, Role};
+use crate::routes::{Access, Routes};
 use crate::store::AuditFilter;
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/audit", get(list))
+pub fn routes() -> Routes {
+    Routes::new().get("/audit", Access::Token(Role::Viewer), list)
 }
 
 /// `GET /audit` query: filters, page size, cursor.

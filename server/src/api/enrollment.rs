@@ -6,14 +6,18 @@ use crate::error::{ApiJson, ApiResult};
 use crate::model::{EnrollmentToken, Role};
 use crate::ops::access::EnrollmentOptions;
 use crate::ops::{self, Actor};
+use crate::routes::{Access, Routes};
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use std::collections::BTreeMap;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/enrollment-tokens", get(list).post(create))
+pub fn routes() -> Routes {
+    Routes::new().get("/enrollment-tokens", Access::Token(Role::Admin), list).post(
+        "/enrollment-tokens",
+        Access::Token(Role::Admin),
+        create,
+    )
 }
 
 /// Body of `POST /enrollment-tokens`.

@@ -4,23 +4,24 @@
 
 use crate::app::AppState;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::model::{Decision, Job, JobId};
+use crate::model::{Decision, Job, JobId, Role};
 use crate::ops::{self, Actor};
+use crate::routes::{Access, Routes};
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use fleetup_proto::agent_api::LogLine;
 use fleetup_proto::{DecisionAnswer, EngineEvent};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs/{id}", get(show))
-        .route("/jobs/{id}/events", get(events))
-        .route("/jobs/{id}/logs", get(logs))
-        .route("/jobs/{id}/decisions", get(decisions))
-        .route("/jobs/{id}/decision", post(decide))
-        .route("/jobs/{id}/cancel", post(cancel))
-        .route("/jobs/{id}/{action}", post(guide))
+pub fn routes() -> Routes {
+    let (read, operate) = (Access::Token(Role::Viewer), Access::Token(Role::Operator));
+    Routes::new()
+        .get("/jobs/{id}", read, show)
+        .get("/jobs/{id}/events", read, events)
+        .get("/jobs/{id}/logs", read, logs)
+        .get("/jobs/{id}/decisions", read, decisions)
+        .post("/jobs/{id}/decision", operate, decide)
+        .post("/jobs/{id}/cancel", operate, cancel)
+        .post("/jobs/{id}/{action}", operate, guide)
 }
 
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<JobId>) -> ApiResult<Json<Job>> {

@@ -2,12 +2,12 @@
 //!
 //! The document is assembled with utoipa's builders rather than derived from handler
 //! annotations: the routes, methods, roles and summaries are listed once here (and the
-//! test suite checks every route it exercises appears). Bodies are described in
+//! test suite checks every route it exercises appears, and that each role named here is
+//! the rule of the route in the route table, [`crate::routes`]). Bodies are described in
 //! docs/api.md and by the `fleetup_proto::agent_api` types.
 
-use crate::app::AppState;
-use axum::routing::get;
-use axum::{Json, Router};
+use crate::routes::{Access, Routes};
+use axum::Json;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem, PathsBuilder};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Required, ResponseBuilder};
@@ -174,6 +174,57 @@ pub fn document() -> OpenApi {
         .build()
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(document()) }))
+pub fn routes() -> Routes {
+    Routes::new().get("/openapi.json", Access::Public, || async { Json(document()) })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Whether `path` (a described path, maybe with `{params}`) is one `pattern` matches: the
+    /// same segments, a `{param}` of the pattern standing for any one. Returns the number of
+    /// literal segments (routing prefers the most literal match).
+    fn matches(pattern: &str, path: &str) -> Option<usize> {
+        let (p, q): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
+        if p.len() != q.len() {
+            return None;
+        }
+        let mut literal = 0;
+        for (a, b) in p.iter().zip(&q) {
+            if a.starts_with('{') {
+                continue;
+            }
+            if a != b {
+                return None;
+            }
+            literal += 1;
+        }
+        Some(literal)
+    }
+
+    /// The description names, for every route, the rule the route table holds; and every
+    /// route of the API is described.
+    #[test]
+    fn the_description_names_each_route_by_its_rule_in_the_table() {
+        let routes = crate::api::routes();
+        let table = routes.rules();
+        for (method, path, role, _) in super::ROUTES {
+            let rule = table
+                .iter()
+                .filter(|r| r.method.as_str().eq_ignore_ascii_case(method))
+                .filter_map(|r| matches(&r.path, path).map(|n| (n, r)))
+                .max_by_key(|(n, _)| *n)
+                .map_or_else(|| panic!("{method} {path} is described but has no route"), |(_, r)| r);
+            assert_eq!(rule.access.name(), *role, "{method} {path} (route {})", rule.path);
+        }
+        for rule in table {
+            assert!(
+                super::ROUTES.iter().any(
+                    |(m, p, _, _)| rule.method.as_str().eq_ignore_ascii_case(m) && matches(&rule.path, p).is_some()
+                ),
+                "{} {} is not described in the API description",
+                rule.method,
+                rule.path
+            );
+        }
+    }
 }

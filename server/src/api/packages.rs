@@ -6,18 +6,20 @@
 
 use crate::app::AppState;
 use crate::error::{ApiPath, ApiQuery, ApiResult};
-use crate::model::{Package, PackageId, Page};
+use crate::model::{Package, PackageId, Page, Role};
 use crate::ops::{self, Actor};
+use crate::routes::{Access, Routes};
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
+use axum::handler::Handler as _;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/packages", get(list).post(upload).layer(DefaultBodyLimit::disable()))
-        .route("/packages/{id}", get(show))
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/packages", Access::Token(Role::Viewer), list)
+        .post("/packages", Access::Token(Role::Operator), upload.layer(DefaultBodyLimit::disable()))
+        .get("/packages/{id}", Access::Token(Role::Viewer), show)
 }
 
 /// `GET /packages` query: filter, page size, cursor.

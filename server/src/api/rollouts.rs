@@ -6,22 +6,24 @@
 use crate::app::AppState;
 use crate::domain::rollout::RolloutAction;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
-use crate::model::{JobState, Rollout, RolloutId, RolloutSpec, RolloutState};
+use crate::model::{JobState, Role, Rollout, RolloutId, RolloutSpec, RolloutState};
 use crate::ops::{self, Actor};
+use crate::routes::{Access, Routes};
 use crate::store::{JobFilter, RolloutFilter};
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/rollouts", get(list).post(create))
-        .route("/rollouts/{id}", get(show))
-        .route("/rollouts/{id}/jobs", get(jobs))
-        .route("/rollouts/{id}/retry-failed", post(retry_failed))
-        .route("/rollouts/{id}/decisions", post(decide_all))
-        .route("/rollouts/{id}/{action}", post(act))
+pub fn routes() -> Routes {
+    let (read, operate) = (Access::Token(Role::Viewer), Access::Token(Role::Operator));
+    Routes::new()
+        .get("/rollouts", read, list)
+        .post("/rollouts", operate, create)
+        .get("/rollouts/{id}", read, show)
+        .get("/rollouts/{id}/jobs", read, jobs)
+        .post("/rollouts/{id}/retry-failed", operate, retry_failed)
+        .post("/rollouts/{id}/decisions", operate, decide_all)
+        .post("/rollouts/{id}/{action}", operate, act)
 }
 
 /// `GET /rollouts` query: filters, page size, cursor.

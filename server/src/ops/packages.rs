@@ -20,8 +20,8 @@ pub fn package_path(app: &App, sha256: &str) -> PathBuf {
 
 /// Receives an uploaded package: streams it to a temporary file beside the store (capped
 /// at `--max-package-bytes`), verifies it against the server's trusted keys, keeps it by
-/// its sha256 and records it, audited as `actor`. The API and the dashboard both upload
-/// through here.
+/// its sha256 and records it, audited as `actor`; when the record (or its audit) fails, the
+/// file goes too. The API and the dashboard both upload through here.
 pub async fn ingest(app: &App, actor: &Actor, body: Body) -> Result<Package, AppError> {
     actor.require(Role::Operator)?;
     if app.trusted.is_empty() {
@@ -64,6 +64,8 @@ pub async fn ingest(app: &App, actor: &Actor, body: Body) -> Result<Package, App
     .map_err(|e| AppError::Internal(e.to_string()))?;
     let (v, sha256, size) = verified.map_err(|e| AppError::Unprocessable(format!("package refused: {e}")))?;
     let dest = package_path(app, &sha256);
+    // Kept by an earlier upload of these bytes (then the record below refuses a second one).
+    let existed = dest.exists();
     tmp.persist(&dest).map_err(|e| AppError::Internal(format!("storing the package: {e}")))?;
     let id = PackageId::new();
     let new = NewPackage {
@@ -83,5 +85,14 @@ pub async fn ingest(app: &App, actor: &Actor, body: Body) -> Result<Package, App
         id.as_str(),
         serde_json::json!({ "name": new.name, "version": new.version, "sha256": sha256, "key_id": new.key_id }),
     );
-    Ok(app.store.insert_package(&new, &audit).await?)
+    match app.store.insert_package(&new, &audit).await {
+        Ok(package) => Ok(package),
+        Err(e) => {
+            // Not recorded (nor audited): keep no file of it either.
+            if !existed && let Err(rm) = tokio::fs::remove_file(&dest).await {
+                tracing::warn!(error = %rm, path = %dest.display(), "could not remove an unrecorded package file");
+            }
+            Err(e.into())
+        }
+    }
 }

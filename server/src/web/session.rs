@@ -4,9 +4,10 @@
 //! renders (docs/security.md).
 //!
 //! [`require_session`] guards every dashboard route but the login page and the static
-//! files: no session, no page (deny by default). For anything but GET/HEAD it also demands
-//! the operator role and the session's CSRF token (form field `csrf` or header
-//! `X-CSRF-Token`), so a viewer's POST is refused even if it reaches the server by hand.
+//! files: no session, no page (deny by default). It demands the role of the route's rule
+//! ([`crate::web::routes`]: a viewer's for pages and logout, an operator's for every other
+//! POST) and, for anything but GET/HEAD, the session's CSRF token (form field `csrf` or
+//! header `X-CSRF-Token`), so a viewer's POST is refused even if it reaches the server by hand.
 //! [`same_origin`] refuses every state-changing request a foreign page made the browser
 //! send, the login included (a SameSite cookie does not protect a form without a session).
 
@@ -229,12 +230,13 @@ fn is_activity(parts: &axum::http::request::Parts) -> bool {
     parts.method != Method::GET || !background
 }
 
-/// Middleware: a live session for every request; the CSRF token for every request that is
-/// not GET/HEAD, and the operator role too, except for `/logout` (a viewer logs out).
-pub async fn require_session(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The dashboard's check, run by [`crate::routes::guard`] for a route whose rule asks for a
+/// session: a live session of at least `role` for every request, and the CSRF token for
+/// every request that is not GET/HEAD.
+pub async fn require_session(state: &AppState, role: Role, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
     let session = match cookie(&parts.headers, SESSION_COOKIE) {
-        Some(secret) => crate::ops::sessions::authenticate(&state, secret, is_activity(&parts)).await,
+        Some(secret) => crate::ops::sessions::authenticate(state, secret, is_activity(&parts)).await,
         None => Ok(None),
     };
     let session = match session {
@@ -255,14 +257,11 @@ pub async fn require_session(State(state): State<AppState>, req: Request, next: 
         Err(e) => return e.into_response(),
     };
     let user = User { session };
+    if let Err(e) = user.require(role) {
+        return e.into_response();
+    }
     let mut body = body;
     if !matches!(parts.method, Method::GET | Method::HEAD) {
-        // Every viewer may end their own session; every other POST changes something.
-        if parts.uri.path() != "/logout"
-            && let Err(e) = user.require(Role::Operator)
-        {
-            return e.into_response();
-        }
         let header_token = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let is_form = parts
             .headers

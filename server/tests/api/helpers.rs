@@ -38,6 +38,22 @@ pub fn fixture() -> &'static Fixture {
     })
 }
 
+/// The bytes of the sample rollup with its manifest text changed by `edit`, signed by the
+/// trusted key.
+pub fn variant_package(edit: impl Fn(String) -> String) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fleetup_e2e::workspace_root().join("examples/sample-rollup");
+    let copy = dir.path().join("rollup");
+    let status = std::process::Command::new("cp").arg("-a").arg(&src).arg(&copy).status().unwrap();
+    assert!(status.success());
+    let manifest = copy.join("manifest.toml");
+    std::fs::write(&manifest, edit(std::fs::read_to_string(&manifest).unwrap())).unwrap();
+    let key = fleetup_proto::SecretKey::read(&fixture().trusted.with_extension("")).unwrap();
+    let package = dir.path().join("variant.fleetup");
+    fleetup_proto::package::pack_dir(&copy, &key, &package).unwrap();
+    std::fs::read(&package).unwrap()
+}
+
 fn init_tracing() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
@@ -105,6 +121,8 @@ pub struct TestApp {
     /// The database URL (a second replica uses the same one).
     #[allow(dead_code)]
     pub db_url: String,
+    /// The server's data directory (package files under `packages/`).
+    pub data_dir: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -165,7 +183,8 @@ async fn spawn_configured(
             fleetup_server::cli::create_token(&db_url, Role::Viewer, "viewer").await.unwrap(),
         ),
     };
-    let mut config = Config::new(&db_url, dir.path().join("data"));
+    let data_dir = dir.path().join("data");
+    let mut config = Config::new(&db_url, data_dir.clone());
     config.trust = vec![fixture().trusted.clone()];
     config.scheduler_interval_ms = 50;
     config.heartbeat_flush_ms = 100;
@@ -188,6 +207,7 @@ async fn spawn_configured(
         operator,
         viewer,
         db_url,
+        data_dir,
         stop: Some(tx),
         task: Some(task),
         _dir: dir,
@@ -247,17 +267,7 @@ impl TestApp {
     /// Uploads the sample rollup with its manifest text changed by `edit`, signed by the
     /// trusted key; returns the package id.
     pub async fn upload_variant(&self, edit: impl Fn(String) -> String) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let src = fleetup_e2e::workspace_root().join("examples/sample-rollup");
-        let copy = dir.path().join("rollup");
-        let status = std::process::Command::new("cp").arg("-a").arg(&src).arg(&copy).status().unwrap();
-        assert!(status.success());
-        let manifest = copy.join("manifest.toml");
-        std::fs::write(&manifest, edit(std::fs::read_to_string(&manifest).unwrap())).unwrap();
-        let key = fleetup_proto::SecretKey::read(&fixture().trusted.with_extension("")).unwrap();
-        let package = dir.path().join("variant.fleetup");
-        fleetup_proto::package::pack_dir(&copy, &key, &package).unwrap();
-        self.upload_bytes(std::fs::read(&package).unwrap()).await
+        self.upload_bytes(variant_package(edit)).await
     }
 
     pub async fn enrollment_token(&self, labels: Value) -> String {

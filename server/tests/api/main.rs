@@ -2,11 +2,13 @@
 //! Postgres variant skips loudly when no server is reachable, or fails under
 //! `FLEETUP_TEST_REQUIRE_ALL=1`). Together they are the store's contract suite.
 
+mod audit;
 mod control;
 mod errors;
 mod helpers;
 mod listing;
 mod protocol;
+mod rbac;
 mod rollouts;
 mod scale;
 mod web;
