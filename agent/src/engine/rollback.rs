@@ -13,6 +13,32 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
+/// Stopped by the install and not started again by it, a service that runs now was started
+/// behind its back (the boot starting an enabled unit after a crash, an operator, a restart
+/// policy), on a tree half updated or half restored: it is stopped, or it would go on
+/// serving what it read then, and `start` would find it running and leave it.
+fn stop_started_behind(run: &mut Run<'_>, when: &str, errors: &mut Vec<String>) {
+    let Some(m) = run.manifest.clone() else { return };
+    for s in m.services.iter().rev() {
+        if !run.services.is_running(s).unwrap_or(false) {
+            continue;
+        }
+        match run.services.stop(s) {
+            Err(e) => errors.push(format!("stopping {}: {e}", s.name)),
+            Ok(()) => run.em.emit(
+                PhaseId::Rollback,
+                PhaseStatus::Running,
+                format!(
+                    "service {} was running though the install had stopped it (started by the boot or by someone \
+                     else while the install was interrupted): stopped {when}",
+                    s.name
+                ),
+                json!({ "service": s.name, "started_behind_the_install": true }),
+            ),
+        }
+    }
+}
+
 /// Rolls back everything the journal records. `Err` lists what could not be undone.
 pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome) -> Result<(), String> {
     let p = PhaseId::Rollback;
@@ -28,30 +54,14 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
         |r| matches!(r, Record::Phase { phase } if *phase >= PhaseId::StartServices && *phase != PhaseId::Rollback),
     );
     let stopped = records.iter().any(|r| matches!(r, Record::ServicesStopping { .. }));
-    // Stopped by the install and not started again by it, a service that runs now was
-    // started behind its back (the boot starting an enabled unit after a crash, an
-    // operator, a restart policy) on a half-updated tree: it is stopped before the old
-    // files come back, or it would go on serving what it read from the new ones.
-    if (started_new || stopped)
-        && let Some(m) = run.manifest.clone()
-    {
+    if started_new && let Some(m) = run.manifest.clone() {
         for s in m.services.iter().rev() {
-            let behind_our_back = !started_new && run.services.is_running(s).unwrap_or(false);
             if let Err(e) = run.services.stop(s) {
                 errors.push(format!("stopping {}: {e}", s.name));
-            } else if behind_our_back {
-                run.em.emit(
-                    p,
-                    PhaseStatus::Running,
-                    format!(
-                        "service {} was running though the install had stopped it (started by the boot or by \
-                         someone else while the install was interrupted): stopped before restoring the files",
-                        s.name
-                    ),
-                    json!({ "service": s.name, "started_behind_the_install": true }),
-                );
             }
         }
+    } else if stopped {
+        stop_started_behind(run, "before restoring the files", &mut errors);
     }
     let mut files_changed = false;
     // A rename set stands for its per-file records, each of which may or may not have
@@ -140,6 +150,9 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
         }
     }
     if stopped && let Some(m) = run.manifest.clone() {
+        // Again after the files are back: one started meanwhile (the boot's start of an
+        // enabled unit racing the recovery) may have read them half restored.
+        stop_started_behind(run, "after restoring the files, to start it on them", &mut errors);
         let was_running = run.was_running.clone();
         for s in m.services.iter().filter(|s| was_running.contains(&s.name)) {
             let mut old = s.clone();
