@@ -95,7 +95,11 @@ impl Fleet {
     }
 }
 
-fn postgres_url() -> Option<String> {
+/// A fresh database on the test Postgres (`FLEETUP_TEST_DATABASE_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/test`) for `test`; `None` (a loud skip, or a failure
+/// under `FLEETUP_TEST_REQUIRE_ALL=1`) when Postgres is not reachable. Drop it with
+/// [`drop_database`].
+pub(crate) fn postgres_url(test: &str) -> Option<String> {
     let base =
         std::env::var("FLEETUP_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let name = format!("fleetup_e2e_{}", free_port());
@@ -105,11 +109,20 @@ fn postgres_url() -> Option<String> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        skip_or_fail("fleet on Postgres", "PostgreSQL is not reachable (psql could not create a database)");
+        skip_or_fail(test, "PostgreSQL is not reachable (psql could not create a database)");
         return None;
     }
     let (prefix, _) = base.rsplit_once('/').unwrap();
     Some(format!("{prefix}/{name}"))
+}
+
+/// Drops a database made by [`postgres_url`] (its coordinators gone).
+pub(crate) fn drop_database(url: &str) {
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let _ = std::process::Command::new("psql")
+        .arg(format!("{base}/postgres"))
+        .args(["-q", "-c", &format!("drop database if exists {name} with (force)")])
+        .output();
 }
 
 async fn three_server_rollout_upgrades_everyone(database_url: Option<&str>) {
@@ -176,14 +189,10 @@ async fn three_server_rollout_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_server_rollout_on_postgres() {
-    if let Some(url) = postgres_url() {
+    if let Some(url) = postgres_url("three_server_rollout_on_postgres") {
         three_server_rollout_upgrades_everyone(Some(&url)).await;
         // The fleet (and its server) is gone: drop the test database.
-        let (base, name) = url.rsplit_once('/').unwrap();
-        let _ = std::process::Command::new("psql")
-            .arg(format!("{base}/postgres"))
-            .args(["-q", "-c", &format!("drop database if exists {name} with (force)")])
-            .output();
+        drop_database(&url);
     } else {
         assert!(!require_all());
     }

@@ -415,3 +415,87 @@ async fn a_hook_printing_megabytes_does_not_stall_later_logs() {
     let bytes: usize = hooks.iter().map(|l| l.line.len()).sum();
     assert!(bytes < 2 * 1024 * 1024, "{bytes} bytes of one phase shipped");
 }
+
+/// Whether a phase of the job ran (began, whatever its end).
+fn ran(j: &Job, phase: fleetup_proto::PhaseId) -> bool {
+    use fleetup_proto::PhaseStatus as S;
+    j.phases.get(&phase).is_some_and(|p| !matches!(p.status, S::Pending | S::Skipped))
+}
+
+/// The byte range of the signed content archive inside a package file.
+fn content_member(package: &[u8]) -> std::ops::Range<usize> {
+    let mut archive = tar::Archive::new(package);
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().unwrap().to_str() == Some(fleetup_proto::package::CONTENT_MEMBER) {
+            let at = usize::try_from(entry.raw_file_position()).unwrap();
+            return at..at + usize::try_from(entry.size()).unwrap();
+        }
+    }
+    panic!("no {} in the package", fleetup_proto::package::CONTENT_MEMBER);
+}
+
+/// Issue 14, case 8, over a plain-HTTP loopback link: a proxy rewrites the package bytes,
+/// alone, with the assignment's sha256 (and size) rewritten to match, or swapped for the
+/// same rollup and version signed by the attacker's own key. Each time the install is
+/// refused before extraction: the job fails and says why, no phase after check-system
+/// began, the install root is unchanged. The link passing everything then installs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_rewriting_the_package_gets_the_install_refused_before_extraction() {
+    use fleetup_e2e::fleet::{keygen, pack};
+    let l = link(&[], |_| {}).await;
+    let stored = l.server.client.package(&l.package).await.unwrap();
+    let original =
+        std::fs::read(l.server.dir.join("data/packages").join(format!("{}.fleetup", stored.sha256))).unwrap();
+    let mut flipped = original.clone();
+    let content = content_member(&flipped);
+    flipped[content.start + content.len() / 2] ^= 0x01;
+    let attacker = l.dir.path().join("attacker.key");
+    keygen(&attacker);
+    let foreign = l.dir.path().join("foreign.fup");
+    pack(&fleetup_e2e::workspace_root().join("examples/sample-rollup"), &attacker, &foreign);
+    let cases = [
+        ("a flipped byte", flipped.clone(), false, "downloaded package is not the one announced: sha256"),
+        ("a flipped byte, the sha256 rewritten to match", flipped, true, "integrity check failed"),
+        (
+            "another key's package, sha256 and size rewritten",
+            std::fs::read(&foreign).unwrap(),
+            true,
+            "not trusted here",
+        ),
+    ];
+    let tree = l.host.tree();
+    for (what, bytes, announce, why) in cases {
+        let file = l.dir.path().join("rewritten.fup");
+        std::fs::write(&file, &bytes).unwrap();
+        let (sha256, size) = fleetup_proto::package::file_sha256(&file).unwrap();
+        let bytes = Arc::new(bytes);
+        l.proxy.set_rule(move |r| {
+            if is_download(r) {
+                let bytes = bytes.clone();
+                Action::Rewrite(Arc::new(move |_, _| (*bytes).clone()))
+            } else if announce && is_poll(r) {
+                let sha256 = sha256.clone();
+                rewrite_assignment(move |v| {
+                    v["package"]["sha256"] = json!(sha256);
+                    v["package"]["size"] = json!(size);
+                })
+            } else {
+                Action::Pass
+            }
+        });
+        let (_, job) = l.rollout().await;
+        let j = l.wait_job(&job, "the job to end", |j| j.state.is_terminal()).await;
+        assert_eq!(j.state, JobState::Failed, "{what}: {j:?}");
+        assert!(j.error.as_deref().unwrap_or_default().contains(why), "{what}: {j:?}");
+        let later: Vec<_> = fleetup_proto::PhaseId::INSTALL[1..].iter().filter(|p| ran(&j, **p)).collect();
+        assert!(later.is_empty(), "{what}: {later:?} began: {j:?}");
+        assert!(l.host.tree() == tree, "{what}: the install root changed");
+        assert_eq!(l.host.version().as_deref(), Some("1.0.0"), "{what}");
+    }
+    l.proxy.set_rule(|_| Action::Pass);
+    let (_, job) = l.rollout().await;
+    let j = l.wait_job(&job, "the job to end", |j| j.state.is_terminal()).await;
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    assert_eq!(l.host.version().as_deref(), Some("1.1.0"));
+}

@@ -2,6 +2,7 @@
 
 mod agent_config;
 mod browser;
+mod crash;
 mod debs;
 mod demo;
 mod docker;

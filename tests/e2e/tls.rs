@@ -103,6 +103,100 @@ async fn an_agent_pinning_another_ca_refuses_the_coordinator() {
     host.stop_service();
 }
 
+/// Issue 14, case 8: a man in the middle takes over the path of an enrolled agent that pins
+/// the coordinator's CA. It presents its own certificate, for the right name (127.0.0.1)
+/// but from another CA, and would rewrite every assignment and flip a byte of every package
+/// it could read. The agent refuses each handshake and says why; the man in the middle
+/// decrypts nothing (no request, no bearer token), no job is dispatched, nothing on the host
+/// changes. A client that does trust the attacker's CA gets the rewritten bytes: the
+/// man in the middle works, it is the pinned CA that stops it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_man_in_the_middle_with_its_own_certificate_is_refused() {
+    use fleetup_e2e::mitm::Mitm;
+    use fleetup_e2e::proxy::Action;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_tls(&dir.path().join("server"), &["--scheduler-interval-ms", "200"]).await;
+    let package = server.upload(None).await;
+    let token = server.enrollment_token(1).await;
+    let other = dir.path().join("attacker");
+    tls_init(&other, &["localhost", "127.0.0.1"]);
+    let ca = server.ca_cert.clone().unwrap();
+    let mitm = Mitm::start(addr_of(&server), &ca, &other.join("server.pem"), &other.join("server-key.pem")).await;
+    mitm.proxy.set_rule(|r| {
+        if r.path.starts_with("/api/v1/agent/poll") {
+            Action::Rewrite(std::sync::Arc::new(|status, body| {
+                let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else { return body };
+                if status == 200 {
+                    v["package"]["version"] = json!("0.0.1");
+                }
+                serde_json::to_vec(&v).unwrap()
+            }))
+        } else if r.path.starts_with("/api/v1/agent/packages/") {
+            Action::Rewrite(std::sync::Arc::new(|_, mut body| {
+                let middle = body.len() / 2;
+                if let Some(b) = body.get_mut(middle) {
+                    *b ^= 0xff;
+                }
+                body
+            }))
+        } else {
+            Action::Pass
+        }
+    });
+    let crl = fleetup_demo_service::crl_endpoint().unwrap();
+    let mut host = Host::new(dir.path(), "mitm-1", &crl);
+    // Enrolled through the path while it only relays.
+    host.start_agent_via(&server, &mitm.url, &token, &[]);
+    server.every_agent_online(1, LONG).await;
+    let tree = host.tree();
+
+    mitm.intercept();
+    let spec: fleetup_proto::api::RolloutSpec = serde_json::from_value(
+        json!({ "name": "through a mitm", "package_id": package, "targets": { "labels": { "env": "test" } } }),
+    )
+    .unwrap();
+    let rollout = server.client.create_rollout(&spec).await.unwrap();
+    server.client.start(&rollout.id).await.unwrap();
+    let agent = host.agent.as_ref().unwrap();
+    let refusals = wait_for("the agent refusing the certificate twice", LONG, || {
+        let read = mitm.proxy.seen();
+        assert!(read.is_empty(), "the man in the middle read the agent's requests: {read:?}");
+        let lines: Vec<String> =
+            agent.output().lines().filter(|l| l.contains("invalid peer certificate")).map(str::to_owned).collect();
+        (lines.len() >= 2).then_some(lines)
+    });
+    assert!(refusals.iter().all(|l| l.contains("UnknownIssuer") && l.contains("--ca-cert")), "{refusals:?}");
+    let refused = mitm.refused_handshakes();
+    assert!(refused.len() >= 2, "the man in the middle saw no refused handshake: {refused:?}");
+    assert!(mitm.proxy.seen().is_empty(), "the man in the middle read requests: {:?}", mitm.proxy.seen());
+    let jobs = server.jobs::<fleetup_proto::api::Job>(&rollout.id).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!((jobs[0].state, jobs[0].dispatched_at), (JobState::Queued, None), "{:?}", jobs[0]);
+    assert_eq!(host.version().as_deref(), Some("1.0.0"));
+    assert!(host.tree() == tree, "the install root changed");
+    assert!(!host.state.join("packages").exists(), "a package was downloaded");
+    assert!(!host.state.join("job.json").exists() && !host.state.join("logs").join(jobs[0].id.as_str()).exists());
+
+    // Whoever trusts the attacker's CA gets its rewritten bytes.
+    let identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.state.join("identity.json")).unwrap()).unwrap();
+    let attacker_ca = reqwest::Certificate::from_pem(&std::fs::read(other.join("ca.pem")).unwrap()).unwrap();
+    let fooled = reqwest::Client::builder().tls_certs_only([attacker_ca]).build().unwrap();
+    let got = fooled
+        .get(format!("{}/api/v1/agent/packages/{package}", mitm.url))
+        .bearer_auth(identity["agent_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    let got = got.bytes().await.unwrap();
+    let stored = server.client.package(&package).await.unwrap();
+    let original = std::fs::read(server.dir.join("data/packages").join(format!("{}.fleetup", stored.sha256))).unwrap();
+    assert_eq!(got.len(), original.len());
+    assert_ne!(&got[..], &original[..], "the man in the middle did not rewrite the package");
+    host.stop_service();
+}
+
 /// Runs `fleetup-agent run` in a network namespace of its own (only a loopback that is
 /// down): even if it tried to connect, nothing could leave the machine.
 fn agent_in_empty_netns(dir: &std::path::Path, server: &str, extra: &[&str]) -> Option<Proc> {

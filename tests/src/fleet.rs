@@ -79,6 +79,10 @@ pub struct Server {
     pub client: Client,
     /// Over TLS: the private CA (from `fleetup-server tls init`) agents pin.
     pub ca_cert: Option<PathBuf>,
+    /// The arguments of `fleetup-server` that started it, to start it again alike.
+    serve: Vec<std::ffi::OsString>,
+    /// How many times it was started.
+    starts: u32,
 }
 
 impl Server {
@@ -107,8 +111,7 @@ impl Server {
         let key = dir.join("release.key");
         let key_pub = dir.join("release.key.pub");
         if !key.exists() {
-            let ok = Command::new(binary("fleetup-agent")).args(["keygen", "--out"]).arg(&key).status().unwrap();
-            assert!(ok.success());
+            keygen(&key);
         }
         let db = database_url.map_or_else(|| format!("sqlite:{}", dir.join("fleetup.db").display()), str::to_owned);
         let out = Command::new(binary("fleetup-server"))
@@ -118,25 +121,36 @@ impl Server {
         assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
         let token = String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().trim().to_owned();
         let port = free_port();
-        let mut cmd = Command::new(binary("fleetup-server"));
-        cmd.current_dir(dir)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url", &db, "--trust"])
-            .arg(&key_pub)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(extra)
-            .env("RUST_LOG", "info");
-        let proc = Proc::spawn(cmd, dir.join("server.log"));
+        let mut serve: Vec<std::ffi::OsString> =
+            ["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url", &db].iter().map(Into::into).collect();
+        serve.extend(["--trust".into(), key_pub.clone().into(), "--data-dir".into(), dir.join("data").into()]);
+        serve.extend(extra.iter().map(Into::into));
+        let proc = serve_process(dir, &serve, "server.log");
         let scheme = if ca_cert.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://127.0.0.1:{port}");
         let mut client = Client::new(&url, &token).expect("an HTTP client");
         if let Some(ca) = &ca_cert {
             client = client.with_ca_cert(&std::fs::read(ca).unwrap()).expect("the CA certificate");
         }
-        if let Err(e) = client.wait_healthy(Duration::from_secs(30)).await {
-            panic!("server did not become healthy: {e}\n{}", proc.output());
+        let server = Self { url, token, proc, key, key_pub, dir: dir.to_path_buf(), client, ca_cert, serve, starts: 1 };
+        server.wait_healthy().await;
+        server
+    }
+
+    async fn wait_healthy(&self) {
+        if let Err(e) = self.client.wait_healthy(Duration::from_secs(30)).await {
+            panic!("server did not become healthy: {e}\n{}", self.proc.output());
         }
-        Self { url, token, proc, key, key_pub, dir: dir.to_path_buf(), client, ca_cert }
+    }
+
+    /// SIGKILLs the coordinator if it runs (no shutdown of any kind: a crash), starts it
+    /// again on the same port, database and options, and waits until it answers. Each
+    /// start logs to its own file (`server-N.log`).
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        self.starts += 1;
+        self.proc = serve_process(&self.dir, &self.serve, &format!("server-{}.log", self.starts));
+        self.wait_healthy().await;
     }
 
     /// Packs `src` (default: the sample rollup) with the server's key, with the agent's
@@ -144,16 +158,7 @@ impl Server {
     pub async fn upload(&self, src: Option<&Path>) -> PackageId {
         let src = src.map_or_else(|| workspace_root().join("examples/sample-rollup"), Path::to_path_buf);
         let pkg = self.dir.join(format!("pkg-{}.fup", free_port()));
-        let out = Command::new(binary("fleetup-agent"))
-            .arg("pack")
-            .arg(&src)
-            .arg("--key")
-            .arg(&self.key)
-            .arg("--out")
-            .arg(&pkg)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "pack: {}", String::from_utf8_lossy(&out.stderr));
+        pack(&src, &self.key, &pkg);
         self.client.upload_package(&pkg).await.unwrap_or_else(|e| panic!("upload: {e}")).id
     }
 
@@ -222,6 +227,33 @@ impl Server {
             }
         }
     }
+}
+
+/// `fleetup-agent keygen --out KEY`: a signing key `KEY` and its public half `KEY.pub`.
+pub fn keygen(key: &Path) {
+    let out = Command::new(binary("fleetup-agent")).args(["keygen", "--out"]).arg(key).output().unwrap();
+    assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `fleetup-agent pack SRC --key KEY --out OUT`, as a packager would.
+pub fn pack(src: &Path, key: &Path, out: &Path) {
+    let done = Command::new(binary("fleetup-agent"))
+        .arg("pack")
+        .arg(src)
+        .arg("--key")
+        .arg(key)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(done.status.success(), "pack: {}", String::from_utf8_lossy(&done.stderr));
+}
+
+/// `fleetup-server ARGS` in `dir`, its output in `dir/log`.
+fn serve_process(dir: &Path, args: &[std::ffi::OsString], log: &str) -> Proc {
+    let mut cmd = Command::new(binary("fleetup-server"));
+    cmd.current_dir(dir).args(args).env("RUST_LOG", "info");
+    Proc::spawn(cmd, dir.join(log))
 }
 
 /// `fleetup-server tls init --dir DIR --name …`: a private CA and a server certificate.
@@ -349,6 +381,34 @@ impl Host {
         }
         let n = std::fs::read_dir(&self.dir).map_or(0, Iterator::count);
         self.agent = Some(Proc::spawn(cmd, self.dir.join(format!("agent-{n}.log"))));
+    }
+
+    /// The install root's content: relative path -> mode and bytes (a link's target), to
+    /// see that nothing changed. `run/` (the pid file) and `var/` (caches) are left out.
+    pub fn tree(&self) -> BTreeMap<String, (u32, Vec<u8>)> {
+        fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, Vec<u8>)>) {
+            use std::os::unix::fs::PermissionsExt as _;
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let path = entry.path();
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                if rel == "run" || rel == "var" {
+                    continue;
+                }
+                let md = std::fs::symlink_metadata(&path).unwrap();
+                let mode = md.permissions().mode();
+                if md.file_type().is_symlink() {
+                    out.insert(rel, (mode, std::fs::read_link(&path).unwrap().into_os_string().into_encoded_bytes()));
+                } else if md.is_dir() {
+                    out.insert(rel, (mode, Vec::new()));
+                    walk(root, &path, out);
+                } else {
+                    out.insert(rel, (mode, std::fs::read(&path).unwrap()));
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&self.root, &self.root, &mut out);
+        out
     }
 
     /// Stops the demo service (test cleanup).

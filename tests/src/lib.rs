@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod fleet;
+pub mod mitm;
 pub mod nspawn;
 pub mod proxy;
 pub mod sim;

@@ -5,7 +5,7 @@
 
 use crate::fleet::Server;
 use fleetup_client::NewEnrollmentToken;
-use fleetup_proto::agent_api::{EnrollRequest, EnrollResponse, EventBatch, JobAssignment};
+use fleetup_proto::agent_api::{EnrollRequest, EnrollResponse, EventBatch, JobAssignment, ReportResponse};
 use fleetup_proto::{DecisionKind, DecisionRequest, EngineEvent, PhaseId, PhaseStatus};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -106,16 +106,12 @@ impl SimFleet {
             async move {
                 let deadline = Instant::now() + within;
                 loop {
-                    let resp = http
-                        .get(format!("{base}/api/v1/agent/poll?wait=2"))
-                        .bearer_auth(&a.token)
-                        .send()
-                        .await
-                        .expect("poll");
-                    match resp.status().as_u16() {
-                        200 => return resp.json::<JobAssignment>().await.expect("job assignment"),
-                        204 => assert!(Instant::now() < deadline, "agent {} got no job within {within:?}", a.hostname),
-                        s => panic!("poll of {}: {s} {}", a.hostname, resp.text().await.unwrap_or_default()),
+                    match try_poll(&http, &base, &a, 2).await {
+                        Ok(Some(job)) => return job,
+                        Ok(None) => {
+                            assert!(Instant::now() < deadline, "agent {} got no job within {within:?}", a.hostname);
+                        }
+                        Err(e) => panic!("poll of {}: {e}", a.hostname),
                     }
                 }
             }
@@ -126,6 +122,23 @@ impl SimFleet {
     /// Agent `i` reports `events` on `job`.
     pub async fn report(&self, i: usize, job: &JobAssignment, events: Vec<EngineEvent>) {
         report(&self.http, &self.base, &self.agents[i], job, events).await;
+    }
+
+    /// Agent `i` reports `events` on `job` once: the coordinator's answer, or why there was
+    /// none it could use.
+    pub async fn try_report(
+        &self,
+        i: usize,
+        job: &JobAssignment,
+        events: Vec<EngineEvent>,
+    ) -> Result<ReportResponse, CallFailure> {
+        try_report(&self.http, &self.base, &self.agents[i], job, events).await
+    }
+
+    /// Agent `i` polls once, waiting up to `wait_secs` for a job: the job, `None` (204), or
+    /// why there was no answer it could use.
+    pub async fn try_poll(&self, i: usize, wait_secs: u64) -> Result<Option<JobAssignment>, CallFailure> {
+        try_poll(&self.http, &self.base, &self.agents[i], wait_secs).await
     }
 
     /// Every agent reports the events `events(i)` on its job `jobs[i]`.
@@ -148,17 +161,79 @@ impl SimFleet {
 }
 
 async fn report(http: &reqwest::Client, base: &str, a: &SimAgent, job: &JobAssignment, events: Vec<EngineEvent>) {
+    if let Err(e) = try_report(http, base, a, job, events).await {
+        panic!("report of {}: {e}", a.hostname);
+    }
+}
+
+/// Why a call of a simulated agent got no answer it could use.
+#[derive(Debug)]
+pub enum CallFailure {
+    /// No HTTP answer at all (refused, reset, cut, timed out): the agent sends it again.
+    NoAnswer(String),
+    /// An answer with another status than the call expects.
+    Status(u16, String),
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallFailure::NoAnswer(e) => write!(f, "no answer: {e}"),
+            CallFailure::Status(s, body) => write!(f, "{s} {body}"),
+        }
+    }
+}
+
+/// Longest a simulated agent's call may take before it counts as unanswered.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn try_poll(
+    http: &reqwest::Client,
+    base: &str,
+    a: &SimAgent,
+    wait_secs: u64,
+) -> Result<Option<JobAssignment>, CallFailure> {
+    let resp = http
+        .get(format!("{base}/api/v1/agent/poll?wait={wait_secs}"))
+        .bearer_auth(&a.token)
+        .timeout(CALL_TIMEOUT + Duration::from_secs(wait_secs))
+        .send()
+        .await
+        .map_err(|e| CallFailure::NoAnswer(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(|e| CallFailure::NoAnswer(e.to_string()))?;
+    match status {
+        200 => {
+            serde_json::from_slice(&body).map(Some).map_err(|e| CallFailure::NoAnswer(format!("a cut answer ({e})")))
+        }
+        204 => Ok(None),
+        s => Err(CallFailure::Status(s, String::from_utf8_lossy(&body).into_owned())),
+    }
+}
+
+async fn try_report(
+    http: &reqwest::Client,
+    base: &str,
+    a: &SimAgent,
+    job: &JobAssignment,
+    events: Vec<EngineEvent>,
+) -> Result<ReportResponse, CallFailure> {
     let batch = EventBatch { fencing_token: job.fencing_token, events };
     let resp = http
         .post(format!("{base}/api/v1/agent/jobs/{}/events?wait=0", job.job_id))
         .bearer_auth(&a.token)
+        .timeout(CALL_TIMEOUT)
         .json(&batch)
         .send()
         .await
-        .expect("report");
-    assert_eq!(resp.status().as_u16(), 200, "report of {}: {}", a.hostname, resp.text().await.unwrap_or_default());
+        .map_err(|e| CallFailure::NoAnswer(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(|e| CallFailure::NoAnswer(e.to_string()))?;
+    if status != 200 {
+        return Err(CallFailure::Status(status, String::from_utf8_lossy(&body).into_owned()));
+    }
+    serde_json::from_slice(&body).map_err(|e| CallFailure::NoAnswer(format!("a cut answer ({e})")))
 }
-
 /// An engine event now.
 pub fn event(seq: u64, phase: PhaseId, status: PhaseStatus, message: &str, data: serde_json::Value) -> EngineEvent {
     EngineEvent { seq, phase, status, message: message.to_owned(), data, at: chrono::Utc::now() }
