@@ -2,7 +2,7 @@
 //! to which object.
 
 use crate::app::AppState;
-use crate::error::{ApiQuery, ApiResult, AppError};
+use crate::error::{ApiQuery, ApiResult};
 use crate::model::{AuditEntry, Page, Role};
 use crate::routes::{Access, Routes};
 use crate::store::AuditFilter;
@@ -43,10 +43,7 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>) 
     let (since, until) = (q.since.map(|t| t.timestamp_millis()), q.until.map(|t| t.timestamp_millis()));
     let scope = format!("{:?}|{:?}|{object:?}|{since:?}|{until:?}", q.actor, q.action);
     let before = match q.cursor.as_deref() {
-        Some(c) => match super::paging::decode("audit", &scope, c)?.as_slice() {
-            [at, id] => Some((at.parse().map_err(|_| bad_cursor())?, id.clone())),
-            _ => return Err(bad_cursor()),
-        },
+        Some(c) => Some(super::paging::time_and_id(&super::paging::decode("audit", &scope, c)?)?),
         None => None,
     };
     let filter = AuditFilter {
@@ -61,8 +58,4 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>) 
     Ok(Json(super::paging::page(items, limit, "audit", &scope, |e| {
         vec![e.at.timestamp_millis().to_string(), e.id.clone()]
     })))
-}
-
-fn bad_cursor() -> AppError {
-    AppError::BadRequest("invalid cursor: pass the \"next\" value of the previous page unchanged".into())
 }

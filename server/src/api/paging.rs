@@ -52,6 +52,15 @@ pub fn decode(listing: &str, scope: &str, cursor: &str) -> Result<Vec<String>, A
     serde_json::from_str(key).map_err(|_| bad())
 }
 
+/// The (time in ms, id) keyset of a listing ordered newest first (rollouts, audit).
+pub fn time_and_id(key: &[String]) -> Result<(i64, String), AppError> {
+    let bad = || AppError::BadRequest("invalid cursor: pass the \"next\" value of the previous page unchanged".into());
+    match key {
+        [at, id] => Ok((at.parse().map_err(|_| bad())?, id.clone())),
+        _ => Err(bad()),
+    }
+}
+
 /// A page of `items` already filtered and in order, read with one more than `limit`:
 /// the extra one only says that there is a next page.
 pub fn page<T>(mut items: Vec<T>, limit: u64, listing: &str, scope: &str, key: impl Fn(&T) -> Vec<String>) -> Page<T> {

@@ -62,7 +62,7 @@ async fn list(
     let ms = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
     let scope = format!("{:?}|{labels:?}|{:?}|{:?}", q.state, ms(q.created_after), ms(q.created_before));
     let after = match q.cursor.as_deref() {
-        Some(c) => Some(cursor_key(&super::paging::decode("rollouts", &scope, c)?)?),
+        Some(c) => Some(super::paging::time_and_id(&super::paging::decode("rollouts", &scope, c)?)?),
         None => None,
     };
     let filter = RolloutFilter {
@@ -81,17 +81,6 @@ async fn list(
 /// Every rollout state, for a refusal's sentence.
 fn states() -> String {
     RolloutState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-/// The (created, id) keyset of a rollouts cursor.
-fn cursor_key(key: &[String]) -> ApiResult<(i64, String)> {
-    match key {
-        [at, id] => Ok((
-            at.parse().map_err(|_| AppError::BadRequest("invalid cursor: pass \"next\" unchanged".into()))?,
-            id.clone(),
-        )),
-        _ => Err(AppError::BadRequest("invalid cursor: pass \"next\" unchanged".into())),
-    }
 }
 
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<RolloutId>) -> ApiResult<Json<Rollout>> {
