@@ -78,6 +78,8 @@ async fn bad_requests_change_nothing(backend: Backend) {
     check(s, &v, 403);
     let (s, v) = app.call("POST", "/api/v1/enrollment-tokens", &app.operator, Some(json!({}))).await;
     check(s, &v, 403);
+    // The refusal names the role the route needs (admin here), not the method's default.
+    assert!(v["detail"].as_str().unwrap().contains("needs the admin role"), "{v}");
     let (s, v) = app.call("GET", "/api/v1/rollouts", "wrong", None).await;
     check(s, &v, 401);
     let res = app.client.get(format!("{}/api/v1/rollouts", app.base)).send().await.unwrap();
