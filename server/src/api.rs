@@ -5,6 +5,7 @@ mod agent;
 mod agents;
 mod audit;
 mod enrollment;
+mod idempotency;
 mod jobs;
 mod openapi;
 mod packages;

@@ -28,6 +28,7 @@ pub(crate) mod agents;
 pub(crate) mod audit;
 pub(crate) mod control;
 pub(crate) mod gauges;
+pub(crate) mod idempotency;
 pub(crate) mod jobs;
 pub(crate) mod packages;
 pub(crate) mod rollouts;

@@ -185,12 +185,15 @@ pub(crate) mod cursor {
     }
 }
 
+/// `POST /rollouts`: stages a draft; with `Idempotency-Key`, at most once per key.
 async fn create(
     State(state): State<AppState>,
     actor: Actor,
+    headers: axum::http::HeaderMap,
     ApiJson(spec): ApiJson<RolloutSpec>,
-) -> ApiResult<(StatusCode, Json<Rollout>)> {
-    Ok((StatusCode::CREATED, Json(ops::rollouts::stage(&state, &actor, spec, None).await?)))
+) -> ApiResult<axum::response::Response> {
+    let stage = async { Ok((StatusCode::CREATED, ops::rollouts::stage(&state, &actor, spec.clone(), None).await?)) };
+    super::idempotency::once(&state, &actor, &headers, "POST /rollouts", &spec, stage).await
 }
 
 /// `POST /rollouts/{id}/{start|pause|resume|cancel|approve}`.
@@ -207,12 +210,17 @@ async fn act(
     Ok(Json(ops::rollouts::act(&state, &actor, &id, action).await?))
 }
 
+/// `POST /rollouts/{id}/retry-failed`: a new rollout of the failed servers; with
+/// `Idempotency-Key`, at most once per key.
 async fn retry_failed(
     State(state): State<AppState>,
     actor: Actor,
+    headers: axum::http::HeaderMap,
     ApiPath(id): ApiPath<RolloutId>,
-) -> ApiResult<(StatusCode, Json<Rollout>)> {
-    Ok((StatusCode::CREATED, Json(ops::rollouts::retry_failed(&state, &actor, &id).await?)))
+) -> ApiResult<axum::response::Response> {
+    let retry = async { Ok((StatusCode::CREATED, ops::rollouts::retry_failed(&state, &actor, &id).await?)) };
+    let route = format!("POST /rollouts/{id}/retry-failed");
+    super::idempotency::once(&state, &actor, &headers, &route, &serde_json::Value::Null, retry).await
 }
 
 /// Body of `POST /rollouts/{id}/decisions`: the filter and the answer.

@@ -334,3 +334,68 @@ async fn one_call_answers_every_open_decision_of_a_kind(backend: Backend) {
         app.post(&format!("/api/v1/rollouts/{id}/decisions"), json!({ "kind": "warning", "answer": "cancel" })).await;
     assert_eq!(v["answered"], 0, "nothing left open: {v}");
 }
+
+crate::both_backends!(an_idempotency_key_stages_a_rollout_once);
+
+/// `Idempotency-Key` on `POST /rollouts`: a repeat gets the first answer (marked replayed),
+/// eight racing repeats make one rollout, the key with another body is refused, and a
+/// request that failed forgets its key.
+async fn an_idempotency_key_stages_a_rollout_once(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    app.fleet("idem", 2).await;
+    let spec = json!({ "name": "once", "package_id": package, "targets": { "labels": { "group": "idem" } } });
+    let post = |key: &str, body: &serde_json::Value| {
+        app.client
+            .post(format!("{}/api/v1/rollouts", app.base))
+            .bearer_auth(&app.operator)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+    };
+    let count = || async { app.get("/api/v1/rollouts").await["items"].as_array().unwrap().len() };
+    let first = post("k-1", &spec).await.unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: serde_json::Value = first.json().await.unwrap();
+    let again = post("k-1", &spec).await.unwrap();
+    assert_eq!(again.status().as_u16(), 201);
+    assert_eq!(again.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"], "{again}");
+    assert_eq!(count().await, 1);
+
+    // Racing repeats of a new key: one rollout, every answer names it or says it is running.
+    let racing = json!({ "name": "race", "package_id": package, "targets": { "labels": { "group": "idem" } } });
+    let answers = futures_util::future::join_all((0..8).map(|_| post("k-race", &racing))).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for a in answers {
+        let a = a.unwrap();
+        let s = a.status().as_u16();
+        let v: serde_json::Value = a.json().await.unwrap();
+        match s {
+            201 => {
+                ids.insert(v["id"].as_str().unwrap().to_owned());
+            }
+            409 => assert!(v["detail"].as_str().unwrap().contains("has not answered yet"), "{v}"),
+            other => panic!("{other}: {v}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(count().await, 2);
+
+    // The key with another body; a failed request forgets its key.
+    let other = json!({ "name": "not once", "package_id": package, "targets": { "labels": { "group": "idem" } } });
+    let r = post("k-1", &other).await.unwrap();
+    let s = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(s, 422, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("another request"), "{v}");
+    let bad = json!({ "name": "bad", "package_id": "nope", "targets": { "labels": {} } });
+    for _ in 0..2 {
+        let r = post("k-bad", &bad).await.unwrap();
+        assert_eq!(r.status().as_u16(), 422, "run again each time, not replayed");
+        assert!(r.headers().get("idempotent-replayed").is_none());
+    }
+    assert_eq!(count().await, 2);
+}
