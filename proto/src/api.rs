@@ -491,6 +491,11 @@ pub struct Package {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Rollout {
     /// Id.
+    /// Names the rollout's control state (state, wave, approvals, spec, times; not the job
+    /// counts, which move with every report). Sent as the `ETag` header too; `If-Match` with
+    /// it on an action refuses the action (412) if the rollout changed since.
+    #[serde(default)]
+    pub etag: String,
     pub id: RolloutId,
     /// Name.
     pub name: String,

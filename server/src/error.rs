@@ -27,6 +27,9 @@ pub enum AppError {
     /// State does not allow it.
     #[error("{0}")]
     Conflict(String),
+    /// `If-Match` names another version than the object's.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// Stale fencing token.
     #[error("{0}")]
     StaleLease(String),
@@ -59,6 +62,7 @@ impl AppError {
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AppError::StaleLease(_) => (StatusCode::CONFLICT, fleetup_proto::agent_api::STALE_LEASE_CODE),
+            AppError::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition-failed"),
             AppError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             AppError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too-many-requests"),
@@ -75,6 +79,7 @@ impl From<StoreError> for AppError {
             StoreError::Refused(m) => AppError::Unprocessable(m),
             StoreError::Forbidden(m) => AppError::Forbidden(m),
             StoreError::StaleLease(m) => AppError::StaleLease(m),
+            StoreError::PreconditionFailed(m) => AppError::PreconditionFailed(m),
             other => AppError::Internal(other.to_string()),
         }
     }

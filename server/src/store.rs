@@ -66,6 +66,9 @@ pub enum StoreError {
     /// The caller may not touch this object.
     #[error("{0}")]
     Forbidden(String),
+    /// The object changed since the version the caller named (`If-Match`).
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// A report carries a fencing token that is not the job's current one.
     #[error("{0}")]
     StaleLease(String),

@@ -83,8 +83,20 @@ fn states() -> String {
     RolloutState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<RolloutId>) -> ApiResult<Json<Rollout>> {
-    Ok(Json(state.store.get_rollout(&id).await?))
+/// `GET /rollouts/{id}`, with its `ETag`.
+async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<RolloutId>) -> ApiResult<axum::response::Response> {
+    Ok(tagged(state.store.get_rollout(&id).await?))
+}
+
+/// A rollout answered with its entity tag as `ETag`.
+fn tagged(r: Rollout) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let etag = axum::http::HeaderValue::from_str(&r.etag).ok();
+    let mut resp = Json(r).into_response();
+    if let Some(etag) = etag {
+        resp.headers_mut().insert(axum::http::header::ETAG, etag);
+    }
+    resp
 }
 
 /// `GET /rollouts/{id}/jobs` query: filters, page size, the cursor, the view.
@@ -197,17 +209,25 @@ async fn create(
 }
 
 /// `POST /rollouts/{id}/{start|pause|resume|cancel|approve}`.
+/// With `If-Match: ETAG`, only if the rollout is still that version (else 412).
 async fn act(
     State(state): State<AppState>,
     actor: Actor,
+    headers: axum::http::HeaderMap,
     ApiPath((id, action)): ApiPath<(RolloutId, String)>,
-) -> ApiResult<Json<Rollout>> {
+) -> ApiResult<axum::response::Response> {
     let action = RolloutAction::parse(&action).ok_or_else(|| {
         AppError::NotFound(format!(
             "no rollout action '{action}': use start, pause, resume, approve, cancel or retry-failed"
         ))
     })?;
-    Ok(Json(ops::rollouts::act(&state, &actor, &id, action).await?))
+    let if_match = match headers.get(axum::http::header::IF_MATCH) {
+        Some(v) => Some(v.to_str().map_err(|_| {
+            AppError::BadRequest("If-Match must be the ETag of GET /rollouts/{id}, as sent (ASCII)".into())
+        })?),
+        None => None,
+    };
+    Ok(tagged(ops::rollouts::act(&state, &actor, &id, action, if_match).await?))
 }
 
 /// `POST /rollouts/{id}/retry-failed`: a new rollout of the failed servers; with

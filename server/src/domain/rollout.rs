@@ -63,6 +63,13 @@ pub enum Effect {
 }
 
 /// The effect of an operator's `action` on a rollout in `state`, or why it is refused (a
+/// Does an `If-Match` header value hold for the current entity tag? `*` matches any
+/// version; otherwise one of the comma-separated tags must equal it by strong comparison
+/// (RFC 9110 §13.1.1: a weak tag `W/"…"` never matches).
+pub fn etag_matches(if_match: &str, current: &str) -> bool {
+    if_match.trim() == "*" || if_match.split(',').map(str::trim).any(|tag| !tag.starts_with("W/") && tag == current)
+}
+
 /// sentence to follow "rollout ID is STATE; ").
 pub fn operator_action(state: RolloutState, action: RolloutAction, actor: &str) -> Result<Effect, &'static str> {
     use RolloutAction as A;
@@ -116,6 +123,15 @@ impl Effect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_match_compares_strongly_and_star_matches_any() {
+        assert!(etag_matches("\"a1\"", "\"a1\""));
+        assert!(etag_matches("\"zz\", \"a1\"", "\"a1\""));
+        assert!(etag_matches("*", "\"a1\""));
+        assert!(!etag_matches("W/\"a1\"", "\"a1\""));
+        assert!(!etag_matches("\"a2\"", "\"a1\""));
+    }
     use RolloutAction as A;
     use RolloutState as S;
 

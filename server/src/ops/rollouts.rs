@@ -71,7 +71,14 @@ pub async fn stage(
 }
 
 /// Applies an operator action, wakes the agents asked to cancel and kicks the scheduler.
-pub async fn act(app: &App, actor: &Actor, id: &RolloutId, action: RolloutAction) -> Result<Rollout, AppError> {
+/// Applies an operator action; with `if_match`, only if the rollout is still that version.
+pub async fn act(
+    app: &App,
+    actor: &Actor,
+    id: &RolloutId,
+    action: RolloutAction,
+    if_match: Option<&str>,
+) -> Result<Rollout, AppError> {
     actor.require(Role::Operator)?;
     let audit = NewAudit::new(
         &actor.name,
@@ -80,7 +87,7 @@ pub async fn act(app: &App, actor: &Actor, id: &RolloutId, action: RolloutAction
         id.as_str(),
         serde_json::json!({}),
     );
-    let (rollout, wake) = app.store.rollout_action(id, action, &audit).await?;
+    let (rollout, wake) = app.store.rollout_action(id, action, if_match, &audit).await?;
     app.wake_agents(&wake).await;
     app.scheduler_kick.notify_one();
     Ok(rollout)

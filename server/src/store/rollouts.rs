@@ -299,11 +299,24 @@ impl Store {
         &self,
         id: &RolloutId,
         action: RolloutAction,
+        if_match: Option<&str>,
         audit: &NewAudit,
     ) -> StoreResult<(Rollout, Vec<AgentId>)> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let state = lock_rollout(&mut tx, self.dialect, id).await?.state()?;
+        let row = lock_rollout(&mut tx, self.dialect, id).await?;
+        // Checked on the locked row, in the action's transaction: no change slips in between.
+        if let Some(wanted) = if_match
+            && !crate::domain::rollout::etag_matches(wanted, &row.etag())
+        {
+            return Err(StoreError::PreconditionFailed(format!(
+                "rollout {id} changed since the version you named (If-Match: {wanted}; it is now {}, {}): read it \
+                 again and decide on what it is now",
+                row.etag(),
+                row.state
+            )));
+        }
+        let state = row.state()?;
         let effect = operator_action(state, action, &audit.actor)
             .map_err(|why| StoreError::Conflict(format!("rollout {id} is {}; {why}", state.as_str())))?;
         let wake = apply_effect(&mut tx, id, &effect, now).await?;

@@ -245,6 +245,14 @@ pub(crate) struct RolloutRow {
 }
 
 impl RolloutRow {
+    /// The entity tag of the rollout's control state: a hash of the whole row (quoted,
+    /// as HTTP writes it).
+    pub(crate) fn etag(&self) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(format!("{self:?}").as_bytes());
+        format!("\"{}\"", hex::encode(&digest[..12]))
+    }
+
     pub(crate) fn state(&self) -> StoreResult<RolloutState> {
         RolloutState::parse(&self.state).ok_or_else(|| StoreError::Corrupt(format!("rollout state '{}'", self.state)))
     }
@@ -267,6 +275,7 @@ impl RolloutRow {
             *per_wave.entry(*wave).or_default().entry(s).or_default() += *n as u64;
         }
         Ok(Rollout {
+            etag: self.etag(),
             id: stored_id(&self.id)?,
             name: self.name.clone(),
             package_id: stored_id(&self.package_id)?,

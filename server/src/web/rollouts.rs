@@ -96,6 +96,6 @@ pub async fn action(
         let url = format!("/rollouts/{id}/action/{action}");
         return Ok(confirm::page(&user, &url, &back, &form, super::detail::cancel_question(&r)).into_response());
     }
-    ops::rollouts::act(&state, &actor, &id, parsed).await?;
+    ops::rollouts::act(&state, &actor, &id, parsed, None).await?;
     Ok(Redirect::to(&back).into_response())
 }

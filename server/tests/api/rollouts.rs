@@ -399,3 +399,56 @@ async fn an_idempotency_key_stages_a_rollout_once(backend: Backend) {
     }
     assert_eq!(count().await, 2);
 }
+
+crate::both_backends!(if_match_refuses_an_action_on_a_rollout_that_changed);
+
+/// `ETag` on a rollout and `If-Match` on its actions: the current tag lets the action
+/// through and the answer carries the new tag; a tag from before a change (or a weak one)
+/// is refused with 412 and changes nothing.
+async fn if_match_refuses_an_action_on_a_rollout_that_changed(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    app.fleet("tag", 1).await;
+    let id = app.rollout(json!({ "package_id": package, "targets": { "labels": { "group": "tag" } } }), false).await;
+    let url = format!("{}/api/v1/rollouts/{id}", app.base);
+    let res = app.client.get(&url).bearer_auth(&app.viewer).send().await.unwrap();
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["etag"], etag.as_str(), "{body}");
+    let act = |action: &str, tag: &str| {
+        app.client
+            .post(format!("{url}/{action}"))
+            .bearer_auth(&app.operator)
+            .header("if-match", tag)
+            .json(&json!({}))
+            .send()
+    };
+    let started = act("start", &etag).await.unwrap();
+    assert_eq!(started.status().as_u16(), 200);
+    let new_etag = started.headers()["etag"].to_str().unwrap().to_owned();
+    assert_ne!(new_etag, etag, "starting changed the control state");
+    for stale in [etag.clone(), format!("W/{new_etag}")] {
+        let r = act("pause", &stale).await.unwrap();
+        assert_eq!(r.status().as_u16(), 412, "If-Match: {stale}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "precondition-failed", "{v}");
+        assert!(v["detail"].as_str().unwrap().contains("read it again"), "{v}");
+    }
+    let now = app.get(&format!("/api/v1/rollouts/{id}")).await;
+    assert_ne!(now["state"], "paused", "a refused action changed nothing: {now}");
+    let audit = app.get(&format!("/api/v1/audit?object={id}&action=rollout.pause")).await;
+    assert_eq!(audit["items"], json!([]), "{audit}");
+    // The current tag passes; should the scheduler move the rollout on between the read and
+    // the action (a wave opening), the 412 says so and a fresh read gives the tag to use.
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        let current = app.get(&format!("/api/v1/rollouts/{id}")).await["etag"].as_str().unwrap().to_owned();
+        let status = act("pause", &current).await.unwrap().status().as_u16();
+        answers.push(status);
+        if status != 412 {
+            break;
+        }
+    }
+    assert_eq!(answers.last(), Some(&200), "{answers:?}");
+    assert_eq!(app.get(&format!("/api/v1/rollouts/{id}")).await["state"], "paused");
+}
