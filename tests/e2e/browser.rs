@@ -536,3 +536,110 @@ async fn honest_badges_a_confirmed_cancel_and_a_phone_width_page() {
     b.wait_text("the cancelled rollout", "#rollout-state", "cancelled", LONG).await;
     b.close().await;
 }
+
+/// A process (not one of the package's services) holding a file of the install open, as an
+/// operator's `tail -f` or a backup job would; killed on drop.
+struct Holder(std::process::Child);
+
+impl Holder {
+    /// `tail -f FILE`, returned once its descriptor on `file` is open (a deadline, not a sleep).
+    fn tail(file: &std::path::Path) -> Self {
+        let child =
+            Command::new("tail").arg("-f").arg(file).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("tail");
+        let fds = format!("/proc/{}/fd", child.id());
+        fleetup_e2e::wait_for("tail to open the file", Duration::from_secs(10), || {
+            std::fs::read_dir(&fds)
+                .ok()?
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == file))
+                .then_some(())
+        });
+        Self(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Files in use, decided from the page: on two real servers a `tail -f` holds the config
+/// file the install patches. The rollout page shows one group ("tail holds etc/demo.conf")
+/// listing each server with its holder's pid and name; the server page shows its own. The
+/// operator stops web-1's holder and answers "check again" there: web-1 installs. For web-2
+/// the group's "replace anyway" answer: web-2 installs too, flagged restart-required.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_in_use_show_their_holders_and_are_decided_from_the_page() {
+    let Some(b) = Browser::start("files_in_use_show_their_holders_and_are_decided_from_the_page").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (server, hosts, package) = fleet(dir.path(), 2, |_, _| {}).await;
+    let conf = |h: &Host| h.root.join("etc/demo.conf");
+    let mut holders: Vec<Holder> = hosts.iter().map(|h| Holder::tail(&conf(h))).collect();
+    let spec: RolloutSpec = serde_json::from_value(json!({ "name": "demo 1.1, files in use", "package_id": package,
+        "targets": { "labels": { "env": "test" } }, "waves": ["100%"], "concurrency": 2,
+        "policies": { "files_in_use": { "mode": "ask" } } }))
+    .unwrap();
+    let id = server.client.create_rollout(&spec).await.unwrap().id;
+    server.client.start(&id).await.unwrap();
+    server.client.wait_rollout(&id, LONG, |r| r.counts.get(&JobState::Waiting) == Some(&2)).await.unwrap();
+
+    // The rollout page: one group, each server with its holder's pid and process name.
+    b.login(&server.url, "ada", PASSWORD).await;
+    b.client.goto(&format!("{}/rollouts/{id}", server.url)).await.unwrap();
+    let panel = b.wait_text("the files-in-use group", "#decisions", "tail holds etc/demo.conf", LONG).await;
+    assert_eq!(b.client.find_all(Locator::Css("#decisions article.group")).await.unwrap().len(), 1, "{panel}");
+    assert_eq!(b.client.find(Locator::Css("#decisions .group-count")).await.unwrap().text().await.unwrap(), "2");
+    let table = b.client.find(Locator::Css("#decisions table.holders")).await.unwrap().text().await.unwrap();
+    for (h, holder) in hosts.iter().zip(&holders) {
+        let row = table.lines().find(|l| l.contains(&h.name)).unwrap_or_else(|| panic!("{} listed: {table}", h.name));
+        assert!(row.contains(&holder.pid().to_string()) && row.contains("tail"), "{row}");
+        assert!(row.contains("etc/demo.conf"), "{row}");
+    }
+    for answer in ["retry", "ignore", "exit"] {
+        assert!(b.client.find(Locator::Css(&format!("#decisions button[data-answer='{answer}']"))).await.is_ok());
+    }
+    b.screenshot("14-files-in-use-group").await;
+
+    // web-1's page: its holder, its buttons. The operator stops the holder, then checks again.
+    let jobs = server.jobs::<JobSummary>(&id).await;
+    let job_of = |name: &str| jobs.iter().find(|j| j.hostname == name).unwrap().id.clone();
+    b.client.goto(&format!("{}/jobs/{}", server.url, job_of("web-1"))).await.unwrap();
+    let mine = b.wait_text("web-1's holder", "#decisions table.holders", "tail", LONG).await;
+    assert!(mine.contains(&holders[0].pid().to_string()) && !mine.contains(&holders[1].pid().to_string()), "{mine}");
+    holders[0].kill();
+    b.with_element("web-1's check-again button", "#decisions button[data-answer='retry']", async |e| e.click().await)
+        .await;
+    let web1 = job_of("web-1");
+    server
+        .eventually("web-1 to install once its holder is gone", LONG, async || {
+            Ok(Some(server.client.job(&web1).await?).filter(|j| j.state == JobState::Succeeded))
+        })
+        .await;
+    assert_eq!(hosts[0].version().as_deref(), Some("1.1.0"));
+
+    // web-2 from the rollout page: the group is web-2 alone now; replace anyway.
+    b.client.goto(&format!("{}/rollouts/{id}", server.url)).await.unwrap();
+    b.wait_text("the group of one", "#decisions .group-count", "1", LONG).await;
+    let button = b.client.find(Locator::Css("#decisions button[data-answer='ignore']")).await.unwrap();
+    assert!(button.text().await.unwrap().contains("web-2"), "a group of one names its server");
+    button.click().await.unwrap();
+    b.wait_text("the finished rollout", "#rollout-state", "finished", LONG).await;
+    let web2 = server.client.job(&job_of("web-2")).await.unwrap();
+    assert_eq!(web2.state, JobState::Succeeded);
+    assert!(web2.restart_required, "replaced under a running process: restart required");
+    assert_eq!(hosts[1].version().as_deref(), Some("1.1.0"));
+    let warnings = b.wait_text("the ignored holder as a warning", "#warnings", "restart required", LONG).await;
+    assert!(!warnings.contains("(pid "), "the warning's group leaves the per-server pid out: {warnings}");
+    b.screenshot("15-files-in-use-decided").await;
+    b.close().await;
+}

@@ -87,8 +87,8 @@ pub struct DecisionItem {
     pub message: String,
     /// `warning` or `files-in-use`.
     pub kind: String,
-    /// Allowed answers.
-    pub options: Vec<&'static str>,
+    /// Allowed answers: (answer, button label).
+    pub options: Vec<(&'static str, &'static str)>,
     /// Remediation (warnings).
     pub remediation: Option<Remediation>,
     /// Holding processes: (pid, name, files).
@@ -119,6 +119,8 @@ pub struct Members {
     page: u64,
     pages: u64,
     total: u64,
+    /// A files-in-use group: each server with the processes holding its files.
+    holders: bool,
 }
 
 impl Members {
@@ -143,26 +145,32 @@ fn members(rollout_id: &RolloutId, g: &Group, page: u64) -> Members {
         page,
         pages,
         total,
+        holders: g.is_files_in_use(),
     }
 }
 
-/// The bulk answers of a decision group, with what each does.
+/// The bulk answers of a decision group, with what each does ("on all 3334", or the host
+/// name when the group is one server).
 fn bulk_answers(g: &Group) -> Vec<(&'static str, String, Option<String>)> {
     let n = g.count();
+    let (on, of) = match g.members.as_slice() {
+        [one] => (format!("on {}", one.hostname), one.hostname.clone()),
+        _ => (format!("on all {n}"), format!("all {n} server(s) of this group")),
+    };
     g.options
         .iter()
         .map(|o| {
             let (label, confirm) = match o {
-                DecisionAnswer::Continue => (format!("Continue on all {n}"), None),
+                DecisionAnswer::Continue => (format!("Continue {on}"), None),
                 DecisionAnswer::Cancel => (
-                    format!("Cancel all {n} installs"),
-                    Some(format!("Cancel the install on all {n} server(s) of this group? Each ends without installing.")),
+                    format!("Cancel the install {on}"),
+                    Some(format!("Cancel the install on {of}? Each ends without installing.")),
                 ),
-                DecisionAnswer::Retry => (format!("Retry on all {n}"), None),
-                DecisionAnswer::Ignore => (format!("Replace anyway on all {n}"), None),
+                DecisionAnswer::Retry => (format!("Check again {on}"), None),
+                DecisionAnswer::Ignore => (format!("Replace anyway {on} (restart needed)"), None),
                 DecisionAnswer::Exit => (
-                    format!("End all {n} installs"),
-                    Some(format!("End the install on all {n} server(s) of this group? Their services are restarted on the old version.")),
+                    format!("End the install {on}"),
+                    Some(format!("End the install on {of}? Its services are restarted on the old version.")),
                 ),
             };
             (o.as_str(), label, confirm)
@@ -344,12 +352,23 @@ pub async fn decision_items(state: &AppState, job: &Job) -> WebResult<Vec<Decisi
             phase: d.phase.title().to_owned(),
             message: req.as_ref().map_or_else(String::new, |r| r.message.clone()),
             kind: d.kind.clone(),
-            options: req.map_or_else(Vec::new, |r| r.options.iter().map(|o| o.as_str()).collect()),
+            options: req.map_or_else(Vec::new, |r| r.options.iter().map(|o| (o.as_str(), answer_label(*o))).collect()),
             remediation,
             processes,
         });
     }
     Ok(out)
+}
+
+/// What a decision's button says on a server's page.
+const fn answer_label(a: DecisionAnswer) -> &'static str {
+    match a {
+        DecisionAnswer::Continue => "Continue",
+        DecisionAnswer::Cancel => "Cancel the install",
+        DecisionAnswer::Retry => "Check again",
+        DecisionAnswer::Ignore => "Replace anyway (restart needed)",
+        DecisionAnswer::Exit => "End the install",
+    }
 }
 
 /// Every group of a panel of the rollout.
@@ -475,6 +494,7 @@ pub async fn answer_group(
             .ok_or_else(|| AppError::BadRequest("the form lacks the decision kind; reload the rollout page".into()))?,
         code: get("code"),
         matching: get("matching"),
+        holders: get("holders"),
     };
     if let Some(page) =
         super::confirm::ask(&user, &format!("/rollouts/{id}/decisions"), &format!("/rollouts/{id}"), &form)
