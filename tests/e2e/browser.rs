@@ -643,3 +643,88 @@ async fn files_in_use_show_their_holders_and_are_decided_from_the_page() {
     b.screenshot("15-files-in-use-decided").await;
     b.close().await;
 }
+
+/// The text of the element matching `css`, which must be there.
+async fn element_text(b: &Browser, css: &str) -> String {
+    b.client.find(Locator::Css(css)).await.unwrap_or_else(|_| panic!("{css} on the page")).text().await.unwrap()
+}
+
+/// Staging at scale: 1,015 servers match the label selector. The preview appears, counts
+/// them live as the waves change, shows a sample of host names per wave (not a checkbox
+/// per server) and warns about the servers already on the version (skipped), those the
+/// package's `[target]` is not for (another os) and those offline now; it stays bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn staging_a_thousand_servers_by_label_previews_counts_and_warnings() {
+    let Some(b) = Browser::start("staging_a_thousand_servers_by_label_previews_counts_and_warnings").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let offline_after = 20;
+    let server = Server::start(
+        &dir.path().join("server"),
+        None,
+        &["--scheduler-interval-ms", "200", "--offline-after-secs", &offline_after.to_string()],
+    )
+    .await;
+    add_user(&server, "ada", "admin");
+    let package = server.upload(None).await;
+    let labels = [("fleet", "sim")];
+    let old = SimFleet::enroll(&server, "old", 10, &labels).await;
+    let windows = SimFleet::enroll_with_facts(&server, "win", 5, &labels, &[("os", "windows")]).await;
+    let fleet = SimFleet::enroll(&server, "srv", 1000, &labels).await;
+    // Three servers already run the version.
+    let spec: RolloutSpec = serde_json::from_value(json!({ "name": "first three", "package_id": package,
+        "targets": { "agents": [fleet.agents[0].id, fleet.agents[1].id, fleet.agents[2].id] },
+        "waves": ["100%"], "concurrency": 3 }))
+    .unwrap();
+    let first = server.client.create_rollout(&spec).await.unwrap().id;
+    server.client.start(&first).await.unwrap();
+    let jobs = fleet.take_jobs_of(&[0, 1, 2], LONG).await;
+    for (i, job) in jobs.iter().enumerate() {
+        fleet.report(i, job, sim::finished(fleetup_proto::InstallOutcome::Succeeded)).await;
+    }
+    server.client.wait_rollout(&first, LONG, |r| r.state.as_str() == "finished").await.unwrap();
+    // The `old` ones go quiet until they count as offline; the rest poll.
+    let old_ids: Vec<String> = old.agents.iter().map(|a| a.id.clone()).collect();
+    server
+        .eventually("the quiet servers to count as offline", LONG, async || {
+            let agents = server.client.agents().await?;
+            let quiet = agents.iter().filter(|a| old_ids.contains(&a.id.to_string()) && !a.online).count();
+            Ok((quiet == old_ids.len()).then_some(()))
+        })
+        .await;
+    fleet.poll_once().await;
+    windows.poll_once().await;
+
+    b.login(&server.url, "ada", PASSWORD).await;
+    b.client.goto(&format!("{}/rollouts/new", server.url)).await.unwrap();
+    b.wait_text("the stage form", "#stage", "1015 server(s) enrolled", LONG).await;
+    b.client.find(Locator::Id("labels")).await.unwrap().send_keys("fleet=sim").await.unwrap();
+    let waves = b.client.find(Locator::Id("waves")).await.unwrap();
+    waves.clear().await.unwrap();
+    waves.send_keys("10, 100%").await.unwrap();
+    // (The name is still empty: required to stage, not to preview.)
+    let preview = b.wait_text("the preview of 1,010 servers", "#preview", "1010 server(s) in 2 wave(s)", LONG).await;
+    let skipped = element_text(&b, "#preview-skipped").await;
+    assert!(skipped.contains("3 already run this version and will be skipped"), "{skipped}");
+    let left_out = element_text(&b, "#preview-left-out").await;
+    assert!(left_out.contains("5 server(s) the selector matches get no job"), "{left_out}");
+    assert!(left_out.contains("win-00001") && left_out.contains("os 'linux'"), "{left_out}");
+    let offline = element_text(&b, "#preview-offline").await;
+    assert!(offline.contains("10 of them are offline now") && offline.contains("old-00001"), "{offline}");
+    assert!(preview.contains("Wave 1 · 10 server(s)") && preview.contains("Wave 2 · 1000 server(s)"), "{preview}");
+    assert!(preview.contains("and 950 more"), "a sample of each wave, not every server: {preview}");
+    let html: serde_json::Value =
+        b.client.execute("return document.getElementById('preview').innerHTML.length;", vec![]).await.unwrap();
+    assert!(html.as_u64().unwrap() < 150_000, "the preview is bounded: {html}");
+    b.screenshot("16-stage-preview-at-scale").await;
+
+    // The counts follow the form.
+    let waves = b.client.find(Locator::Id("waves")).await.unwrap();
+    waves.clear().await.unwrap();
+    waves.send_keys("1, 50%, 100%").await.unwrap();
+    b.wait_text("the preview of three waves", "#preview", "1010 server(s) in 3 wave(s)", LONG).await;
+    let page = page_bytes(&b).await;
+    assert!(page < 150_000, "the stage page with its preview is bounded: {page} bytes");
+    b.close().await;
+}
