@@ -39,7 +39,7 @@ pub use audit::AuditFilter;
 pub use control::Failure;
 pub use scheduler::SchedulerPass;
 pub use types::*;
-pub use views::{FailedJob, OpenDecision, RunningPhase, WarnedJob};
+pub use views::{FailedJob, MosaicCell, OpenDecision, RunningPhase, WarnedJob};
 
 use group_commit::GroupCommit;
 use serde::Serialize;

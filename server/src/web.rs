@@ -16,6 +16,7 @@ mod detail;
 mod groups;
 mod jobs;
 mod live;
+mod mosaic;
 mod packages;
 mod rollouts;
 pub mod session;
@@ -42,6 +43,9 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts/{id}", get(detail::page))
         .route("/rollouts/{id}/grid", get(detail::grid))
         .route("/rollouts/{id}/panels", get(detail::panels))
+        .route("/rollouts/{id}/mosaic", get(mosaic::fragment))
+        .route("/rollouts/{id}/mosaic.png", get(mosaic::image))
+        .route("/rollouts/{id}/mosaic/open/{state}/{wave}", get(mosaic::open))
         .route("/rollouts/{id}/live", get(live::rollout_events))
         .route("/rollouts/{id}/action/{action}", post(rollouts::action))
         .route("/rollouts/{id}/decisions", post(detail::answer_group))

@@ -728,3 +728,90 @@ async fn staging_a_thousand_servers_by_label_previews_counts_and_warnings() {
     assert!(page < 150_000, "the stage page with its preview is bounded: {page} bytes");
     b.close().await;
 }
+
+/// The fleet overview of 1,000 servers: one image of every server by state, a legend with
+/// the counts, filters by wave; a click on a cell opens that server; a search by host name
+/// jumps to its row in the paged grid; a search by label lists the matches. Bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_overview_of_a_thousand_servers_search_jumps_and_a_cell_opens_its_server() {
+    let Some(b) = Browser::start("fleet_overview_of_a_thousand_servers_search_jumps_and_a_cell_opens_its_server").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1000;
+    let (server, fleet, package) = sim_fleet(dir.path(), n).await;
+    let spec: RolloutSpec = serde_json::from_value(json!({ "name": "overview", "package_id": package,
+        "targets": { "labels": { "fleet": "sim" } }, "waves": [9, "100%"], "concurrency": 9 }))
+    .unwrap();
+    let id = server.client.create_rollout(&spec).await.unwrap().id;
+    server.client.start(&id).await.unwrap();
+    let jobs = server.jobs::<JobSummary>(&id).await;
+    let first_wave: Vec<&JobSummary> = jobs.iter().filter(|j| j.wave == 1).collect();
+    assert_eq!(first_wave.len(), 9);
+    let which: Vec<usize> =
+        first_wave.iter().map(|j| fleet.agents.iter().position(|a| a.hostname == j.hostname).unwrap()).collect();
+    let assigned = fleet.take_jobs_of(&which, LONG).await;
+    for (i, job) in which.iter().zip(&assigned) {
+        fleet.report(*i, job, sim::finished(fleetup_proto::InstallOutcome::Succeeded)).await;
+    }
+    server.client.wait_rollout(&id, LONG, |r| r.counts.get(&JobState::Succeeded) == Some(&9)).await.unwrap();
+
+    b.login(&server.url, "ada", PASSWORD).await;
+    b.client.goto(&format!("{}/rollouts/{id}", server.url)).await.unwrap();
+    let summary = b.wait_text("the overview", "#mosaic-summary", "All 1000 servers", LONG).await;
+    assert!(summary.contains("click a cell"), "{summary}");
+    let img = b.client.find(Locator::Id("mosaic-img")).await.unwrap();
+    let alt = img.attr("alt").await.unwrap().unwrap_or_default();
+    assert!(alt.starts_with("1000 server(s): 9 succeeded"), "{alt}");
+    let size: serde_json::Value = b
+        .client
+        .execute(
+            "const i = document.getElementById('mosaic-img'); return [i.complete, i.naturalWidth, i.naturalHeight];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(size, json!([true, 799, 79]), "100 cells a row, 10 rows, the image loaded");
+    let legend = element_text(&b, "#mosaic .legend").await;
+    assert!(legend.contains("succeeded 9") && legend.contains("not started 991"), "{legend}");
+    let bytes = page_bytes(&b).await;
+    assert!(bytes < 150_000, "the rollout page with its overview is bounded: {bytes} bytes");
+    b.screenshot("17-fleet-overview").await;
+
+    // Search by host name: the jump lands on the grid page holding it, its row marked.
+    let target = &jobs[776];
+    b.client.find(Locator::Id("find")).await.unwrap().send_keys(&target.hostname).await.unwrap();
+    b.client.find(Locator::Id("find-go")).await.unwrap().click().await.unwrap();
+    let row = b.wait_text("the row found", "table.grid tr.found", &target.hostname, LONG).await;
+    assert!(row.contains(&target.hostname), "{row}");
+    let pager = element_text(&b, "#grid .pager").await;
+    assert!(pager.contains("page 8 of 10"), "the 777th server is on page 8: {pager}");
+    let url = b.client.current_url().await.unwrap();
+    assert_eq!(url.fragment(), Some(format!("job-{}", target.id).as_str()), "scrolled to the row");
+    b.screenshot("18-search-jumped").await;
+
+    // Search by label: every server matches; they are counted and the first listed.
+    let find = b.client.find(Locator::Id("find")).await.unwrap();
+    find.clear().await.unwrap();
+    find.send_keys("fleet=sim").await.unwrap();
+    b.client.find(Locator::Id("find-go")).await.unwrap().click().await.unwrap();
+    b.wait_text("the label matches", "#found", "1000 servers match “fleet=sim”", LONG).await;
+
+    // Filter by wave, then click a cell: the nine of wave 1; the fifth is under the centre.
+    b.client.goto(&format!("{}/rollouts/{id}", server.url)).await.unwrap();
+    b.client.find(Locator::Css("#mosaic nav.filters a[href$='wave=1']")).await.unwrap().click().await.unwrap();
+    b.wait_text("the first wave only", "#mosaic-summary", "9 of 1000 servers (filtered)", LONG).await;
+    let pager = element_text(&b, "#grid .pager").await;
+    assert!(pager.contains("9 server(s) of wave 1"), "the grid follows the filter: {pager}");
+    b.with_element("a cell of the overview", "#mosaic-img", async |e| e.click().await).await;
+    let host = b
+        .wait_for("the server page of the cell", LONG, async || {
+            let url = b.client.current_url().await.ok()?;
+            url.path().starts_with("/jobs/").then_some(())?;
+            b.client.find(Locator::Css("h1")).await.ok()?.text().await.ok()
+        })
+        .await;
+    assert_eq!(host, first_wave[4].hostname, "the cell under the click is the fifth server of wave 1");
+    b.close().await;
+}

@@ -38,8 +38,14 @@ const LOG_TAIL: u64 = 8;
 pub struct GridQuery {
     /// 1-based page.
     pub page: Option<u64>,
-    /// Only jobs in this state (`failed` also shows rolled-back and lost? no: exactly this state).
+    /// Only jobs in this state (exactly this state).
     pub state: Option<String>,
+    /// Only jobs of this wave (0 or absent: every wave).
+    pub wave: Option<u32>,
+    /// The job a search jumped to (its row is marked).
+    pub found: Option<String>,
+    /// A search by host name or labels (the page only).
+    pub find: Option<String>,
 }
 
 /// The grid partial.
@@ -57,6 +63,10 @@ pub struct Grid {
     query: String,
     prev: Option<String>,
     next: Option<String>,
+    /// The wave filter (0: none).
+    wave: u32,
+    /// The job a search jumped to, or empty.
+    found: String,
 }
 
 /// A warning shown on the server page.
@@ -231,6 +241,7 @@ pub struct Page {
     /// When it was rendered (unix ms), for "updated N s ago".
     rendered_ms: i64,
     panels_html: String,
+    mosaic_html: String,
     grid_html: String,
 }
 
@@ -277,14 +288,24 @@ pub async fn build_grid(state: &AppState, r: &Rollout, q: &GridQuery) -> WebResu
         Some(s) => Some(JobState::parse(s).ok_or_else(|| AppError::BadRequest(format!("unknown job state '{s}'")))?),
         None => None,
     };
-    let shown_total = match &filter_state {
-        Some(s) => JobState::parse(s).and_then(|s| r.counts.get(&s).copied()).unwrap_or(0),
-        None => r.counts.values().sum(),
+    let wave = q.wave.unwrap_or(0);
+    let shown_total = match (&filter_state, wave) {
+        (_, w) if w > 0 => {
+            let filter = super::mosaic::Filter { state: filter_state.clone(), wave: Some(w) };
+            filter.apply(state.store.mosaic(&r.id).await?)?.len() as u64
+        }
+        (Some(s), _) => JobState::parse(s).and_then(|s| r.counts.get(&s).copied()).unwrap_or(0),
+        (None, _) => r.counts.values().sum(),
     };
     let pages = shown_total.div_ceil(PAGE_SIZE).max(1);
     let page = q.page.unwrap_or(1).clamp(1, pages);
-    let filter =
-        JobFilter { state: state_filter, offset: (page - 1) * PAGE_SIZE, limit: PAGE_SIZE, ..JobFilter::default() };
+    let filter = JobFilter {
+        state: state_filter,
+        wave: (wave > 0).then_some(wave),
+        offset: (page - 1) * PAGE_SIZE,
+        limit: PAGE_SIZE,
+        ..JobFilter::default()
+    };
     let jobs = state.store.list_jobs(&r.id, &filter).await?.items;
     Ok(Grid {
         rollout_id: r.id.to_string(),
@@ -294,9 +315,11 @@ pub async fn build_grid(state: &AppState, r: &Rollout, q: &GridQuery) -> WebResu
             .iter()
             .map(|s| (s.as_str(), r.counts.get(s).copied().unwrap_or(0), filter_state.as_deref() == Some(s.as_str())))
             .collect(),
-        query: page_query(page, filter_state.as_deref()),
-        prev: (page > 1).then(|| page_query(page - 1, filter_state.as_deref())),
-        next: (page < pages).then(|| page_query(page + 1, filter_state.as_deref())),
+        query: page_query(page, filter_state.as_deref(), wave),
+        prev: (page > 1).then(|| page_query(page - 1, filter_state.as_deref(), wave)),
+        next: (page < pages).then(|| page_query(page + 1, filter_state.as_deref(), wave)),
+        wave,
+        found: q.found.clone().unwrap_or_default(),
         state: filter_state.unwrap_or_default(),
         page,
         pages,
@@ -305,8 +328,8 @@ pub async fn build_grid(state: &AppState, r: &Rollout, q: &GridQuery) -> WebResu
 }
 
 /// The query string of a grid page.
-fn page_query(page: u64, state: Option<&str>) -> String {
-    format!("page={page}&state={}", state.unwrap_or_default())
+fn page_query(page: u64, state: Option<&str>, wave: u32) -> String {
+    format!("page={page}&state={}&wave={wave}", state.unwrap_or_default())
 }
 
 /// The warnings a job reported, for its page.
@@ -512,11 +535,25 @@ pub async fn page(
     user: User,
     Path(id): Path<RolloutId>,
     Query(q): Query<GridQuery>,
-) -> WebResult<Page> {
+) -> WebResult<Response> {
+    use super::mosaic::{Filter, Search};
+    let mut found = None;
+    if let Some(query) = q.find.as_deref().filter(|f| !f.trim().is_empty()) {
+        match super::mosaic::find(&state, &id, query).await? {
+            // One server: its page of the unfiltered grid, its row marked and scrolled to.
+            Search::Jump(job, index) => {
+                let page = index as u64 / PAGE_SIZE + 1;
+                return Ok(Redirect::to(&format!("/rollouts/{id}?page={page}&found={job}#job-{job}")).into_response());
+            }
+            Search::List(f) => found = Some(f),
+        }
+    }
     // The stamp first: a change after it is read shows up in the stream, which starts from it.
     let stamp = super::live::stamp(&state, &id).await?;
     let r = state.store.get_rollout(&id).await?;
     let grid = build_grid(&state, &r, &q).await?;
+    let filter = Filter { state: q.state.clone(), wave: q.wave };
+    let mosaic = super::mosaic::build(&state, &r, &filter, found).await?;
     let panels = build_panels(&state, &user, &r).await?;
     let render = |e: askama::Error| AppError::Internal(format!("rendering: {e}"));
     Ok(Page {
@@ -527,8 +564,10 @@ pub async fn page(
         name: r.name.clone(),
         id: r.id.to_string(),
         panels_html: panels.render().map_err(render)?,
+        mosaic_html: mosaic.render().map_err(render)?,
         grid_html: grid.render().map_err(render)?,
-    })
+    }
+    .into_response())
 }
 
 /// `GET /rollouts/{id}/grid`: the grid partial (htmx).
