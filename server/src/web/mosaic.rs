@@ -107,7 +107,7 @@ impl Look {
                 }
             }
             Look::Waiting => {
-                if x == 3 && (1..=3).contains(&y) || x == 3 && y == 5 {
+                if x == 3 && matches!(y, 1..=3 | 5) {
                     5
                 } else {
                     4
@@ -148,12 +148,12 @@ impl Look {
 /// A PNG of `width` × `height` palette indexes (8 bits each, rows top to bottom).
 fn png(width: usize, height: usize, pixels: &[u8]) -> Vec<u8> {
     use std::io::Write as _;
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    fn chunk(out: &mut Vec<u8>, kind: [u8; 4], data: &[u8]) {
         out.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
         let mut crc = flate2::Crc::new();
-        crc.update(kind);
+        crc.update(&kind);
         crc.update(data);
-        out.extend_from_slice(kind);
+        out.extend_from_slice(&kind);
         out.extend_from_slice(data);
         out.extend_from_slice(&crc.sum().to_be_bytes());
     }
@@ -162,15 +162,15 @@ fn png(width: usize, height: usize, pixels: &[u8]) -> Vec<u8> {
     ihdr.extend_from_slice(&u32::try_from(width).unwrap_or(u32::MAX).to_be_bytes());
     ihdr.extend_from_slice(&u32::try_from(height).unwrap_or(u32::MAX).to_be_bytes());
     ihdr.extend_from_slice(&[8, 3, 0, 0, 0]); // 8 bits, palette, deflate, adaptive filters, no interlace
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"PLTE", &PALETTE.concat());
+    chunk(&mut out, *b"IHDR", &ihdr);
+    chunk(&mut out, *b"PLTE", &PALETTE.concat());
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
     for row in pixels.chunks(width) {
         // Filter type 0 (none) before each row; writing into a Vec cannot fail.
         let _ = z.write_all(&[0]).and_then(|()| z.write_all(row));
     }
-    chunk(&mut out, b"IDAT", &z.finish().unwrap_or_default());
-    chunk(&mut out, b"IEND", &[]);
+    chunk(&mut out, *b"IDAT", &z.finish().unwrap_or_default());
+    chunk(&mut out, *b"IEND", &[]);
     out
 }
 
@@ -437,16 +437,16 @@ mod tests {
     #[test]
     fn ten_thousand_cells_are_a_small_png_and_each_look_differs_without_colour() {
         let looks: Vec<Look> = (0..10_000).map(|i| Look::ALL[i % 7]).collect();
-        let (w, h, bytes) = render(&looks);
-        assert_eq!((w, h), (799, 799));
+        let (width, height, bytes) = render(&looks);
+        assert_eq!((width, height), (799, 799));
         assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
         assert!(bytes.len() < 150_000, "{} bytes", bytes.len());
         // Patterns: no two looks have the same shape of light and dark pixels.
         let shape = |l: Look| -> Vec<bool> {
             (0..CELL * CELL)
                 .map(|i| {
-                    let [r, g, b] = PALETTE[l.pixel(i % CELL, i / CELL) as usize];
-                    u32::from(r) + u32::from(g) + u32::from(b) > 3 * 0xb0
+                    let rgb = PALETTE[l.pixel(i % CELL, i / CELL) as usize];
+                    rgb.iter().map(|c| u32::from(*c)).sum::<u32>() > 3 * 0xb0
                 })
                 .collect()
         };
