@@ -292,10 +292,22 @@ pub async fn build(
     found: Option<Found>,
 ) -> WebResult<Mosaic> {
     let stamp = super::live::stamp(state, &r.id).await?;
-    let all = state.store.mosaic(&r.id).await?;
-    let total = all.len();
-    let cells = filter.apply(all)?;
-    let looks: Vec<Look> = cells.iter().map(|c| Look::of(c.state)).collect();
+    // The partial needs counts only (the image is its own request): without a wave filter
+    // they are the rollout's own counts, no read of every job.
+    let counted = |keep: &dyn Fn(JobState) -> bool| -> Vec<Look> {
+        let mut out = Vec::new();
+        for (st, n) in r.counts.iter().filter(|(st, _)| **st != JobState::Retried && keep(**st)) {
+            out.extend(std::iter::repeat_n(Look::of(*st), usize::try_from(*n).unwrap_or(0)));
+        }
+        out
+    };
+    let total = counted(&|_| true).len();
+    let looks: Vec<Look> = if filter.wave.unwrap_or(0) == 0 {
+        let only = filter.job_state()?;
+        counted(&|st| only.is_none_or(|o| o == st))
+    } else {
+        filter.apply(state.store.mosaic(&r.id).await?)?.iter().map(|c| Look::of(c.state)).collect()
+    };
     let rows = looks.len().div_ceil(COLUMNS).max(1);
     let cols = looks.len().clamp(1, COLUMNS);
     let legend: Vec<(&'static str, usize, String)> =
