@@ -289,8 +289,9 @@ async fn all_pages(server: &BenchServer, rid: &RolloutId, view: &str, limit: usi
 }
 
 /// The dashboard's rollout page for the rollout, its grid fragment (first and last page of
-/// servers; htmx fetches it when the page's live stream says "changed") and its panels
-/// fragment: 10 timed loads each after one warm-up, logged in.
+/// servers; htmx fetches it when the page's live stream says "changed"), its panels
+/// fragment, the fleet overview (fragment and image) and a page of the agents: 10 timed
+/// loads each after one warm-up, logged in.
 async fn dashboard(bins: &Bins, server: &BenchServer, rid: &RolloutId, n: usize) -> Result<Value> {
     let (browser, cookie) = server.dashboard_login(bins).await?;
     let last = n.div_ceil(100);
@@ -300,6 +301,9 @@ async fn dashboard(bins: &Bins, server: &BenchServer, rid: &RolloutId, n: usize)
         ("grid_first", format!("/rollouts/{rid}/grid?page=1&state="), true, "server(s)"),
         ("grid_last", format!("/rollouts/{rid}/grid?page={last}&state="), true, "server(s)"),
         ("panels", format!("/rollouts/{rid}/panels"), true, "page-head"),
+        ("overview", format!("/rollouts/{rid}/mosaic"), true, "Fleet overview"),
+        ("overview_png", format!("/rollouts/{rid}/mosaic.png"), false, "IHDR"),
+        ("agents", "/agents?page=37".to_owned(), false, "agent(s)"),
     ] {
         let url = format!("{}{path}", server.url);
         let mut lat = Vec::new();

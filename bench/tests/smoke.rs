@@ -45,7 +45,7 @@ async fn tiny_coordinator_run(transport: Transport) {
         assert_eq!(walk["paging"], json!("cursor"), "{view}: {v}");
         assert!(walk["bytes_all_pages"].as_u64().is_some_and(|b| b > 0), "{view}: {v}");
     }
-    for part in ["page", "grid_first", "grid_last", "panels"] {
+    for part in ["page", "grid_first", "grid_last", "panels", "overview", "overview_png", "agents"] {
         assert!(v["p3"]["html"][part]["bytes"].as_u64().is_some_and(|b| b > 0), "dashboard {part}: {v}");
     }
 }

@@ -43,7 +43,7 @@ pub use gauges::Gauges;
 pub use rollouts::RolloutFilter;
 pub use scheduler::SchedulerPass;
 pub use types::*;
-pub use views::{FailedJob, OpenDecision, RunningPhase, WarnedJob};
+pub use views::{FailedJob, MosaicCell, OpenDecision, RunningPhase, WarnedJob};
 
 use group_commit::GroupCommit;
 use serde::Serialize;

@@ -16,6 +16,7 @@ mod detail;
 mod groups;
 mod jobs;
 mod live;
+mod mosaic;
 mod packages;
 mod rollouts;
 pub mod session;
@@ -47,6 +48,9 @@ pub fn routes() -> Routes {
         .get("/rollouts/{id}", view, detail::page)
         .get("/rollouts/{id}/grid", view, detail::grid)
         .get("/rollouts/{id}/panels", view, detail::panels)
+        .get("/rollouts/{id}/mosaic", view, mosaic::fragment)
+        .get("/rollouts/{id}/mosaic.png", view, mosaic::image)
+        .get("/rollouts/{id}/mosaic/open/{state}/{wave}", view, mosaic::open)
         .get("/rollouts/{id}/live", view, live::rollout_events)
         .post("/rollouts/{id}/action/{action}", operate, rollouts::action)
         .post("/rollouts/{id}/decisions", operate, detail::answer_group)

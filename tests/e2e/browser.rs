@@ -536,3 +536,282 @@ async fn honest_badges_a_confirmed_cancel_and_a_phone_width_page() {
     b.wait_text("the cancelled rollout", "#rollout-state", "cancelled", LONG).await;
     b.close().await;
 }
+
+/// A process (not one of the package's services) holding a file of the install open, as an
+/// operator's `tail -f` or a backup job would; killed on drop.
+struct Holder(std::process::Child);
+
+impl Holder {
+    /// `tail -f FILE`, returned once its descriptor on `file` is open (a deadline, not a sleep).
+    fn tail(file: &std::path::Path) -> Self {
+        let child =
+            Command::new("tail").arg("-f").arg(file).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("tail");
+        let fds = format!("/proc/{}/fd", child.id());
+        fleetup_e2e::wait_for("tail to open the file", Duration::from_secs(10), || {
+            std::fs::read_dir(&fds)
+                .ok()?
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == file))
+                .then_some(())
+        });
+        Self(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Files in use, decided from the page: on two real servers a `tail -f` holds the config
+/// file the install patches. The rollout page shows one group ("tail holds etc/demo.conf")
+/// listing each server with its holder's pid and name; the server page shows its own. The
+/// operator stops web-1's holder and answers "check again" there: web-1 installs. For web-2
+/// the group's "replace anyway" answer: web-2 installs too, flagged restart-required.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_in_use_show_their_holders_and_are_decided_from_the_page() {
+    let Some(b) = Browser::start("files_in_use_show_their_holders_and_are_decided_from_the_page").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (server, hosts, package) = fleet(dir.path(), 2, |_, _| {}).await;
+    let conf = |h: &Host| h.root.join("etc/demo.conf");
+    let mut holders: Vec<Holder> = hosts.iter().map(|h| Holder::tail(&conf(h))).collect();
+    let spec: RolloutSpec = serde_json::from_value(json!({ "name": "demo 1.1, files in use", "package_id": package,
+        "targets": { "labels": { "env": "test" } }, "waves": ["100%"], "concurrency": 2,
+        "policies": { "files_in_use": { "mode": "ask" } } }))
+    .unwrap();
+    let id = server.client.create_rollout(&spec).await.unwrap().id;
+    server.client.start(&id).await.unwrap();
+    server.client.wait_rollout(&id, LONG, |r| r.counts.get(&JobState::Waiting) == Some(&2)).await.unwrap();
+
+    // The rollout page: one group, each server with its holder's pid and process name.
+    b.login(&server.url, "ada", PASSWORD).await;
+    b.client.goto(&format!("{}/rollouts/{id}", server.url)).await.unwrap();
+    let panel = b.wait_text("the files-in-use group", "#decisions", "tail holds etc/demo.conf", LONG).await;
+    assert_eq!(b.client.find_all(Locator::Css("#decisions article.group")).await.unwrap().len(), 1, "{panel}");
+    assert_eq!(b.client.find(Locator::Css("#decisions .group-count")).await.unwrap().text().await.unwrap(), "2");
+    let table = b.client.find(Locator::Css("#decisions table.holders")).await.unwrap().text().await.unwrap();
+    for (h, holder) in hosts.iter().zip(&holders) {
+        let row = table.lines().find(|l| l.contains(&h.name)).unwrap_or_else(|| panic!("{} listed: {table}", h.name));
+        assert!(row.contains(&holder.pid().to_string()) && row.contains("tail"), "{row}");
+        assert!(row.contains("etc/demo.conf"), "{row}");
+    }
+    for answer in ["retry", "ignore", "exit"] {
+        assert!(b.client.find(Locator::Css(&format!("#decisions button[data-answer='{answer}']"))).await.is_ok());
+    }
+    b.screenshot("14-files-in-use-group").await;
+
+    // web-1's page: its holder, its buttons. The operator stops the holder, then checks again.
+    let jobs = server.jobs::<JobSummary>(&id).await;
+    let job_of = |name: &str| jobs.iter().find(|j| j.hostname == name).unwrap().id.clone();
+    b.client.goto(&format!("{}/jobs/{}", server.url, job_of("web-1"))).await.unwrap();
+    let mine = b.wait_text("web-1's holder", "#decisions table.holders", "tail", LONG).await;
+    assert!(mine.contains(&holders[0].pid().to_string()) && !mine.contains(&holders[1].pid().to_string()), "{mine}");
+    holders[0].kill();
+    b.with_element("web-1's check-again button", "#decisions button[data-answer='retry']", async |e| e.click().await)
+        .await;
+    let web1 = job_of("web-1");
+    server
+        .eventually("web-1 to install once its holder is gone", LONG, async || {
+            Ok(Some(server.client.job(&web1).await?).filter(|j| j.state == JobState::Succeeded))
+        })
+        .await;
+    assert_eq!(hosts[0].version().as_deref(), Some("1.1.0"));
+
+    // web-2 from the rollout page: the group is web-2 alone now; replace anyway.
+    b.client.goto(&format!("{}/rollouts/{id}", server.url)).await.unwrap();
+    b.wait_text("the group of one", "#decisions .group-count", "1", LONG).await;
+    let button = b.client.find(Locator::Css("#decisions button[data-answer='ignore']")).await.unwrap();
+    assert!(button.text().await.unwrap().contains("web-2"), "a group of one names its server");
+    button.click().await.unwrap();
+    b.wait_text("the finished rollout", "#rollout-state", "finished", LONG).await;
+    let web2 = server.client.job(&job_of("web-2")).await.unwrap();
+    assert_eq!(web2.state, JobState::Succeeded);
+    assert!(web2.restart_required, "replaced under a running process: restart required");
+    assert_eq!(hosts[1].version().as_deref(), Some("1.1.0"));
+    let warnings = b.wait_text("the ignored holder as a warning", "#warnings", "restart required", LONG).await;
+    assert!(!warnings.contains("(pid "), "the warning's group leaves the per-server pid out: {warnings}");
+    b.screenshot("15-files-in-use-decided").await;
+    b.close().await;
+}
+
+/// The text of the element matching `css`, which must be there.
+async fn element_text(b: &Browser, css: &str) -> String {
+    b.client.find(Locator::Css(css)).await.unwrap_or_else(|_| panic!("{css} on the page")).text().await.unwrap()
+}
+
+/// Staging at scale: 1,015 servers match the label selector. The preview appears, counts
+/// them live as the waves change, shows a sample of host names per wave (not a checkbox
+/// per server) and warns about the servers already on the version (skipped), those the
+/// package's `[target]` is not for (another os) and those offline now; it stays bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn staging_a_thousand_servers_by_label_previews_counts_and_warnings() {
+    let Some(b) = Browser::start("staging_a_thousand_servers_by_label_previews_counts_and_warnings").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let offline_after = 20;
+    let server = Server::start(
+        &dir.path().join("server"),
+        None,
+        &["--scheduler-interval-ms", "200", "--offline-after-secs", &offline_after.to_string()],
+    )
+    .await;
+    add_user(&server, "ada", "admin");
+    let package = server.upload(None).await;
+    let labels = [("fleet", "sim")];
+    let old = SimFleet::enroll(&server, "old", 10, &labels).await;
+    let windows = SimFleet::enroll_with_facts(&server, "win", 5, &labels, &[("os", "windows")]).await;
+    let fleet = SimFleet::enroll(&server, "srv", 1000, &labels).await;
+    // Three servers already run the version.
+    let spec: RolloutSpec = serde_json::from_value(json!({ "name": "first three", "package_id": package,
+        "targets": { "agents": [fleet.agents[0].id, fleet.agents[1].id, fleet.agents[2].id] },
+        "waves": ["100%"], "concurrency": 3 }))
+    .unwrap();
+    let first = server.client.create_rollout(&spec).await.unwrap().id;
+    server.client.start(&first).await.unwrap();
+    let jobs = fleet.take_jobs_of(&[0, 1, 2], LONG).await;
+    for (i, job) in jobs.iter().enumerate() {
+        fleet.report(i, job, sim::finished(fleetup_proto::InstallOutcome::Succeeded)).await;
+    }
+    server.client.wait_rollout(&first, LONG, |r| r.state.as_str() == "finished").await.unwrap();
+    // The `old` ones go quiet until they count as offline; the rest poll.
+    let old_ids: Vec<String> = old.agents.iter().map(|a| a.id.clone()).collect();
+    server
+        .eventually("the quiet servers to count as offline", LONG, async || {
+            let agents = server.client.agents().await?;
+            let quiet = agents.iter().filter(|a| old_ids.contains(&a.id.to_string()) && !a.online).count();
+            Ok((quiet == old_ids.len()).then_some(()))
+        })
+        .await;
+    fleet.poll_once().await;
+    windows.poll_once().await;
+
+    b.login(&server.url, "ada", PASSWORD).await;
+    b.client.goto(&format!("{}/rollouts/new", server.url)).await.unwrap();
+    b.wait_text("the stage form", "#stage", "1015 server(s) enrolled", LONG).await;
+    b.client.find(Locator::Id("labels")).await.unwrap().send_keys("fleet=sim").await.unwrap();
+    let waves = b.client.find(Locator::Id("waves")).await.unwrap();
+    waves.clear().await.unwrap();
+    waves.send_keys("10, 100%").await.unwrap();
+    // (The name is still empty: required to stage, not to preview.)
+    let preview = b.wait_text("the preview of 1,010 servers", "#preview", "1010 server(s) in 2 wave(s)", LONG).await;
+    let skipped = element_text(&b, "#preview-skipped").await;
+    assert!(skipped.contains("3 already run this version and will be skipped"), "{skipped}");
+    let left_out = element_text(&b, "#preview-left-out").await;
+    assert!(left_out.contains("5 server(s) the selector matches get no job"), "{left_out}");
+    assert!(left_out.contains("win-00001") && left_out.contains("os 'linux'"), "{left_out}");
+    let offline = element_text(&b, "#preview-offline").await;
+    assert!(offline.contains("10 of them are offline now") && offline.contains("old-00001"), "{offline}");
+    assert!(preview.contains("Wave 1 · 10 server(s)") && preview.contains("Wave 2 · 1000 server(s)"), "{preview}");
+    assert!(preview.contains("and 950 more"), "a sample of each wave, not every server: {preview}");
+    let html: serde_json::Value =
+        b.client.execute("return document.getElementById('preview').innerHTML.length;", vec![]).await.unwrap();
+    assert!(html.as_u64().unwrap() < 150_000, "the preview is bounded: {html}");
+    b.screenshot("16-stage-preview-at-scale").await;
+
+    // The counts follow the form.
+    let waves = b.client.find(Locator::Id("waves")).await.unwrap();
+    waves.clear().await.unwrap();
+    waves.send_keys("1, 50%, 100%").await.unwrap();
+    b.wait_text("the preview of three waves", "#preview", "1010 server(s) in 3 wave(s)", LONG).await;
+    let page = page_bytes(&b).await;
+    assert!(page < 150_000, "the stage page with its preview is bounded: {page} bytes");
+    b.close().await;
+}
+
+/// The fleet overview of 1,000 servers: one image of every server by state, a legend with
+/// the counts, filters by wave; a click on a cell opens that server; a search by host name
+/// jumps to its row in the paged grid; a search by label lists the matches. Bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_overview_of_a_thousand_servers_search_jumps_and_a_cell_opens_its_server() {
+    let Some(b) = Browser::start("fleet_overview_of_a_thousand_servers_search_jumps_and_a_cell_opens_its_server").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1000;
+    let (server, fleet, package) = sim_fleet(dir.path(), n).await;
+    let spec: RolloutSpec = serde_json::from_value(json!({ "name": "overview", "package_id": package,
+        "targets": { "labels": { "fleet": "sim" } }, "waves": [9, "100%"], "concurrency": 9 }))
+    .unwrap();
+    let id = server.client.create_rollout(&spec).await.unwrap().id;
+    server.client.start(&id).await.unwrap();
+    let jobs = server.jobs::<JobSummary>(&id).await;
+    let first_wave: Vec<&JobSummary> = jobs.iter().filter(|j| j.wave == 1).collect();
+    assert_eq!(first_wave.len(), 9);
+    let which: Vec<usize> =
+        first_wave.iter().map(|j| fleet.agents.iter().position(|a| a.hostname == j.hostname).unwrap()).collect();
+    let assigned = fleet.take_jobs_of(&which, LONG).await;
+    for (i, job) in which.iter().zip(&assigned) {
+        fleet.report(*i, job, sim::finished(fleetup_proto::InstallOutcome::Succeeded)).await;
+    }
+    server.client.wait_rollout(&id, LONG, |r| r.counts.get(&JobState::Succeeded) == Some(&9)).await.unwrap();
+
+    b.login(&server.url, "ada", PASSWORD).await;
+    b.client.goto(&format!("{}/rollouts/{id}", server.url)).await.unwrap();
+    let summary = b.wait_text("the overview", "#mosaic-summary", "All 1000 servers", LONG).await;
+    assert!(summary.contains("click a cell"), "{summary}");
+    let img = b.client.find(Locator::Id("mosaic-img")).await.unwrap();
+    let alt = img.attr("alt").await.unwrap().unwrap_or_default();
+    assert!(alt.starts_with("1000 server(s): 9 succeeded"), "{alt}");
+    let size: serde_json::Value = b
+        .client
+        .execute(
+            "const i = document.getElementById('mosaic-img'); return [i.complete, i.naturalWidth, i.naturalHeight];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(size, json!([true, 799, 79]), "100 cells a row, 10 rows, the image loaded");
+    let legend = element_text(&b, "#mosaic .legend").await;
+    assert!(legend.contains("succeeded 9") && legend.contains("not started 991"), "{legend}");
+    let bytes = page_bytes(&b).await;
+    assert!(bytes < 150_000, "the rollout page with its overview is bounded: {bytes} bytes");
+    b.screenshot("17-fleet-overview").await;
+
+    // Search by host name: the jump lands on the grid page holding it, its row marked.
+    let target = &jobs[776];
+    b.client.find(Locator::Id("find")).await.unwrap().send_keys(&target.hostname).await.unwrap();
+    b.client.find(Locator::Id("find-go")).await.unwrap().click().await.unwrap();
+    let row = b.wait_text("the row found", "table.grid tr.found", &target.hostname, LONG).await;
+    assert!(row.contains(&target.hostname), "{row}");
+    let pager = element_text(&b, "#grid .pager").await;
+    assert!(pager.contains("page 8 of 10"), "the 777th server is on page 8: {pager}");
+    let url = b.client.current_url().await.unwrap();
+    assert_eq!(url.fragment(), Some(format!("job-{}", target.id).as_str()), "scrolled to the row");
+    b.screenshot("18-search-jumped").await;
+
+    // Search by label: every server matches; they are counted and the first listed.
+    let find = b.client.find(Locator::Id("find")).await.unwrap();
+    find.clear().await.unwrap();
+    find.send_keys("fleet=sim").await.unwrap();
+    b.client.find(Locator::Id("find-go")).await.unwrap().click().await.unwrap();
+    b.wait_text("the label matches", "#found", "1000 servers match “fleet=sim”", LONG).await;
+
+    // Filter by wave, then click a cell: the nine of wave 1; the fifth is under the centre.
+    b.client.goto(&format!("{}/rollouts/{id}", server.url)).await.unwrap();
+    b.client.find(Locator::Css("#mosaic nav.filters a[href$='wave=1']")).await.unwrap().click().await.unwrap();
+    b.wait_text("the first wave only", "#mosaic-summary", "9 of 1000 servers (filtered)", LONG).await;
+    let pager = element_text(&b, "#grid .pager").await;
+    assert!(pager.contains("9 server(s) of wave 1"), "the grid follows the filter: {pager}");
+    b.with_element("a cell of the overview", "#mosaic-img", async |e| e.click().await).await;
+    let host = b
+        .wait_for("the server page of the cell", LONG, async || {
+            let url = b.client.current_url().await.ok()?;
+            url.path().starts_with("/jobs/").then_some(())?;
+            b.client.find(Locator::Css("h1")).await.ok()?.text().await.ok()
+        })
+        .await;
+    assert_eq!(host, first_wave[4].hostname, "the cell under the click is the fifth server of wave 1");
+    b.close().await;
+}

@@ -62,6 +62,19 @@ where
 impl SimFleet {
     /// Enrolls `n` agents `PREFIX-00001` … labelled `labels`.
     pub async fn enroll(server: &Server, prefix: &str, n: usize, labels: &[(&str, &str)]) -> Self {
+        Self::enroll_with_facts(server, prefix, n, labels, &[]).await
+    }
+
+    /// Like [`SimFleet::enroll`], each agent reporting the facts `facts` (`os`, …).
+    pub async fn enroll_with_facts(
+        server: &Server,
+        prefix: &str,
+        n: usize,
+        labels: &[(&str, &str)],
+        facts: &[(&str, &str)],
+    ) -> Self {
+        let facts: BTreeMap<String, serde_json::Value> =
+            facts.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
         let new = NewEnrollmentToken {
             labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             max_uses: Some(n as u64),
@@ -73,13 +86,13 @@ impl SimFleet {
         let names: Vec<String> = (1..=n).map(|i| format!("{prefix}-{i:05}")).collect();
         let (h, b) = (http.clone(), base.clone());
         let agents = each(names, move |hostname| {
-            let (http, base, secret) = (h.clone(), b.clone(), secret.clone());
+            let (http, base, secret, facts) = (h.clone(), b.clone(), secret.clone(), facts.clone());
             async move {
                 let req = EnrollRequest {
                     token: secret,
                     hostname: hostname.clone(),
                     labels: BTreeMap::new(),
-                    facts: BTreeMap::new(),
+                    facts,
                     version: "0.1.0".into(),
                 };
                 let resp = http.post(format!("{base}/api/v1/agent/enroll")).json(&req).send().await.expect("enroll");
@@ -117,6 +130,24 @@ impl SimFleet {
             }
         })
         .await
+    }
+
+    /// Every agent polls once without waiting (the heartbeat: it is online again).
+    pub async fn poll_once(&self) {
+        let (http, base) = (self.http.clone(), self.base.clone());
+        each(self.agents.clone(), move |a| {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                let resp = http
+                    .get(format!("{base}/api/v1/agent/poll?wait=0"))
+                    .bearer_auth(&a.token)
+                    .send()
+                    .await
+                    .expect("poll");
+                assert!(resp.status().is_success(), "poll of {}: {}", a.hostname, resp.status());
+            }
+        })
+        .await;
     }
 
     /// Agent `i` reports `events` on `job`.

@@ -255,6 +255,10 @@ struct DecideAll {
     /// Only questions whose text names this (an endpoint, a prerequisite).
     #[serde(default)]
     matching: Option<String>,
+    /// Only files-in-use questions with exactly these holders, pids aside
+    /// (`tail: etc/demo.conf; java: lib/a.jar`).
+    #[serde(default)]
+    holders: Option<String>,
     /// The answer for every one of them.
     answer: fleetup_proto::DecisionAnswer,
     /// Keep the answer standing: every such decision asked later in the rollout gets it too.
@@ -269,7 +273,12 @@ async fn decide_all(
     ApiPath(id): ApiPath<RolloutId>,
     ApiJson(body): ApiJson<DecideAll>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let filter = crate::domain::decide::DecisionFilter { kind: body.kind, code: body.code, matching: body.matching };
+    let filter = crate::domain::decide::DecisionFilter {
+        kind: body.kind,
+        code: body.code,
+        matching: body.matching,
+        holders: body.holders,
+    };
     let answered = ops::jobs::answer_all(&state, &actor, &id, &filter, body.answer, body.remember).await?;
     Ok(Json(serde_json::json!({ "answered": answered })))
 }

@@ -55,6 +55,21 @@ pub struct FailedJob {
     pub error: Option<String>,
 }
 
+/// One server of a rollout as the fleet overview shows it.
+#[derive(Debug, Clone)]
+pub struct MosaicCell {
+    /// The job.
+    pub job_id: JobId,
+    /// Its server.
+    pub hostname: String,
+    /// Its wave.
+    pub wave: u32,
+    /// Its state.
+    pub state: JobState,
+    /// The server's labels (search by label).
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A running job's current phase and since when it runs.
 #[derive(Debug, Clone)]
 pub struct RunningPhase {
@@ -130,6 +145,30 @@ impl Store {
                     current_phase: phase.map(|p| p.parse().map_err(super::corrupt)).transpose()?,
                     phases: from_json(&phases, "job phases")?,
                     error,
+                })
+            })
+            .collect()
+    }
+
+    /// Every job of the rollout but superseded attempts, in dispatch order (the grid's
+    /// order): the fleet overview's cells.
+    #[tracing::instrument(skip_all)]
+    pub async fn mosaic(&self, rollout_id: &RolloutId) -> StoreResult<Vec<MosaicCell>> {
+        let rows: Vec<(String, String, i64, String, String)> = sqlx::query_as(
+            "select j.id, a.hostname, j.wave, j.state, a.labels from jobs j join agents a on a.id = j.agent_id \
+             where j.rollout_id = $1 and j.state <> 'retried' order by j.wave, j.position",
+        )
+        .bind(rollout_id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(job, hostname, wave, state, labels)| {
+                Ok(MosaicCell {
+                    job_id: stored_id(&job)?,
+                    hostname,
+                    wave: u32::try_from(wave).map_err(super::corrupt)?,
+                    state: parse_state(&state)?,
+                    labels: from_json(&labels, "agent labels")?,
                 })
             })
             .collect()

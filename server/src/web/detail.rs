@@ -38,8 +38,14 @@ const LOG_TAIL: u64 = 8;
 pub struct GridQuery {
     /// 1-based page.
     pub page: Option<u64>,
-    /// Only jobs in this state (`failed` also shows rolled-back and lost? no: exactly this state).
+    /// Only jobs in this state (exactly this state).
     pub state: Option<String>,
+    /// Only jobs of this wave (0 or absent: every wave).
+    pub wave: Option<u32>,
+    /// The job a search jumped to (its row is marked).
+    pub found: Option<String>,
+    /// A search by host name or labels (the page only).
+    pub find: Option<String>,
 }
 
 /// The grid partial.
@@ -57,6 +63,10 @@ pub struct Grid {
     query: String,
     prev: Option<String>,
     next: Option<String>,
+    /// The wave filter (0: none).
+    wave: u32,
+    /// The job a search jumped to, or empty.
+    found: String,
 }
 
 /// A warning shown on the server page.
@@ -87,8 +97,8 @@ pub struct DecisionItem {
     pub message: String,
     /// `warning` or `files-in-use`.
     pub kind: String,
-    /// Allowed answers.
-    pub options: Vec<&'static str>,
+    /// Allowed answers: (answer, button label).
+    pub options: Vec<(&'static str, &'static str)>,
     /// Remediation (warnings).
     pub remediation: Option<Remediation>,
     /// Holding processes: (pid, name, files).
@@ -119,6 +129,8 @@ pub struct Members {
     page: u64,
     pages: u64,
     total: u64,
+    /// A files-in-use group: each server with the processes holding its files.
+    holders: bool,
 }
 
 impl Members {
@@ -143,26 +155,32 @@ fn members(rollout_id: &RolloutId, g: &Group, page: u64) -> Members {
         page,
         pages,
         total,
+        holders: g.is_files_in_use(),
     }
 }
 
-/// The bulk answers of a decision group, with what each does.
+/// The bulk answers of a decision group, with what each does ("on all 3334", or the host
+/// name when the group is one server).
 fn bulk_answers(g: &Group) -> Vec<(&'static str, String, Option<String>)> {
     let n = g.count();
+    let (on, of) = match g.members.as_slice() {
+        [one] => (format!("on {}", one.hostname), one.hostname.clone()),
+        _ => (format!("on all {n}"), format!("all {n} server(s) of this group")),
+    };
     g.options
         .iter()
         .map(|o| {
             let (label, confirm) = match o {
-                DecisionAnswer::Continue => (format!("Continue on all {n}"), None),
+                DecisionAnswer::Continue => (format!("Continue {on}"), None),
                 DecisionAnswer::Cancel => (
-                    format!("Cancel all {n} installs"),
-                    Some(format!("Cancel the install on all {n} server(s) of this group? Each ends without installing.")),
+                    format!("Cancel the install {on}"),
+                    Some(format!("Cancel the install on {of}? Each ends without installing.")),
                 ),
-                DecisionAnswer::Retry => (format!("Retry on all {n}"), None),
-                DecisionAnswer::Ignore => (format!("Replace anyway on all {n}"), None),
+                DecisionAnswer::Retry => (format!("Check again {on}"), None),
+                DecisionAnswer::Ignore => (format!("Replace anyway {on} (restart needed)"), None),
                 DecisionAnswer::Exit => (
-                    format!("End all {n} installs"),
-                    Some(format!("End the install on all {n} server(s) of this group? Their services are restarted on the old version.")),
+                    format!("End the install {on}"),
+                    Some(format!("End the install on {of}? Its services are restarted on the old version.")),
                 ),
             };
             (o.as_str(), label, confirm)
@@ -223,6 +241,7 @@ pub struct Page {
     /// When it was rendered (unix ms), for "updated N s ago".
     rendered_ms: i64,
     panels_html: String,
+    mosaic_html: String,
     grid_html: String,
 }
 
@@ -269,14 +288,24 @@ pub async fn build_grid(state: &AppState, r: &Rollout, q: &GridQuery) -> WebResu
         Some(s) => Some(JobState::parse(s).ok_or_else(|| AppError::BadRequest(format!("unknown job state '{s}'")))?),
         None => None,
     };
-    let shown_total = match &filter_state {
-        Some(s) => JobState::parse(s).and_then(|s| r.counts.get(&s).copied()).unwrap_or(0),
-        None => r.counts.values().sum(),
+    let wave = q.wave.unwrap_or(0);
+    let shown_total = match (&filter_state, wave) {
+        (_, w) if w > 0 => {
+            let filter = super::mosaic::Filter { state: filter_state.clone(), wave: Some(w) };
+            filter.apply(state.store.mosaic(&r.id).await?)?.len() as u64
+        }
+        (Some(s), _) => JobState::parse(s).and_then(|s| r.counts.get(&s).copied()).unwrap_or(0),
+        (None, _) => r.counts.values().sum(),
     };
     let pages = shown_total.div_ceil(PAGE_SIZE).max(1);
     let page = q.page.unwrap_or(1).clamp(1, pages);
-    let filter =
-        JobFilter { state: state_filter, offset: (page - 1) * PAGE_SIZE, limit: PAGE_SIZE, ..JobFilter::default() };
+    let filter = JobFilter {
+        state: state_filter,
+        wave: (wave > 0).then_some(wave),
+        offset: (page - 1) * PAGE_SIZE,
+        limit: PAGE_SIZE,
+        ..JobFilter::default()
+    };
     let jobs = state.store.list_jobs(&r.id, &filter).await?.items;
     Ok(Grid {
         rollout_id: r.id.to_string(),
@@ -286,9 +315,11 @@ pub async fn build_grid(state: &AppState, r: &Rollout, q: &GridQuery) -> WebResu
             .iter()
             .map(|s| (s.as_str(), r.counts.get(s).copied().unwrap_or(0), filter_state.as_deref() == Some(s.as_str())))
             .collect(),
-        query: page_query(page, filter_state.as_deref()),
-        prev: (page > 1).then(|| page_query(page - 1, filter_state.as_deref())),
-        next: (page < pages).then(|| page_query(page + 1, filter_state.as_deref())),
+        query: page_query(page, filter_state.as_deref(), wave),
+        prev: (page > 1).then(|| page_query(page - 1, filter_state.as_deref(), wave)),
+        next: (page < pages).then(|| page_query(page + 1, filter_state.as_deref(), wave)),
+        wave,
+        found: q.found.clone().unwrap_or_default(),
         state: filter_state.unwrap_or_default(),
         page,
         pages,
@@ -297,8 +328,8 @@ pub async fn build_grid(state: &AppState, r: &Rollout, q: &GridQuery) -> WebResu
 }
 
 /// The query string of a grid page.
-fn page_query(page: u64, state: Option<&str>) -> String {
-    format!("page={page}&state={}", state.unwrap_or_default())
+fn page_query(page: u64, state: Option<&str>, wave: u32) -> String {
+    format!("page={page}&state={}&wave={wave}", state.unwrap_or_default())
 }
 
 /// The warnings a job reported, for its page.
@@ -344,12 +375,23 @@ pub async fn decision_items(state: &AppState, job: &Job) -> WebResult<Vec<Decisi
             phase: d.phase.title().to_owned(),
             message: req.as_ref().map_or_else(String::new, |r| r.message.clone()),
             kind: d.kind.clone(),
-            options: req.map_or_else(Vec::new, |r| r.options.iter().map(|o| o.as_str()).collect()),
+            options: req.map_or_else(Vec::new, |r| r.options.iter().map(|o| (o.as_str(), answer_label(*o))).collect()),
             remediation,
             processes,
         });
     }
     Ok(out)
+}
+
+/// What a decision's button says on a server's page.
+const fn answer_label(a: DecisionAnswer) -> &'static str {
+    match a {
+        DecisionAnswer::Continue => "Continue",
+        DecisionAnswer::Cancel => "Cancel the install",
+        DecisionAnswer::Retry => "Check again",
+        DecisionAnswer::Ignore => "Replace anyway (restart needed)",
+        DecisionAnswer::Exit => "End the install",
+    }
 }
 
 /// Every group of a panel of the rollout.
@@ -475,6 +517,7 @@ pub async fn answer_group(
             .ok_or_else(|| AppError::BadRequest("the form lacks the decision kind; reload the rollout page".into()))?,
         code: get("code"),
         matching: get("matching"),
+        holders: get("holders"),
     };
     if let Some(page) =
         super::confirm::ask(&user, &format!("/rollouts/{id}/decisions"), &format!("/rollouts/{id}"), &form)
@@ -492,11 +535,25 @@ pub async fn page(
     user: User,
     Path(id): Path<RolloutId>,
     Query(q): Query<GridQuery>,
-) -> WebResult<Page> {
+) -> WebResult<Response> {
+    use super::mosaic::{Filter, Search};
+    let mut found = None;
+    if let Some(query) = q.find.as_deref().filter(|f| !f.trim().is_empty()) {
+        match super::mosaic::find(&state, &id, query).await? {
+            // One server: its page of the unfiltered grid, its row marked and scrolled to.
+            Search::Jump(job, index) => {
+                let page = index as u64 / PAGE_SIZE + 1;
+                return Ok(Redirect::to(&format!("/rollouts/{id}?page={page}&found={job}#job-{job}")).into_response());
+            }
+            Search::List(f) => found = Some(f),
+        }
+    }
     // The stamp first: a change after it is read shows up in the stream, which starts from it.
     let stamp = super::live::stamp(&state, &id).await?;
     let r = state.store.get_rollout(&id).await?;
     let grid = build_grid(&state, &r, &q).await?;
+    let filter = Filter { state: q.state.clone(), wave: q.wave };
+    let mosaic = super::mosaic::build(&state, &r, &filter, found).await?;
     let panels = build_panels(&state, &user, &r).await?;
     let render = |e: askama::Error| AppError::Internal(format!("rendering: {e}"));
     Ok(Page {
@@ -507,8 +564,10 @@ pub async fn page(
         name: r.name.clone(),
         id: r.id.to_string(),
         panels_html: panels.render().map_err(render)?,
+        mosaic_html: mosaic.render().map_err(render)?,
         grid_html: grid.render().map_err(render)?,
-    })
+    }
+    .into_response())
 }
 
 /// `GET /rollouts/{id}/grid`: the grid partial (htmx).

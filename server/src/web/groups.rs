@@ -4,20 +4,23 @@
 //!
 //! A group's cause is what an operator would fix once:
 //! - a decision: its kind, its warning code and its question (the question names the CRL
-//!   endpoint and what the probe found, or the prerequisite). Files-in-use decisions are one
-//!   group: their questions name per-server pids, and the answer is the same for all. The
-//!   bulk answer of a group is the API's [`DecisionFilter`] with exactly that kind, code and
-//!   question, so it answers the servers the group counts and no other.
-//! - a warning: its code and subject (the CRL endpoint and probe result, or the message);
+//!   endpoint and what the probe found, or the prerequisite). Files-in-use decisions group
+//!   by who holds what, pids aside (`tail: etc/demo.conf`: the pids differ on every server,
+//!   the cause and the fix do not); each server of the group lists its own holders with
+//!   their pids. The bulk answer of a group is the API's [`DecisionFilter`] with exactly
+//!   that kind, code and question (or holders), so it answers the servers the group counts
+//!   and no other.
+//! - a warning: its code and subject (the CRL endpoint and probe result, or the message,
+//!   pids left out);
 //! - a failure: the failing phase and the error.
 //!
 //! Pure functions over the rows `store::views` reads; the keys are short hashes of the
 //! cause, stable across renders, used in URLs for a group's page of servers.
 
-use crate::domain::decide::DecisionFilter;
+use crate::domain::decide::{DecisionFilter, holders_signature};
 use crate::model::{JobId, JobState};
 use crate::store::{FailedJob, OpenDecision, WarnedJob};
-use fleetup_proto::{DecisionAnswer, DecisionKind, PhaseId, PhaseStatus};
+use fleetup_proto::{DecisionAnswer, DecisionKind, HoldingProcess, PhaseId, PhaseStatus};
 use sha2::Digest as _;
 
 /// Which panel a group belongs to.
@@ -56,6 +59,8 @@ pub struct Member {
     pub hostname: String,
     /// Its job's state.
     pub state: &'static str,
+    /// Files-in-use decisions: the processes holding the files on this server.
+    pub holders: Vec<HoldingProcess>,
 }
 
 /// A remediation text split into what to read and what to copy: the engine's CRL text is
@@ -139,9 +144,23 @@ impl Group {
     }
 
     fn add(&mut self, job_id: &JobId, hostname: &str, state: JobState) {
+        self.add_holding(job_id, hostname, state, &[]);
+    }
+
+    fn add_holding(&mut self, job_id: &JobId, hostname: &str, state: JobState, holders: &[HoldingProcess]) {
         if self.members.last().is_none_or(|m| &m.job_id != job_id) {
-            self.members.push(Member { job_id: job_id.clone(), hostname: hostname.to_owned(), state: state.as_str() });
+            self.members.push(Member {
+                job_id: job_id.clone(),
+                hostname: hostname.to_owned(),
+                state: state.as_str(),
+                holders: holders.to_vec(),
+            });
         }
+    }
+
+    /// A files-in-use group (its servers list their holders).
+    pub fn is_files_in_use(&self) -> bool {
+        self.code == "files-in-use"
     }
 }
 
@@ -178,12 +197,19 @@ pub fn decision_groups(open: &[OpenDecision]) -> Vec<Group> {
                     kind: "warning".into(),
                     code: Some(code.clone()),
                     matching: Some(req.message.clone()),
+                    holders: None,
                 });
                 (g, remediation.as_deref())
             }
-            DecisionKind::FilesInUse { .. } => {
-                let mut g = Group::new(Panel::Decisions, "files-in-use", "", "files to replace are in use".into());
-                g.filter = Some(DecisionFilter { kind: "files-in-use".into(), ..DecisionFilter::default() });
+            DecisionKind::FilesInUse { processes } => {
+                let holders = holders_signature(processes);
+                let title = format!("files to replace are in use: {}", holding_text(&holders));
+                let mut g = Group::new(Panel::Decisions, "files-in-use", "", title);
+                g.filter = Some(DecisionFilter {
+                    kind: "files-in-use".into(),
+                    holders: Some(holders),
+                    ..DecisionFilter::default()
+                });
                 (g, None)
             }
         };
@@ -192,9 +218,37 @@ pub fn decision_groups(open: &[OpenDecision]) -> Vec<Group> {
             g.options.clone_from(&req.options);
             g.remediation = remediation.map(Remediation::of);
         }
-        g.add(&d.job_id, &d.hostname, JobState::Waiting);
+        let holders = match &req.kind {
+            DecisionKind::FilesInUse { processes } => processes.as_slice(),
+            DecisionKind::Warning { .. } => &[],
+        };
+        g.add_holding(&d.job_id, &d.hostname, JobState::Waiting, holders);
     }
     groups.done()
+}
+
+/// `tail: etc/demo.conf; java: lib/a.jar` as a sentence: `tail holds etc/demo.conf; java holds lib/a.jar`.
+fn holding_text(signature: &str) -> String {
+    signature.split("; ").map(|part| part.replacen(": ", " holds ", 1)).collect::<Vec<_>>().join("; ")
+}
+
+/// `text` without its ` (pid N)` parts: a warning about files in use names per-server pids.
+fn without_pids(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(" (pid ") {
+        let after = &rest[at + 6..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(')') {
+            out.push_str(&rest[..at]);
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str(&rest[..at + 6]);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What a stored warning says: (code, subject, remediation, applied workaround).
@@ -209,7 +263,7 @@ fn read_warning(w: &serde_json::Value) -> (String, String, Option<String>, Optio
     // leaves out the workaround's sentence (it names per-server paths).
     let subject = match message.strip_prefix("CRL endpoint ").and_then(|m| m.split_once(" is unreachable: ")) {
         Some((url, rest)) => format!("CRL endpoint {url} is unreachable: {}", rest.split("; ").next().unwrap_or(rest)),
-        None => message.to_owned(),
+        None => without_pids(message),
     };
     (code, subject, remediation, applied)
 }
@@ -307,6 +361,47 @@ mod tests {
         fn request_of(&self, open: &[OpenDecision]) -> DecisionRequest {
             open.iter().find(|d| d.job_id == self.members[0].job_id).unwrap().request.clone()
         }
+    }
+
+    fn holding(i: usize, pid: u32, name: &str) -> OpenDecision {
+        let kind = DecisionKind::FilesInUse {
+            processes: vec![HoldingProcess { pid, name: name.into(), files: vec!["etc/demo.conf".into()] }],
+        };
+        let request = DecisionRequest {
+            id: 2,
+            phase: PhaseId::StopServices,
+            message: format!("files in use (services still running): {name} (pid {pid}) holds etc/demo.conf"),
+            options: DecisionRequest::options_for(&kind),
+            kind,
+        };
+        open(i, request)
+    }
+
+    #[test]
+    fn files_in_use_group_by_holders_and_each_server_keeps_its_pids() {
+        let open_list = vec![holding(1, 100, "tail"), holding(2, 200, "tail"), holding(3, 300, "java")];
+        let groups = decision_groups(&open_list);
+        assert_eq!(
+            groups.iter().map(|g| (g.count(), g.title.as_str())).collect::<Vec<_>>(),
+            [
+                (2, "files to replace are in use: tail holds etc/demo.conf"),
+                (1, "files to replace are in use: java holds etc/demo.conf")
+            ]
+        );
+        let tails = &groups[0];
+        assert!(tails.is_files_in_use());
+        assert_eq!(tails.members.iter().map(|m| m.holders[0].pid).collect::<Vec<_>>(), [100, 200]);
+        let filter = tails.filter.as_ref().unwrap();
+        let covered: Vec<bool> = open_list.iter().map(|d| filter.covers(&d.request)).collect();
+        assert_eq!(covered, [true, true, false], "the group's answer covers its servers only");
+    }
+
+    #[test]
+    fn a_files_in_use_warning_groups_without_its_pids() {
+        assert_eq!(
+            without_pids("files in use ignored: restart required (tail (pid 42) holds a; x (pid 7) holds b (pid ?)"),
+            "files in use ignored: restart required (tail holds a; x holds b (pid ?)"
+        );
     }
 
     #[test]

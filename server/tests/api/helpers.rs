@@ -438,6 +438,29 @@ pub fn warning_ev(seq: u64, code: &str, message: &str) -> EngineEvent {
     e
 }
 
+/// A stop-services warning asking a files-in-use decision (id 1): `holders` (pid, process,
+/// file) hold files the install replaces.
+pub fn files_in_use_ev(seq: u64, holders: &[(u32, &str, &str)]) -> EngineEvent {
+    use fleetup_proto::{DecisionKind, DecisionRequest, HoldingProcess};
+    let processes: Vec<HoldingProcess> = holders
+        .iter()
+        .map(|(pid, name, file)| HoldingProcess { pid: *pid, name: (*name).into(), files: vec![(*file).into()] })
+        .collect();
+    let names: Vec<String> =
+        holders.iter().map(|(pid, name, file)| format!("{name} (pid {pid}) holds {file}")).collect();
+    let kind = DecisionKind::FilesInUse { processes };
+    let req = DecisionRequest {
+        id: 1,
+        phase: PhaseId::StopServices,
+        message: format!("files in use (services still running): {}", names.join("; ")),
+        options: DecisionRequest::options_for(&kind),
+        kind,
+    };
+    let mut e = ev(seq, PhaseId::StopServices, PhaseStatus::Warning);
+    e.data = json!({ "decision": req });
+    e
+}
+
 pub fn final_ev(seq: u64, outcome: InstallOutcome) -> EngineEvent {
     let summary = InstallSummary {
         outcome,

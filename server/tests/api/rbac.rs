@@ -137,6 +137,8 @@ fn fill(rule: &Rule, w: &World) -> String {
             ("{action}", _) if rule.path.contains("/rollouts/") => "pause".to_owned(),
             ("{action}", _) => "retry".to_owned(),
             ("{panel}" | "{key}", _) => "warnings".to_owned(),
+            ("{state}", "open") => "running".to_owned(),
+            ("{wave}", _) => "1".to_owned(),
             (other, _) => {
                 panic!("the matrix cannot fill {other} in {} {}: teach `fill` about it", rule.method, rule.path)
             }

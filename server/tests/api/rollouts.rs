@@ -270,6 +270,48 @@ async fn servers_already_on_the_version_are_skipped(backend: Backend) {
 }
 
 crate::both_backends!(one_call_answers_every_open_decision_of_a_kind);
+crate::both_backends!(a_files_in_use_answer_narrowed_to_its_holders_leaves_the_others_open);
+
+/// Three servers ask about files in use: two held by `tail` (other pids), one by `java`.
+/// One call with the holders `tail: etc/demo.conf` answers the two; the third stays open.
+async fn a_files_in_use_answer_narrowed_to_its_holders_leaves_the_others_open(backend: Backend) {
+    use crate::helpers::files_in_use_ev;
+    let Some(app) = spawn_app(backend).await else { return };
+    let package = app.upload_package().await;
+    let agents = app.fleet("fiu", 3).await;
+    let id = app
+        .rollout(json!({ "package_id": package, "targets": { "labels": { "group": "fiu" } }, "waves": [3], "concurrency": 3 }), true)
+        .await;
+    let mut jobs = Vec::new();
+    for (i, a) in agents.iter().enumerate() {
+        let job = a.next_job().await;
+        let holder = if i < 2 { (100 + i as u32, "tail", "etc/demo.conf") } else { (300, "java", "etc/demo.conf") };
+        let (s, _) = a.report(&job.job_id, job.fencing_token, vec![files_in_use_ev(1, &[holder])]).await;
+        assert_eq!(s, 200);
+        jobs.push(job);
+    }
+    app.wait_rollout(&id, "three waiting", |r| r["counts"]["waiting"] == 3).await;
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/api/v1/rollouts/{id}/decisions"),
+            &app.operator,
+            Some(json!({ "kind": "warning", "holders": "tail: etc/demo.conf", "answer": "continue" })),
+        )
+        .await;
+    assert_eq!(s, 422, "holders narrows files-in-use only: {v}");
+    let body = json!({ "kind": "files-in-use", "holders": "tail: etc/demo.conf", "answer": "retry" });
+    let v = app.post(&format!("/api/v1/rollouts/{id}/decisions"), body).await;
+    assert_eq!(v["answered"], 2, "{v}");
+    let states: Vec<String> = {
+        let mut out = Vec::new();
+        for job in &jobs {
+            out.push(app.get(&format!("/api/v1/jobs/{}", job.job_id)).await["state"].as_str().unwrap().to_owned());
+        }
+        out
+    };
+    assert_eq!(states, ["running", "running", "waiting"], "the java holder's server still waits");
+}
 
 /// Four servers ask about two unreachable CRL endpoints and one prerequisite. One call
 /// answers the warnings naming one endpoint; the others stay open; the audit has one record

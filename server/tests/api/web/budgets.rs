@@ -95,6 +95,33 @@ async fn grouped_panels_of_ten_thousand_troubled_servers_stay_within_budget() {
     assert!(members.contains("servers 1981–2000 of 3333"), "{members}");
     let grid = get(format!("/rollouts/{id}/grid?page=57")).await;
     assert!(grid.len() < BUDGET, "grid fragment: {} bytes", grid.len());
+    // The fleet overview: its partial, and the image of all 10,000 servers.
+    let mosaic = get(format!("/rollouts/{id}/mosaic")).await;
+    assert!(mosaic.len() < BUDGET, "overview fragment: {} bytes", mosaic.len());
+    assert!(mosaic.contains("All 10000 servers"), "{mosaic}");
+    assert!(page.contains("id=\"mosaic-img\""), "the rollout page carries the overview");
+    let t = Instant::now();
+    let png =
+        client().get(format!("{}/rollouts/{id}/mosaic.png", app.base)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(png.headers()["content-type"], "image/png");
+    let png = png.bytes().await.unwrap();
+    eprintln!("budget: /rollouts/{id}/mosaic.png (10,000 cells): {} bytes, {:?}", png.len(), t.elapsed());
+    assert!(png.len() < BUDGET, "overview image: {} bytes", png.len());
+    // A search jumps to the server's grid page (a redirect), found in all 10,000.
+    let t = Instant::now();
+    let jump = client()
+        .get(format!("{}/rollouts/{id}?find=srv-07777.example.test", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    eprintln!("budget: /rollouts/{id}?find=HOST (jump): {:?}", t.elapsed());
+    assert_eq!(jump.status().as_u16(), 303, "a search with one match redirects");
+    let to = jump.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.contains("page=78&found="), "{to}");
+    let found = get(to.split('#').next().unwrap().to_owned()).await;
+    assert!(found.len() < BUDGET);
+    assert!(found.contains("class=\"found\"") && found.contains("srv-07777.example.test"));
     let agents = get("/agents?page=37".to_owned()).await;
     assert!(agents.len() < BUDGET, "agents page: {} bytes", agents.len());
     assert!(agents.contains("page 37 of 100 · 10000 agent(s)") && agents.contains("srv-03600.example.test"));
