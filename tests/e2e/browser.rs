@@ -704,7 +704,10 @@ async fn staging_a_thousand_servers_by_label_previews_counts_and_warnings() {
     waves.clear().await.unwrap();
     waves.send_keys("10, 100%").await.unwrap();
     // (The name is still empty: required to stage, not to preview.)
-    let preview = b.wait_text("the preview of 1,010 servers", "#preview", "1010 server(s) in 2 wave(s)", LONG).await;
+    // Each key typed asks for a preview ("1", "10", "10, 1", …): wait for the one of the
+    // whole input, whose second wave is the other 1,000.
+    let preview = b.wait_text("the preview of waves 10, 100%", "#preview", "Wave 2 · 1000 server(s)", LONG).await;
+    assert!(preview.contains("1010 server(s) in 2 wave(s)"), "{preview}");
     let skipped = element_text(&b, "#preview-skipped").await;
     assert!(skipped.contains("3 already run this version and will be skipped"), "{skipped}");
     let left_out = element_text(&b, "#preview-left-out").await;

@@ -197,17 +197,10 @@ async fn framework_refusals_are_problems_too(backend: Backend) {
     let v = problem_of(res, 405).await;
     assert!(allow.contains("GET") && allow.contains("POST"), "Allow: {allow}");
     assert!(v["detail"].as_str().unwrap().contains("PUT is not allowed"), "{v}");
-    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(10 << 20));
-    let res = app
-        .client
-        .post(url("/api/v1/rollouts"))
-        .bearer_auth(&app.operator)
-        .header("content-type", "application/json")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    let v = problem_of(res, 413).await;
+    let (status, media, body) = oversized_post(&app.base, "/api/v1/rollouts", &app.operator, 10 << 20).await;
+    assert_eq!((status, media.as_str()), (413, "application/problem+json"), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_problem(status, &v, 413);
     assert_eq!(v["code"], "too-large", "{v}");
     for bad in ["0", "5001"] {
         let res = app.client.get(url(&format!("/api/v1/audit?limit={bad}"))).bearer_auth(&app.viewer).send().await;
@@ -228,4 +221,49 @@ async fn framework_refusals_are_problems_too(backend: Backend) {
         let v = problem_of(app.client.get(url(path)).bearer_auth(&app.viewer).send().await.unwrap(), 400).await;
         assert!(v["detail"].as_str().unwrap().contains("is not a valid"), "{path}: {v}");
     }
+}
+
+/// POSTs a JSON body of `len` bytes over a raw connection and reads the answer, whether or
+/// not the server stops reading the body first (it answers 413 and closes as soon as the
+/// body passes the limit: a client still writing gets a broken pipe, not the answer).
+/// Returns the status, the media type and the body.
+async fn oversized_post(base: &str, path: &str, token: &str, len: usize) -> (u16, String, String) {
+    use std::io::{Read as _, Write as _};
+    let addr = base.trim_start_matches("http://").to_owned();
+    let (path, token) = (path.to_owned(), token.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let chunk = vec![b' '; 64 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if writer.write_all(&chunk[..n]).is_err() {
+                    return; // the server stopped reading: its answer is on the way
+                }
+                left -= n;
+            }
+        });
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let _ = feeder.join();
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let media = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default();
+        (status, media, body.to_owned())
+    })
+    .await
+    .unwrap()
 }

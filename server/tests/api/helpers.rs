@@ -301,6 +301,15 @@ impl TestApp {
         out
     }
 
+    /// `n` agents of a new `group`, in a started rollout of the package whose one wave runs
+    /// them all at once; returns its id and the agents.
+    pub async fn one_wave_of(&self, group: &str, n: usize) -> (String, Vec<FakeAgent>) {
+        let package = self.upload_package().await;
+        let agents = self.fleet(group, n).await;
+        let spec = json!({ "package_id": package, "targets": { "labels": { "group": group } }, "waves": [n], "concurrency": n });
+        (self.rollout(spec, true).await, agents)
+    }
+
     /// Creates and starts a rollout; returns its id.
     pub async fn rollout(&self, mut spec: Value, start: bool) -> String {
         if spec.get("name").is_none() {

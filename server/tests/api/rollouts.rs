@@ -277,11 +277,7 @@ crate::both_backends!(a_files_in_use_answer_narrowed_to_its_holders_leaves_the_o
 async fn a_files_in_use_answer_narrowed_to_its_holders_leaves_the_others_open(backend: Backend) {
     use crate::helpers::files_in_use_ev;
     let Some(app) = spawn_app(backend).await else { return };
-    let package = app.upload_package().await;
-    let agents = app.fleet("fiu", 3).await;
-    let id = app
-        .rollout(json!({ "package_id": package, "targets": { "labels": { "group": "fiu" } }, "waves": [3], "concurrency": 3 }), true)
-        .await;
+    let (id, agents) = app.one_wave_of("fiu", 3).await;
     let mut jobs = Vec::new();
     for (i, a) in agents.iter().enumerate() {
         let job = a.next_job().await;
@@ -319,11 +315,7 @@ async fn a_files_in_use_answer_narrowed_to_its_holders_leaves_the_others_open(ba
 async fn one_call_answers_every_open_decision_of_a_kind(backend: Backend) {
     use crate::helpers::warning_ev;
     let Some(app) = spawn_app(backend).await else { return };
-    let package = app.upload_package().await;
-    let agents = app.fleet("crl", 4).await;
-    let id = app
-        .rollout(json!({ "package_id": package, "targets": { "labels": { "group": "crl" } }, "waves": [4], "concurrency": 4 }), true)
-        .await;
+    let (id, agents) = app.one_wave_of("crl", 4).await;
     let mut jobs = Vec::new();
     for (i, a) in agents.iter().enumerate() {
         let job = a.next_job().await;
