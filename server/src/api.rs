@@ -62,7 +62,7 @@ async fn metrics(State(state): State<AppState>) -> Result<String, AppError> {
 }
 
 async fn not_found(uri: axum::http::Uri) -> AppError {
-    AppError::NotFound(format!("no route {}; see /api/v1/openapi.json", uri.path()))
+    AppError::NotFound(crate::error::no_route(uri.path()))
 }
 
 /// Paging parameters of a job's events and logs (a rollout's jobs have their own,

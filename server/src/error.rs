@@ -162,6 +162,11 @@ pub fn problem_response(status: StatusCode, code: &str, detail: String) -> Respo
     resp
 }
 
+/// The sentence of a 404 for a path no API route has.
+pub fn no_route(path: &str) -> String {
+    format!("no route {path}; see /api/v1/openapi.json")
+}
+
 /// Middleware of the HTTP API: an error answer that is not already a problem document (the
 /// framework's own 404, 405 and 413, a layer's plain-text refusal) becomes one, its headers
 /// (`Allow`, `Retry-After`) kept. So every error a client of `/api` sees has one shape.
@@ -178,7 +183,7 @@ pub async fn problems_everywhere(req: axum::extract::Request, next: axum::middle
     let said = axum::body::to_bytes(body, 4096).await.ok().and_then(|b| String::from_utf8(b.to_vec()).ok());
     let said = said.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty() && !s.starts_with('{'));
     let (code, detail) = match status {
-        StatusCode::NOT_FOUND => ("not-found", format!("no route {path}; see /api/v1/openapi.json")),
+        StatusCode::NOT_FOUND => ("not-found", no_route(&path)),
         StatusCode::METHOD_NOT_ALLOWED => {
             let allowed = parts.headers.get(axum::http::header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
             ("method-not-allowed", format!("{method} is not allowed on {path}; allowed: {allowed}"))

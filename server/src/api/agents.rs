@@ -1,6 +1,7 @@
 //! `GET /agents`, `GET /agents/{id}`, `PATCH /agents/{id}` (labels), `DELETE /agents/{id}`
 //! (revoke, admin). Online/offline comes from the in-memory last-seen times.
 
+use super::paging;
 use crate::app::AppState;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
 use crate::model::{Agent, AgentId, Page, Role};
@@ -37,21 +38,18 @@ struct AgentsQuery {
 /// `GET /agents`: by hostname (then id), paged by cursor. Filtered on the decorated list
 /// (online comes from the in-memory last-seen times, which the database lags).
 async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<AgentsQuery>) -> ApiResult<Json<Page<Agent>>> {
-    super::paging::refuse_offset(q.offset.as_deref())?;
     let labels =
         crate::domain::labels::parse_selector(q.label.as_deref().unwrap_or("")).map_err(AppError::BadRequest)?;
     let limit = super::page_limit(q.limit, 500)?;
     let scope = format!("{labels:?}|{:?}|{:?}", q.online, q.installed);
-    let after = q.cursor.as_deref().map(|c| super::paging::decode("agents", &scope, c)).transpose()?;
+    let after = paging::after(&paging::AGENTS, &scope, q.cursor.as_deref(), q.offset.as_deref())?;
     let key = |a: &Agent| vec![a.hostname.clone(), a.id.to_string()];
     let mut all: Vec<Agent> = ops::agents::list(&state)
         .await?
         .into_iter()
         .filter(|a| crate::domain::labels::matches(&labels, &a.labels))
         .filter(|a| q.online.is_none_or(|o| a.online == o))
-        .filter(|a| {
-            q.installed.as_deref().is_none_or(|v| a.installed.last().map_or("none", |i| i.version.as_str()) == v)
-        })
+        .filter(|a| q.installed.as_deref().is_none_or(|v| ops::agents::installed_version(a) == v))
         .collect();
     all.sort_by_key(key);
     let items: Vec<Agent> = all
@@ -59,7 +57,7 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<AgentsQuery>)
         .filter(|a| after.as_ref().is_none_or(|after| key(a) > *after))
         .take(usize::try_from(limit).unwrap_or(usize::MAX).saturating_add(1))
         .collect();
-    Ok(Json(super::paging::page(items, limit, "agents", &scope, key)))
+    Ok(Json(paging::page(items, limit, &paging::AGENTS, &scope, key)))
 }
 
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<AgentId>) -> ApiResult<Json<Agent>> {

@@ -1,6 +1,7 @@
 //! `GET /audit?actor=&action=&object=&since=&until=&limit=&cursor=`: who did what, when,
 //! to which object.
 
+use super::paging;
 use crate::app::AppState;
 use crate::error::{ApiQuery, ApiResult};
 use crate::model::{AuditEntry, Page, Role};
@@ -37,15 +38,13 @@ struct AuditQuery {
 /// `GET /audit`: newest first, paged by cursor (keyset in the database: page 100 costs
 /// what page 1 does).
 async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>) -> ApiResult<Json<Page<AuditEntry>>> {
-    super::paging::refuse_offset(q.offset.as_deref())?;
     let limit = super::page_limit(q.limit, 200)?;
     let object = q.object.or(q.object_id).unwrap_or_default();
     let (since, until) = (q.since.map(|t| t.timestamp_millis()), q.until.map(|t| t.timestamp_millis()));
     let scope = format!("{:?}|{:?}|{object:?}|{since:?}|{until:?}", q.actor, q.action);
-    let before = match q.cursor.as_deref() {
-        Some(c) => Some(super::paging::time_and_id(&super::paging::decode("audit", &scope, c)?)?),
-        None => None,
-    };
+    let before = paging::after(&paging::AUDIT, &scope, q.cursor.as_deref(), q.offset.as_deref())?
+        .map(|key| paging::pair(&key))
+        .transpose()?;
     let filter = AuditFilter {
         actor: q.actor.unwrap_or_default(),
         action: q.action.unwrap_or_default(),
@@ -55,7 +54,7 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>) 
         until,
     };
     let items = state.store.audit_page(&filter, limit + 1).await?;
-    Ok(Json(super::paging::page(items, limit, "audit", &scope, |e| {
+    Ok(Json(paging::page(items, limit, &paging::AUDIT, &scope, |e| {
         vec![e.at.timestamp_millis().to_string(), e.id.clone()]
     })))
 }

@@ -4,6 +4,7 @@
 //! ([`crate::ops::packages::ingest`]); a package that fails any check is refused with 422
 //! and the reason.
 
+use super::paging;
 use crate::app::AppState;
 use crate::error::{ApiPath, ApiQuery, ApiResult};
 use crate::model::{Package, PackageId, Page, Role};
@@ -35,10 +36,9 @@ struct PackagesQuery {
 
 /// `GET /packages`: newest upload first, paged by cursor.
 async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<PackagesQuery>) -> ApiResult<Json<Page<Package>>> {
-    super::paging::refuse_offset(q.offset.as_deref())?;
     let limit = super::page_limit(q.limit, 500)?;
     let scope = format!("{:?}", q.name);
-    let after = q.cursor.as_deref().map(|c| super::paging::decode("packages", &scope, c)).transpose()?;
+    let after = paging::after(&paging::PACKAGES, &scope, q.cursor.as_deref(), q.offset.as_deref())?;
     let key = |p: &Package| vec![format!("{:020}", p.uploaded_at.timestamp_millis()), p.id.to_string()];
     // Newest first: a key below the cursor's comes after it.
     let items: Vec<Package> = state
@@ -50,7 +50,7 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<PackagesQuery
         .filter(|p| after.as_ref().is_none_or(|after| key(p) < *after))
         .take(usize::try_from(limit).unwrap_or(usize::MAX).saturating_add(1))
         .collect();
-    Ok(Json(super::paging::page(items, limit, "packages", &scope, key)))
+    Ok(Json(paging::page(items, limit, &paging::PACKAGES, &scope, key)))
 }
 
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<PackageId>) -> ApiResult<Json<Package>> {

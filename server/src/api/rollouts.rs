@@ -3,13 +3,14 @@
 //! staging ([`crate::ops::rollouts::stage`]), so an operator sees which server falls in
 //! which wave before starting.
 
+use super::paging;
 use crate::app::AppState;
 use crate::domain::rollout::RolloutAction;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
 use crate::model::{JobState, Role, Rollout, RolloutId, RolloutSpec, RolloutState};
 use crate::ops::{self, Actor};
 use crate::routes::{Access, Routes};
-use crate::store::{JobFilter, RolloutFilter};
+use crate::store::{JobFilter, JobKey, RolloutFilter};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -48,7 +49,6 @@ async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<RolloutsQuery>,
 ) -> ApiResult<Json<fleetup_proto::api::Page<Rollout>>> {
-    super::paging::refuse_offset(q.offset.as_deref())?;
     let rollout_state = match q.state.as_deref() {
         Some(s) => Some(
             RolloutState::parse(s)
@@ -61,10 +61,9 @@ async fn list(
     let limit = super::page_limit(q.limit, 100)?;
     let ms = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
     let scope = format!("{:?}|{labels:?}|{:?}|{:?}", q.state, ms(q.created_after), ms(q.created_before));
-    let after = match q.cursor.as_deref() {
-        Some(c) => Some(super::paging::time_and_id(&super::paging::decode("rollouts", &scope, c)?)?),
-        None => None,
-    };
+    let after = paging::after(&paging::ROLLOUTS, &scope, q.cursor.as_deref(), q.offset.as_deref())?
+        .map(|key| paging::pair(&key))
+        .transpose()?;
     let filter = RolloutFilter {
         state: rollout_state,
         labels,
@@ -73,7 +72,7 @@ async fn list(
         after,
     };
     let items = state.store.rollouts_page(&filter, limit).await?;
-    Ok(Json(super::paging::page(items, limit, "rollouts", &scope, |r| {
+    Ok(Json(paging::page(items, limit, &paging::ROLLOUTS, &scope, |r| {
         vec![r.created_at.timestamp_millis().to_string(), r.id.to_string()]
     })))
 }
@@ -132,15 +131,18 @@ async fn jobs(
     ApiQuery(q): ApiQuery<JobsQuery>,
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse as _;
-    super::paging::refuse_offset(q.offset.as_deref())?;
     let state_filter = match &q.state {
         Some(s) => Some(JobState::parse(s).ok_or_else(|| AppError::BadRequest(format!("unknown job state '{s}'")))?),
         None => None,
     };
-    let after = q.cursor.as_deref().map(|c| cursor::decode(id.as_str(), c)).transpose()?;
+    let after = paging::after(&paging::JOBS, id.as_str(), q.cursor.as_deref(), q.offset.as_deref())?
+        .map(|key| paging::pair(&key).map(|(wave, position)| JobKey { wave, position }))
+        .transpose()?;
     let filter =
         JobFilter { state: state_filter, wave: q.wave, after, offset: 0, limit: super::page_limit(q.limit, 500)? };
-    let next = |k: Option<crate::store::JobKey>| k.map(|k| cursor::encode(id.as_str(), k));
+    let next = |k: Option<JobKey>| {
+        k.map(|k| paging::encode(&paging::JOBS, id.as_str(), &[k.wave.to_string(), k.position.to_string()]))
+    };
     Ok(match q.view.as_deref().unwrap_or("full") {
         "full" => {
             let page = state.store.list_jobs(&id, &filter).await?;
@@ -154,47 +156,6 @@ async fn jobs(
             return Err(AppError::BadRequest(format!("unknown view '{other}': use \"full\" or \"summary\"")));
         }
     })
-}
-
-/// The opaque page cursor: the (wave, position) of the last job of the previous page, bound
-/// to the rollout by a checksum. Not a secret (a forged cursor only picks where a listing
-/// the caller may read anyway starts); the checksum makes an altered, truncated or
-/// other-rollout cursor a clear 400 instead of a silently wrong page.
-pub(crate) mod cursor {
-    use crate::error::AppError;
-    use crate::store::JobKey;
-    use sha2::{Digest as _, Sha256};
-
-    fn check(rollout: &str, body: &str) -> String {
-        let digest = Sha256::digest(format!("fleetup jobs cursor|{rollout}|{body}").as_bytes());
-        hex::encode(&digest[..8])
-    }
-
-    /// The cursor of the page after `key`.
-    pub fn encode(rollout: &str, key: JobKey) -> String {
-        let body = format!("{}.{}", key.wave, key.position);
-        hex::encode(format!("{body}.{}", check(rollout, &body)))
-    }
-
-    /// The key a cursor starts after; 400 with a sentence when it is not one of ours.
-    pub fn decode(rollout: &str, cursor: &str) -> Result<JobKey, AppError> {
-        let bad = || {
-            AppError::BadRequest(format!(
-                "invalid cursor '{cursor}': pass the \"next\" value of the previous page of this rollout's \
-                 jobs unchanged, or omit cursor to start from the first page"
-            ))
-        };
-        let text = hex::decode(cursor).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
-        let mut parts = text.split('.');
-        let (Some(wave), Some(position), Some(sum), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad());
-        };
-        if sum != check(rollout, &format!("{wave}.{position}")) {
-            return Err(bad());
-        }
-        Ok(JobKey { wave: wave.parse().map_err(|_| bad())?, position: position.parse().map_err(|_| bad())? })
-    }
 }
 
 /// `POST /rollouts`: stages a draft; with `Idempotency-Key`, at most once per key.

@@ -20,6 +20,12 @@ pub fn decorate(app: &App, mut a: Agent) -> Agent {
     a
 }
 
+/// The version of the last rollup the agent installed, `none` when it installed nothing
+/// (the value the agents filters of the API and the dashboard compare).
+pub fn installed_version(a: &Agent) -> &str {
+    a.installed.last().map_or("none", |i| i.version.as_str())
+}
+
 /// Every agent, decorated.
 pub async fn list(app: &App) -> Result<Vec<Agent>, AppError> {
     Ok(app.store.list_agents().await?.into_iter().map(|a| decorate(app, a)).collect())

@@ -140,7 +140,7 @@ pub async fn page(State(state): State<AppState>, user: User, Query(q): Query<Age
     let mut lines = Vec::new();
     for a in all {
         let (status, class, seen) = status_of(&state, &a, horizon);
-        let installed_version = a.installed.last().map_or("none", |i| i.version.as_str());
+        let installed_version = crate::ops::agents::installed_version(&a);
         let keep =
             (needle.is_empty() || a.hostname.to_lowercase().contains(&needle) || a.id.as_str().contains(&needle))
                 && crate::domain::labels::matches(&labels, &a.labels)
