@@ -71,14 +71,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// `GET /healthz`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct Health {
-    /// `ok`.
-    pub status: String,
-    /// The store: `sqlite` or `postgres`.
-    pub backend: String,
-}
+pub use fleetup_proto::api::Health;
 
 /// Options of a new enrollment token (`POST /enrollment-tokens`); every field may be left
 /// out.

@@ -38,6 +38,7 @@ pub const STALE_LEASE_CODE: &str = "stale-lease";
 
 /// `POST /api/v1/agent/enroll`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollRequest {
     /// The enrollment token an operator created with `POST /api/v1/enrollment-tokens`.
     pub token: String,
@@ -57,6 +58,7 @@ pub struct EnrollRequest {
 
 /// Answer to [`EnrollRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     /// The agent's id.
     pub agent_id: String,
@@ -66,6 +68,7 @@ pub struct EnrollResponse {
 
 /// What to do when a warning asks a decision (a warning prerequisite, an unreachable CRL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum WarningPolicy {
     /// Wait for an operator's answer (the job is `waiting`).
@@ -79,6 +82,7 @@ pub enum WarningPolicy {
 
 /// What to do when files about to be replaced are held by running processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "mode", rename_all = "kebab-case")]
 pub enum FilesInUsePolicy {
     /// Wait for an operator's answer (the job is `waiting`).
@@ -97,6 +101,7 @@ pub enum FilesInUsePolicy {
 
 /// How the engine deals with an unreachable CRL endpoint (the seeds' 40–60 minute stall).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum CrlRemediation {
     /// Report the warning only (the warning policy decides).
@@ -109,6 +114,7 @@ pub enum CrlRemediation {
 
 /// The rollout's policies, as the engine needs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobPolicies {
     /// Warning decisions.
     #[serde(default)]
@@ -123,6 +129,7 @@ pub struct JobPolicies {
 
 /// The package a job installs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PackageRef {
     /// Package id.
     pub id: String,
@@ -140,6 +147,7 @@ pub struct PackageRef {
 
 /// `200` answer to `GET /api/v1/agent/poll`: a job for this agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobAssignment {
     /// Job id (path parameter of the report endpoints).
     pub job_id: String,
@@ -227,6 +235,7 @@ fn shown(s: &str) -> String {
 
 /// `POST /api/v1/agent/jobs/{id}/events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventBatch {
     /// The fencing token from the [`JobAssignment`].
     pub fencing_token: u64,
@@ -237,6 +246,7 @@ pub struct EventBatch {
 
 /// An operator's or a policy's answer to a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DecisionReply {
     /// The [`DecisionRequest::id`] answered.
     pub id: u32,
@@ -246,6 +256,7 @@ pub struct DecisionReply {
 
 /// Answer to [`EventBatch`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportResponse {
     /// Events of the batch recorded now.
     pub accepted: u32,
@@ -261,6 +272,7 @@ pub struct ReportResponse {
 
 /// One line of a phase log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogLine {
     /// Per-job line number from 1; a line whose number was already recorded is ignored.
     pub seq: u64,
@@ -274,6 +286,7 @@ pub struct LogLine {
 
 /// `POST /api/v1/agent/jobs/{id}/logs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogBatch {
     /// The fencing token from the [`JobAssignment`].
     pub fencing_token: u64,
@@ -283,6 +296,7 @@ pub struct LogBatch {
 
 /// Answer to [`LogBatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogResponse {
     /// Lines recorded now.
     pub accepted: u32,

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 /// What an API token or a user may do. Ordered: each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads everything.
@@ -55,6 +56,7 @@ impl std::fmt::Display for Role {
 
 /// A job's state. Terminal states never change again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum JobState {
     /// In a wave that has not opened, or waiting for a concurrency slot.
@@ -178,6 +180,7 @@ impl JobState {
 
 /// A rollout's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutState {
     /// Staged, not started.
@@ -250,6 +253,7 @@ impl RolloutState {
 
 /// One entry of a wave plan: a number of servers, or a cumulative share of the targets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum WaveSpec {
     /// This many servers in this wave.
@@ -260,6 +264,7 @@ pub enum WaveSpec {
 
 /// A threshold: a count of jobs or a percentage (`"10%"`) of the jobs it applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum Threshold {
     /// This many jobs.
@@ -270,6 +275,7 @@ pub enum Threshold {
 
 /// What crossing the error threshold does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorAction {
     /// Stop opening jobs; an operator may resume.
@@ -282,6 +288,7 @@ pub enum ErrorAction {
 /// Which agents a rollout targets: explicit ids, or every agent whose labels include all of
 /// `labels`. Exactly one of the two.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Targets {
     /// Agent ids.
@@ -294,6 +301,7 @@ pub struct Targets {
 
 /// One weekly range of a maintenance window, in the window's local time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WindowRange {
     /// Days the range starts on (`mon` … `sun`); empty means every day.
@@ -307,6 +315,7 @@ pub struct WindowRange {
 
 /// When jobs may start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceWindow {
     /// The window's time zone, an IANA name such as `Europe/Berlin`: its ranges follow the
@@ -326,6 +335,7 @@ pub struct MaintenanceWindow {
 
 /// Everything an operator says about a rollout (`POST /rollouts`). Stored as given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RolloutSpec {
     /// A name for people.
@@ -397,6 +407,7 @@ pub struct RolloutSpec {
 
 /// How a rollout tries transient failures again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts after the first (at most 10).
@@ -428,6 +439,7 @@ fn default_success() -> Threshold {
 
 /// An enrolled agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Agent {
     /// Id.
     pub id: AgentId,
@@ -453,6 +465,7 @@ pub struct Agent {
 
 /// A rollup an agent installed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstalledRollup {
     /// Rollup name.
     pub rollup: String,
@@ -466,6 +479,7 @@ pub struct InstalledRollup {
 
 /// A stored package.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Package {
     /// Id.
     pub id: PackageId,
@@ -489,6 +503,7 @@ pub struct Package {
 
 /// A rollout with its waves and job counts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rollout {
     /// Id.
     /// Names the rollout's control state (state, wave, approvals, spec, times; not the job
@@ -531,6 +546,7 @@ pub struct Rollout {
 
 /// One wave of a rollout.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Wave {
     /// 1-based.
     pub number: u32,
@@ -544,6 +560,7 @@ pub struct Wave {
 
 /// The latest status of one phase of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PhaseState {
     /// Status.
     pub status: PhaseStatus,
@@ -555,6 +572,7 @@ pub struct PhaseState {
 
 /// One server's install within a rollout.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     /// Id.
     pub id: JobId,
@@ -614,6 +632,7 @@ const fn first_attempt() -> u32 {
 /// A running phase flagged as stalled: it has run past `limit_secs`, the larger of a
 /// multiple of the phase's learned p95 and an absolute floor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Stall {
     /// The phase.
     pub phase: PhaseId,
@@ -638,6 +657,7 @@ pub struct Stall {
 /// (`GET /rollouts/{id}/jobs?view=summary`). The full [`Job`] has the phase map and the
 /// warning texts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobSummary {
     /// Id.
     pub id: JobId,
@@ -667,6 +687,7 @@ pub struct JobSummary {
 
 /// A decision a job asked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Decision {
     /// Per-job id.
     pub id: u32,
@@ -688,6 +709,7 @@ pub struct Decision {
 
 /// An enrollment token (without its secret).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollmentToken {
     /// Id.
     pub id: TokenId,
@@ -705,6 +727,7 @@ pub struct EnrollmentToken {
 
 /// One audit record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Id.
     pub id: String,
@@ -725,9 +748,20 @@ pub struct AuditEntry {
 /// One page of a listing (`GET /rollouts`, `/agents`, `/packages`, `/audit`), in the
 /// listing's stable order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     /// The items of this page.
     pub items: Vec<T>,
     /// Pass as `?cursor=` (with the same filters) for the next page; `null` on the last.
     pub next: Option<String>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// The store: `sqlite` or `postgres`.
+    pub backend: String,
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// An answer to a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum DecisionAnswer {
     /// Go on despite the warning.
@@ -60,6 +61,7 @@ impl std::str::FromStr for DecisionAnswer {
 
 /// A process holding a file that is about to be replaced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HoldingProcess {
     /// Process id.
     pub pid: u32,
@@ -71,6 +73,7 @@ pub struct HoldingProcess {
 
 /// What kind of question is asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum DecisionKind {
     /// A non-fatal warning: a warning prerequisite, an unreachable CRL endpoint.
@@ -91,6 +94,7 @@ pub enum DecisionKind {
 
 /// A question the engine asks before it goes on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DecisionRequest {
     /// Per-install id of the question (stable across retries of the same report).
     pub id: u32,

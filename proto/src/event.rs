@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 /// One step of progress of one install.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EngineEvent {
     /// Per-install sequence number, starting at 1, without gaps.
     pub seq: u64,
@@ -37,6 +38,7 @@ impl EngineEvent {
 
 /// How an install ended. Exactly one is reported per install, even across crashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum InstallOutcome {
     /// Every phase finished; the root holds the new version.
@@ -82,6 +84,7 @@ impl std::fmt::Display for InstallOutcome {
 
 /// Carried as `data.summary` by the final event of an install.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstallSummary {
     /// How the install ended.
     pub outcome: InstallOutcome,

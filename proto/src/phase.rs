@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 /// One phase of a rollup install, or the rollback that undoes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum PhaseId {
     /// Disk space, package integrity, permissions, prerequisites, CRL reachability.
@@ -41,6 +42,7 @@ pub enum PhaseId {
 
 /// What a cancel request does while a phase runs (DESIGN.md, "cancel" column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Cancellability {
     /// Nothing has changed yet: the install simply ends.
@@ -184,6 +186,7 @@ impl FromStr for PhaseId {
 
 /// The status of one phase of one install.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum PhaseStatus {
     /// Not reached yet.

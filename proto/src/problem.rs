@@ -23,6 +23,7 @@ pub const TYPE_PREFIX: &str = "urn:fleetup:problem:";
 
 /// An RFC 9457 problem document as fleetup sends it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// `urn:fleetup:problem:CODE`.
     #[serde(rename = "type")]
@@ -42,6 +43,7 @@ pub struct Problem {
 
 /// The error body of coordinators before 0.2 (`{"error": {"code", "message"}}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LegacyError {
     /// The code.
     pub code: String,

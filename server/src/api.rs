@@ -7,7 +7,8 @@ mod audit;
 mod enrollment;
 mod idempotency;
 mod jobs;
-mod openapi;
+pub mod observe;
+pub mod openapi;
 mod packages;
 mod paging;
 
@@ -18,6 +19,7 @@ use crate::error::AppError;
 use crate::routes::{Access, Routes};
 use axum::Router;
 use axum::extract::State;
+use fleetup_proto::api::Health;
 
 /// Every route of the HTTP API with its access rule (the rules: [`crate::routes`]).
 pub fn routes() -> Routes {
@@ -47,15 +49,21 @@ pub(crate) fn serve(routes: Routes, state: AppState) -> Router {
         .guarded(state.clone())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::error::problems_everywhere))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
-async fn healthz(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, AppError> {
+/// Liveness and a database check.
+#[utoipa::path(get, path = "/healthz", operation_id = "health", tag = "ops",
+    responses((status = 200, description = "Up, with the store's backend", body = Health)))]
+async fn healthz(State(state): State<AppState>) -> Result<axum::Json<Health>, AppError> {
     state.store.ping().await?;
-    Ok(axum::Json(serde_json::json!({ "status": "ok", "backend": state.store.backend() })))
+    Ok(axum::Json(Health { status: "ok".into(), backend: state.store.backend().into() }))
 }
 
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 /// The Prometheus text (see [`crate::telemetry`]).
 async fn metrics(State(state): State<AppState>) -> Result<String, AppError> {
     crate::telemetry::render(&state).await
@@ -67,7 +75,8 @@ async fn not_found(uri: axum::http::Uri) -> AppError {
 
 /// Paging parameters of a job's events and logs (a rollout's jobs have their own,
 /// cursor-paged: `rollouts::JobsQuery`).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     /// Page size (default 500, at most 5000).

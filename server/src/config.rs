@@ -59,6 +59,10 @@ pub struct Config {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, value_name = "FILE", env = "FLEETUP_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Sees every answer of the HTTP API (the test suite's contract check); never set from
+    /// the command line.
+    #[arg(skip)]
+    pub observer: Option<crate::api::observe::Observer>,
 }
 
 /// `--session-idle-mins`: a positive number of minutes, fractions allowed.
@@ -90,6 +94,7 @@ impl Config {
             stall_floor_secs: 300,
             tls_cert: None,
             tls_key: None,
+            observer: None,
         }
     }
 

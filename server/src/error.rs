@@ -50,6 +50,10 @@ pub enum AppError {
     /// A bug or an outage; detail logged only.
     #[error("internal error: {0}")]
     Internal(String),
+    /// An answer that disagrees with the OpenAPI document (seen only with an observer set:
+    /// the test suite's contract check, [`crate::api::observe`]).
+    #[error("{0}")]
+    ContractViolation(String),
 }
 
 impl AppError {
@@ -67,6 +71,7 @@ impl AppError {
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
             AppError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too-many-requests"),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            AppError::ContractViolation(_) => (StatusCode::INTERNAL_SERVER_ERROR, "contract-violation"),
         }
     }
 }

@@ -33,6 +33,9 @@ pub fn routes() -> Routes {
         .get("/packages/{id}", Access::Agent, download)
 }
 
+/// Enrolls an agent with an enrollment token (in the body): the answer holds its own token.
+#[utoipa::path(post, path = "/api/v1/agent/enroll", operation_id = "enrollAgent", tag = "agent", request_body = EnrollRequest,
+    responses((status = 201, description = "Enrolled", body = EnrollResponse)))]
 async fn enroll(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<EnrollRequest>,
@@ -45,13 +48,18 @@ async fn enroll(
 pub const JOB_START_WINDOW: Duration = Duration::from_hours(6);
 
 /// `?wait=SECS`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct Wait {
+    /// Seconds to hold the request open (capped by the server's `--max-poll-wait-secs`).
     #[serde(default)]
     wait: u64,
 }
 
+/// Long-polls for a job; also the agent's heartbeat.
+#[utoipa::path(get, path = "/api/v1/agent/poll", operation_id = "pollForJob", tag = "agent", params(Wait),
+    responses((status = 200, description = "A job to run", body = JobAssignment), (status = 204, description = "No job within the wait")))]
 async fn poll(State(state): State<AppState>, agent: AgentCaller, ApiQuery(q): ApiQuery<Wait>) -> ApiResult<Response> {
     metrics::counter!("fleetup_polls_total").increment(1);
     state.seen(&agent.id, now_ms());
@@ -101,6 +109,10 @@ async fn poll(State(state): State<AppState>, agent: AgentCaller, ApiQuery(q): Ap
     result
 }
 
+/// Reports engine events of a job (with the job's fencing token); with `?wait=`, held while a decision is open.
+#[utoipa::path(post, path = "/api/v1/agent/jobs/{id}/events", operation_id = "reportEvents", tag = "agent", params(("id" = JobId, Path), Wait),
+    request_body = EventBatch, responses((status = 200, description = "Taken; any decision answer or cancel request", body = ReportResponse),
+        (status = 409, description = "Stale lease: the job was taken away (fencing token too old)", body = fleetup_proto::problem::Problem, content_type = "application/problem+json")))]
 async fn events(
     State(state): State<AppState>,
     agent: AgentCaller,
@@ -159,6 +171,9 @@ async fn events(
     }))
 }
 
+/// Reports a job's log lines.
+#[utoipa::path(post, path = "/api/v1/agent/jobs/{id}/logs", operation_id = "reportLogs", tag = "agent", params(("id" = JobId, Path)),
+    request_body = LogBatch, responses((status = 200, description = "Taken", body = LogResponse)))]
 async fn logs(
     State(state): State<AppState>,
     agent: AgentCaller,
@@ -189,6 +204,11 @@ fn capped(rate: &crate::agent_limits::JobRate, job_id: &JobId, n: usize, what: &
     })
 }
 
+/// Downloads a package file (HTTP Range supported, to resume).
+#[utoipa::path(get, path = "/api/v1/agent/packages/{id}", operation_id = "downloadPackage", tag = "agent", params(("id" = PackageId, Path)),
+    responses((status = 200, description = "The package file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The range asked", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 416, description = "A range outside the file", body = fleetup_proto::problem::Problem, content_type = "application/problem+json")))]
 async fn download(
     State(state): State<AppState>,
     agent: AgentCaller,

@@ -21,7 +21,8 @@ pub fn routes() -> Routes {
 }
 
 /// `GET /agents` query: filters, page size, cursor.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AgentsQuery {
     /// `key=value, …`: only agents carrying every pair.
@@ -30,11 +31,16 @@ struct AgentsQuery {
     online: Option<bool>,
     /// Only agents whose last installed rollup has this version (`none`: nothing installed).
     installed: Option<String>,
+    /// Page size, 1 to 5000 (default 500).
     limit: Option<u64>,
+    /// The `next` of the previous page.
     cursor: Option<String>,
+    /// Refused (400): listings page by cursor.
     offset: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/agents", operation_id = "listAgents", tag = "agents", params(AgentsQuery),
+    responses((status = 200, description = "A page of agents, by hostname", body = Page<Agent>)))]
 /// `GET /agents`: by hostname (then id), paged by cursor. Filtered on the decorated list
 /// (online comes from the in-memory last-seen times, which the database lags).
 async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<AgentsQuery>) -> ApiResult<Json<Page<Agent>>> {
@@ -60,18 +66,24 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<AgentsQuery>)
     Ok(Json(paging::page(items, limit, &paging::AGENTS, &scope, key)))
 }
 
+/// One agent.
+#[utoipa::path(get, path = "/api/v1/agents/{id}", operation_id = "getAgent", tag = "agents", params(("id" = AgentId, Path)),
+    responses((status = 200, description = "The agent", body = Agent)))]
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<AgentId>) -> ApiResult<Json<Agent>> {
     Ok(Json(ops::agents::decorate(&state, state.store.get_agent(&id).await?)))
 }
 
 /// Body of `PATCH /agents/{id}`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Patch {
     /// The new labels (replacing the old ones).
     labels: BTreeMap<String, String>,
 }
 
+/// Replaces an agent's labels.
+#[utoipa::path(patch, path = "/api/v1/agents/{id}", operation_id = "setAgentLabels", tag = "agents", params(("id" = AgentId, Path)),
+    request_body = Patch, responses((status = 200, description = "The agent with its new labels", body = Agent)))]
 async fn update(
     State(state): State<AppState>,
     actor: Actor,
@@ -81,6 +93,9 @@ async fn update(
     Ok(Json(ops::agents::set_labels(&state, &actor, &id, &body.labels).await?))
 }
 
+/// Revokes an agent: its token stops working at once.
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", operation_id = "revokeAgent", tag = "agents", params(("id" = AgentId, Path)),
+    responses((status = 204, description = "Revoked")))]
 async fn revoke(State(state): State<AppState>, actor: Actor, ApiPath(id): ApiPath<AgentId>) -> ApiResult<StatusCode> {
     ops::agents::revoke(&state, &actor, &id).await?;
     Ok(StatusCode::NO_CONTENT)

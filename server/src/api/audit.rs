@@ -15,7 +15,8 @@ pub fn routes() -> Routes {
 }
 
 /// `GET /audit` query: filters, page size, cursor.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     /// Exactly this actor (`token:ci`, `user:ada`, …).
@@ -30,11 +31,16 @@ struct AuditQuery {
     since: Option<chrono::DateTime<chrono::Utc>>,
     /// Before (RFC 3339).
     until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Page size, 1 to 5000 (default 200).
     limit: Option<u64>,
+    /// The `next` of the previous page.
     cursor: Option<String>,
+    /// Refused (400): listings page by cursor.
     offset: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", operation_id = "listAudit", tag = "audit", params(AuditQuery),
+    responses((status = 200, description = "A page of the audit log, newest first", body = Page<AuditEntry>)))]
 /// `GET /audit`: newest first, paged by cursor (keyset in the database: page 100 costs
 /// what page 1 does).
 async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>) -> ApiResult<Json<Page<AuditEntry>>> {

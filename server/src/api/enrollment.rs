@@ -21,7 +21,7 @@ pub fn routes() -> Routes {
 }
 
 /// Body of `POST /enrollment-tokens`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateToken {
     /// A name for people.
@@ -38,7 +38,8 @@ struct CreateToken {
     max_uses: Option<u64>,
 }
 
-#[derive(Debug, serde::Serialize)]
+/// A new enrollment token and its secret.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 struct Created {
     #[serde(flatten)]
     token: EnrollmentToken,
@@ -46,6 +47,9 @@ struct Created {
     secret: String,
 }
 
+/// Creates an enrollment token; the secret is in this answer only.
+#[utoipa::path(post, path = "/api/v1/enrollment-tokens", operation_id = "createEnrollmentToken", tag = "enrollment",
+    request_body = CreateToken, responses((status = 201, description = "Created", body = Created)))]
 async fn create(
     State(state): State<AppState>,
     actor: Actor,
@@ -61,6 +65,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(Created { token, secret })))
 }
 
+/// Lists enrollment tokens (never the secrets).
+#[utoipa::path(get, path = "/api/v1/enrollment-tokens", operation_id = "listEnrollmentTokens", tag = "enrollment",
+    responses((status = 200, description = "Every enrollment token", body = Vec<EnrollmentToken>)))]
 async fn list(State(state): State<AppState>, actor: Actor) -> ApiResult<Json<Vec<EnrollmentToken>>> {
     actor.require(Role::Admin)?;
     Ok(Json(state.store.list_enrollment_tokens().await?))

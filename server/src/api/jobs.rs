@@ -24,10 +24,16 @@ pub fn routes() -> Routes {
         .post("/jobs/{id}/{action}", operate, guide)
 }
 
+/// A job: wave, state, current phase, every phase's status, warnings, error, outage.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", operation_id = "getJob", tag = "jobs", params(("id" = JobId, Path)),
+    responses((status = 200, description = "The job", body = Job)))]
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<JobId>) -> ApiResult<Json<Job>> {
     Ok(Json(state.store.get_job(&id).await?))
 }
 
+/// A job's engine events, in order.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/events", operation_id = "listJobEvents", tag = "jobs", params(("id" = JobId, Path), super::Page),
+    responses((status = 200, description = "Events after `after`", body = Vec<EngineEvent>)))]
 async fn events(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<JobId>,
@@ -36,6 +42,9 @@ async fn events(
     Ok(Json(state.store.list_events(&id, page.after, page.limit()?).await?))
 }
 
+/// A job's phase log lines, in order.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/logs", operation_id = "listJobLogs", tag = "jobs", params(("id" = JobId, Path), super::Page),
+    responses((status = 200, description = "Lines after `after`", body = Vec<LogLine>)))]
 async fn logs(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<JobId>,
@@ -44,12 +53,15 @@ async fn logs(
     Ok(Json(state.store.list_logs(&id, page.after, page.limit()?).await?))
 }
 
+/// A job's decisions and their answers.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/decisions", operation_id = "listJobDecisions", tag = "jobs", params(("id" = JobId, Path)),
+    responses((status = 200, description = "Every decision of the job", body = Vec<Decision>)))]
 async fn decisions(State(state): State<AppState>, ApiPath(id): ApiPath<JobId>) -> ApiResult<Json<Vec<Decision>>> {
     Ok(Json(state.store.list_decisions(&id).await?))
 }
 
 /// Body of `POST /jobs/{id}/decision`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Answer {
     /// `continue`, `cancel`, `retry`, `ignore` or `exit`.
@@ -59,6 +71,9 @@ struct Answer {
     decision_id: Option<u32>,
 }
 
+/// Answers the job's open decision.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/decision", operation_id = "answerDecision", tag = "jobs", params(("id" = JobId, Path)),
+    request_body = Answer, responses((status = 200, description = "The job", body = Job)))]
 async fn decide(
     State(state): State<AppState>,
     actor: Actor,
@@ -68,10 +83,17 @@ async fn decide(
     Ok(Json(ops::jobs::answer_decision(&state, &actor, &id, body.decision_id, body.answer).await?))
 }
 
+/// Cancels one job (an install in flight rolls back).
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", operation_id = "cancelJob", tag = "jobs", params(("id" = JobId, Path)),
+    responses((status = 200, description = "The job", body = Job)))]
 async fn cancel(State(state): State<AppState>, actor: Actor, ApiPath(id): ApiPath<JobId>) -> ApiResult<Json<Job>> {
     Ok(Json(ops::jobs::cancel(&state, &actor, &id).await?))
 }
 
+/// Guided failure: `retry` tries the server again as a new attempt (the answer is the new job), `skip` makes the failure no longer count, `exclude` takes the server out of the rollout.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/{action}", operation_id = "guideFailedJob", tag = "jobs",
+    params(("id" = JobId, Path), ("action" = String, Path, description = "retry, skip or exclude", pattern = "^(retry|skip|exclude)$")),
+    responses((status = 200, description = "The job (for retry: the new attempt)", body = Job)))]
 async fn guide(
     State(state): State<AppState>,
     actor: Actor,

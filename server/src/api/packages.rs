@@ -24,16 +24,22 @@ pub fn routes() -> Routes {
 }
 
 /// `GET /packages` query: filter, page size, cursor.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct PackagesQuery {
     /// Only packages of this rollup name.
     name: Option<String>,
+    /// Page size, 1 to 5000 (default 500).
     limit: Option<u64>,
+    /// The `next` of the previous page.
     cursor: Option<String>,
+    /// Refused (400): listings page by cursor.
     offset: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/packages", operation_id = "listPackages", tag = "packages", params(PackagesQuery),
+    responses((status = 200, description = "A page of packages, newest upload first", body = Page<Package>)))]
 /// `GET /packages`: newest upload first, paged by cursor.
 async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<PackagesQuery>) -> ApiResult<Json<Page<Package>>> {
     let limit = super::page_limit(q.limit, 500)?;
@@ -53,10 +59,19 @@ async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<PackagesQuery
     Ok(Json(paging::page(items, limit, &paging::PACKAGES, &scope, key)))
 }
 
+/// One package with its manifest.
+#[utoipa::path(get, path = "/api/v1/packages/{id}", operation_id = "getPackage", tag = "packages", params(("id" = PackageId, Path)),
+    responses((status = 200, description = "The package", body = Package)))]
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<PackageId>) -> ApiResult<Json<Package>> {
     Ok(Json(state.store.get_package(&id).await?))
 }
 
+/// Uploads a signed package: the body is the file. Verified against the trusted keys before it is kept.
+#[utoipa::path(post, path = "/api/v1/packages", operation_id = "uploadPackage", tag = "packages",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The package file (`fleetup-agent pack`)"),
+    responses((status = 201, description = "Kept", body = Package),
+        (status = 409, description = "The same rollup and version with other contents is already uploaded", body = fleetup_proto::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The package failed verification: the reason", body = fleetup_proto::problem::Problem, content_type = "application/problem+json")))]
 async fn upload(State(state): State<AppState>, actor: Actor, body: Body) -> ApiResult<(StatusCode, Json<Package>)> {
     Ok((StatusCode::CREATED, Json(ops::packages::ingest(&state, &actor, body).await?)))
 }

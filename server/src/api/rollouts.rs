@@ -28,7 +28,8 @@ pub fn routes() -> Routes {
 }
 
 /// `GET /rollouts` query: filters, page size, cursor.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RolloutsQuery {
     /// Only this state.
@@ -39,11 +40,16 @@ struct RolloutsQuery {
     created_after: Option<chrono::DateTime<chrono::Utc>>,
     /// Created before (RFC 3339).
     created_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Page size, 1 to 5000 (default 100).
     limit: Option<u64>,
+    /// The `next` of the previous page.
     cursor: Option<String>,
+    /// Refused (400): listings page by cursor.
     offset: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/rollouts", operation_id = "listRollouts", tag = "rollouts", params(RolloutsQuery),
+    responses((status = 200, description = "A page of rollouts, newest first", body = fleetup_proto::api::Page<Rollout>)))]
 /// `GET /rollouts`: newest first, paged by cursor.
 async fn list(
     State(state): State<AppState>,
@@ -82,7 +88,9 @@ fn states() -> String {
     RolloutState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-/// `GET /rollouts/{id}`, with its `ETag`.
+/// A rollout: state, waves, counts per job state; with its `ETag`.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", operation_id = "getRollout", tag = "rollouts", params(("id" = RolloutId, Path)),
+    responses((status = 200, description = "The rollout", body = Rollout, headers(("ETag" = String, description = "The rollout's version, for If-Match")))))]
 async fn show(State(state): State<AppState>, ApiPath(id): ApiPath<RolloutId>) -> ApiResult<axum::response::Response> {
     Ok(tagged(state.store.get_rollout(&id).await?))
 }
@@ -99,7 +107,8 @@ fn tagged(r: Rollout) -> axum::response::Response {
 }
 
 /// `GET /rollouts/{id}/jobs` query: filters, page size, the cursor, the view.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JobsQuery {
     /// Only this state.
@@ -117,7 +126,7 @@ pub struct JobsQuery {
 }
 
 /// A page of jobs and the cursor of the next page (`None` on the last).
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct JobsPage<T> {
     /// The jobs, in (wave, position) order.
     pub jobs: Vec<T>,
@@ -125,12 +134,14 @@ pub struct JobsPage<T> {
     pub next: Option<String>,
 }
 
+/// A page of a rollout's jobs in (wave, position) order.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/jobs", operation_id = "listRolloutJobs", tag = "rollouts", params(("id" = RolloutId, Path), JobsQuery),
+    responses((status = 200, description = "A page of jobs: `view=full` gives Job items, `view=summary` JobSummary items", body = JobsOrSummaries)))]
 async fn jobs(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<RolloutId>,
     ApiQuery(q): ApiQuery<JobsQuery>,
-) -> ApiResult<axum::response::Response> {
-    use axum::response::IntoResponse as _;
+) -> ApiResult<Json<JobsOrSummaries>> {
     let state_filter = match &q.state {
         Some(s) => Some(JobState::parse(s).ok_or_else(|| AppError::BadRequest(format!("unknown job state '{s}'")))?),
         None => None,
@@ -146,11 +157,11 @@ async fn jobs(
     Ok(match q.view.as_deref().unwrap_or("full") {
         "full" => {
             let page = state.store.list_jobs(&id, &filter).await?;
-            Json(JobsPage { jobs: page.items, next: next(page.next) }).into_response()
+            Json(JobsOrSummaries::Full(JobsPage { jobs: page.items, next: next(page.next) }))
         }
         "summary" => {
             let page = state.store.list_job_summaries(&id, &filter).await?;
-            Json(JobsPage { jobs: page.items, next: next(page.next) }).into_response()
+            Json(JobsOrSummaries::Summary(JobsPage { jobs: page.items, next: next(page.next) }))
         }
         other => {
             return Err(AppError::BadRequest(format!("unknown view '{other}': use \"full\" or \"summary\"")));
@@ -158,6 +169,10 @@ async fn jobs(
     })
 }
 
+#[utoipa::path(post, path = "/api/v1/rollouts", operation_id = "createRollout", tag = "rollouts",
+    params(("Idempotency-Key" = Option<String>, Header, description = "At most once per key: a retry with the same key and body gets the first answer")),
+    request_body = RolloutSpec, responses((status = 201, description = "Staged as a draft, with its plan", body = Rollout),
+        (status = 422, description = "The spec cannot be planned (no targets, a downgrade, …)", body = fleetup_proto::problem::Problem, content_type = "application/problem+json")))]
 /// `POST /rollouts`: stages a draft; with `Idempotency-Key`, at most once per key.
 async fn create(
     State(state): State<AppState>,
@@ -169,6 +184,12 @@ async fn create(
     super::idempotency::once(&state, &actor, &headers, "POST /rollouts", &spec, stage).await
 }
 
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/{action}", operation_id = "actOnRollout", tag = "rollouts",
+    params(("id" = RolloutId, Path), ("action" = String, Path, description = "start, pause, resume, cancel or approve", pattern = "^(start|pause|resume|cancel|approve)$"),
+        ("If-Match" = Option<String>, Header, description = "Only if the rollout is still this version (its ETag)")),
+    responses((status = 200, description = "The rollout after the action", body = Rollout, headers(("ETag" = String, description = "The rollout's version, for If-Match"))),
+        (status = 409, description = "Not possible in the rollout's state", body = fleetup_proto::problem::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match is not the rollout's current ETag", body = fleetup_proto::problem::Problem, content_type = "application/problem+json")))]
 /// `POST /rollouts/{id}/{start|pause|resume|cancel|approve}`.
 /// With `If-Match: ETAG`, only if the rollout is still that version (else 412).
 async fn act(
@@ -191,6 +212,9 @@ async fn act(
     Ok(tagged(ops::rollouts::act(&state, &actor, &id, action, if_match).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/retry-failed", operation_id = "retryFailed", tag = "rollouts",
+    params(("id" = RolloutId, Path), ("Idempotency-Key" = Option<String>, Header, description = "At most once per key")),
+    responses((status = 201, description = "A new draft rollout of the failed, rolled-back, lost and undeliverable servers", body = Rollout)))]
 /// `POST /rollouts/{id}/retry-failed`: a new rollout of the failed servers; with
 /// `Idempotency-Key`, at most once per key.
 async fn retry_failed(
@@ -205,7 +229,7 @@ async fn retry_failed(
 }
 
 /// Body of `POST /rollouts/{id}/decisions`: the filter and the answer.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DecideAll {
     /// `warning` or `files-in-use`.
@@ -227,13 +251,15 @@ struct DecideAll {
     remember: bool,
 }
 
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/decisions", operation_id = "answerAllDecisions", tag = "rollouts", params(("id" = RolloutId, Path)),
+    request_body = DecideAll, responses((status = 200, description = "How many decisions were answered", body = Answered)))]
 /// `POST /rollouts/{id}/decisions`: answers every open decision the filter covers.
 async fn decide_all(
     State(state): State<AppState>,
     actor: Actor,
     ApiPath(id): ApiPath<RolloutId>,
     ApiJson(body): ApiJson<DecideAll>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Answered>> {
     let filter = crate::domain::decide::DecisionFilter {
         kind: body.kind,
         code: body.code,
@@ -241,5 +267,22 @@ async fn decide_all(
         holders: body.holders,
     };
     let answered = ops::jobs::answer_all(&state, &actor, &id, &filter, body.answer, body.remember).await?;
-    Ok(Json(serde_json::json!({ "answered": answered })))
+    Ok(Json(Answered { answered }))
+}
+
+/// The answer of `POST /rollouts/{id}/decisions`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct Answered {
+    /// Open decisions answered.
+    answered: u64,
+}
+
+/// The items of a page of `GET /rollouts/{id}/jobs`: jobs, or their summaries.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum JobsOrSummaries {
+    /// `view=full`.
+    Full(JobsPage<fleetup_proto::api::Job>),
+    /// `view=summary`.
+    Summary(JobsPage<fleetup_proto::api::JobSummary>),
 }

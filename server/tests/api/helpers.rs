@@ -189,6 +189,7 @@ async fn spawn_configured(
     config.scheduler_interval_ms = 50;
     config.heartbeat_flush_ms = 100;
     config.lease_secs = 30;
+    config.observer = Some(crate::contract::observer());
     tweak(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -3,6 +3,7 @@
 //! `FLEETUP_TEST_REQUIRE_ALL=1`). Together they are the store's contract suite.
 
 mod audit;
+mod contract;
 mod control;
 mod errors;
 mod helpers;
