@@ -203,6 +203,7 @@ pub async fn create_expiring_token(
 
 /// Every API token, newest first, as a table for people.
 pub async fn list_tokens(database_url: &str) -> Result<String, crate::error::AppError> {
+    use std::fmt::Write as _;
     let store = crate::store::connect(database_url).await?;
     let tokens = store.api_tokens_page(None, u64::MAX).await?;
     let now = chrono::Utc::now();
@@ -221,15 +222,16 @@ pub async fn list_tokens(database_url: &str) -> Result<String, crate::error::App
         } else {
             "live"
         };
-        out.push_str(&format!(
-            "{:<28} {:<20} {:<8} {:<16} {:<16} {:<16} {state}\n",
-            t.id,
+        let _ = writeln!(
+            out,
+            "{:<28} {:<20} {:<8} {:<16} {:<16} {:<16} {state}",
+            t.id.as_str(),
             t.name,
             t.role.as_str(),
             time(Some(t.created_at)),
             time(t.expires_at),
             time(t.last_used_at),
-        ));
+        );
     }
     Ok(out)
 }
@@ -243,17 +245,14 @@ pub async fn revoke_token(database_url: &str, id: &str) -> Result<(), crate::err
 
 /// Every dashboard user, by name, as a table for people.
 pub async fn list_users(database_url: &str) -> Result<String, crate::error::AppError> {
+    use std::fmt::Write as _;
     let store = crate::store::connect(database_url).await?;
     let users = store.users_page(None, u64::MAX).await?;
     let mut out = format!("{:<24} {:<8} {:<16} {}\n", "USERNAME", "ROLE", "CREATED", "DISABLED");
     for u in &users {
         let disabled = u.disabled_at.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string());
-        out.push_str(&format!(
-            "{:<24} {:<8} {:<16} {disabled}\n",
-            u.username,
-            u.role.as_str(),
-            u.created_at.format("%Y-%m-%d %H:%M")
-        ));
+        let created = u.created_at.format("%Y-%m-%d %H:%M").to_string();
+        let _ = writeln!(out, "{:<24} {:<8} {created:<16} {disabled}", u.username, u.role.as_str());
     }
     Ok(out)
 }

@@ -185,7 +185,13 @@ async fn login(app: &TestApp, username: &str, password: &str) -> Option<String> 
         .expect("the login form sets its cookie");
     let html = form.text().await.unwrap();
     let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
-    let enc = |s: &str| s.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+    let enc = |s: &str| {
+        use std::fmt::Write as _;
+        s.bytes().fold(String::new(), |mut out, b| {
+            let _ = write!(out, "%{b:02X}");
+            out
+        })
+    };
     let body = format!("csrf={}&username={}&password={}&next=%2F", enc(&csrf), enc(username), enc(password));
     let resp = browser()
         .post(format!("{}/login", app.base))
