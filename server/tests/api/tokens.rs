@@ -58,6 +58,25 @@ async fn a_revoked_token_is_refused_as_revoked_and_the_listing_shows_its_last_us
     let used = listed(&app, &id).await;
     assert!(used["last_used_at"].is_string(), "the first use is recorded: {used}");
 
+    // Paged by cursor: four tokens (admin, operator, viewer, ci), one a page, newest first.
+    let (mut seen, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let path = format!(
+            "/api/v1/tokens?limit=1{}",
+            if cursor.is_empty() { String::new() } else { format!("&cursor={cursor}") }
+        );
+        let (s, page) = app.call("GET", &path, &app.admin, None).await;
+        assert_eq!(s, 200, "{page}");
+        seen.extend(page["items"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => next.clone_into(&mut cursor),
+            None => break,
+        }
+    }
+    assert_eq!(seen[0], "ci", "newest first: {seen:?}");
+    seen.sort();
+    assert_eq!(seen, ["admin", "ci", "operator", "viewer"], "each token once");
+
     let (s, v) = app.call("DELETE", &format!("/api/v1/tokens/{id}"), &app.admin, None).await;
     assert_eq!(s, 204, "{v}");
     let (s, v) = app.call("GET", "/api/v1/rollouts", &secret, None).await;
