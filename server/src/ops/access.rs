@@ -84,7 +84,11 @@ pub async fn reset_password(store: &Store, actor: &Actor, username: &str, passwo
     actor.require(Role::Admin)?;
     check_password(password)?;
     let user = store.user(username).await?;
-    let password_hash = hash_password(password)?;
+    // argon2 is deliberately slow: keep it off the async workers (this runs per request).
+    let owned = password.to_owned();
+    let password_hash = tokio::task::spawn_blocking(move || hash_password(&owned))
+        .await
+        .map_err(|e| AppError::Internal(format!("hashing the password: {e}")))??;
     let audit = NewAudit::new(
         &actor.name,
         "user.password-reset",
