@@ -2,7 +2,7 @@
 //! a real `fleetup-server serve` process (the e2e harness): every answer parsed into the
 //! proto types, every command run as an admin would.
 
-use fleetup_client::{Client, StatusCode};
+use fleetup_client::{Client, NewEnrollmentToken, StatusCode};
 use fleetup_e2e::binary;
 use fleetup_e2e::fleet::Server;
 use fleetup_proto::api::{NewApiToken, Role};
@@ -57,6 +57,19 @@ async fn tokens_and_users_through_the_client_and_the_command_line() {
     let refused = deploy.agents().await.unwrap_err();
     assert_eq!(refused.code(), Some("token-revoked"), "{refused}");
     assert!(cli(&db, &["token", "list"], "").lines().any(|l| l.contains(" deploy ") && l.ends_with("revoked")));
+
+    // Enrollment tokens: listed and revoked on the command line and through the client.
+    let rack = admin.create_enrollment_token(&NewEnrollmentToken::default()).await.unwrap();
+    let table = cli(&db, &["enrollment-token", "list"], "");
+    assert!(table.lines().any(|l| l.starts_with(rack.token.id.as_str()) && l.ends_with("live")), "{table}");
+    cli(&db, &["enrollment-token", "revoke", rack.token.id.as_str()], "");
+    let listed = admin.enrollment_tokens().await.unwrap();
+    assert!(listed.iter().any(|t| t.id == rack.token.id && t.revoked_at.is_some()), "{listed:?}");
+    let twice = admin.revoke_enrollment_token(&rack.token.id).await.unwrap_err();
+    assert_eq!(twice.status(), Some(StatusCode::CONFLICT), "{twice}");
+    let other = admin.create_enrollment_token(&NewEnrollmentToken::default()).await.unwrap();
+    admin.revoke_enrollment_token(&other.token.id).await.unwrap();
+    assert!(cli(&db, &["enrollment-token", "list"], "").lines().filter(|l| l.ends_with("revoked")).count() == 2);
 
     // Users: made on the command line, disabled and enabled through the client, a new
     // password on the command line.

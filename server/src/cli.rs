@@ -1,5 +1,5 @@
-//! The command line: `serve`, `token create|list|revoke`, `user create|list|disable|enable|reset-password`,
-//! `tls init`. The token and user commands act on the database directly, as `cli` in the audit log.
+//! The command line: `serve`, `token create|list|revoke`, `enrollment-token list|revoke`,
+//! `user create|list|disable|enable|reset-password`, `tls init`. The token and user commands act on the database directly, as `cli` in the audit log.
 
 use crate::config::Config;
 use crate::model::Role;
@@ -27,6 +27,12 @@ pub enum Command {
         /// What to do with tokens.
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// List and revoke the enrollment tokens agents enroll with.
+    EnrollmentToken {
+        /// What to do with enrollment tokens.
+        #[command(subcommand)]
+        command: EnrollmentTokenCommand,
     },
     /// Manage dashboard users.
     User {
@@ -155,6 +161,26 @@ pub enum TokenCommand {
     },
 }
 
+/// Enrollment token commands (they are created over the API or on the dashboard).
+#[derive(Debug, Subcommand)]
+pub enum EnrollmentTokenCommand {
+    /// List enrollment tokens (never their secrets): id, name, uses, expires, state.
+    List {
+        /// Database URL (as for `serve`).
+        #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+        database_url: String,
+    },
+    /// Revoke an enrollment token: no agent enrolls with it any more (agents enrolled with
+    /// it keep working).
+    Revoke {
+        /// The token's id, as `enrollment-token list` shows it.
+        id: String,
+        /// Database URL (as for `serve`).
+        #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+        database_url: String,
+    },
+}
+
 /// A lifetime in seconds from `3600`, `3600s`, `30m`, `12h` or `90d`.
 pub fn parse_lifetime(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -241,6 +267,36 @@ pub async fn revoke_token(database_url: &str, id: &str) -> Result<(), crate::err
     let id: crate::model::TokenId = id.parse()?;
     let store = crate::store::connect(database_url).await?;
     crate::ops::access::revoke_api_token(&store, &cli_actor(), &id).await
+}
+
+/// Every enrollment token, newest first, as a table for people.
+pub async fn list_enrollment_tokens(database_url: &str) -> Result<String, crate::error::AppError> {
+    use std::fmt::Write as _;
+    let store = crate::store::connect(database_url).await?;
+    let now = chrono::Utc::now();
+    let mut out = format!("{:<28} {:<20} {:<9} {:<16} {}\n", "ID", "NAME", "USES", "EXPIRES", "STATE");
+    for t in store.list_enrollment_tokens().await? {
+        let uses = t.max_uses.map_or_else(|| t.uses.to_string(), |m| format!("{}/{m}", t.uses));
+        let expires = t.expires_at.map_or_else(|| "-".to_owned(), |e| e.format("%Y-%m-%d %H:%M").to_string());
+        let state = if t.revoked_at.is_some() {
+            "revoked"
+        } else if t.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else if t.max_uses.is_some_and(|m| t.uses >= m) {
+            "used-up"
+        } else {
+            "live"
+        };
+        let _ = writeln!(out, "{:<28} {:<20} {uses:<9} {expires:<16} {state}", t.id.as_str(), t.name);
+    }
+    Ok(out)
+}
+
+/// Revokes an enrollment token by id.
+pub async fn revoke_enrollment_token(database_url: &str, id: &str) -> Result<(), crate::error::AppError> {
+    let id: crate::model::TokenId = id.parse()?;
+    let store = crate::store::connect(database_url).await?;
+    crate::ops::access::revoke_enrollment_token(&store, &cli_actor(), &id).await
 }
 
 /// Every dashboard user, by name, as a table for people.

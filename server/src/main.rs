@@ -2,7 +2,7 @@
 //! (The demo lives in the umbrella `fleetup` binary, so this one carries no agent.)
 
 use clap::Parser as _;
-use fleetup_server::cli::{Cli, Command, TlsCommand, TokenCommand, UserCommand};
+use fleetup_server::cli::{Cli, Command, EnrollmentTokenCommand, TlsCommand, TokenCommand, UserCommand};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -51,6 +51,13 @@ async fn serve(command: Command) -> anyhow::Result<()> {
         Command::Token { command: TokenCommand::Revoke { id, database_url } } => {
             fleetup_server::cli::revoke_token(&database_url, &id).await?;
             println!("revoked API token {id}");
+        }
+        Command::EnrollmentToken { command: EnrollmentTokenCommand::List { database_url } } => {
+            print!("{}", fleetup_server::cli::list_enrollment_tokens(&database_url).await?);
+        }
+        Command::EnrollmentToken { command: EnrollmentTokenCommand::Revoke { id, database_url } } => {
+            fleetup_server::cli::revoke_enrollment_token(&database_url, &id).await?;
+            println!("revoked enrollment token {id}; agents enrolled with it keep working");
         }
         Command::User { command: UserCommand::List { database_url } } => {
             print!("{}", fleetup_server::cli::list_users(&database_url).await?);

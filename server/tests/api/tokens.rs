@@ -18,7 +18,7 @@ crate::both_backends!(
     a_disabled_user_cannot_log_in_and_their_session_ends,
     a_password_reset_makes_the_old_password_fail_and_the_new_one_work,
     only_an_admin_manages_tokens_and_users,
-    the_command_line_lists_and_revokes_tokens_and_disables_users,
+    the_command_line_lists_and_revokes_tokens_and_manages_users,
 );
 
 /// The audit records of `action`, newest first.
@@ -330,7 +330,7 @@ async fn only_an_admin_manages_tokens_and_users(backend: Backend) {
     assert!(!names.contains(&"mine".to_owned()), "{names:?}");
 }
 
-async fn the_command_line_lists_and_revokes_tokens_and_disables_users(backend: Backend) {
+async fn the_command_line_lists_and_revokes_tokens_and_manages_users(backend: Backend) {
     use fleetup_server::cli;
     let Some(app) = spawn_app(backend).await else { return };
     let _users = Users::new(&app).await;
@@ -351,6 +351,17 @@ async fn the_command_line_lists_and_revokes_tokens_and_disables_users(backend: B
     assert!(table.lines().any(|l| l.contains("deploy-bot") && l.ends_with("revoked")), "{table}");
     assert!(cli::revoke_token(&app.db_url, "no-such-token").await.is_err());
 
+    let (_, enrollment) =
+        app.call("POST", "/api/v1/enrollment-tokens", &app.admin, Some(json!({ "name": "rack-9" }))).await;
+    let enrollment_id = enrollment["id"].as_str().unwrap();
+    let table = cli::list_enrollment_tokens(&app.db_url).await.unwrap();
+    assert!(table.lines().any(|l| l.starts_with(enrollment_id) && l.ends_with("live")), "{table}");
+    cli::revoke_enrollment_token(&app.db_url, enrollment_id).await.unwrap();
+    let (s, v) = try_enroll(&app, enrollment["secret"].as_str().unwrap(), "web-9").await;
+    assert_eq!(s, 401, "{v}");
+    let table = cli::list_enrollment_tokens(&app.db_url).await.unwrap();
+    assert!(table.lines().any(|l| l.starts_with(enrollment_id) && l.ends_with("revoked")), "{table}");
+
     cli::set_user_disabled(&app.db_url, "admin-user", true).await.unwrap();
     assert!(login(&app, "admin-user", PASSWORD).await.is_none());
     let users = cli::list_users(&app.db_url).await.unwrap();
@@ -359,7 +370,14 @@ async fn the_command_line_lists_and_revokes_tokens_and_disables_users(backend: B
     cli::reset_password(&app.db_url, "admin-user", "another good passphrase").await.unwrap();
     assert!(login(&app, "admin-user", "another good passphrase").await.is_some());
 
-    for action in ["api-token.create", "api-token.revoke", "user.disable", "user.enable", "user.password-reset"] {
+    for action in [
+        "api-token.create",
+        "api-token.revoke",
+        "enrollment-token.revoke",
+        "user.disable",
+        "user.enable",
+        "user.password-reset",
+    ] {
         let records = audited(&app, action).await;
         assert!(records.iter().any(|e| e["actor"] == "cli"), "{action} by the command line: {records:?}");
     }
