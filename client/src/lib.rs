@@ -34,6 +34,7 @@
 
 mod error;
 mod jobs;
+mod tokens;
 mod wait;
 
 pub use error::{Error, ErrorBody};

@@ -12,6 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod access;
+pub use access::{ApiToken, CreatedApiToken, NewApiToken, NewPassword, User};
+
 /// What an API token or a user may do. Ordered: each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -723,6 +726,10 @@ pub struct EnrollmentToken {
     pub max_uses: Option<u64>,
     /// How many did.
     pub uses: u64,
+    /// When it was revoked (`DELETE /enrollment-tokens/{id}`); none: it still enrolls
+    /// agents while it has uses left and has not expired.
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// One audit record.

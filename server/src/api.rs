@@ -14,6 +14,8 @@ mod paging;
 
 mod rollouts;
 
+mod access;
+
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::routes::{Access, Routes};
@@ -30,7 +32,8 @@ pub fn routes() -> Routes {
         .merge(rollouts::routes())
         .merge(jobs::routes())
         .merge(audit::routes())
-        .merge(openapi::routes());
+        .merge(openapi::routes())
+        .merge(access::routes());
     Routes::new()
         .nest("/api/v1", api)
         .nest("/api/v1/agent", agent::routes())

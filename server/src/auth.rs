@@ -42,17 +42,43 @@ fn bearer(parts: &Parts) -> Result<&str, AppError> {
         .ok_or_else(|| AppError::Unauthorized("the Authorization header must be 'Bearer TOKEN'".into()))
 }
 
+/// `last_used_at` of an API token is rewritten at most this often (a request is not a write).
+const TOUCH_EVERY_MS: i64 = 60_000;
+
 /// The caller of an operator API route: its API token, holding at least `needed`
-/// ([`crate::routes::guard`] asks, with the role of the route's rule).
+/// ([`crate::routes::guard`] asks, with the role of the route's rule). A revoked token is
+/// refused with `token-revoked`, an expired one with `token-expired` (both 401, saying what
+/// to do); a live one has its last use recorded, at most once a minute.
 pub async fn api_caller(state: &AppState, parts: &Parts, needed: Role) -> Result<Actor, AppError> {
     let token = bearer(parts)?;
     let info = state
         .store
         .api_token_by_hash(&hash_secret(token))
         .await?
-        .ok_or_else(|| AppError::Unauthorized("unknown or revoked API token".into()))?;
+        .ok_or_else(|| AppError::Unauthorized("unknown API token: check that it was copied whole".into()))?;
+    if let Some(at) = info.revoked_at {
+        return Err(AppError::TokenRevoked(format!(
+            "the API token '{}' was revoked at {}; ask an admin for a new one (POST /api/v1/tokens)",
+            info.name,
+            crate::model::to_time(at).to_rfc3339()
+        )));
+    }
+    let now = crate::model::now_ms();
+    if let Some(at) = info.expires_at.filter(|at| *at <= now) {
+        return Err(AppError::TokenExpired(format!(
+            "the API token '{}' expired at {}; ask an admin for a new one (POST /api/v1/tokens)",
+            info.name,
+            crate::model::to_time(at).to_rfc3339()
+        )));
+    }
     let caller = Actor::new(format!("token:{}", info.name), info.role);
     caller.require(needed)?;
+    if info.last_used_at.is_none_or(|at| now - at >= TOUCH_EVERY_MS)
+        && let Err(e) = state.store.touch_api_token(&info.id, now).await
+    {
+        // Recording the use is bookkeeping: a failure of it never refuses the caller.
+        tracing::warn!(error = %e, token = %info.name, "could not record the API token's last use");
+    }
     Ok(caller)
 }
 

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `token create`, `user create`, `tls init`.
+//! The command line: `serve`, `token create|list|revoke`, `enrollment-token list|revoke`,
+//! `user create|list|disable|enable|reset-password`, `tls init`. The token and user commands act on the database directly, as `cli` in the audit log.
 
 use crate::config::Config;
 use crate::model::Role;
@@ -26,6 +27,12 @@ pub enum Command {
         /// What to do with tokens.
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// List and revoke the enrollment tokens agents enroll with.
+    EnrollmentToken {
+        /// What to do with enrollment tokens.
+        #[command(subcommand)]
+        command: EnrollmentTokenCommand,
     },
     /// Manage dashboard users.
     User {
@@ -80,6 +87,42 @@ pub enum UserCommand {
         #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
         database_url: String,
     },
+    /// List dashboard users (name, role, created, disabled).
+    List {
+        /// Database URL (as for `serve`).
+        #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+        database_url: String,
+    },
+    /// Disable a user: they cannot log in and their sessions end at once.
+    Disable {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// Database URL (as for `serve`).
+        #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+        database_url: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// Database URL (as for `serve`).
+        #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+        database_url: String,
+    },
+    /// Give a user a new password (asked, or read from standard input); their sessions end.
+    ResetPassword {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// Read the password from the first line of standard input instead of asking.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Database URL (as for `serve`).
+        #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 /// Token commands.
@@ -93,10 +136,72 @@ pub enum TokenCommand {
         /// A name, recorded in the audit log as `token:NAME`.
         #[arg(long)]
         name: String,
+        /// Lifetime: seconds, or a number with s, m, h or d (`90d`, `12h`); at most ten
+        /// years. Left out: the token never expires.
+        #[arg(long, value_parser = parse_lifetime)]
+        expires_in: Option<u64>,
         /// Database URL (as for `serve`).
         #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
         database_url: String,
     },
+    /// List API tokens (never their secrets): id, name, role, created, expires, last used,
+    /// revoked.
+    List {
+        /// Database URL (as for `serve`).
+        #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+        database_url: String,
+    },
+    /// Revoke an API token: it is refused (401 `token-revoked`) from its next request on.
+    Revoke {
+        /// The token's id, as `token list` shows it.
+        id: String,
+        /// Database URL (as for `serve`).
+        #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+        database_url: String,
+    },
+}
+
+/// Enrollment token commands (they are created over the API or on the dashboard).
+#[derive(Debug, Subcommand)]
+pub enum EnrollmentTokenCommand {
+    /// List enrollment tokens (never their secrets): id, name, uses, expires, state.
+    List {
+        /// Database URL (as for `serve`).
+        #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+        database_url: String,
+    },
+    /// Revoke an enrollment token: no agent enrolls with it any more (agents enrolled with
+    /// it keep working).
+    Revoke {
+        /// The token's id, as `enrollment-token list` shows it.
+        id: String,
+        /// Database URL (as for `serve`).
+        #[arg(long, default_value = "sqlite:fleetup.db", env = "FLEETUP_DATABASE_URL")]
+        database_url: String,
+    },
+}
+
+/// A lifetime in seconds from `3600`, `3600s`, `30m`, `12h` or `90d`.
+pub fn parse_lifetime(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (number, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        other => return Err(format!("unknown unit '{other}' in '{s}': use s, m, h or d (90d, 12h, 30m)")),
+    };
+    let n: u64 =
+        number.parse().map_err(|_| format!("'{s}' is not a lifetime: write a number and s, m, h or d (90d)"))?;
+    match n.checked_mul(scale) {
+        Some(0) => Err("the lifetime must be at least one second".into()),
+        Some(secs) => Ok(secs),
+        None => Err(format!("'{s}' is too long")),
+    }
 }
 
 /// The command line acts as an admin (whoever can reach the database can do anything).
@@ -108,6 +213,120 @@ fn cli_actor() -> crate::ops::Actor {
 pub async fn create_token(database_url: &str, role: Role, name: &str) -> Result<String, crate::error::AppError> {
     let store = crate::store::connect(database_url).await?;
     crate::ops::access::create_api_token(&store, &cli_actor(), role, name).await
+}
+
+/// Creates an API token with an optional lifetime in seconds; the secret is in the answer.
+pub async fn create_expiring_token(
+    database_url: &str,
+    role: Role,
+    name: &str,
+    expires_in_secs: Option<u64>,
+) -> Result<crate::model::CreatedApiToken, crate::error::AppError> {
+    let store = crate::store::connect(database_url).await?;
+    let new = crate::model::NewApiToken { name: name.to_owned(), role, expires_in_secs };
+    crate::ops::access::issue_api_token(&store, &cli_actor(), &new).await
+}
+
+/// Every API token, newest first, as a table for people.
+pub async fn list_tokens(database_url: &str) -> Result<String, crate::error::AppError> {
+    use std::fmt::Write as _;
+    let store = crate::store::connect(database_url).await?;
+    let tokens = store.api_tokens_page(None, u64::MAX).await?;
+    let now = chrono::Utc::now();
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+    };
+    let mut out = format!(
+        "{:<28} {:<20} {:<8} {:<16} {:<16} {:<16} {}\n",
+        "ID", "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED", "STATE"
+    );
+    for t in &tokens {
+        let state = if t.revoked_at.is_some() {
+            "revoked"
+        } else if t.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            "live"
+        };
+        let _ = writeln!(
+            out,
+            "{:<28} {:<20} {:<8} {:<16} {:<16} {:<16} {state}",
+            t.id.as_str(),
+            t.name,
+            t.role.as_str(),
+            time(Some(t.created_at)),
+            time(t.expires_at),
+            time(t.last_used_at),
+        );
+    }
+    Ok(out)
+}
+
+/// Revokes an API token by id.
+pub async fn revoke_token(database_url: &str, id: &str) -> Result<(), crate::error::AppError> {
+    let id: crate::model::TokenId = id.parse()?;
+    let store = crate::store::connect(database_url).await?;
+    crate::ops::access::revoke_api_token(&store, &cli_actor(), &id).await
+}
+
+/// Every enrollment token, newest first, as a table for people.
+pub async fn list_enrollment_tokens(database_url: &str) -> Result<String, crate::error::AppError> {
+    use std::fmt::Write as _;
+    let store = crate::store::connect(database_url).await?;
+    let now = chrono::Utc::now();
+    let mut out = format!("{:<28} {:<20} {:<9} {:<16} {}\n", "ID", "NAME", "USES", "EXPIRES", "STATE");
+    for t in store.list_enrollment_tokens().await? {
+        let uses = t.max_uses.map_or_else(|| t.uses.to_string(), |m| format!("{}/{m}", t.uses));
+        let expires = t.expires_at.map_or_else(|| "-".to_owned(), |e| e.format("%Y-%m-%d %H:%M").to_string());
+        let state = if t.revoked_at.is_some() {
+            "revoked"
+        } else if t.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else if t.max_uses.is_some_and(|m| t.uses >= m) {
+            "used-up"
+        } else {
+            "live"
+        };
+        let _ = writeln!(out, "{:<28} {:<20} {uses:<9} {expires:<16} {state}", t.id.as_str(), t.name);
+    }
+    Ok(out)
+}
+
+/// Revokes an enrollment token by id.
+pub async fn revoke_enrollment_token(database_url: &str, id: &str) -> Result<(), crate::error::AppError> {
+    let id: crate::model::TokenId = id.parse()?;
+    let store = crate::store::connect(database_url).await?;
+    crate::ops::access::revoke_enrollment_token(&store, &cli_actor(), &id).await
+}
+
+/// Every dashboard user, by name, as a table for people.
+pub async fn list_users(database_url: &str) -> Result<String, crate::error::AppError> {
+    use std::fmt::Write as _;
+    let store = crate::store::connect(database_url).await?;
+    let users = store.users_page(None, u64::MAX).await?;
+    let mut out = format!("{:<24} {:<8} {:<16} {}\n", "USERNAME", "ROLE", "CREATED", "DISABLED");
+    for u in &users {
+        let disabled = u.disabled_at.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string());
+        let created = u.created_at.format("%Y-%m-%d %H:%M").to_string();
+        let _ = writeln!(out, "{:<24} {:<8} {created:<16} {disabled}", u.username, u.role.as_str());
+    }
+    Ok(out)
+}
+
+/// Disables (`true`) or enables a dashboard user.
+pub async fn set_user_disabled(
+    database_url: &str,
+    username: &str,
+    disabled: bool,
+) -> Result<(), crate::error::AppError> {
+    let store = crate::store::connect(database_url).await?;
+    crate::ops::access::set_user_disabled(&store, &cli_actor(), username, disabled).await.map(drop)
+}
+
+/// Gives a dashboard user a new password (their sessions end).
+pub async fn reset_password(database_url: &str, username: &str, password: &str) -> Result<(), crate::error::AppError> {
+    let store = crate::store::connect(database_url).await?;
+    crate::ops::access::reset_password(&store, &cli_actor(), username, password).await
 }
 
 /// Creates a dashboard user in the database (see [`crate::ops::access::create_user`]).
@@ -150,4 +369,21 @@ pub fn read_password(from_stdin: bool) -> std::io::Result<String> {
         return Err(std::io::Error::other("the passwords differ"));
     }
     Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_lifetime;
+
+    #[test]
+    fn lifetimes_read_with_their_units() {
+        assert_eq!(parse_lifetime("3600"), Ok(3600));
+        assert_eq!(parse_lifetime("45s"), Ok(45));
+        assert_eq!(parse_lifetime("30m"), Ok(1800));
+        assert_eq!(parse_lifetime("12h"), Ok(43_200));
+        assert_eq!(parse_lifetime("90d"), Ok(90 * 86_400));
+        for bad in ["", "d", "0", "0d", "12w", "-1h", "1.5h", "99999999999999999999d"] {
+            assert!(parse_lifetime(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -18,6 +18,12 @@ pub enum AppError {
     /// No or unknown credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// An API token that was revoked (`token-revoked`, 401).
+    #[error("{0}")]
+    TokenRevoked(String),
+    /// An API token past its expiry (`token-expired`, 401).
+    #[error("{0}")]
+    TokenExpired(String),
     /// Known caller, not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -62,6 +68,8 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
             AppError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AppError::TokenRevoked(_) => (StatusCode::UNAUTHORIZED, "token-revoked"),
+            AppError::TokenExpired(_) => (StatusCode::UNAUTHORIZED, "token-expired"),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

@@ -30,6 +30,7 @@ pub(crate) mod control;
 pub(crate) mod gauges;
 pub(crate) mod idempotency;
 pub(crate) mod jobs;
+pub(crate) mod lifecycle;
 pub(crate) mod packages;
 pub(crate) mod rollouts;
 pub(crate) mod scheduler;

@@ -35,7 +35,8 @@ pub fn routes() -> Routes {
 
 /// Enrolls an agent with an enrollment token (in the body): the answer holds its own token.
 #[utoipa::path(post, path = "/api/v1/agent/enroll", operation_id = "enrollAgent", tag = "agent", request_body = EnrollRequest,
-    responses((status = 201, description = "Enrolled", body = EnrollResponse)))]
+    responses((status = 201, description = "Enrolled", body = EnrollResponse),
+        (status = 401, description = "The enrollment token is unknown, revoked, expired or used up: the detail says which", body = fleetup_proto::problem::Problem, content_type = "application/problem+json")))]
 async fn enroll(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<EnrollRequest>,

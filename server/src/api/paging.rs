@@ -31,6 +31,10 @@ pub const AUDIT: Listing = Listing { name: "audit", bound: "this listing of the 
 /// `GET /rollouts/{id}/jobs`: bound to the rollout only (filters and view may change
 /// between pages: the cursor only says where to start).
 pub const JOBS: Listing = Listing { name: "jobs", bound: "this rollout's jobs" };
+/// `GET /tokens`.
+pub const TOKENS: Listing = Listing { name: "tokens", bound: "this listing of API tokens" };
+/// `GET /users`.
+pub const USERS: Listing = Listing { name: "users", bound: "this listing of users" };
 
 fn checksum(listing: &Listing, scope: &str, key: &str) -> String {
     let digest = Sha256::digest(format!("fleetup cursor|{}|{scope}|{key}", listing.name).as_bytes());

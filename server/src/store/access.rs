@@ -6,10 +6,10 @@ use super::{
     ApiTokenInfo, NewAudit, NewEnrollmentToken, NewSession, NewUser, SessionInfo, Store, StoreError, StoreResult,
     UserRecord, stored_id, to_json,
 };
-use crate::model::{EnrollmentToken, Role, TokenId, now_ms, to_time};
+use crate::model::{ApiToken, EnrollmentToken, Millis, Role, TokenId, now_ms, to_time};
 
 impl Store {
-    /// Creates an API token (its hash).
+    /// Creates an API token (its hash), expiring at `expires_at` (none: never).
     #[tracing::instrument(skip_all)]
     pub async fn create_api_token(
         &self,
@@ -17,35 +17,60 @@ impl Store {
         name: &str,
         role: Role,
         token_hash: &str,
+        expires_at: Option<Millis>,
         audit: &NewAudit,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<ApiToken> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
-        sqlx::query("insert into api_tokens (id, name, role, token_hash, created_at) values ($1, $2, $3, $4, $5)")
+        sqlx::query("insert into api_tokens (id, name, role, token_hash, created_at, expires_at) values ($1, $2, $3, $4, $5, $6)")
             .bind(id.as_str())
             .bind(name)
             .bind(role.as_str())
             .bind(token_hash)
             .bind(now)
+            .bind(expires_at)
             .execute(&mut *tx)
             .await?;
         super::audit::commit_audited(tx, audit, now).await?;
-        Ok(())
+        Ok(ApiToken {
+            id: id.clone(),
+            name: name.to_owned(),
+            role,
+            created_at: to_time(now),
+            expires_at: expires_at.map(to_time),
+            last_used_at: None,
+            revoked_at: None,
+        })
     }
 
-    /// The live token with this hash.
+    /// The token with this hash, revoked or expired ones included (the caller says which
+    /// it is: [`crate::auth::api_caller`]).
     #[tracing::instrument(skip_all)]
     pub async fn api_token_by_hash(&self, token_hash: &str) -> StoreResult<Option<ApiTokenInfo>> {
-        let row: Option<(String, String, String)> =
-            sqlx::query_as("select id, name, role from api_tokens where token_hash = $1 and revoked_at is null")
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|(id, name, role)| {
+        type Row = (String, String, String, Option<i64>, Option<i64>, Option<i64>);
+        let row: Option<Row> = sqlx::query_as(
+            "select id, name, role, expires_at, last_used_at, revoked_at from api_tokens where token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(id, name, role, expires_at, last_used_at, revoked_at)| {
             let role = Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role '{role}'")))?;
-            Ok(ApiTokenInfo { id: stored_id(&id)?, name, role })
+            Ok(ApiTokenInfo { id: stored_id(&id)?, name, role, expires_at, last_used_at, revoked_at })
         })
         .transpose()
+    }
+
+    /// Marks an API token used at `now` (never moves it back). Not audited: a use is not a
+    /// change; [`crate::auth::api_caller`] calls it at most once a minute per token.
+    #[tracing::instrument(skip_all)]
+    pub async fn touch_api_token(&self, id: &TokenId, now: Millis) -> StoreResult<()> {
+        sqlx::query("update api_tokens set last_used_at = $1 where id = $2 and coalesce(last_used_at, 0) < $1")
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Creates an enrollment token.
@@ -76,6 +101,7 @@ impl Store {
             expires_at: t.expires_at.map(to_time),
             max_uses: t.max_uses,
             uses: 0,
+            revoked_at: None,
         })
     }
 

@@ -394,6 +394,7 @@ impl EnrollmentRow {
             expires_at: self.expires_at.map(to_time),
             max_uses: self.max_uses.map(|n| n as u64),
             uses: self.uses as u64,
+            revoked_at: self.revoked_at.map(to_time),
         })
     }
 }

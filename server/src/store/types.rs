@@ -44,6 +44,12 @@ pub struct ApiTokenInfo {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// When it stops working (none: never).
+    pub expires_at: Option<Millis>,
+    /// When it was last used (none: never).
+    pub last_used_at: Option<Millis>,
+    /// When it was revoked (none: live).
+    pub revoked_at: Option<Millis>,
 }
 
 /// A new enrollment token.

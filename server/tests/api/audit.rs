@@ -74,7 +74,15 @@ async fn snapshot(app: &TestApp) -> Value {
         }
     }
     let (_, tokens) = app.call("GET", "/api/v1/enrollment-tokens", &app.admin, None).await;
+    // (A token's last use moves on its own, with the snapshot's own requests.)
+    let (_, mut api_tokens) = app.call("GET", "/api/v1/tokens?limit=5000", &app.admin, None).await;
+    for t in api_tokens["items"].as_array_mut().unwrap() {
+        t.as_object_mut().unwrap().remove("last_used_at");
+    }
+    let (_, users) = app.call("GET", "/api/v1/users?limit=5000", &app.admin, None).await;
     json!({
+        "api_tokens": api_tokens,
+        "users": users,
         "packages": app.get("/api/v1/packages").await["items"],
         "agents": agents,
         "rollouts": rollouts,
@@ -118,6 +126,12 @@ enum Step {
     WebUpload,
     WebLogin,
     WebLogout,
+    ApiToken,
+    RevokeApiToken(String),
+    RevokeEnrollmentToken(String),
+    DisableUser,
+    EnableUser,
+    ResetPassword,
 }
 
 impl Step {
@@ -147,6 +161,12 @@ impl Step {
             Step::WebUpload => ("POST", "/packages", "package.upload"),
             Step::WebLogin => ("POST", "/login", "session.login"),
             Step::WebLogout => ("POST", "/logout", "session.logout"),
+            Step::ApiToken => ("POST", "/api/v1/tokens", "api-token.create"),
+            Step::RevokeApiToken(_) => ("DELETE", "/api/v1/tokens/{id}", "api-token.revoke"),
+            Step::RevokeEnrollmentToken(_) => ("DELETE", "/api/v1/enrollment-tokens/{id}", "enrollment-token.revoke"),
+            Step::DisableUser => ("POST", "/api/v1/users/{name}/disable", "user.disable"),
+            Step::EnableUser => ("POST", "/api/v1/users/{name}/enable", "user.enable"),
+            Step::ResetPassword => ("POST", "/api/v1/users/{name}/password", "user.password-reset"),
         };
         (m, p, a.to_owned())
     }
@@ -285,6 +305,19 @@ async fn perform(app: &TestApp, (session, csrf): &(String, String), package: &st
             used = Some(session.clone());
             web("/logout".into(), &[])
         }
+        Step::ApiToken => {
+            api("POST", "/api/v1/tokens".into(), &app.admin, Some(json!({ "name": "audited", "role": "viewer" })))
+        }
+        Step::RevokeApiToken(id) => api("DELETE", format!("/api/v1/tokens/{id}"), &app.admin, None),
+        Step::RevokeEnrollmentToken(id) => api("DELETE", format!("/api/v1/enrollment-tokens/{id}"), &app.admin, None),
+        Step::DisableUser => api("POST", "/api/v1/users/viewer-user/disable".into(), &app.admin, None),
+        Step::EnableUser => api("POST", "/api/v1/users/viewer-user/enable".into(), &app.admin, None),
+        Step::ResetPassword => api(
+            "POST",
+            "/api/v1/users/viewer-user/password".into(),
+            &app.admin,
+            Some(json!({ "password": "a new passphrase" })),
+        ),
     };
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
@@ -359,6 +392,11 @@ async fn every_mutation_is_audited_and_fails_when_its_audit_write_fails(backend:
     }
     let unstarted = jobs_by_agent(&app, &fail).await[&failers[3].id].clone();
     let enroll_token = app.enrollment_token(json!({ "group": "late" })).await;
+    // An API token and an enrollment token to revoke.
+    let (_, to_revoke) =
+        app.call("POST", "/api/v1/tokens", &app.admin, Some(json!({ "name": "to-revoke", "role": "viewer" }))).await;
+    let (_, enroll_to_revoke) =
+        app.call("POST", "/api/v1/enrollment-tokens", &app.admin, Some(json!({ "name": "to-revoke" }))).await;
 
     let steps = vec![
         Step::Upload,
@@ -387,6 +425,12 @@ async fn every_mutation_is_audited_and_fails_when_its_audit_write_fails(backend:
         Step::WebGuide(failed[2].clone(), "skip"),
         Step::WebLogin,
         Step::WebLogout,
+        Step::ApiToken,
+        Step::RevokeApiToken(to_revoke["id"].as_str().unwrap().to_owned()),
+        Step::RevokeEnrollmentToken(enroll_to_revoke["id"].as_str().unwrap().to_owned()),
+        Step::DisableUser,
+        Step::EnableUser,
+        Step::ResetPassword,
     ];
     let mut driven = BTreeSet::new();
     for step in &steps {

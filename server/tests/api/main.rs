@@ -12,6 +12,7 @@ mod protocol;
 mod rbac;
 mod rollouts;
 mod scale;
+mod tokens;
 mod web;
 
 /// Declares `NAME::sqlite` and `NAME::postgres` tests running `async fn NAME(Backend)`.

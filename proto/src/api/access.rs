@@ -1,0 +1,86 @@
+//! Wire types of the token lifecycle (issue 16, item 4): API tokens as listed (never their
+//! secret), a new token's request and its one-time secret, and dashboard users as an admin
+//! manages them (`/api/v1/tokens`, `/api/v1/users`).
+
+use super::Role;
+use crate::id::{TokenId, UserId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// An API token, as `GET /tokens` lists it: never its secret, only its hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApiToken {
+    /// Id (what `DELETE /tokens/{id}` takes).
+    pub id: TokenId,
+    /// Name; the audit log records its actions as `token:NAME`.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it stops working (none: never).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was last used, to the minute (none: never used). Rewritten at most once a
+    /// minute, so it may lag a minute behind.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it was revoked (none: live, unless expired).
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Body of `POST /tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewApiToken {
+    /// A name for people, 1 to 64 characters (the audit log's `token:NAME`).
+    pub name: String,
+    /// What the token may do.
+    pub role: Role,
+    /// Lifetime in seconds, at most ten years (left out: it never expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A created API token and its secret, shown in this answer only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatedApiToken {
+    /// The token as `GET /tokens` lists it.
+    #[serde(flatten)]
+    pub token: ApiToken,
+    /// The bearer secret (`Authorization: Bearer …`), shown once.
+    pub secret: String,
+}
+
+/// A dashboard user, as `GET /users` lists it (never the password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct User {
+    /// Id.
+    pub id: UserId,
+    /// Login name.
+    pub username: String,
+    /// What the user may do.
+    pub role: Role,
+    /// When the user was made.
+    pub created_at: DateTime<Utc>,
+    /// When the user was disabled (none: the user may log in).
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// Body of `POST /users/{name}/password`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewPassword {
+    /// The new password, at least 8 characters.
+    pub password: String,
+}
+
+impl std::fmt::Debug for NewPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A password never reaches a log.
+        f.debug_struct("NewPassword").finish_non_exhaustive()
+    }
+}
