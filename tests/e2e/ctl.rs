@@ -1,0 +1,166 @@
+//! The operator CLI end to end: `fleetupctl` drives a whole rollout on a real coordinator
+//! with real agents — login, package upload, an enrollment token, a spec file applied
+//! (dry run, staged, applied again unchanged, a changed spec under the same name refused),
+//! start, and `watch` until it exits 0 — and the result is checked over the API and on the
+//! servers' install roots.
+
+use fleetup_e2e::fleet::{Host, Proc, Server, pack};
+use fleetup_e2e::{binary, wait_for, workspace_root};
+use fleetup_proto::api::{JobState, Package, RolloutState};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_mins(2);
+
+/// Runs fleetupctl with its context in `dir`, waiting at most `deadline`; returns the exit
+/// code, stdout and stderr.
+fn ctl_within(dir: &Path, deadline: Duration, args: &[&str]) -> (i32, String, String) {
+    let n = std::fs::read_dir(dir).map_or(0, Iterator::count);
+    let (out, err) = (dir.join(format!("ctl-{n}.out")), dir.join(format!("ctl-{n}.err")));
+    let mut cmd = Command::new(binary("fleetupctl"));
+    cmd.args(args)
+        .env("FLEETUP_CONTEXT", dir.join("config/context.toml"))
+        .env_remove("FLEETUP_SERVER")
+        .env_remove("FLEETUP_TOKEN")
+        .env_remove("FLEETUP_OUTPUT")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
+    let mut child = Proc { child: cmd.spawn().expect("spawning fleetupctl"), log: err.clone() };
+    let status =
+        wait_for(&format!("fleetupctl {}", args.join(" ")), deadline, || child.child.try_wait().ok().flatten());
+    let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    (status.code().unwrap_or(-1), read(&out), read(&err))
+}
+
+fn ctl(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    ctl_within(dir, Duration::from_secs(60), args)
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let (code, out, err) = ctl(dir, args);
+    assert_eq!(code, 0, "fleetupctl {}:\n{out}\n{err}", args.join(" "));
+    out
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not one JSON document ({e}): {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_drives_a_rollout_from_a_spec_file_to_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = dir.path().join("operator");
+    std::fs::create_dir_all(&cli).unwrap();
+    let server =
+        Server::start(&dir.path().join("server"), None, &["--lease-secs", "6", "--scheduler-interval-ms", "200"]).await;
+
+    // login: the token from a file, checked, saved 0600.
+    let token_file = cli.join("token");
+    std::fs::write(&token_file, format!("{}\n", server.token)).unwrap();
+    ok(&cli, &["--server", &server.url, "login", "--token-file", token_file.to_str().unwrap()]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(cli.join("config/context.toml")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The package, uploaded with the CLI.
+    let pkg = cli.join("demo-1.1.0.fup");
+    pack(&workspace_root().join("examples/sample-rollup"), &server.key, &pkg);
+    let package: Package =
+        serde_json::from_value(json(&ok(&cli, &["-o", "json", "packages", "upload", pkg.to_str().unwrap()]))).unwrap();
+    assert_eq!(package.version, "1.1.0");
+
+    // An enrollment token from the CLI, three real agents enrolled with it.
+    let created =
+        json(&ok(&cli, &["-o", "json", "tokens", "enrollment", "create", "--label", "env=test", "--max-uses", "3"]));
+    let secret = created["secret"].as_str().expect("the secret").to_owned();
+    let crl = fleetup_demo_service::crl_endpoint().unwrap();
+    let mut hosts = Vec::new();
+    for i in 1..=3 {
+        let mut host = Host::new(dir.path(), &format!("web-{i}"), &crl);
+        host.start_agent(&server, &secret);
+        hosts.push(host);
+    }
+    server.every_agent_online(3, LONG).await;
+    let agents = json(&ok(&cli, &["-o", "json", "agents", "list", "--label", "env=test"]));
+    assert_eq!(agents.as_array().map(Vec::len), Some(3), "{agents}");
+
+    // The spec file, as kept in git.
+    let spec = cli.join("rollout.toml");
+    let text = format!(
+        "name = \"demo 1.1 via fleetupctl\"\npackage = \"{}@{}\"\ntargets = {{ hosts = [\"web-1\", \"web-2\", \"web-3\"] }}\n\
+         waves = [1, \"100%\"]\n\n[policies]\nwarning = \"continue\"\nfiles_in_use = \"ignore\"\n",
+        package.name, package.version
+    );
+    std::fs::write(&spec, &text).unwrap();
+    let spec_arg = spec.to_str().unwrap();
+
+    let dry = ok(&cli, &["rollout", "apply", spec_arg, "--dry-run"]);
+    assert!(dry.contains("wave 1: 1 server") && dry.contains("wave 2: 2 servers") && dry.contains("dry run"), "{dry}");
+    assert!(server.client.rollouts().await.unwrap().is_empty(), "a dry run stages nothing");
+
+    let applied = json(&ok(&cli, &["-o", "json", "rollout", "apply", spec_arg]));
+    assert_eq!(applied["action"], "created", "{applied}");
+    let id = applied["rollout"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(applied["plan"]["waves"].as_array().map(Vec::len), Some(2), "{applied}");
+
+    let again = json(&ok(&cli, &["-o", "json", "rollout", "apply", spec_arg]));
+    assert_eq!(again["action"], "unchanged", "{again}");
+    assert_eq!(again["rollout"]["id"], id.as_str());
+    let human = ok(&cli, &["rollout", "apply", spec_arg]);
+    assert!(human.contains("is unchanged"), "{human}");
+
+    let changed = cli.join("changed.yaml");
+    std::fs::write(
+        &changed,
+        format!(
+            "name: demo 1.1 via fleetupctl\npackage: {}@{}\ntargets: {{hosts: [web-1, web-2, web-3]}}\nwaves: [1, 2]\n",
+            package.name, package.version
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = ctl(&cli, &["rollout", "apply", changed.to_str().unwrap()]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("already staged") && err.contains("waves"), "{err}");
+    assert_eq!(server.client.rollouts().await.unwrap().len(), 1, "still one rollout");
+
+    // Start it by name, and watch it to the end.
+    ok(&cli, &["rollout", "start", "demo 1.1 via fleetupctl"]);
+    let (code, out, err) =
+        ctl_within(&cli, LONG, &["-o", "json", "watch", &id, "--timeout", "110", "--interval-ms", "200"]);
+    assert_eq!(code, 0, "watch:\n{out}\n{err}\n{}", server.proc.output());
+    let lines: Vec<Value> = out.lines().map(json).collect();
+    let last = lines.last().expect("watch printed the rollout's state");
+    assert_eq!(last["state"], "finished", "{last}");
+    assert_eq!(last["counts"]["succeeded"], 3, "{last}");
+    assert!(lines.iter().any(|l| l["current_wave"] == 2), "the second wave was seen: {out}");
+    // A watch of a finished rollout, for people, ends at once with the outcome.
+    let human = ok(&cli, &["watch", "demo 1.1 via fleetupctl"]);
+    assert!(human.contains("finished: succeeded 3"), "{human}");
+
+    // What the API and the servers say.
+    let rollout = server.client.rollout(&id.parse().unwrap()).await.unwrap();
+    assert_eq!(rollout.state, RolloutState::Finished, "{rollout:?}");
+    let jobs = server.jobs::<fleetup_proto::api::Job>(&rollout.id).await;
+    assert_eq!(jobs.len(), 3);
+    assert!(jobs.iter().all(|j| j.state == JobState::Succeeded), "{jobs:?}");
+    for h in &hosts {
+        assert_eq!(h.version().as_deref(), Some("1.1.0"), "{} answers the new version", h.name);
+        assert!(h.root.join("lib/demo/feature-x.txt").exists(), "{}", h.name);
+    }
+
+    // The rest of what an operator reads afterwards.
+    let shown = json(&ok(&cli, &["-o", "json", "rollout", "show", &id]));
+    assert_eq!(shown["state"], "finished");
+    let logs = ok(&cli, &["logs", jobs[0].id.as_str()]);
+    assert!(logs.contains("[check-system]"), "{logs}");
+    let web1 = json(&ok(&cli, &["-o", "json", "agents", "show", "web-1"]));
+    assert_eq!(web1["installed"][0]["version"], "1.1.0", "{web1}");
+    let open = ok(&cli, &["decide", "--rollout", &id]);
+    assert!(open.contains("no open decision"), "{open}");
+    let (code, _, err) = ctl(&cli, &["rollout", "start", &id]);
+    assert_eq!(code, 3, "starting a finished rollout is refused: {err}");
+}
