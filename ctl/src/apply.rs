@@ -41,7 +41,7 @@ pub async fn apply(client: &Client, out: Out, file: &Path, dry_run: bool) -> Out
     if let Some(existing) = staged_named(client, &spec.name).await? {
         if existing.spec != spec {
             return Err(Failure::refused(format!(
-                "{shown}: a rollout named \"{}\" is already staged ({}, {}) with another spec — {}. \
+                "{shown}: a rollout named \"{}\" already exists ({}, {}) with another spec — {}. \
                  A staged plan does not change: give this one a new name (or cancel the old one first)",
                 spec.name,
                 existing.id,

@@ -5,7 +5,7 @@
 use crate::apply;
 use crate::cli::{Decide, Logs, RolloutCmd};
 use crate::fail::{Failure, Outcome};
-use crate::output::{Out, counts, labels, parse_labels, table};
+use crate::output::{Out, counts, labels, parse_labels, servers, table};
 use fleetup_client::{BulkAnswer, Client, JobFilter, RolloutQuery, StatusCode};
 use fleetup_proto::DecisionAnswer;
 use fleetup_proto::api::{Job, JobState, JobSummary, Rollout};
@@ -44,7 +44,7 @@ fn summary(r: &Rollout) -> String {
         counts(&r.counts)
     );
     for w in &r.waves {
-        s.push_str(&format!("  wave {} ({} servers, {}): {}\n", w.number, w.size, w.state, counts(&w.counts)));
+        s.push_str(&format!("  wave {} ({}, {}): {}\n", w.number, servers(w.size), w.state, counts(&w.counts)));
     }
     if let Some(at) = r.wait_until {
         s.push_str(&format!("  waits until {}\n", at.to_rfc3339()));
@@ -262,7 +262,8 @@ pub async fn logs(client: &Client, out: Out, l: &Logs) -> Outcome {
     loop {
         let lines = client.job_logs(&l.job, after, Some(PAGE)).await?;
         for line in &lines {
-            out.show(line, || format!("{} [{}] {}", line.at.format("%H:%M:%S"), line.phase, line.line));
+            // The engine's lines carry their own time.
+            out.show(line, || format!("[{}] {}", line.phase, line.line));
             after = after.max(line.seq);
         }
         if lines.len() as u32 >= PAGE {

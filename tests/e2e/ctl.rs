@@ -49,6 +49,13 @@ fn json(text: &str) -> Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not one JSON document ({e}): {text}"))
 }
 
+/// `fleetupctl login` with the server's admin token, from a file.
+fn login(cli: &Path, server: &Server) {
+    let token_file = cli.join("token");
+    std::fs::write(&token_file, format!("{}\n", server.token)).unwrap();
+    ok(cli, &["--server", &server.url, "login", "--token-file", token_file.to_str().unwrap()]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ctl_drives_a_rollout_from_a_spec_file_to_watch() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,9 +65,7 @@ async fn ctl_drives_a_rollout_from_a_spec_file_to_watch() {
         Server::start(&dir.path().join("server"), None, &["--lease-secs", "6", "--scheduler-interval-ms", "200"]).await;
 
     // login: the token from a file, checked, saved 0600.
-    let token_file = cli.join("token");
-    std::fs::write(&token_file, format!("{}\n", server.token)).unwrap();
-    ok(&cli, &["--server", &server.url, "login", "--token-file", token_file.to_str().unwrap()]);
+    login(&cli, &server);
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(cli.join("config/context.toml")).unwrap().permissions(),
     );
@@ -124,7 +129,7 @@ async fn ctl_drives_a_rollout_from_a_spec_file_to_watch() {
     .unwrap();
     let (code, _, err) = ctl(&cli, &["rollout", "apply", changed.to_str().unwrap()]);
     assert_eq!(code, 3, "{err}");
-    assert!(err.contains("already staged") && err.contains("waves"), "{err}");
+    assert!(err.contains("already exists") && err.contains("waves"), "{err}");
     assert_eq!(server.client.rollouts().await.unwrap().len(), 1, "still one rollout");
 
     // Start it by name, and watch it to the end.
@@ -163,4 +168,77 @@ async fn ctl_drives_a_rollout_from_a_spec_file_to_watch() {
     assert!(open.contains("no open decision"), "{open}");
     let (code, _, err) = ctl(&cli, &["rollout", "start", &id]);
     assert_eq!(code, 3, "starting a finished rollout is refused: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_watch_shows_waiting_decisions_and_decide_all_answers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = dir.path().join("operator");
+    std::fs::create_dir_all(&cli).unwrap();
+    let server =
+        Server::start(&dir.path().join("server"), None, &["--lease-secs", "6", "--scheduler-interval-ms", "200"]).await;
+    login(&cli, &server);
+    let package = server.client.package(&server.upload(None).await).await.unwrap();
+    let token = server.enrollment_token(2).await;
+    // Both servers' CRL endpoint is a loopback port nothing listens on: each install asks.
+    let dead = fleetup_e2e::fleet::free_port();
+    let mut hosts = Vec::new();
+    for i in 1..=2 {
+        let mut host = Host::new(dir.path(), &format!("db-{i}"), &format!("http://crl.fleetup.test:{dead}"));
+        std::fs::write(host.dir.join("hosts"), "127.0.0.1 localhost\n127.0.0.1 crl.fleetup.test\n").unwrap();
+        host.start_agent(&server, &token);
+        hosts.push(host);
+    }
+    server.every_agent_online(2, LONG).await;
+    let spec = cli.join("db.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: demo to db\npackage: {}@{}\ntargets:\n  labels: {{env: test}}\nwaves: [100%]\nconcurrency: 2\n\
+             policies:\n  warning: ask\n",
+            package.name, package.version
+        ),
+    )
+    .unwrap();
+    ok(&cli, &["rollout", "apply", spec.to_str().unwrap()]);
+    ok(&cli, &["rollout", "start", "demo to db"]);
+
+    // watch for people, not on a terminal: one line per change, each question once.
+    let mut cmd = Command::new(binary("fleetupctl"));
+    cmd.args(["watch", "demo to db", "--timeout", "110", "--interval-ms", "200"])
+        .env("FLEETUP_CONTEXT", cli.join("config/context.toml"))
+        .env_remove("FLEETUP_SERVER")
+        .env_remove("FLEETUP_TOKEN");
+    let mut watch = Proc::spawn(cmd, cli.join("watch.log"));
+    wait_for("watch to show both questions", LONG, || {
+        let o = watch.output();
+        (o.contains("? db-1 waits [crl-unreachable]") && o.contains("? db-2 waits [crl-unreachable]")).then_some(())
+    });
+    let open = ok(&cli, &["decide", "--rollout", "demo to db"]);
+    assert_eq!(open.matches("[warning crl-unreachable]").count(), 2, "{open}");
+    assert!(open.contains("--answer continue|cancel"), "{open}");
+    let answered = json(&ok(
+        &cli,
+        &[
+            "-o",
+            "json",
+            "decide",
+            "--rollout",
+            "demo to db",
+            "--all",
+            "--code",
+            "crl-unreachable",
+            "--answer",
+            "continue",
+        ],
+    ));
+    assert_eq!(answered["answered"], 2, "{answered}");
+    let status = wait_for("watch to exit", LONG, || watch.child.try_wait().ok().flatten());
+    let output = watch.output();
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(output.contains("answer: fleetupctl decide"), "{output}");
+    assert!(output.trim_end().ends_with("finished: succeeded 2"), "{output}");
+    for h in &hosts {
+        assert_eq!(h.version().as_deref(), Some("1.1.0"), "{}", h.name);
+    }
 }
