@@ -8,6 +8,7 @@ use crate::output::{Out, labels, parse_labels, table};
 use fleetup_client::{AgentQuery, Client, NewEnrollmentToken, StatusCode};
 use fleetup_proto::api::Agent;
 use fleetup_proto::id::AgentId;
+use std::fmt::Write as _;
 
 /// The agent `s` names: its id, else its hostname.
 async fn find(client: &Client, s: &str) -> Outcome<Agent> {
@@ -56,20 +57,22 @@ pub async fn agents(client: &Client, out: Out, cmd: &AgentsCmd) -> Outcome {
             let a = find(client, agent).await?;
             out.show(&a, || {
                 let mut s = table(&AGENT_HEADERS, &[agent_row(&a)]);
-                s.push_str(&format!(
+                let _ = write!(
+                    s,
                     "\nversion {}, enrolled {}, last seen {}",
                     a.version,
                     a.enrolled_at.to_rfc3339(),
                     a.last_seen.to_rfc3339()
-                ));
+                );
                 for i in &a.installed {
-                    s.push_str(&format!(
+                    let _ = write!(
+                        s,
                         "\n  installed {} {} at {} (job {})",
                         i.rollup,
                         i.version,
                         i.at.to_rfc3339(),
                         i.job_id
-                    ));
+                    );
                 }
                 s
             });
@@ -126,7 +129,7 @@ pub async fn packages(client: &Client, out: Out, cmd: &PackagesCmd) -> Outcome {
         PackagesCmd::Upload { file } => {
             let p = client
                 .clone()
-                .with_timeout(std::time::Duration::from_secs(600))
+                .with_timeout(std::time::Duration::from_mins(10))
                 .upload_package(file)
                 .await
                 .map_err(|e| Failure::from(e).context(&format!("uploading {}", file.display())))?;

@@ -6,6 +6,7 @@ use crate::fail::{Failure, Outcome};
 use fleetup_proto::api::JobState;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 /// Where results go, and in which form.
 #[derive(Debug, Clone, Copy)]
@@ -20,15 +21,10 @@ impl Out {
         self.mode == Output::Json
     }
 
-    /// Prints `v` as one JSON line (any mode).
-    pub fn json<T: Serialize + ?Sized>(self, v: &T) {
-        println!("{}", serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"encoding: {e}\"}}")));
-    }
-
     /// Prints `v` as JSON, or `human()` for people.
     pub fn show<T: Serialize + ?Sized>(self, v: &T, human: impl FnOnce() -> String) {
         if self.is_json() {
-            self.json(v);
+            json(v);
         } else {
             let text = human();
             if !text.is_empty() {
@@ -49,6 +45,11 @@ impl Out {
     }
 }
 
+/// Prints `v` as one JSON line (any mode).
+pub fn json<T: Serialize + ?Sized>(v: &T) {
+    println!("{}", serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"encoding: {e}\"}}")));
+}
+
 /// Rows under headers, columns padded to their widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
@@ -65,7 +66,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                let _ = write!(s, "{c:<w$}  ", w = widths[i]);
             }
         }
         s.trim_end().to_owned()

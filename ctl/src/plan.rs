@@ -7,6 +7,7 @@ use crate::output::servers;
 use crate::spec::percent;
 use fleetup_proto::api::{Package, Rollout, RolloutSpec, Threshold, WaveSpec};
 use serde::Serialize;
+use std::fmt::Write as _;
 
 /// How many hosts of a wave are named in a plan; the rest are counted.
 pub const HOSTS_SHOWN: usize = 5;
@@ -156,10 +157,10 @@ pub fn render(p: &Plan) -> String {
     for w in &p.waves {
         let more = w.size.saturating_sub(w.hosts.len() as u64);
         let names = if more > 0 { format!("{}, … {more} more", w.hosts.join(", ")) } else { w.hosts.join(", ") };
-        s.push_str(&format!("  wave {}: {:<12} {names}\n", w.number, servers(w.size)));
+        let _ = writeln!(s, "  wave {}: {:<12} {names}", w.number, servers(w.size));
     }
     for r in &p.rules {
-        s.push_str(&format!("  {r}\n"));
+        let _ = writeln!(s, "  {r}");
     }
     s
 }

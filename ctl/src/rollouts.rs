@@ -10,6 +10,7 @@ use fleetup_client::{BulkAnswer, Client, JobFilter, RolloutQuery, StatusCode};
 use fleetup_proto::DecisionAnswer;
 use fleetup_proto::api::{Job, JobState, JobSummary, Rollout};
 use fleetup_proto::id::{JobId, RolloutId};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// The rollout `s` names: its id, else its name.
@@ -44,10 +45,10 @@ fn summary(r: &Rollout) -> String {
         counts(&r.counts)
     );
     for w in &r.waves {
-        s.push_str(&format!("  wave {} ({}, {}): {}\n", w.number, servers(w.size), w.state, counts(&w.counts)));
+        let _ = writeln!(s, "  wave {} ({}, {}): {}", w.number, servers(w.size), w.state, counts(&w.counts));
     }
     if let Some(at) = r.wait_until {
-        s.push_str(&format!("  waits until {}\n", at.to_rfc3339()));
+        let _ = writeln!(s, "  waits until {}", at.to_rfc3339());
     }
     s
 }
@@ -234,19 +235,20 @@ pub async fn decide(client: &Client, out: Out, d: &Decide) -> Outcome {
                         o.decision.request.get("options").and_then(|v| v.as_array()).map_or_else(Vec::new, |a| {
                             a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
                         });
-                    s.push_str(&format!(
-                        "{} ({}), decision {} [{}{}]: {}\n",
+                    let _ = writeln!(
+                        s,
+                        "{} ({}), decision {} [{}{}]: {}",
                         o.hostname,
                         o.job,
                         o.decision.id,
                         o.decision.kind,
                         if text("code").is_empty() { String::new() } else { format!(" {}", text("code")) },
                         text("message")
-                    ));
+                    );
                     if !text("remediation").is_empty() {
-                        s.push_str(&format!("  remediation: {}\n", text("remediation")));
+                        let _ = writeln!(s, "  remediation: {}", text("remediation"));
                     }
-                    s.push_str(&format!("  answer: fleetupctl decide {} --answer {}\n", o.job, options.join("|")));
+                    let _ = writeln!(s, "  answer: fleetupctl decide {} --answer {}", o.job, options.join("|"));
                 }
                 s
             });

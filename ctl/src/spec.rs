@@ -208,7 +208,7 @@ fn from_value(mut value: Value) -> Result<SpecFile, Vec<Problem>> {
         }
         // A bad map key (`phase_timeouts = { nap = 3 }`) comes as `phase_timeouts.?`.
         if let Some(map) = path.strip_suffix(".?") {
-            path = map.to_owned();
+            path = map.to_string();
         }
         let field = (path != ".").then_some(path);
         vec![Problem { field, message: e.into_inner().to_string() }]
@@ -340,7 +340,7 @@ fn check(spec: &RolloutSpec, targets: &TargetRef) -> Vec<Problem> {
         let field = format!("waves[{i}]");
         match w {
             WaveSpec::Count(0) => {
-                out.push(problem(&field, "0 adds no server: a wave is at least 1 server or a share above 0%"))
+                out.push(problem(&field, "0 adds no server: a wave is at least 1 server or a share above 0%"));
             }
             WaveSpec::Count(_) => {}
             WaveSpec::Percent(p) => match percent(p) {
@@ -348,7 +348,7 @@ fn check(spec: &RolloutSpec, targets: &TargetRef) -> Vec<Problem> {
                     &field,
                     format!("'{p}' is not a percentage: write a number from 0 to 100 followed by %, like \"25%\""),
                 )),
-                Some(n) if n == 0.0 => out.push(problem(&field, "0% adds no server")),
+                Some(n) if n <= 0.0 => out.push(problem(&field, "0% adds no server")),
                 Some(_) => {}
             },
         }

@@ -336,7 +336,7 @@ pub async fn watch(client: &Client, out: Out, id: RolloutId, w: &Watch) -> Outco
                 outage = None;
                 if last.as_ref() != Some(&snap) {
                     if out.is_json() {
-                        out.json(&snap);
+                        crate::output::json(&snap);
                     } else {
                         let mut notes = Vec::new();
                         for f in &snap.failures {
@@ -349,18 +349,15 @@ pub async fn watch(client: &Client, out: Out, id: RolloutId, w: &Watch) -> Outco
                                 notes.push(decision_line(d));
                             }
                         }
-                        match &mut bars {
-                            Some(b) => {
-                                for n in &notes {
-                                    b.println(n);
-                                }
-                                b.update(&snap);
+                        if let Some(b) = &mut bars {
+                            for n in &notes {
+                                b.println(n);
                             }
-                            None => {
-                                println!("{}", line(&snap));
-                                for n in &notes {
-                                    println!("{n}");
-                                }
+                            b.update(&snap);
+                        } else {
+                            println!("{}", line(&snap));
+                            for n in &notes {
+                                println!("{n}");
                             }
                         }
                     }

@@ -35,7 +35,7 @@ fn ctl_within(dir: &Path, deadline: Duration, args: &[&str]) -> (i32, String, St
 }
 
 fn ctl(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    ctl_within(dir, Duration::from_secs(60), args)
+    ctl_within(dir, Duration::from_mins(1), args)
 }
 
 /// Runs a command that must succeed; returns its stdout.
