@@ -57,8 +57,10 @@ pub enum Output {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Saves the coordinator and a token in the context file (mode 0600), after checking
-    /// that the coordinator accepts the token. The URL is --server (or FLEETUP_SERVER).
+    /// Saves the coordinator and a token in the context file.
+    ///
+    /// The file is written mode 0600, after checking that the coordinator accepts the
+    /// token. The URL is --server (or FLEETUP_SERVER).
     Login(Login),
     /// Removes the context file.
     Logout,
@@ -67,12 +69,14 @@ pub enum Command {
     /// Rollouts: apply a spec file, list, show, drive.
     #[command(subcommand)]
     Rollout(RolloutCmd),
-    /// Live progress of a rollout: waves, counts, failures, decisions waiting. Exits 0 when
-    /// it finished without failures, 5 when it failed, was cancelled or aborted, 6 when it is
-    /// paused (unless --through-pauses) or --timeout passed.
+    /// Live progress of a rollout: waves, counts, failures, decisions waiting.
+    ///
+    /// Exits 0 when it finished without failures, 5 when it failed, was cancelled or
+    /// aborted, 6 when it is paused (unless --through-pauses) or --timeout passed.
     Watch(Watch),
-    /// Lists open decisions (without --answer), or answers them: one job's, or every one of
-    /// a rollout's that a filter covers (--all).
+    /// Lists open decisions, or answers them (--answer).
+    ///
+    /// One job's, or every one of a rollout's that a filter covers (--rollout R --all).
     Decide(Decide),
     /// A job's phase logs.
     Logs(Logs),
@@ -85,7 +89,9 @@ pub enum Command {
     /// Tokens: enrollment tokens for agents.
     #[command(subcommand)]
     Tokens(TokensCmd),
-    /// Prints a shell completion script (`fleetupctl completions bash > /etc/bash_completion.d/fleetupctl`).
+    /// Prints a shell completion script.
+    ///
+    /// `fleetupctl completions bash > /etc/bash_completion.d/fleetupctl`.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -114,9 +120,10 @@ pub struct RolloutRef {
 /// `rollout …`.
 #[derive(Debug, Subcommand)]
 pub enum RolloutCmd {
-    /// Validates a rollout spec file (TOML, YAML or JSON, by extension), shows its plan and
-    /// stages it as a draft. Idempotent by name: the same spec again is reported unchanged;
-    /// another spec under a staged name is refused (exit 3).
+    /// Validates a rollout spec file, shows its plan and stages it as a draft.
+    ///
+    /// TOML, YAML or JSON, by extension. Idempotent by name: the same spec again is reported
+    /// unchanged; another spec under a name already used is refused (exit 3).
     Apply {
         /// The spec file (`.toml`, `.yaml`/`.yml` or `.json`).
         file: PathBuf,

@@ -300,11 +300,11 @@ impl Bars {
             bar.set_position(w.done);
             let open: BTreeMap<JobState, u64> =
                 w.counts.iter().filter(|(st, _)| **st != JobState::Pending).map(|(k, v)| (*k, *v)).collect();
-            bar.set_message(format!(
-                "{} · {}",
-                w.state,
-                if open.is_empty() { "waiting to open".into() } else { counts(&open) }
-            ));
+            if open.is_empty() {
+                bar.set_message(w.state.clone());
+            } else {
+                bar.set_message(format!("{} · {}", w.state, counts(&open)));
+            }
         }
     }
 
