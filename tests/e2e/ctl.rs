@@ -179,6 +179,22 @@ async fn ctl_drives_a_rollout_from_a_spec_file_to_watch() {
     assert!(open.contains("no open decision"), "{open}");
     let (code, _, err) = ctl(&cli, &["rollout", "start", &id]);
     assert_eq!(code, 3, "starting a finished rollout is refused: {err}");
+    let followed = ok(&cli, &["logs", jobs[1].id.as_str(), "--follow"]);
+    assert!(followed.contains("[cleanup]"), "--follow of an ended job prints it all and returns: {followed}");
+    let count = |args: &[&str]| json(&ok(&cli, args)).as_array().map_or(0, Vec::len);
+    assert_eq!(count(&["-o", "json", "rollout", "list", "--state", "finished"]), 1);
+    assert_eq!(count(&["-o", "json", "rollout", "list", "--state", "draft"]), 0);
+    assert_eq!(count(&["-o", "json", "rollout", "jobs", "demo 1.1 via fleetupctl", "--state", "succeeded"]), 3);
+    assert_eq!(count(&["-o", "json", "rollout", "jobs", &id, "--wave", "1"]), 1);
+    assert_eq!(count(&["-o", "json", "packages", "list", "--name", &package.name]), 1);
+    assert_eq!(count(&["-o", "json", "tokens", "enrollment", "list"]), 1);
+    let labelled = json(&ok(&cli, &["-o", "json", "agents", "label", "web-3", "rack=b"]));
+    assert_eq!(labelled["labels"]["rack"], "b", "{labelled}");
+    assert_eq!(count(&["-o", "json", "agents", "list", "--label", "rack=b"]), 1);
+    let unlabelled = json(&ok(&cli, &["-o", "json", "agents", "label", "web-3", "rack-"]));
+    assert!(unlabelled["labels"].get("rack").is_none(), "{unlabelled}");
+    let (code, _, err) = ctl(&cli, &["rollout", "retry-failed", &id]);
+    assert_eq!(code, 3, "nothing failed, nothing to retry: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
