@@ -94,11 +94,27 @@ impl From<Error> for Failure {
         // for transport errors, where it says what could not be reached.
         let message = match (e.message(), e.status()) {
             (Some(m), Some(s)) => format!("{m} ({}, {})", s.as_u16(), e.code().unwrap_or("error")),
-            _ => e.to_string(),
+            _ => chain(&e),
         };
         let hint = if exit == code::AUTH { "; check the token (fleetupctl login) and its role" } else { "" };
         Self { exit, message: format!("{message}{hint}"), api_code: e.code().map(str::to_owned) }
     }
+}
+
+/// An error with its causes (`error sending request: … invalid peer certificate: UnknownIssuer`):
+/// reqwest's own sentence hides why a connection failed.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// A command's result.

@@ -181,13 +181,21 @@ async fn login(cli: &Cli, out: Out, l: &cli::Login) -> fail::Outcome {
     if token.is_empty() {
         return Err(Failure::usage("the token is empty"));
     }
-    let c = client(&server, &token, cli.ca_cert.as_deref())?;
+    let path = context_path(cli)?;
+    // Logging in again to the same coordinator keeps the CA it was saved with.
+    let saved_ca = context::read(&path)
+        .ok()
+        .flatten()
+        .filter(|c| c.server.trim_end_matches('/') == server)
+        .and_then(|c| c.ca_cert);
+    let ca_cert = cli.ca_cert.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).or(saved_ca);
+    let c = client(&server, &token, ca_cert.as_deref())?;
     // One authenticated read: a wrong URL, CA or token fails here, not at the first command.
     c.request(fleetup_client::Method::GET, "/rollouts")
         .query(&[("limit", "1")])
         .send()
         .await
-        .map_err(|e| Failure::error(format!("{server} did not answer: {e}")))
+        .map_err(|e| Failure::error(format!("{server} did not answer: {}", fail::chain(&e))))
         .and_then(|r| match r.status().as_u16() {
             200 => Ok(()),
             401 | 403 => Err(Failure::auth(format!("{server} refused the token ({})", r.status()))),
@@ -195,8 +203,6 @@ async fn login(cli: &Cli, out: Out, l: &cli::Login) -> fail::Outcome {
                 "{server} answered {s} to GET /api/v1/rollouts: is it a fleetup coordinator?"
             ))),
         })?;
-    let path = context_path(cli)?;
-    let ca_cert = cli.ca_cert.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
     context::write(&path, &context::Context { server: server.clone(), token, ca_cert })?;
     out.show(&serde_json::json!({ "server": server, "context": path }), || {
         format!("logged in to {server}; context saved in {} (mode 0600)", path.display())

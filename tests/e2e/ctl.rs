@@ -269,3 +269,44 @@ async fn ctl_watch_shows_waiting_decisions_and_decide_all_answers_them() {
         assert_eq!(h.version().as_deref(), Some("1.1.0"), "{}", h.name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_pins_the_coordinators_ca_and_takes_the_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = dir.path().join("operator");
+    std::fs::create_dir_all(&cli).unwrap();
+    let server = Server::start_tls(&dir.path().join("server"), &[]).await;
+    let ca = server.ca_cert.clone().expect("a private CA");
+    let token_file = cli.join("token");
+    std::fs::write(&token_file, &server.token).unwrap();
+    let token = token_file.to_str().unwrap();
+
+    // Without the CA the coordinator's certificate is not trusted: nothing is saved.
+    let (code, _, err) = ctl(&cli, &["--server", &server.url, "login", "--token-file", token]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("certificate"), "the cause is named: {err}");
+    assert!(!cli.join("config/context.toml").exists());
+    // With it, the context remembers the CA for every later command.
+    ok(&cli, &["--server", &server.url, "--ca-cert", ca.to_str().unwrap(), "login", "--token-file", token]);
+    let context = std::fs::read_to_string(cli.join("config/context.toml")).unwrap();
+    assert!(context.contains("ca_cert"), "{context}");
+    assert_eq!(json(&ok(&cli, &["-o", "json", "rollout", "list"])), serde_json::json!([]));
+    // A wrong token is refused at login (exit 4; the saved CA is used again), and the
+    // saved context stays as it was.
+    std::fs::write(&token_file, "flt_not-a-token").unwrap();
+    let (code, _, err) = ctl(&cli, &["--server", &server.url, "login", "--token-file", token]);
+    assert_eq!(code, 4, "{err}");
+    assert_eq!(std::fs::read_to_string(cli.join("config/context.toml")).unwrap(), context);
+
+    // CI: no context file at all, everything from the environment.
+    let out = Command::new(binary("fleetupctl"))
+        .args(["-o", "json", "agents", "list"])
+        .env("FLEETUP_CONTEXT", cli.join("none/context.toml"))
+        .env("FLEETUP_SERVER", &server.url)
+        .env("FLEETUP_TOKEN", &server.token)
+        .env("FLEETUP_CA_CERT", &ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&String::from_utf8_lossy(&out.stdout)), serde_json::json!([]));
+}
