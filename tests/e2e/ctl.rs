@@ -310,3 +310,62 @@ async fn ctl_pins_the_coordinators_ca_and_takes_the_token_from_the_environment()
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(json(&String::from_utf8_lossy(&out.stdout)), serde_json::json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_watch_reports_a_rollback_and_exits_by_how_the_rollout_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = dir.path().join("operator");
+    std::fs::create_dir_all(&cli).unwrap();
+    let server =
+        Server::start(&dir.path().join("server"), None, &["--lease-secs", "6", "--scheduler-interval-ms", "200"]).await;
+    login(&cli, &server);
+    let package = server.client.package(&server.upload(None).await).await.unwrap();
+    let token = server.enrollment_token(2).await;
+    let crl = fleetup_demo_service::crl_endpoint().unwrap();
+    let mut hosts = Vec::new();
+    for i in 1..=2 {
+        let mut host = Host::new(dir.path(), &format!("app-{i}"), &crl);
+        if i == 1 {
+            // app-1 fails its health check on 1.1.0: rolled back.
+            let conf = host.root.join("etc/demo.conf");
+            let text = std::fs::read_to_string(&conf).unwrap() + "unhealthy_versions = 1.1.0\n";
+            std::fs::write(conf, text).unwrap();
+        }
+        host.start_agent(&server, &token);
+        hosts.push(host);
+    }
+    server.every_agent_online(2, LONG).await;
+    let spec = cli.join("app.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"demo to app\"\npackage = \"{}@{}\"\ntargets.hosts = [\"app-1\", \"app-2\"]\nwaves = [1, 1]\n\
+             error_threshold = 1\nerror_action = \"pause\"\n",
+            package.name, package.version
+        ),
+    )
+    .unwrap();
+    ok(&cli, &["rollout", "apply", spec.to_str().unwrap()]);
+    ok(&cli, &["rollout", "start", "demo to app"]);
+
+    // Paused by the error threshold: exit 6, the failure shown once with its logs command.
+    let (code, out, err) = ctl_within(&cli, LONG, &["watch", "demo to app", "--timeout", "110"]);
+    assert_eq!(code, 6, "{out}\n{err}");
+    assert_eq!(out.matches("✗ app-1 (wave 1) rolled-back:").count(), 1, "{out}");
+    assert!(out.contains("[logs: fleetupctl logs "), "{out}");
+    assert!(err.contains("is paused") && err.contains("fleetupctl rollout resume"), "{err}");
+    assert_eq!(hosts[0].version().as_deref(), Some("1.0.0"), "rolled back and serving");
+
+    // The failed server's retry is a new draft; the paused rollout, cancelled, watches as 5.
+    let retry = json(&ok(&cli, &["-o", "json", "rollout", "retry-failed", "demo to app"]));
+    assert_eq!(retry["state"], "draft", "{retry}");
+    assert_eq!(retry["waves"][0]["size"], 1, "{retry}");
+    ok(&cli, &["rollout", "cancel", "demo to app"]);
+    let (code, out, err) = ctl_within(&cli, LONG, &["-o", "json", "watch", "demo to app", "--timeout", "110"]);
+    assert_eq!(code, 5, "{out}\n{err}");
+    let last = json(out.lines().last().unwrap_or_default());
+    assert_eq!(last["state"], "cancelled", "{last}");
+    assert_eq!(last["failures"][0]["hostname"], "app-1", "{last}");
+    let error = json(&err);
+    assert_eq!(error["error"]["exit"], 5, "{error}");
+}
