@@ -3,6 +3,7 @@
 mod agent_config;
 mod browser;
 mod crash;
+mod ctl;
 mod debs;
 mod demo;
 mod docker;
