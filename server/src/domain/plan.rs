@@ -284,16 +284,25 @@ fn split(total: u64, plan: &[WaveSpec]) -> Result<(Vec<u64>, bool), String> {
     Ok((sizes, added))
 }
 
+/// The agents by id.
+fn index(agents: &[Agent]) -> std::collections::HashMap<&AgentId, &Agent> {
+    agents.iter().map(|a| (&a.id, a)).collect()
+}
+
 /// The agents a rollout targets, in `agents`' order (explicit ids in the order given,
 /// each once); refused when an id is unknown or revoked, or nothing is selected.
 pub fn select_targets(targets: &Targets, agents: &[Agent]) -> Result<Vec<AgentId>, String> {
     let selected: Vec<AgentId> = match (&targets.agents, &targets.labels) {
         (Some(ids), None) => {
+            // Indexed, not searched: a list of 10,000 ids against 10,000 agents is 10^8
+            // comparisons otherwise.
+            let by_id = index(agents);
+            let mut seen = std::collections::HashSet::with_capacity(ids.len());
             let mut out: Vec<AgentId> = Vec::new();
             for id in ids {
-                match agents.iter().find(|a| &a.id == id) {
+                match by_id.get(id) {
                     Some(a) if !a.revoked => {
-                        if !out.contains(id) {
+                        if seen.insert(id) {
                             out.push(id.clone());
                         }
                     }
@@ -424,7 +433,8 @@ pub fn runs(agent: &Agent, name: &str, version: &str) -> bool {
 /// (the canaries) are servers that really install.
 pub fn plan(spec: &RolloutSpec, agents: &[Agent], package: &PackageFacts) -> Result<Plan, String> {
     let rules = Rules::parse(spec)?;
-    let find = |id: &AgentId| agents.iter().find(|a| &a.id == id);
+    let by_id = index(agents);
+    let find = |id: &AgentId| by_id.get(id).copied();
     let mut left_out = Vec::new();
     let mut targets = Vec::new();
     for id in select_targets(&spec.targets, agents)? {

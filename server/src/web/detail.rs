@@ -440,24 +440,33 @@ async fn panel_views(state: &AppState, r: &Rollout, panel: Panel, skip: bool) ->
 /// Builds the panels partial.
 pub async fn build_panels(state: &AppState, user: &User, r: &Rollout) -> WebResult<Panels> {
     let n = |s: JobState| r.counts.get(&s).copied().unwrap_or(0);
-    let (decisions, _) = panel_views(state, r, Panel::Decisions, n(JobState::Waiting) == 0).await?;
     let no_failures = n(JobState::Failed) + n(JobState::RolledBack) + n(JobState::Lost) == 0;
-    let (failures, failed_total) = panel_views(state, r, Panel::Failures, no_failures).await?;
-    let (warnings, warned_total) = panel_views(state, r, Panel::Warnings, false).await?;
-    let running = if n(JobState::Running) > 0 {
-        state.store.running_phases(&r.id, 1).await?.into_iter().next().map(|p| RunningNow {
+    let running = async {
+        if n(JobState::Running) == 0 {
+            return Ok(None);
+        }
+        Ok::<_, AppError>(state.store.running_phases(&r.id, 1).await?.into_iter().next().map(|p| RunningNow {
             phase: p.phase.title(),
             elapsed: duration_ms((Utc::now() - p.since).num_milliseconds().max(0)),
             since_ms: p.since.timestamp_millis(),
-        })
-    } else {
-        None
+        }))
     };
-    let package = state
-        .store
-        .get_package(&r.package_id)
-        .await
-        .map_or_else(|_| r.package_id.to_string(), |p| format!("{} {}", p.name, p.version));
+    let package = async {
+        state
+            .store
+            .get_package(&r.package_id)
+            .await
+            .map_or_else(|_| r.package_id.to_string(), |p| format!("{} {}", p.name, p.version))
+    };
+    // Each panel is its own read of up to every server's row: read them side by side (the
+    // pool's connections), so the panels cost the slowest read, not the sum of them.
+    let ((decisions, _), (failures, failed_total), (warnings, warned_total), running, package) = tokio::try_join!(
+        panel_views(state, r, Panel::Decisions, n(JobState::Waiting) == 0),
+        panel_views(state, r, Panel::Failures, no_failures),
+        panel_views(state, r, Panel::Warnings, false),
+        running,
+        async { Ok(package.await) },
+    )?;
     Ok(Panels {
         nav: Nav::new(user, "rollouts"),
         badge: Badge::of(r),
@@ -551,10 +560,13 @@ pub async fn page(
     // The stamp first: a change after it is read shows up in the stream, which starts from it.
     let stamp = super::live::stamp(&state, &id).await?;
     let r = state.store.get_rollout(&id).await?;
-    let grid = build_grid(&state, &r, &q).await?;
     let filter = Filter { state: q.state.clone(), wave: q.wave };
-    let mosaic = super::mosaic::build(&state, &r, &filter, found).await?;
-    let panels = build_panels(&state, &user, &r).await?;
+    // Three independent reads of the same rollout: side by side.
+    let (grid, mosaic, panels) = tokio::try_join!(
+        build_grid(&state, &r, &q),
+        super::mosaic::build(&state, &r, &filter, found),
+        build_panels(&state, &user, &r),
+    )?;
     let render = |e: askama::Error| AppError::Internal(format!("rendering: {e}"));
     Ok(Page {
         nav: Nav::new(&user, "rollouts"),

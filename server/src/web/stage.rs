@@ -212,7 +212,7 @@ pub async fn preview(State(state): State<AppState>, body: Bytes) -> Preview {
             if spec.name.is_empty() {
                 spec.name = "preview".into();
             }
-            ops::rollouts::preview(&state, &spec).await.map_err(|e| e.to_string())
+            ops::rollouts::preview_over(&state, &spec, known).await.map_err(|e| e.to_string())
         }
         Err(e) => Err(e),
     };
