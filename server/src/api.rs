@@ -13,6 +13,7 @@ mod packages;
 mod paging;
 
 mod rollouts;
+mod webhooks;
 
 use crate::app::AppState;
 use crate::error::AppError;
@@ -30,7 +31,8 @@ pub fn routes() -> Routes {
         .merge(rollouts::routes())
         .merge(jobs::routes())
         .merge(audit::routes())
-        .merge(openapi::routes());
+        .merge(openapi::routes())
+        .merge(webhooks::routes());
     Routes::new()
         .nest("/api/v1", api)
         .nest("/api/v1/agent", agent::routes())

@@ -66,6 +66,12 @@ use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
         super::healthz,
         super::metrics,
         openapi_json,
+        super::webhooks::list,
+        super::webhooks::create,
+        super::webhooks::show,
+        super::webhooks::delete,
+        super::webhooks::deliveries,
+        super::webhooks::events,
     ),
     components(schemas(Problem, Agent, AgentId, AuditEntry, Decision, EnrollmentToken, Job, JobId, JobSummary,
         Package, PackageId, Page<Rollout>, Role, Rollout, RolloutId))

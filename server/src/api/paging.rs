@@ -31,6 +31,8 @@ pub const AUDIT: Listing = Listing { name: "audit", bound: "this listing of the 
 /// `GET /rollouts/{id}/jobs`: bound to the rollout only (filters and view may change
 /// between pages: the cursor only says where to start).
 pub const JOBS: Listing = Listing { name: "jobs", bound: "this rollout's jobs" };
+/// `GET /webhooks/{id}/deliveries`: bound to the endpoint.
+pub const DELIVERIES: Listing = Listing { name: "deliveries", bound: "this webhook's deliveries" };
 
 fn checksum(listing: &Listing, scope: &str, key: &str) -> String {
     let digest = Sha256::digest(format!("fleetup cursor|{}|{scope}|{key}", listing.name).as_bytes());

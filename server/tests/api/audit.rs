@@ -80,6 +80,7 @@ async fn snapshot(app: &TestApp) -> Value {
         "rollouts": rollouts,
         "jobs": jobs,
         "enrollment_tokens": tokens,
+        "webhooks": app.get("/api/v1/webhooks").await,
     })
 }
 
@@ -118,6 +119,8 @@ enum Step {
     WebUpload,
     WebLogin,
     WebLogout,
+    CreateWebhook,
+    DeleteWebhook(String),
 }
 
 impl Step {
@@ -147,6 +150,8 @@ impl Step {
             Step::WebUpload => ("POST", "/packages", "package.upload"),
             Step::WebLogin => ("POST", "/login", "session.login"),
             Step::WebLogout => ("POST", "/logout", "session.logout"),
+            Step::CreateWebhook => ("POST", "/api/v1/webhooks", "webhook.create"),
+            Step::DeleteWebhook(_) => ("DELETE", "/api/v1/webhooks/{id}", "webhook.delete"),
         };
         (m, p, a.to_owned())
     }
@@ -285,6 +290,8 @@ async fn perform(app: &TestApp, (session, csrf): &(String, String), package: &st
             used = Some(session.clone());
             web("/logout".into(), &[])
         }
+        Step::CreateWebhook => api("POST", "/api/v1/webhooks".into(), &app.operator, Some(webhook_body())),
+        Step::DeleteWebhook(id) => api("DELETE", format!("/api/v1/webhooks/{id}"), &app.operator, None),
     };
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
@@ -298,6 +305,11 @@ async fn perform(app: &TestApp, (session, csrf): &(String, String), package: &st
         .filter(|c| c != "fleetup_session=");
     let body = resp.text().await.unwrap();
     Done { status, location, body, session: used.or(opened) }
+}
+
+/// A webhook on loopback (the server allows it here) for a type no step causes.
+fn webhook_body() -> Value {
+    json!({ "url": "http://127.0.0.1:9/hook", "events": ["job.stalled"] })
 }
 
 /// Whether a session cookie still opens the dashboard.
@@ -318,7 +330,14 @@ async fn jobs_by_agent(app: &TestApp, rollout: &str) -> std::collections::BTreeM
 
 async fn every_mutation_is_audited_and_fails_when_its_audit_write_fails(backend: Backend) {
     // Leases long enough that no job is lost while the test runs.
-    let Some(app) = spawn_app_with(backend, |c| c.lease_secs = 3600).await else { return };
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.lease_secs = 3600;
+        c.webhook_allow_private = true;
+    })
+    .await
+    else {
+        return;
+    };
     let users = Users::new(&app).await;
     let package = app.upload_package().await;
     // Agents to relabel and revoke; two servers of pending jobs (a draft rollout).
@@ -359,6 +378,8 @@ async fn every_mutation_is_audited_and_fails_when_its_audit_write_fails(backend:
     }
     let unstarted = jobs_by_agent(&app, &fail).await[&failers[3].id].clone();
     let enroll_token = app.enrollment_token(json!({ "group": "late" })).await;
+    let (s, hook) = app.call("POST", "/api/v1/webhooks", &app.operator, Some(webhook_body())).await;
+    assert_eq!(s, 201, "{hook}");
 
     let steps = vec![
         Step::Upload,
@@ -387,6 +408,8 @@ async fn every_mutation_is_audited_and_fails_when_its_audit_write_fails(backend:
         Step::WebGuide(failed[2].clone(), "skip"),
         Step::WebLogin,
         Step::WebLogout,
+        Step::CreateWebhook,
+        Step::DeleteWebhook(hook["id"].as_str().unwrap().to_owned()),
     ];
     let mut driven = BTreeSet::new();
     for step in &steps {

@@ -13,6 +13,7 @@ mod rbac;
 mod rollouts;
 mod scale;
 mod web;
+mod webhooks;
 
 /// Declares `NAME::sqlite` and `NAME::postgres` tests running `async fn NAME(Backend)`.
 #[macro_export]

@@ -139,6 +139,7 @@ fn fill(rule: &Rule, w: &World) -> String {
             ("{panel}" | "{key}", _) => "warnings".to_owned(),
             ("{state}", "open") => "running".to_owned(),
             ("{wave}", _) => "1".to_owned(),
+            ("{id}", "webhooks") => fleetup_proto::id::new_id(),
             (other, _) => {
                 panic!("the matrix cannot fill {other} in {} {}: teach `fill` about it", rule.method, rule.path)
             }
