@@ -243,7 +243,10 @@ async fn send(app: &App, client: &reqwest::Client, d: &DueDelivery) -> (Option<u
                 // A short excerpt of the answer helps whoever runs the receiver.
                 let text = resp.text().await.unwrap_or_default();
                 let excerpt: String = text.chars().take(200).collect();
-                (Some(status), Some(format!("the endpoint answered {status}: {excerpt}").trim_end_matches(": ").to_owned()))
+                (
+                    Some(status),
+                    Some(format!("the endpoint answered {status}: {excerpt}").trim_end_matches(": ").to_owned()),
+                )
             }
         }
         Err(e) => (None, Some(describe(&e))),
@@ -252,7 +255,8 @@ async fn send(app: &App, client: &reqwest::Client, d: &DueDelivery) -> (Option<u
 
 /// A request error with its causes (reqwest's own message omits them).
 fn describe(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() { format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()) } else { e.to_string() };
+    let mut text =
+        if e.is_timeout() { format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()) } else { e.to_string() };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         text.push_str(": ");
@@ -275,20 +279,20 @@ mod tests {
         assert_ne!(sig, sign("whsec_test", 1_700_000_001, b"{}"), "the timestamp is signed");
         assert_ne!(sig, sign("whsec_other", 1_700_000_000, b"{}"), "the key matters");
         // Known answer (`printf '1700000000.{}' | openssl dgst -sha256 -hmac whsec_test`).
-        assert_eq!(sig, format!("v1={}", KNOWN));
+        assert_eq!(sig, format!("v1={KNOWN}"));
     }
 
     const KNOWN: &str = "35495024f4ef3f94e5a93e22221544c4b75e9a42300cd965ab81cb85cd994e91";
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
-        assert_eq!(backoff(1000, 1, 0), Duration::from_millis(1000));
-        assert_eq!(backoff(1000, 2, 0), Duration::from_millis(2000));
-        assert_eq!(backoff(1000, 4, 0), Duration::from_millis(8000));
+        assert_eq!(backoff(1000, 1, 0), Duration::from_secs(1));
+        assert_eq!(backoff(1000, 2, 0), Duration::from_secs(2));
+        assert_eq!(backoff(1000, 4, 0), Duration::from_secs(8));
         assert_eq!(backoff(1000, 40, 0), MAX_BACKOFF);
         for r in [1, 77, 199, 10_000] {
             let b = backoff(1000, 1, r);
-            assert!(b > Duration::from_millis(800) && b <= Duration::from_millis(1000), "{b:?}");
+            assert!(b > Duration::from_millis(800) && b <= Duration::from_secs(1), "{b:?}");
         }
     }
 }

@@ -45,8 +45,8 @@ pub use gauges::Gauges;
 pub use rollouts::RolloutFilter;
 pub use scheduler::SchedulerPass;
 pub use types::*;
-pub use webhooks::{AttemptOutcome, DueDelivery, NewWebhook, NextStep};
 pub use views::{FailedJob, MosaicCell, OpenDecision, RunningPhase, WarnedJob};
+pub use webhooks::{AttemptOutcome, DueDelivery, NewWebhook, NextStep};
 
 use group_commit::GroupCommit;
 use serde::Serialize;

@@ -145,15 +145,23 @@ async fn events(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let types: Vec<String> =
-        q.types.as_deref().unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+    let types: Vec<String> = q
+        .types
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
     ops::webhooks::check_types(&types).map_err(|e| AppError::BadRequest(e.to_string()))?;
-    let resume = match headers.get("last-event-id") {
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
-            AppError::BadRequest("Last-Event-ID must be the id of an event (a whole number)".into())
-        })?),
-        None => q.after,
-    };
+    let resume =
+        match headers.get("last-event-id") {
+            Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
+                AppError::BadRequest("Last-Event-ID must be the id of an event (a whole number)".into())
+            })?),
+            None => q.after,
+        };
     // Subscribe before reading the log: nothing committed meanwhile falls in between.
     let live = state.events.subscribe();
     let (cursor, replaying) = match resume {

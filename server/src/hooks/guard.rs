@@ -62,15 +62,14 @@ pub async fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, S
         return Ok(parsed);
     }
     let port = parsed.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<IpAddr> = match literal(&parsed) {
-        Some(ip) => vec![ip],
-        None => {
-            let found = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host.as_str(), port)))
-                .await
-                .map_err(|_| format!("the webhook host '{host}' did not resolve within 5 s"))?
-                .map_err(|e| format!("the webhook host '{host}' does not resolve: {e}"))?;
-            found.map(|a| a.ip()).collect()
-        }
+    let addrs: Vec<IpAddr> = if let Some(ip) = literal(&parsed) {
+        vec![ip]
+    } else {
+        let found = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host.as_str(), port)))
+            .await
+            .map_err(|_| format!("the webhook host '{host}' did not resolve within 5 s"))?
+            .map_err(|e| format!("the webhook host '{host}' does not resolve: {e}"))?;
+        found.map(|a| a.ip()).collect()
     };
     if let Some(inward) = addrs.iter().find(|ip| !is_public(**ip)) {
         return Err(format!(

@@ -42,7 +42,10 @@ pub(crate) async fn emit_job(
     now: i64,
 ) -> StoreResult<()> {
     let row: Option<(String, String, i64)> =
-        sqlx::query_as("select rollout_id, agent_id, wave from jobs where id = $1").bind(job_id).fetch_optional(&mut **tx).await?;
+        sqlx::query_as("select rollout_id, agent_id, wave from jobs where id = $1")
+            .bind(job_id)
+            .fetch_optional(&mut **tx)
+            .await?;
     if let (Some((rollout, agent, wave)), Some(map)) = (row, data.as_object_mut()) {
         map.entry("rollout_id").or_insert(rollout.into());
         map.entry("agent_id").or_insert(agent.into());
@@ -65,11 +68,12 @@ pub(crate) async fn emit_rollout_state(tx: &mut Tx, rollout_id: &str, now: i64) 
 
 /// `wave.opened`.
 pub(crate) async fn emit_wave_opened(tx: &mut Tx, rollout_id: &str, wave: i64, now: i64) -> StoreResult<()> {
-    let (size,): (i64,) = sqlx::query_as("select coalesce(max(size), 0) from waves where rollout_id = $1 and number = $2")
-        .bind(rollout_id)
-        .bind(wave)
-        .fetch_one(&mut **tx)
-        .await?;
+    let (size,): (i64,) =
+        sqlx::query_as("select coalesce(max(size), 0) from waves where rollout_id = $1 and number = $2")
+            .bind(rollout_id)
+            .bind(wave)
+            .fetch_one(&mut **tx)
+            .await?;
     let data = serde_json::json!({ "rollout_id": rollout_id, "wave": wave, "size": size });
     emit(tx, fleetup_proto::webhooks::WAVE_OPENED, "rollout", rollout_id, &data, now).await
 }

@@ -133,7 +133,8 @@ impl SchedulerPass {
             .execute(&mut *self.tx)
             .await?;
             let detail = serde_json::json!({ "rollout_id": rollout, "last_seen": seen });
-            record(&mut self.tx, &NewAudit::new("scheduler", "job.undeliverable", "job", id, detail.clone()), now).await?;
+            record(&mut self.tx, &NewAudit::new("scheduler", "job.undeliverable", "job", id, detail.clone()), now)
+                .await?;
             emit_job(&mut self.tx, fleetup_proto::webhooks::JOB_UNDELIVERABLE, id, detail, now).await?;
         }
         Ok(late.len() as u64)

@@ -228,7 +228,8 @@ impl Store {
             return Ok(0);
         }
         let mut tx = self.write_tx().await?;
-        let cursor = format!("select last_event from webhook_cursor where name = 'fanout'{}", self.dialect.for_update());
+        let cursor =
+            format!("select last_event from webhook_cursor where name = 'fanout'{}", self.dialect.for_update());
         let (last,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(cursor)).fetch_one(&mut *tx).await?;
         let sql = format!(
             "select id, type, object_type, object_id, payload, at from event_log where id > $1{} order by id limit $2",
@@ -244,14 +245,16 @@ impl Store {
             return Ok(0);
         };
         let hooks: Vec<(String, String, i64)> =
-            sqlx::query_as("select id, events, created_at from webhooks where enabled = true").fetch_all(&mut *tx).await?;
+            sqlx::query_as("select id, events, created_at from webhooks where enabled = true")
+                .fetch_all(&mut *tx)
+                .await?;
         let hooks: Vec<(String, Vec<String>, i64)> = hooks
             .into_iter()
             .map(|(id, events, at)| Ok((id, from_json::<Vec<String>>(&events, "webhook events")?, at)))
             .collect::<StoreResult<_>>()?;
         for e in &events {
             for (hook, types, created) in &hooks {
-                if e.at < *created || !(types.is_empty() || types.iter().any(|t| *t == e.event_type)) {
+                if e.at < *created || !(types.is_empty() || types.contains(&e.event_type)) {
                     continue;
                 }
                 sqlx::query(
@@ -309,12 +312,11 @@ impl Store {
                 .bind(&hook)
                 .fetch_one(&mut *tx)
                 .await?;
-            let row: EventRow = sqlx::query_as(
-                "select id, type, object_type, object_id, payload, at from event_log where id = $1",
-            )
-            .bind(event_id)
-            .fetch_one(&mut *tx)
-            .await?;
+            let row: EventRow =
+                sqlx::query_as("select id, type, object_type, object_id, payload, at from event_log where id = $1")
+                    .bind(event_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
             out.push(DueDelivery { id, url, secret, attempt: attempt as u32, event: row.to_record()? });
         }
         tx.commit().await?;
@@ -325,8 +327,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn record_attempt(&self, delivery_id: &str, outcome: &AttemptOutcome, now: i64) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        let sql =
-            format!("select attempts from webhook_deliveries where id = $1{}", self.dialect.for_update());
+        let sql = format!("select attempts from webhook_deliveries where id = $1{}", self.dialect.for_update());
         let row: Option<(String,)> =
             sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(delivery_id).fetch_optional(&mut *tx).await?;
         // Deleted with its endpoint meanwhile: nothing to record.

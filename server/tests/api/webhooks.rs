@@ -327,7 +327,8 @@ async fn the_dashboard_lists_webhooks_and_their_deliveries(backend: Backend) {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/gone", closed.local_addr().unwrap());
     drop(closed);
-    let (s, hook) = create_webhook(&app, json!({ "url": url, "events": ["wave.opened"], "description": "pager" })).await;
+    let (s, hook) =
+        create_webhook(&app, json!({ "url": url, "events": ["wave.opened"], "description": "pager" })).await;
     assert_eq!(s, 201, "{hook}");
     let id = hook["id"].as_str().unwrap();
     app.one_wave_of("dash", 1).await;
@@ -344,7 +345,8 @@ async fn the_dashboard_lists_webhooks_and_their_deliveries(backend: Backend) {
     }
     let users = Users::new(&app).await;
     let (cookie, _) = users.session(Role::Viewer).await;
-    let resp = reqwest::Client::new().get(format!("{}/webhooks", app.base)).header("cookie", cookie).send().await.unwrap();
+    let resp =
+        reqwest::Client::new().get(format!("{}/webhooks", app.base)).header("cookie", cookie).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let html = resp.text().await.unwrap();
     for want in [url.as_str(), "wave.opened", "pager", "retrying", "aria-current=\"page\">Webhooks"] {
