@@ -79,6 +79,19 @@ pub fn backoff(base_ms: u64, attempt: u32, random: u64) -> Duration {
     Duration::from_millis(capped - jitter)
 }
 
+/// What follows attempt `attempt` that got `status` (`None`: no answer) at `now`: a 2xx
+/// delivers; anything else is retried after [`backoff`], until [`MAX_ATTEMPTS`].
+pub fn next_step(status: Option<u16>, attempt: u32, base_ms: u64, random: u64, now: i64) -> NextStep {
+    if status.is_some_and(|s| (200..300).contains(&s)) {
+        NextStep::Delivered
+    } else if attempt >= MAX_ATTEMPTS {
+        NextStep::GiveUp
+    } else {
+        let wait = backoff(base_ms, attempt, random);
+        NextStep::RetryAt(now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2))
+    }
+}
+
 /// Follows the event log and broadcasts new events until `shutdown`.
 pub async fn tail(app: Arc<App>, shutdown: CancellationToken) {
     let mut last = loop {
@@ -181,16 +194,9 @@ async fn attempt(app: &App, client: &reqwest::Client, d: DueDelivery) {
     let started = Instant::now();
     let at = now_ms();
     let (status, error) = send(app, client, &d).await;
-    let delivered = status.is_some_and(|s| (200..300).contains(&s));
-    let next = if delivered {
-        NextStep::Delivered
-    } else if d.attempt >= MAX_ATTEMPTS {
-        NextStep::GiveUp
-    } else {
-        let random = u64::from(uuid::Uuid::new_v4().as_fields().0);
-        let wait = backoff(app.config.webhook_retry_base_ms, d.attempt, random);
-        NextStep::RetryAt(now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2))
-    };
+    let random = u64::from(uuid::Uuid::new_v4().as_fields().0);
+    let next = next_step(status, d.attempt, app.config.webhook_retry_base_ms, random, now_ms());
+    let delivered = next == NextStep::Delivered;
     let result = match next {
         NextStep::Delivered => "delivered",
         NextStep::RetryAt(_) => "failed",
@@ -283,6 +289,21 @@ mod tests {
     }
 
     const KNOWN: &str = "35495024f4ef3f94e5a93e22221544c4b75e9a42300cd965ab81cb85cd994e91";
+
+    #[test]
+    fn a_2xx_delivers_anything_else_retries_until_the_last_attempt() {
+        let now = 1_000_000;
+        for ok in [200, 201, 204, 299] {
+            assert_eq!(next_step(Some(ok), 1, 1000, 0, now), NextStep::Delivered, "{ok}");
+        }
+        for failed in [Some(301), Some(404), Some(500), Some(503), None] {
+            assert_eq!(next_step(failed, 1, 1000, 0, now), NextStep::RetryAt(now + 1000), "{failed:?}");
+            assert_eq!(next_step(failed, 3, 1000, 0, now), NextStep::RetryAt(now + 4000), "{failed:?}");
+            assert_eq!(next_step(failed, MAX_ATTEMPTS - 1, 1000, 0, now), NextStep::RetryAt(now + 256_000));
+            assert_eq!(next_step(failed, MAX_ATTEMPTS, 1000, 0, now), NextStep::GiveUp, "{failed:?}");
+        }
+        assert_eq!(next_step(Some(200), MAX_ATTEMPTS, 1000, 0, now), NextStep::Delivered, "the last may still work");
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
