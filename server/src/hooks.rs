@@ -12,6 +12,7 @@
 //!   cannot be replayed later). A 2xx answer delivers it; anything else (another status, no
 //!   answer within the deadline, a refused address) is retried with exponential backoff and
 //!   jitter up to [`MAX_ATTEMPTS`], then given up. Every attempt is logged on the delivery.
+//!   Once an hour it deletes what is older than [`RETENTION`] and settled.
 
 pub mod guard;
 
@@ -36,6 +37,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CLAIM_LEASE_MS: i64 = 60_000;
 /// Deliveries sent at once.
 const PARALLEL: usize = 8;
+/// How long events and settled deliveries are kept.
+pub const RETENTION: Duration = Duration::from_hours(24 * 30);
+/// How often old ones are deleted.
+const PRUNE_EVERY: Duration = Duration::from_hours(1);
 /// How often the log is read when nothing wakes the tasks.
 const TICK: Duration = Duration::from_millis(200);
 /// Events an SSE stream may fall behind the live tail before it is ended.
@@ -156,8 +161,18 @@ fn client(allow_private: bool) -> reqwest::Client {
 /// Fans events out and sends due deliveries until `shutdown`.
 pub async fn deliver(app: Arc<App>, shutdown: CancellationToken) {
     let client = client(app.config.webhook_allow_private);
+    let mut pruned: Option<Instant> = None;
     while !shutdown.is_cancelled() {
         let now = now_ms();
+        if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            pruned = Some(Instant::now());
+            let before = now - i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX / 2);
+            match app.store.prune_events(before).await {
+                Ok((0, 0)) => {}
+                Ok((events, deliveries)) => tracing::info!(events, deliveries, "pruned the event log"),
+                Err(e) => tracing::warn!(error = %e, "webhooks: cannot prune the event log"),
+            }
+        }
         loop {
             match app.store.fan_out_events(now, 500).await {
                 Ok(500) => {}

@@ -356,4 +356,29 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Deletes events older than `before` that the fan-out has passed, and settled
+    /// deliveries older than it (the retention of the log); returns (events, deliveries).
+    #[tracing::instrument(skip_all)]
+    pub async fn prune_events(&self, before: i64) -> StoreResult<(u64, u64)> {
+        let mut tx = self.write_tx().await?;
+        let deliveries =
+            sqlx::query("delete from webhook_deliveries where state in ('delivered', 'failed') and created_at < $1")
+                .bind(before)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        // A pending delivery keeps its event: it is read when the delivery is sent.
+        let events = sqlx::query(
+            "delete from event_log where at < $1 \
+             and id <= (select last_event from webhook_cursor where name = 'fanout') \
+             and id not in (select event_id from webhook_deliveries)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok((events, deliveries))
+    }
 }

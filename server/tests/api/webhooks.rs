@@ -20,6 +20,7 @@ crate::both_backends!(
     the_event_stream_resumes_with_last_event_id,
     private_webhook_urls_are_refused_without_the_flag,
     the_dashboard_lists_webhooks_and_their_deliveries,
+    old_events_and_settled_deliveries_are_pruned,
 );
 
 /// One request the receiver got.
@@ -353,4 +354,27 @@ async fn the_dashboard_lists_webhooks_and_their_deliveries(backend: Backend) {
         assert!(html.contains(want), "the page lacks {want}: {html}");
     }
     assert!(!html.contains(hook["secret"].as_str().unwrap()), "the secret is not on the page");
+}
+
+async fn old_events_and_settled_deliveries_are_pruned(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| c.webhook_allow_private = true).await else { return };
+    let receiver = Receiver::start(0).await;
+    let (s, hook) = create_webhook(&app, json!({ "url": receiver.url, "events": ["wave.opened"] })).await;
+    assert_eq!(s, 201, "{hook}");
+    let id = hook["id"].as_str().unwrap();
+    app.one_wave_of("prune", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.get(&format!("/api/v1/webhooks/{id}/deliveries")).await["items"][0]["state"] != "delivered" {
+        assert!(Instant::now() < deadline, "not delivered in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = fleetup_server::store::connect(&app.db_url).await.unwrap();
+    assert_eq!(store.events_after(0, &[], 100).await.unwrap().len(), 2, "the start and its wave");
+    // Everything is older than an hour from now: the delivered delivery and the events the
+    // fan-out has passed go.
+    let (events, deliveries) = store.prune_events(fleetup_server::model::now_ms() + 3_600_000).await.unwrap();
+    assert_eq!((events, deliveries), (2, 1));
+    assert!(store.events_after(0, &[], 100).await.unwrap().is_empty());
+    let page = app.get(&format!("/api/v1/webhooks/{id}/deliveries")).await;
+    assert!(page["items"].as_array().unwrap().is_empty(), "{page}");
 }
