@@ -6,7 +6,7 @@
 //! missed come, as the whole log has them. Private addresses are refused without
 //! `--webhook-allow-private`. The dashboard's page lists endpoints and their deliveries.
 
-use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, TestApp, final_ev, spawn_app, spawn_app_with, warning_ev};
 use crate::rbac::Users;
 use fleetup_proto::InstallOutcome;
 use fleetup_server::model::Role;
@@ -21,6 +21,7 @@ crate::both_backends!(
     private_webhook_urls_are_refused_without_the_flag,
     the_dashboard_lists_webhooks_and_their_deliveries,
     old_events_and_settled_deliveries_are_pruned,
+    each_kind_of_change_is_an_event_of_its_job,
 );
 
 /// One request the receiver got.
@@ -377,4 +378,65 @@ async fn old_events_and_settled_deliveries_are_pruned(backend: Backend) {
     assert!(store.events_after(0, &[], 100).await.unwrap().is_empty());
     let page = app.get(&format!("/api/v1/webhooks/{id}/deliveries")).await;
     assert!(page["items"].as_array().unwrap().is_empty(), "{page}");
+}
+
+/// A warning nobody answers, a failure, a rollback, an agent that goes silent and one that
+/// never collects its job: each is an event naming its job, in the stream.
+async fn each_kind_of_change_is_an_event_of_its_job(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.lease_secs = 3;
+        c.delivery_timeout_secs = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut stream =
+        Sse::open(&app, "?after=0&types=decision.needed,job.failed,job.rolled-back,job.lost,job.undeliverable", None)
+            .await;
+    let (rollout, agents) = app.one_wave_of("kinds", 4).await;
+    let mut jobs = Vec::new();
+    for agent in &agents[..3] {
+        jobs.push(agent.next_job().await);
+    }
+    let (s, v) = agents[0].report(&jobs[0].job_id, jobs[0].fencing_token, vec![warning_ev(1, "w", "go on?")]).await;
+    assert_eq!(s, 200, "{v}");
+    for (i, outcome) in [(1, InstallOutcome::Failed), (2, InstallOutcome::RolledBack)] {
+        let (s, v) = agents[i].report(&jobs[i].job_id, jobs[i].fencing_token, vec![final_ev(1, outcome)]).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let undelivered = app.get(&format!("/api/v1/rollouts/{rollout}/jobs")).await["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["agent_id"] == agents[3].id.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let want: Vec<(String, String)> = [
+        ("decision.needed", jobs[0].job_id.clone()),
+        ("job.failed", jobs[1].job_id.clone()),
+        ("job.rolled-back", jobs[2].job_id.clone()),
+        // Waiting for an answer it never sends a report again: its lease runs out.
+        ("job.lost", jobs[0].job_id.clone()),
+        ("job.undeliverable", undelivered),
+    ]
+    .into_iter()
+    .map(|(t, j)| (t.to_owned(), j))
+    .collect();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    while !want.iter().all(|w| seen.contains(w)) {
+        let e = stream.next().await;
+        assert_eq!(e["object_type"], "job", "{e}");
+        assert!(e["data"]["rollout_id"].is_string() && e["data"]["agent_id"].is_string(), "{e}");
+        if e["type"] == "decision.needed" {
+            assert_eq!(e["data"]["message"], "go on?", "{e}");
+        }
+        seen.push((e["type"].as_str().unwrap().to_owned(), e["object_id"].as_str().unwrap().to_owned()));
+    }
+    seen.sort();
+    let mut sorted = want.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "each change once, nothing else of these types");
 }
