@@ -35,10 +35,12 @@
 mod error;
 mod jobs;
 mod wait;
+mod webhooks;
 
 pub use error::{Error, ErrorBody};
 pub use jobs::{JobFilter, JobPages, JobView, JobsPage};
 pub use reqwest::{Method, StatusCode};
+pub use webhooks::NewWebhook;
 
 use fleetup_proto::agent_api::LogLine;
 use fleetup_proto::api::{Agent, AuditEntry, Decision, EnrollmentToken, Job, Package, Rollout, RolloutSpec};
