@@ -71,13 +71,12 @@ pub fn check(seen: &Seen<'_>) -> Result<(), String> {
     let key = format!("{} {:?} {status} {}", seen.method, seen.route, seen.content_type);
     let validator = {
         let mut cache = CACHE.get_or_init(Default::default).lock().unwrap();
-        match cache.get(&key) {
-            Some(v) => v.clone(),
-            None => {
-                let v = Arc::new(compile(schema)?);
-                cache.insert(key, v.clone());
-                v
-            }
+        if let Some(v) = cache.get(&key) {
+            v.clone()
+        } else {
+            let v = Arc::new(compile(schema)?);
+            cache.insert(key, v.clone());
+            v
         }
     };
     let body: Value = serde_json::from_slice(seen.body).map_err(|e| format!("the body is not JSON: {e}"))?;
