@@ -37,11 +37,13 @@ mod jobs;
 mod rollouts_ext;
 mod tokens;
 mod wait;
+mod webhooks;
 
 pub use error::{Error, ErrorBody};
 pub use jobs::{JobFilter, JobPages, JobView, JobsPage};
 pub use reqwest::{Method, StatusCode};
 pub use rollouts_ext::{AgentQuery, BulkAnswer, Created, RolloutQuery};
+pub use webhooks::NewWebhook;
 
 use fleetup_proto::agent_api::LogLine;
 use fleetup_proto::api::{Agent, AuditEntry, Decision, EnrollmentToken, Job, Package, Rollout, RolloutSpec};

@@ -19,6 +19,7 @@ pub mod package;
 pub mod phase;
 pub mod problem;
 pub mod version;
+pub mod webhooks;
 
 pub use decision::{DecisionAnswer, DecisionKind, DecisionRequest, HoldingProcess};
 pub use event::{EngineEvent, InstallOutcome, InstallSummary};

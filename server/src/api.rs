@@ -13,6 +13,7 @@ mod packages;
 mod paging;
 
 mod rollouts;
+mod webhooks;
 
 mod access;
 
@@ -33,7 +34,8 @@ pub fn routes() -> Routes {
         .merge(jobs::routes())
         .merge(audit::routes())
         .merge(openapi::routes())
-        .merge(access::routes());
+        .merge(access::routes())
+        .merge(webhooks::routes());
     Routes::new()
         .nest("/api/v1", api)
         .nest("/api/v1/agent", agent::routes())

@@ -46,6 +46,8 @@ pub struct App {
     pub logins: crate::limits::LoginLimiter,
     /// Per-job caps on agents' events and log lines (429 beyond).
     pub agent_limits: crate::agent_limits::AgentLimits,
+    /// New events of the event log, broadcast to the SSE streams ([`crate::hooks`]).
+    pub events: crate::hooks::EventBus,
 }
 
 impl App {

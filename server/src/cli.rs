@@ -19,6 +19,7 @@ pub struct Cli {
 
 /// Commands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start; boxing the serve options buys nothing")]
 pub enum Command {
     /// Run the coordinator.
     Serve(Config),

@@ -63,6 +63,14 @@ pub struct Config {
     /// the command line.
     #[arg(skip)]
     pub observer: Option<crate::api::observe::Observer>,
+    /// Allow webhook URLs on loopback, private, link-local and other non-public addresses
+    /// (refused by default: a webhook must not reach into the coordinator's own network).
+    #[arg(long, env = "FLEETUP_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// Milliseconds before a failed webhook delivery's first retry; each further retry
+    /// waits twice as long (with jitter), up to an hour, for 10 attempts in all.
+    #[arg(long, default_value_t = 10_000, env = "FLEETUP_WEBHOOK_RETRY_BASE_MS")]
+    pub webhook_retry_base_ms: u64,
 }
 
 /// `--session-idle-mins`: a positive number of minutes, fractions allowed.
@@ -95,6 +103,8 @@ impl Config {
             tls_cert: None,
             tls_key: None,
             observer: None,
+            webhook_allow_private: false,
+            webhook_retry_base_ms: 10_000,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod hooks;
 pub mod limits;
 pub mod model;
 pub mod ops;
@@ -82,6 +83,7 @@ pub async fn run(
         metrics,
         logins: limits::LoginLimiter::default(),
         agent_limits: agent_limits::AgentLimits::default(),
+        events: hooks::EventBus::default(),
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, tls = tls.is_some(), backend = app.store.backend(), "fleetup-server listening");
@@ -89,6 +91,8 @@ pub async fn run(
         tokio::spawn(scheduler::run(app.clone(), cancel.clone())),
         tokio::spawn(app::heartbeat_flusher(app.clone(), cancel.clone())),
         tokio::spawn(app::wakeup_forwarder(app.clone(), cancel.clone())),
+        tokio::spawn(hooks::tail(app.clone(), cancel.clone())),
+        tokio::spawn(hooks::deliver(app.clone(), cancel.clone())),
     ];
     // The dashboard has no fallback of its own: unknown paths get the API's JSON 404.
     let router = web::router(AppState(app.clone())).merge(api::router(AppState(app.clone())));

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod packages;
 pub mod rollouts;
 pub mod sessions;
+pub mod webhooks;
 
 use crate::error::AppError;
 use crate::model::Role;

@@ -284,6 +284,7 @@ mod tests {
             metrics: crate::telemetry::install(),
             logins: crate::limits::LoginLimiter::default(),
             agent_limits: crate::agent_limits::AgentLimits::default(),
+            events: crate::hooks::EventBus::default(),
         }))
     }
 

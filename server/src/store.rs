@@ -27,6 +27,7 @@ pub(crate) mod agent_protocol;
 pub(crate) mod agents;
 pub(crate) mod audit;
 pub(crate) mod control;
+pub(crate) mod events;
 pub(crate) mod gauges;
 pub(crate) mod idempotency;
 pub(crate) mod jobs;
@@ -37,6 +38,7 @@ pub(crate) mod scheduler;
 mod types;
 pub(crate) mod views;
 mod wakeups;
+pub(crate) mod webhooks;
 
 pub use audit::AuditFilter;
 pub use control::Failure;
@@ -45,6 +47,7 @@ pub use rollouts::RolloutFilter;
 pub use scheduler::SchedulerPass;
 pub use types::*;
 pub use views::{FailedJob, MosaicCell, OpenDecision, RunningPhase, WarnedJob};
+pub use webhooks::{AttemptOutcome, DueDelivery, NewWebhook, NextStep};
 
 use group_commit::GroupCommit;
 use serde::Serialize;

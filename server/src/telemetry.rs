@@ -113,6 +113,12 @@ pub const SERIES: &[Series] = &[
         help: "Enrolled agents seen within --offline-after-secs, from the database (last-seen times are flushed \
                every --heartbeat-flush-ms).",
     },
+    Series {
+        name: "fleetup_webhook_deliveries_total",
+        kind: Kind::Counter,
+        help: "Webhook delivery attempts, by result: delivered (2xx), failed (to be retried), gave-up (the last \
+               attempt failed).",
+    },
 ];
 
 /// The process-wide recorder, installed with every description on first use (a process

@@ -22,6 +22,7 @@ mod rollouts;
 pub mod session;
 mod stage;
 mod view;
+mod webhooks;
 
 use crate::app::AppState;
 use crate::error::{AppError, ErrorInfo};
@@ -67,6 +68,7 @@ pub fn routes() -> Routes {
         .get("/login", Access::Public, session::login_form)
         .post("/login", Access::Public, session::login)
         .get("/static/{file}", Access::Public, assets::serve)
+        .get("/webhooks", view, webhooks::page)
 }
 
 /// The dashboard's router (no fallback: the API's JSON 404 answers unknown paths).

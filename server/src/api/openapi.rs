@@ -74,6 +74,12 @@ use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
         super::access::disable_user,
         super::access::enable_user,
         super::access::reset_password,
+        super::webhooks::list,
+        super::webhooks::create,
+        super::webhooks::show,
+        super::webhooks::delete,
+        super::webhooks::deliveries,
+        super::webhooks::events,
     ),
     components(schemas(Problem, Agent, AgentId, AuditEntry, Decision, EnrollmentToken, Job, JobId, JobSummary,
         Package, PackageId, Page<Rollout>, Role, Rollout, RolloutId))

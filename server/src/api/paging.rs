@@ -35,6 +35,8 @@ pub const JOBS: Listing = Listing { name: "jobs", bound: "this rollout's jobs" }
 pub const TOKENS: Listing = Listing { name: "tokens", bound: "this listing of API tokens" };
 /// `GET /users`.
 pub const USERS: Listing = Listing { name: "users", bound: "this listing of users" };
+/// `GET /webhooks/{id}/deliveries`: bound to the endpoint.
+pub const DELIVERIES: Listing = Listing { name: "deliveries", bound: "this webhook's deliveries" };
 
 fn checksum(listing: &Listing, scope: &str, key: &str) -> String {
     let digest = Sha256::digest(format!("fleetup cursor|{}|{scope}|{key}", listing.name).as_bytes());

@@ -263,6 +263,15 @@ async fn report_tx(tx: &mut Tx, dialect: Dialect, r: &ReportRequest) -> StoreRes
     .bind(r.now)
     .execute(&mut **tx)
     .await?;
+    let ended_as = match state {
+        JobState::Failed => Some(fleetup_proto::webhooks::JOB_FAILED),
+        JobState::RolledBack => Some(fleetup_proto::webhooks::JOB_ROLLED_BACK),
+        _ => None,
+    };
+    if let Some(event_type) = ended_as.filter(|_| was != state) {
+        let data = serde_json::json!({ "error": p.error, "phase": p.current_phase });
+        super::events::emit_job(tx, event_type, job_id, data, r.now).await?;
+    }
     out.installed = folded.installed.map(|i| InstalledRollup {
         rollup: i.rollup,
         version: i.version,
@@ -305,7 +314,7 @@ async fn record_decisions(
         if matches!(req.kind, DecisionKind::FilesInUse { .. }) {
             earlier += 1;
         }
-        sqlx::query(
+        let inserted = sqlx::query(
             "insert into decisions (job_id, id, phase, kind, request, answer, answered_by, asked_at, answered_at) \
              values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (job_id, id) do nothing",
         )
@@ -320,6 +329,13 @@ async fn record_decisions(
         .bind(auto.map(|_| now))
         .execute(&mut **tx)
         .await?;
+        if auto.is_none() && inserted.rows_affected() > 0 {
+            let data = serde_json::json!({
+                "decision_id": req.id, "kind": kind, "phase": req.phase, "message": req.message,
+                "options": req.options,
+            });
+            super::events::emit_job(tx, fleetup_proto::webhooks::DECISION_NEEDED, &row.id, data, now).await?;
+        }
     }
     Ok(())
 }

@@ -264,6 +264,9 @@ impl SchedulerPass {
             .execute(&mut *self.tx)
             .await?;
         let detail = serde_json::json!({ "rollout_id": job.rollout_id, "stall": stall });
+        let data = serde_json::json!({ "phase": job.phase, "stall": stall });
+        super::events::emit_job(&mut self.tx, fleetup_proto::webhooks::JOB_STALLED, job.job_id.as_str(), data, now)
+            .await?;
         record(&mut self.tx, &NewAudit::new("scheduler", "job.stalled", "job", job.job_id.as_str(), detail), now).await
     }
 }

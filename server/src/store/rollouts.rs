@@ -47,6 +47,9 @@ pub(crate) async fn apply_effect(tx: &mut Tx, id: &RolloutId, effect: &Effect, n
                 .bind(now)
                 .execute(&mut **tx)
                 .await?;
+            super::events::emit_rollout_state(tx, id, now).await?;
+            super::events::emit_wave_opened(tx, id, 1, now).await?;
+            return Ok(Vec::new());
         }
         Effect::Pause(reason) => {
             sqlx::query("update rollouts set state = 'paused', state_reason = $2, wait_until = null where id = $1")
@@ -99,9 +102,11 @@ pub(crate) async fn apply_effect(tx: &mut Tx, id: &RolloutId, effect: &Effect, n
             .bind(state.is_terminal().then_some(now))
             .execute(&mut **tx)
             .await?;
+            super::events::emit_rollout_state(tx, id, now).await?;
             return Ok(in_flight);
         }
     }
+    super::events::emit_rollout_state(tx, id, now).await?;
     Ok(Vec::new())
 }
 
@@ -126,6 +131,7 @@ pub(crate) async fn settle_if_ending(tx: &mut Tx, rollout_id: &str, now: i64) ->
             .bind(now)
             .execute(&mut **tx)
             .await?;
+        super::events::emit_rollout_state(tx, rollout_id, now).await?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! only reads and writes.
 
 use super::audit::record;
+use super::events::emit_job;
 use super::rollouts::apply_effect;
 use super::rows::RolloutRow;
 use super::{Dialect, NewAudit, Store, StoreError, StoreResult, Tx, stored_id};
@@ -98,6 +99,8 @@ impl SchedulerPass {
             .await?;
             let audit = NewAudit::new("scheduler", "job.lost", "job", id, serde_json::json!({ "rollout_id": rollout }));
             record(&mut self.tx, &audit, now).await?;
+            let data = serde_json::json!({ "error": format!("no report for {} s (the lease)", lease_ms / 1000) });
+            emit_job(&mut self.tx, fleetup_proto::webhooks::JOB_LOST, id, data, now).await?;
             self.ended.insert(rollout.clone());
         }
         Ok(lost.len() as u64)
@@ -130,7 +133,9 @@ impl SchedulerPass {
             .execute(&mut *self.tx)
             .await?;
             let detail = serde_json::json!({ "rollout_id": rollout, "last_seen": seen });
-            record(&mut self.tx, &NewAudit::new("scheduler", "job.undeliverable", "job", id, detail), now).await?;
+            record(&mut self.tx, &NewAudit::new("scheduler", "job.undeliverable", "job", id, detail.clone()), now)
+                .await?;
+            emit_job(&mut self.tx, fleetup_proto::webhooks::JOB_UNDELIVERABLE, id, detail, now).await?;
         }
         Ok(late.len() as u64)
     }
@@ -175,6 +180,11 @@ impl SchedulerPass {
         .bind(format!("phase {} ran longer than its timeout of {limit_secs} s", job.phase))
         .execute(&mut *self.tx)
         .await?;
+        let data = serde_json::json!({
+            "phase": job.phase,
+            "error": format!("phase {} ran longer than its timeout of {limit_secs} s", job.phase),
+        });
+        emit_job(&mut self.tx, fleetup_proto::webhooks::JOB_FAILED, job.job_id.as_str(), data, self.now).await?;
         self.ended.insert(job.rollout_id.to_string());
         let audit = NewAudit::new(
             "scheduler",
@@ -296,6 +306,7 @@ impl SchedulerPass {
                     .bind(now)
                     .execute(&mut **tx)
                     .await?;
+                super::events::emit_rollout_state(tx, rid, now).await?;
                 record(tx, &audit("rollout.finish", serde_json::json!({})), now).await?;
             }
             Step::AwaitApproval => {
@@ -305,6 +316,7 @@ impl SchedulerPass {
                     .bind(format!("wave {current_wave} is done; approve to open wave {}", current_wave + 1))
                     .execute(&mut **tx)
                     .await?;
+                super::events::emit_rollout_state(tx, rid, now).await?;
                 let detail = serde_json::json!({ "wave": current_wave });
                 record(tx, &audit("rollout.await-approval", detail), now).await?;
             }
@@ -321,6 +333,7 @@ impl SchedulerPass {
                     .bind(i64::from(*w))
                     .execute(&mut **tx)
                     .await?;
+                super::events::emit_wave_opened(tx, rid, i64::from(*w), now).await?;
                 record(tx, &audit("rollout.open-wave", serde_json::json!({ "wave": w })), now).await?;
             }
             Step::Queue(w, n) => {

@@ -88,6 +88,7 @@ async fn snapshot(app: &TestApp) -> Value {
         "rollouts": rollouts,
         "jobs": jobs,
         "enrollment_tokens": tokens,
+        "webhooks": app.get("/api/v1/webhooks").await,
     })
 }
 
@@ -132,6 +133,8 @@ enum Step {
     DisableUser,
     EnableUser,
     ResetPassword,
+    CreateWebhook,
+    DeleteWebhook(String),
 }
 
 impl Step {
@@ -167,6 +170,8 @@ impl Step {
             Step::DisableUser => ("POST", "/api/v1/users/{name}/disable", "user.disable"),
             Step::EnableUser => ("POST", "/api/v1/users/{name}/enable", "user.enable"),
             Step::ResetPassword => ("POST", "/api/v1/users/{name}/password", "user.password-reset"),
+            Step::CreateWebhook => ("POST", "/api/v1/webhooks", "webhook.create"),
+            Step::DeleteWebhook(_) => ("DELETE", "/api/v1/webhooks/{id}", "webhook.delete"),
         };
         (m, p, a.to_owned())
     }
@@ -318,6 +323,8 @@ async fn perform(app: &TestApp, (session, csrf): &(String, String), package: &st
             &app.admin,
             Some(json!({ "password": "a new passphrase" })),
         ),
+        Step::CreateWebhook => api("POST", "/api/v1/webhooks".into(), &app.operator, Some(webhook_body())),
+        Step::DeleteWebhook(id) => api("DELETE", format!("/api/v1/webhooks/{id}"), &app.operator, None),
     };
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
@@ -331,6 +338,11 @@ async fn perform(app: &TestApp, (session, csrf): &(String, String), package: &st
         .filter(|c| c != "fleetup_session=");
     let body = resp.text().await.unwrap();
     Done { status, location, body, session: used.or(opened) }
+}
+
+/// A webhook on loopback (the server allows it here) for a type no step causes.
+fn webhook_body() -> Value {
+    json!({ "url": "http://127.0.0.1:9/hook", "events": ["job.stalled"] })
 }
 
 /// Whether a session cookie still opens the dashboard.
@@ -351,7 +363,14 @@ async fn jobs_by_agent(app: &TestApp, rollout: &str) -> std::collections::BTreeM
 
 async fn every_mutation_is_audited_and_fails_when_its_audit_write_fails(backend: Backend) {
     // Leases long enough that no job is lost while the test runs.
-    let Some(app) = spawn_app_with(backend, |c| c.lease_secs = 3600).await else { return };
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.lease_secs = 3600;
+        c.webhook_allow_private = true;
+    })
+    .await
+    else {
+        return;
+    };
     let users = Users::new(&app).await;
     let package = app.upload_package().await;
     // Agents to relabel and revoke; two servers of pending jobs (a draft rollout).
@@ -397,6 +416,8 @@ async fn every_mutation_is_audited_and_fails_when_its_audit_write_fails(backend:
         app.call("POST", "/api/v1/tokens", &app.admin, Some(json!({ "name": "to-revoke", "role": "viewer" }))).await;
     let (_, enroll_to_revoke) =
         app.call("POST", "/api/v1/enrollment-tokens", &app.admin, Some(json!({ "name": "to-revoke" }))).await;
+    let (s, hook) = app.call("POST", "/api/v1/webhooks", &app.operator, Some(webhook_body())).await;
+    assert_eq!(s, 201, "{hook}");
 
     let steps = vec![
         Step::Upload,
@@ -431,6 +452,8 @@ async fn every_mutation_is_audited_and_fails_when_its_audit_write_fails(backend:
         Step::DisableUser,
         Step::EnableUser,
         Step::ResetPassword,
+        Step::CreateWebhook,
+        Step::DeleteWebhook(hook["id"].as_str().unwrap().to_owned()),
     ];
     let mut driven = BTreeSet::new();
     for step in &steps {

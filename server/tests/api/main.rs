@@ -14,6 +14,7 @@ mod rollouts;
 mod scale;
 mod tokens;
 mod web;
+mod webhooks;
 
 /// Declares `NAME::sqlite` and `NAME::postgres` tests running `async fn NAME(Backend)`.
 #[macro_export]

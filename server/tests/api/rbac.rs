@@ -140,6 +140,7 @@ fn fill(rule: &Rule, w: &World) -> String {
             ("{state}", "open") => "running".to_owned(),
             ("{wave}", _) => "1".to_owned(),
             ("{name}", "users") => "nobody".to_owned(),
+            ("{id}", "webhooks") => fleetup_proto::id::new_id(),
             (other, _) => {
                 panic!("the matrix cannot fill {other} in {} {}: teach `fill` about it", rule.method, rule.path)
             }
