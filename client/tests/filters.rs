@@ -2,28 +2,12 @@
 //! listings' server-side filters, the create that says it was replayed by its
 //! `Idempotency-Key`, and the bulk decision answer.
 
-use fleetup_client::{AgentQuery, BulkAnswer, Client, NewEnrollmentToken, RolloutQuery, StatusCode};
+use fleetup_client::{AgentQuery, BulkAnswer, Client, NewEnrollmentToken, RolloutQuery};
 use fleetup_e2e::fleet::Server;
 use fleetup_e2e::workspace_root;
 use fleetup_proto::DecisionAnswer;
-use fleetup_proto::agent_api::{EnrollRequest, EnrollResponse};
 use fleetup_proto::api::RolloutSpec;
 use std::collections::BTreeMap;
-
-/// Enrolls a pretend agent with the token `secret` (which gives it its labels).
-async fn enroll(server: &Server, secret: &str, hostname: &str) {
-    let req = EnrollRequest {
-        token: secret.to_owned(),
-        hostname: hostname.to_owned(),
-        labels: BTreeMap::new(),
-        facts: BTreeMap::new(),
-        version: "test".into(),
-    };
-    let resp = reqwest::Client::new().post(format!("{}/api/v1/agent/enroll", server.url)).json(&req).send().await;
-    let resp = resp.expect("enroll request");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let _: EnrollResponse = resp.json().await.expect("enroll answer");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn filtered_listings_an_idempotent_create_and_the_bulk_answer() {
@@ -37,7 +21,7 @@ async fn filtered_listings_an_idempotent_create_and_the_bulk_answer() {
         };
         let secret = client.create_enrollment_token(&new).await.unwrap().secret;
         for h in hosts {
-            enroll(&server, &secret, h).await;
+            server.enroll_pretend(&secret, h).await;
         }
     }
     let web =

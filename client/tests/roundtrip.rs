@@ -6,7 +6,6 @@
 use fleetup_client::{AuditQuery, Client, Error, JobFilter, Method, NewEnrollmentToken, StatusCode};
 use fleetup_e2e::fleet::Server;
 use fleetup_e2e::workspace_root;
-use fleetup_proto::agent_api::{EnrollRequest, EnrollResponse};
 use fleetup_proto::api::{Job, JobState, JobSummary, RolloutSpec, RolloutState};
 use fleetup_proto::id::{AgentId, RolloutId};
 use std::collections::BTreeMap;
@@ -17,18 +16,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Enrolls a pretend agent through the agent protocol (not part of this client) and polls
 /// once, as an agent does (a poll is what `/metrics` counts).
 async fn enroll(server: &Server, secret: &str, hostname: &str) -> AgentId {
-    let req = EnrollRequest {
-        token: secret.to_owned(),
-        hostname: hostname.to_owned(),
-        labels: BTreeMap::new(),
-        facts: BTreeMap::new(),
-        version: "test".into(),
-    };
+    let body = server.enroll_pretend(secret, hostname).await;
     let http = reqwest::Client::new();
-    let resp = http.post(format!("{}/api/v1/agent/enroll", server.url)).json(&req).send().await;
-    let resp = resp.expect("enroll request");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let body: EnrollResponse = resp.json().await.expect("enroll answer");
     let poll = http.get(format!("{}/api/v1/agent/poll?wait=0", server.url)).bearer_auth(&body.agent_token).send().await;
     assert_eq!(poll.expect("poll request").status(), StatusCode::NO_CONTENT, "no job yet");
     body.agent_id.parse().expect("an agent id")

@@ -5,25 +5,10 @@
 use fleetup_client::{Client, Error, NewEnrollmentToken, NewWebhook, StatusCode};
 use fleetup_e2e::fleet::Server;
 use fleetup_e2e::workspace_root;
-use fleetup_proto::agent_api::{EnrollRequest, EnrollResponse};
 use fleetup_proto::api::RolloutSpec;
 use fleetup_proto::webhooks::DeliveryState;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-async fn enroll(server: &Server, secret: &str, hostname: &str) {
-    let req = EnrollRequest {
-        token: secret.to_owned(),
-        hostname: hostname.to_owned(),
-        labels: BTreeMap::new(),
-        facts: BTreeMap::new(),
-        version: "test".into(),
-    };
-    let resp = reqwest::Client::new().post(format!("{}/api/v1/agent/enroll", server.url)).json(&req).send().await;
-    let resp = resp.expect("enroll request");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let _: EnrollResponse = resp.json().await.expect("enroll answer");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn webhooks_and_their_delivery_logs_round_trip() {
@@ -49,7 +34,7 @@ async fn webhooks_and_their_delivery_logs_round_trip() {
     let package = client.upload_package(&pkg).await.unwrap();
     let labels = BTreeMap::from([("env".to_owned(), "hooks".to_owned())]);
     let token = client.create_enrollment_token(&NewEnrollmentToken { labels, ..Default::default() }).await.unwrap();
-    enroll(&server, &token.secret, "web-1").await;
+    server.enroll_pretend(&token.secret, "web-1").await;
     let spec: RolloutSpec = serde_json::from_value(serde_json::json!({
         "name": "hooked", "package_id": package.id, "targets": { "labels": { "env": "hooks" } },
     }))

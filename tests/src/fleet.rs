@@ -182,6 +182,21 @@ impl Server {
         };
         self.client.wait_rollout(&r.id, deadline, ended).await.unwrap_or_else(|e| panic!("rollout {}: {e}", r.id))
     }
+    /// Enrolls a pretend agent (no agent process) with the enrollment token `secret`
+    /// through the agent protocol, as `hostname`, and returns the coordinator's answer.
+    pub async fn enroll_pretend(&self, secret: &str, hostname: &str) -> fleetup_proto::agent_api::EnrollResponse {
+        let req = fleetup_proto::agent_api::EnrollRequest {
+            token: secret.to_owned(),
+            hostname: hostname.to_owned(),
+            labels: BTreeMap::new(),
+            facts: BTreeMap::new(),
+            version: "test".into(),
+        };
+        let resp = reqwest::Client::new().post(format!("{}/api/v1/agent/enroll", self.url)).json(&req).send().await;
+        let resp = resp.expect("enroll request");
+        assert_eq!(resp.status(), reqwest::StatusCode::CREATED, "enrolling {hostname}");
+        resp.json().await.expect("enroll answer")
+    }
 
     /// An enrollment token good for `uses` agents, giving them the label `env=test`.
     pub async fn enrollment_token(&self, uses: u32) -> String {
