@@ -86,7 +86,7 @@ pub enum Command {
     /// Packages: list, upload.
     #[command(subcommand)]
     Packages(PackagesCmd),
-    /// Tokens: enrollment tokens for agents.
+    /// Tokens: API tokens for people and automation, enrollment tokens for agents.
     #[command(subcommand)]
     Tokens(TokensCmd),
     /// Prints a shell completion script.
@@ -306,9 +306,36 @@ pub enum PackagesCmd {
 /// `tokens …`.
 #[derive(Debug, Subcommand)]
 pub enum TokensCmd {
+    /// API tokens (admin): what people and automation call the API with.
+    #[command(subcommand)]
+    Api(ApiTokenCmd),
     /// Enrollment tokens (admin): what new agents enroll with.
     #[command(subcommand)]
     Enrollment(EnrollmentCmd),
+}
+
+/// `tokens api …`.
+#[derive(Debug, Subcommand)]
+pub enum ApiTokenCmd {
+    /// Creates one; its secret is printed this once.
+    Create {
+        /// A name for people (the audit log records its actions as `token:NAME`).
+        #[arg(long)]
+        name: String,
+        /// What it may do: viewer, operator or admin.
+        #[arg(long)]
+        role: fleetup_proto::api::Role,
+        /// Lifetime in seconds (default: it never expires).
+        #[arg(long, value_name = "SECS")]
+        expires_in_secs: Option<u64>,
+    },
+    /// Lists them, revoked and expired ones included (never their secrets).
+    List,
+    /// Revokes one: it is refused (`token-revoked`) from its next request.
+    Revoke {
+        /// Its id (from `tokens api list`).
+        id: String,
+    },
 }
 
 /// `tokens enrollment …`.
@@ -331,4 +358,9 @@ pub enum EnrollmentCmd {
     },
     /// Lists them (never their secrets).
     List,
+    /// Revokes one: no agent enrolls with it any more (agents enrolled with it stay).
+    Revoke {
+        /// Its id (from `tokens enrollment list`).
+        id: String,
+    },
 }

@@ -1,13 +1,13 @@
-//! Agents, packages and enrollment tokens. An agent is named by id or hostname.
-//! API tokens are made on the coordinator (`fleetup-server token create`) until the API
-//! has an endpoint for them; `tokens` has the enrollment tokens the API serves.
+//! Agents, packages, API tokens and enrollment tokens. An agent is named by id or hostname;
+//! a token by its id.
 
-use crate::cli::{AgentsCmd, EnrollmentCmd, PackagesCmd, TokensCmd};
+use crate::cli::{AgentsCmd, ApiTokenCmd, EnrollmentCmd, PackagesCmd, TokensCmd};
 use crate::fail::{Failure, Outcome};
 use crate::output::{Out, labels, parse_labels, table};
 use fleetup_client::{AgentQuery, Client, NewEnrollmentToken, StatusCode};
 use fleetup_proto::api::Agent;
-use fleetup_proto::id::AgentId;
+use fleetup_proto::api::NewApiToken;
+use fleetup_proto::id::{AgentId, TokenId};
 use std::fmt::Write as _;
 
 /// The agent `s` names: its id, else its hostname.
@@ -146,7 +146,10 @@ pub async fn packages(client: &Client, out: Out, cmd: &PackagesCmd) -> Outcome {
 
 /// `tokens …`.
 pub async fn tokens(client: &Client, out: Out, cmd: &TokensCmd) -> Outcome {
-    let TokensCmd::Enrollment(cmd) = cmd;
+    let cmd = match cmd {
+        TokensCmd::Api(cmd) => return api_tokens(client, out, cmd).await,
+        TokensCmd::Enrollment(cmd) => cmd,
+    };
     match cmd {
         EnrollmentCmd::Create { name, label, expires_in_secs, max_uses } => {
             let new = NewEnrollmentToken {
@@ -182,6 +185,73 @@ pub async fn tokens(client: &Client, out: Out, cmd: &TokensCmd) -> Outcome {
                 table(&["NAME", "LABELS", "USES", "EXPIRES", "ID"], &rows)
             });
         }
+        EnrollmentCmd::Revoke { id } => {
+            client.revoke_enrollment_token(&token_id(id)?).await?;
+            out.show(&serde_json::json!({ "revoked": id }), || format!("enrollment token {id} revoked"));
+        }
     }
     Ok(())
+}
+
+/// `tokens api …`.
+async fn api_tokens(client: &Client, out: Out, cmd: &ApiTokenCmd) -> Outcome {
+    match cmd {
+        ApiTokenCmd::Create { name, role, expires_in_secs } => {
+            let new = NewApiToken { name: name.clone(), role: *role, expires_in_secs: *expires_in_secs };
+            let t = client.create_api_token(&new).await?;
+            out.show(&t, || {
+                format!(
+                    "API token {} ({}, {}), shown this once:\n{}",
+                    t.token.name,
+                    t.token.role.as_str(),
+                    t.token.id,
+                    t.secret
+                )
+            });
+        }
+        ApiTokenCmd::List => {
+            let list = client.api_tokens().await?;
+            let now = now_secs();
+            out.show(&list, || {
+                let when = |t: Option<&str>| t.unwrap_or("-").to_owned();
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|t| {
+                        let state = if t.revoked_at.is_some() {
+                            "revoked"
+                        } else if t.expires_at.is_some_and(|e| e.timestamp() <= now) {
+                            "expired"
+                        } else {
+                            "live"
+                        };
+                        vec![
+                            t.name.clone(),
+                            t.role.as_str().to_owned(),
+                            state.to_owned(),
+                            when(t.expires_at.map(|e| e.to_rfc3339()).as_deref()),
+                            when(t.last_used_at.map(|e| e.to_rfc3339()).as_deref()),
+                            t.id.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "ROLE", "STATE", "EXPIRES", "LAST USED", "ID"], &rows)
+            });
+        }
+        ApiTokenCmd::Revoke { id } => {
+            client.revoke_api_token(&token_id(id)?).await?;
+            out.show(&serde_json::json!({ "revoked": id }), || format!("API token {id} revoked"));
+        }
+    }
+    Ok(())
+}
+
+/// Seconds since the epoch, now.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A token id as typed, or a usage error that says where ids come from.
+fn token_id(id: &str) -> Result<TokenId, Failure> {
+    id.parse()
+        .map_err(|e| Failure::usage(format!("'{id}' is not a token id ({e}); `fleetupctl tokens … list` shows them")))
 }

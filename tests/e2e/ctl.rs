@@ -377,3 +377,59 @@ async fn ctl_watch_reports_a_rollback_and_exits_by_how_the_rollout_stopped() {
     let error = json(&err);
     assert_eq!(error["error"]["exit"], 5, "{error}");
 }
+
+/// API tokens from the CLI: one made for a CI job logs in and reads, is listed with its role,
+/// expiry and last use, and once revoked is refused as revoked (exit 4); an enrollment token
+/// revoked from the CLI enrolls nobody.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_makes_lists_and_revokes_api_and_enrollment_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("server"), None, &[]).await;
+    let (admin, ci) = (dir.path().join("admin"), dir.path().join("ci"));
+    for d in [&admin, &ci] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    login(&admin, &server);
+
+    let args =
+        ["-o", "json", "tokens", "api", "create", "--name", "ci", "--role", "viewer", "--expires-in-secs", "3600"];
+    let made = json(&ok(&admin, &args));
+    let (id, secret) = (made["id"].as_str().unwrap().to_owned(), made["secret"].as_str().unwrap());
+    let token_file = ci.join("token");
+    std::fs::write(&token_file, format!("{secret}\n")).unwrap();
+    ok(&ci, &["--server", &server.url, "login", "--token-file", token_file.to_str().unwrap()]);
+    ok(&ci, &["rollout", "list"]);
+
+    let listed = json(&ok(&admin, &["-o", "json", "tokens", "api", "list"]));
+    let row = listed.as_array().unwrap().iter().find(|t| t["id"] == id.as_str()).expect("the new token is listed");
+    assert_eq!(row["role"], "viewer", "{row}");
+    assert!(row["expires_at"].is_string(), "its expiry is listed: {row}");
+    assert!(row["last_used_at"].is_string(), "its use by the CI context is listed: {row}");
+    assert!(row.get("secret").is_none(), "the listing never shows a secret: {row}");
+    let table = ok(&admin, &["tokens", "api", "list"]);
+    assert!(table.lines().any(|l| l.starts_with("ci ") && l.contains("live")), "{table}");
+
+    ok(&admin, &["tokens", "api", "revoke", &id]);
+    let (code, out, err) = ctl(&ci, &["rollout", "list"]);
+    assert_eq!(code, 4, "a revoked token is an authentication failure:\n{out}\n{err}");
+    assert!(err.contains("revoked"), "the message says the token was revoked: {err}");
+    let table = ok(&admin, &["tokens", "api", "list"]);
+    assert!(table.lines().any(|l| l.starts_with("ci ") && l.contains("revoked")), "{table}");
+    let (code, _, err) = ctl(&admin, &["tokens", "api", "revoke", "no-such-token"]);
+    assert_eq!(code, 3, "an unknown id is refused: {err}");
+    assert!(err.contains("no API token no-such-token"), "{err}");
+
+    let enrollment = json(&ok(&admin, &["-o", "json", "tokens", "enrollment", "create", "--name", "rack-b"]));
+    let enrollment_id = enrollment["token"]["id"].as_str().unwrap();
+    ok(&admin, &["tokens", "enrollment", "revoke", enrollment_id]);
+    let req = fleetup_proto::agent_api::EnrollRequest {
+        token: enrollment["secret"].as_str().unwrap().to_owned(),
+        hostname: "late".into(),
+        labels: std::collections::BTreeMap::new(),
+        facts: std::collections::BTreeMap::new(),
+        version: "test".into(),
+    };
+    let url = format!("{}/api/v1/agent/enroll", server.url);
+    let resp = reqwest::Client::new().post(url).json(&req).timeout(Duration::from_secs(30)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "a revoked enrollment token enrolls nobody");
+}
