@@ -56,13 +56,20 @@ fn login(cli: &Path, server: &Server) {
     ok(cli, &["--server", &server.url, "login", "--token-file", token_file.to_str().unwrap()]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ctl_drives_a_rollout_from_a_spec_file_to_watch() {
+/// A coordinator with short leases and a fast scheduler, and an operator's context folder
+/// (not yet logged in), both in a fresh temporary folder.
+async fn operator_and_server() -> (tempfile::TempDir, PathBuf, Server) {
     let dir = tempfile::tempdir().unwrap();
     let cli = dir.path().join("operator");
     std::fs::create_dir_all(&cli).unwrap();
     let server =
         Server::start(&dir.path().join("server"), None, &["--lease-secs", "6", "--scheduler-interval-ms", "200"]).await;
+    (dir, cli, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_drives_a_rollout_from_a_spec_file_to_watch() {
+    let (dir, cli, server) = operator_and_server().await;
 
     // login: the token from a file, checked, saved 0600.
     login(&cli, &server);
@@ -207,11 +214,7 @@ async fn ctl_drives_a_rollout_from_a_spec_file_to_watch() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ctl_watch_shows_waiting_decisions_and_decide_all_answers_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let cli = dir.path().join("operator");
-    std::fs::create_dir_all(&cli).unwrap();
-    let server =
-        Server::start(&dir.path().join("server"), None, &["--lease-secs", "6", "--scheduler-interval-ms", "200"]).await;
+    let (dir, cli, server) = operator_and_server().await;
     login(&cli, &server);
     let package = server.client.package(&server.upload(None).await).await.unwrap();
     let token = server.enrollment_token(2).await;
@@ -321,11 +324,7 @@ async fn ctl_pins_the_coordinators_ca_and_takes_the_token_from_the_environment()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ctl_watch_reports_a_rollback_and_exits_by_how_the_rollout_stopped() {
-    let dir = tempfile::tempdir().unwrap();
-    let cli = dir.path().join("operator");
-    std::fs::create_dir_all(&cli).unwrap();
-    let server =
-        Server::start(&dir.path().join("server"), None, &["--lease-secs", "6", "--scheduler-interval-ms", "200"]).await;
+    let (dir, cli, server) = operator_and_server().await;
     login(&cli, &server);
     let package = server.client.package(&server.upload(None).await).await.unwrap();
     let token = server.enrollment_token(2).await;
