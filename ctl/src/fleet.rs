@@ -211,23 +211,16 @@ async fn api_tokens(client: &Client, out: Out, cmd: &ApiTokenCmd) -> Outcome {
         }
         ApiTokenCmd::List => {
             let list = client.api_tokens().await?;
-            let now = now_secs();
+            let now = std::time::SystemTime::now().into();
             out.show(&list, || {
                 let when = |t: Option<&str>| t.unwrap_or("-").to_owned();
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|t| {
-                        let state = if t.revoked_at.is_some() {
-                            "revoked"
-                        } else if t.expires_at.is_some_and(|e| e.timestamp() <= now) {
-                            "expired"
-                        } else {
-                            "live"
-                        };
                         vec![
                             t.name.clone(),
                             t.role.as_str().to_owned(),
-                            state.to_owned(),
+                            t.state(now).to_owned(),
                             when(t.expires_at.map(|e| e.to_rfc3339()).as_deref()),
                             when(t.last_used_at.map(|e| e.to_rfc3339()).as_deref()),
                             t.id.to_string(),
@@ -243,11 +236,6 @@ async fn api_tokens(client: &Client, out: Out, cmd: &ApiTokenCmd) -> Outcome {
         }
     }
     Ok(())
-}
-
-/// Seconds since the epoch, now.
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// A token id as typed, or a usage error that says where ids come from.

@@ -242,13 +242,7 @@ pub async fn list_tokens(database_url: &str) -> Result<String, crate::error::App
         "ID", "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED", "STATE"
     );
     for t in &tokens {
-        let state = if t.revoked_at.is_some() {
-            "revoked"
-        } else if t.expires_at.is_some_and(|e| e <= now) {
-            "expired"
-        } else {
-            "live"
-        };
+        let state = t.state(now);
         let _ = writeln!(
             out,
             "{:<28} {:<20} {:<8} {:<16} {:<16} {:<16} {state}",

@@ -28,6 +28,19 @@ pub struct ApiToken {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+impl ApiToken {
+    /// `revoked`, `expired` (at `now`) or `live`: what a listing for people says of it.
+    pub fn state(&self, now: DateTime<Utc>) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            "live"
+        }
+    }
+}
+
 /// Body of `POST /tokens`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -82,5 +95,28 @@ impl std::fmt::Debug for NewPassword {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A password never reaches a log.
         f.debug_struct("NewPassword").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_revoked_before_expired_and_live_until_then() {
+        let now = Utc::now();
+        let mut t = ApiToken {
+            id: "t_1".parse().unwrap(),
+            name: "ci".into(),
+            role: Role::Viewer,
+            created_at: now,
+            expires_at: Some(now + chrono::Duration::hours(1)),
+            last_used_at: None,
+            revoked_at: None,
+        };
+        assert_eq!(t.state(now), "live");
+        assert_eq!(t.state(now + chrono::Duration::hours(2)), "expired");
+        t.revoked_at = Some(now);
+        assert_eq!(t.state(now + chrono::Duration::hours(2)), "revoked");
     }
 }
