@@ -30,8 +30,9 @@ pub struct App {
     pub store: Store,
     /// Trusted package-signing keys.
     pub trusted: Vec<PublicKey>,
-    /// Per-agent wake-ups for long-polls (poll and event reports with `wait`).
-    pub wakers: Mutex<HashMap<AgentId, Arc<Notify>>>,
+    /// Per-agent wake-ups for long-polls (poll and event reports with `wait`), the job
+    /// polls held and the assignments pushed to them.
+    pub polls: crate::mailbox::Mailboxes<crate::store::ClaimedJob>,
     /// Last-seen times not yet written (flushed in batches: an idle poll writes nothing).
     pub last_seen: Mutex<HashMap<AgentId, Millis>>,
     /// Last-seen times already flushed, to show online/offline without a read-modify-write.
@@ -53,8 +54,7 @@ pub struct App {
 impl App {
     /// The wake-up of one agent.
     pub fn waker(&self, agent_id: &AgentId) -> Arc<Notify> {
-        let mut map = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(agent_id.clone()).or_default().clone()
+        self.polls.waker(agent_id)
     }
 
     /// Wakes these agents' long-polls here, and on other replicas (Postgres NOTIFY).
@@ -70,12 +70,7 @@ impl App {
 
     /// Wakes long-polls held by this process.
     pub fn wake_local(&self, ids: &[AgentId]) {
-        let map = self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for id in ids {
-            if let Some(n) = map.get(id) {
-                n.notify_waiters();
-            }
-        }
+        self.polls.wake(ids);
     }
 
     /// Records that an agent was seen (in memory).

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod hooks;
 pub mod limits;
+pub mod mailbox;
 pub mod model;
 pub mod ops;
 pub mod routes;
@@ -75,7 +76,7 @@ pub async fn run(
         config,
         store,
         trusted,
-        wakers: std::sync::Mutex::default(),
+        polls: mailbox::Mailboxes::default(),
         last_seen: std::sync::Mutex::default(),
         seen_cache: std::sync::Mutex::default(),
         scheduler_kick: tokio::sync::Notify::new(),

@@ -276,7 +276,7 @@ mod tests {
             config: crate::config::Config::new(&url, dir.join("data")),
             store,
             trusted: Vec::new(),
-            wakers: std::sync::Mutex::default(),
+            polls: crate::mailbox::Mailboxes::default(),
             last_seen: std::sync::Mutex::default(),
             seen_cache: std::sync::Mutex::default(),
             scheduler_kick: tokio::sync::Notify::new(),

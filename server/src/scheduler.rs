@@ -15,7 +15,7 @@ use crate::domain::retry::{next_attempt_at, transient};
 use crate::domain::schedule::{Step, WindowState, next_step, next_window_open, phase_timed_out, window_open};
 use crate::domain::stall::{Learned, StallRules};
 use crate::model::{AgentId, RolloutId, Stall, now_ms, to_time};
-use crate::store::{SchedulerPass, StoreError, StoreResult};
+use crate::store::{ClaimedJob, SchedulerPass, StoreError, StoreResult};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +28,8 @@ pub struct PassReport {
     pub ran: bool,
     /// Agents with a job that became ready or must hear a cancel: wake their long-polls.
     pub wake_agents: Vec<AgentId>,
+    /// Jobs this pass dispatched to agents whose long-poll is held here: hand them over.
+    pub pushed: Vec<(AgentId, ClaimedJob)>,
     /// Jobs declared lost.
     pub lost: u64,
     /// Jobs declared undeliverable.
@@ -102,11 +104,21 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
                 metrics::counter!("fleetup_jobs_lost_total").increment(report.lost);
                 metrics::counter!("fleetup_jobs_undeliverable_total").increment(report.undeliverable);
                 metrics::counter!("fleetup_jobs_retried_total").increment(report.retried);
-                app.wake_agents(&report.wake_agents).await;
+                hand_over(&app, report).await;
             }
             Err(e) => tracing::error!(error = %e, "scheduler pass failed"),
         }
     }
+}
+
+/// After a pass has committed: its pushed assignments to their held polls, and a wake-up
+/// to every other agent with news (here and, through the store, on other replicas).
+async fn hand_over(app: &App, report: PassReport) {
+    let pushed: std::collections::HashSet<AgentId> = report.pushed.iter().map(|(a, _)| a.clone()).collect();
+    // An agent whose poll ended since the pass looked finds its job by claiming it.
+    let gone = app.polls.deliver(report.pushed);
+    let wake: Vec<AgentId> = report.wake_agents.into_iter().filter(|a| !pushed.contains(a)).chain(gone).collect();
+    app.wake_agents(&wake).await;
 }
 
 /// One pass at `now`.
@@ -199,6 +211,10 @@ pub async fn pass(app: &App, cache: &mut RulesCache, now: i64) -> StoreResult<Pa
             }
         }
     }
+    // Dispatch by push: the jobs queued for agents whose poll is held here are assigned now,
+    // in this transaction, so those polls answer without a claim (crate::mailbox).
+    let held = app.polls.held_among(tx.queued_agents());
+    report.pushed = tx.dispatch(&held).await?;
     tx.commit().await?;
     Ok(report)
 }

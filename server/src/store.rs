@@ -261,6 +261,11 @@ pub(crate) async fn begin_write(pool: &AnyPool, dialect: Dialect) -> Result<Tx, 
     }
 }
 
+/// `$from, $from+1, …`: `n` numbered placeholders, for an `in (…)` list.
+pub(crate) fn numbered(from: usize, n: usize) -> String {
+    (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 pub(crate) fn to_json<T: Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }

@@ -46,6 +46,11 @@ pub const SERIES: &[Series] = &[
     Series { name: "fleetup_long_polls_held", kind: Kind::Gauge, help: "Agent long-polls held open now." },
     Series { name: "fleetup_jobs_dispatched_total", kind: Kind::Counter, help: "Jobs handed to agents." },
     Series {
+        name: "fleetup_jobs_pushed_total",
+        kind: Kind::Counter,
+        help: "Jobs the scheduler dispatched and handed to a held long-poll without a claim (part of the dispatched).",
+    },
+    Series {
         name: "fleetup_jobs_ended_total",
         kind: Kind::Counter,
         help: "Jobs that ended with an agent's final report, by the install's outcome (succeeded, failed, \

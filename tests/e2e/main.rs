@@ -6,6 +6,7 @@ mod crash;
 mod ctl;
 mod debs;
 mod demo;
+mod dispatch;
 mod docker;
 mod fleet;
 mod link;

@@ -10,6 +10,7 @@ use crate::auth::AgentCaller;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
 use crate::model::{JobId, JobState, PackageId, now_ms};
 use crate::ops;
+use crate::store::ClaimedJob;
 use crate::routes::{Access, Routes};
 use axum::Json;
 use axum::body::Body;
@@ -18,7 +19,7 @@ use axum::handler::Handler as _;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fleetup_proto::agent_api::{
-    EnrollRequest, EnrollResponse, EventBatch, JobAssignment, JobPolicies, LogBatch, LogResponse, PackageRef,
+    EnrollRequest, EnrollResponse, EventBatch, JobAssignment, LogBatch, LogResponse, PackageRef,
     ReportResponse,
 };
 use std::time::Duration;
@@ -65,36 +66,21 @@ async fn poll(State(state): State<AppState>, agent: AgentCaller, ApiQuery(q): Ap
     metrics::counter!("fleetup_polls_total").increment(1);
     state.seen(&agent.id, now_ms());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(state.config.max_poll_wait_secs));
-    let notify = state.waker(&agent.id);
+    let held = state.polls.hold(&agent.id);
     let gauge = metrics::gauge!("fleetup_long_polls_held");
     gauge.increment(1.0);
     let result = async {
         loop {
-            let notified = notify.notified();
+            let notified = held.notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Pushed by the scheduler's pass (dispatched in its transaction): no claim to run.
+            if let Some(c) = held.take() {
+                metrics::counter!("fleetup_jobs_pushed_total").increment(1);
+                return Ok::<_, AppError>(Some(c));
+            }
             if let Some(c) = state.store.claim_job(&agent.id, now_ms()).await? {
-                metrics::counter!("fleetup_jobs_dispatched_total").increment(1);
-                let assignment = JobAssignment {
-                    job_id: c.job_id.to_string(),
-                    rollout_id: c.rollout_id.to_string(),
-                    fencing_token: c.fencing_token,
-                    lease_secs: (c.lease_ms / 1000).max(1) as u64,
-                    package: PackageRef {
-                        id: c.package.id.to_string(),
-                        name: c.package.name.clone(),
-                        version: c.package.version.clone(),
-                        sha256: c.package.sha256.clone(),
-                        size: c.package.size,
-                        download_path: format!("/api/v1/agent/packages/{}", c.package.id),
-                    },
-                    policies: JobPolicies { ..c.spec.policies },
-                    phase_timeouts: c.spec.phase_timeouts.clone(),
-                    // Refused at staging unless the rollout allows it (audited with its spec).
-                    allow_downgrade: c.spec.allow_downgrade,
-                    expires_at: crate::model::to_time(now_ms() + JOB_START_WINDOW.as_millis() as i64),
-                };
-                return Ok::<_, AppError>(Json(assignment).into_response());
+                return Ok(Some(c));
             }
             tokio::select! {
                 () = &mut notified => {}
@@ -102,12 +88,49 @@ async fn poll(State(state): State<AppState>, agent: AgentCaller, ApiQuery(q): Ap
                 () = state.shutdown.cancelled() => break,
             }
         }
-        Ok(StatusCode::NO_CONTENT.into_response())
+        Ok(None)
     }
     .await;
     gauge.decrement(1.0);
+    // Leaving at the deadline, the poll answers with what was pushed as it left.
+    let result = match (result, held.release()) {
+        (Ok(None), Some(c)) => {
+            metrics::counter!("fleetup_jobs_pushed_total").increment(1);
+            Ok(Some(c))
+        }
+        (result, _) => result,
+    };
     state.seen(&agent.id, now_ms());
-    result
+    Ok(match result? {
+        Some(c) => {
+            metrics::counter!("fleetup_jobs_dispatched_total").increment(1);
+            Json(assignment(&c)).into_response()
+        }
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// What a poll hands the agent for a dispatched job.
+fn assignment(c: &ClaimedJob) -> JobAssignment {
+    JobAssignment {
+        job_id: c.job_id.to_string(),
+        rollout_id: c.rollout_id.to_string(),
+        fencing_token: c.fencing_token,
+        lease_secs: (c.lease_ms / 1000).max(1) as u64,
+        package: PackageRef {
+            id: c.package.id.to_string(),
+            name: c.package.name.clone(),
+            version: c.package.version.clone(),
+            sha256: c.package.sha256.clone(),
+            size: c.package.size,
+            download_path: format!("/api/v1/agent/packages/{}", c.package.id),
+        },
+        policies: c.spec.policies.clone(),
+        phase_timeouts: c.spec.phase_timeouts.clone(),
+        // Refused at staging unless the rollout allows it (audited with its spec).
+        allow_downgrade: c.spec.allow_downgrade,
+        expires_at: crate::model::to_time(now_ms() + JOB_START_WINDOW.as_millis() as i64),
+    }
 }
 
 /// Reports engine events of a job (with the job's fencing token); with `?wait=`, held while a decision is open.

@@ -19,7 +19,7 @@ use fleetup_proto::{DecisionKind, EngineEvent};
 use std::collections::{BTreeSet, HashMap};
 
 /// Plans and packages read once per claim batch (a wave's claims share one rollout).
-type Plans = HashMap<String, (RolloutSpec, Package)>;
+pub(super) type Plans = HashMap<String, (RolloutSpec, Package)>;
 
 /// Claims: each request in the batch claims its agent's next job.
 pub(crate) async fn claim_batch(
@@ -106,7 +106,7 @@ async fn claim_tx(
     let agent_lock = format!("select id from agents where id = $1{}", dialect.for_update());
     sqlx::query(sqlx::AssertSqlSafe(agent_lock)).bind(agent_id.as_str()).fetch_all(&mut **tx).await?;
     let skip_locked = if dialect == Dialect::Postgres { " for update of j skip locked" } else { "" };
-    let claimed: Vec<(String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let dispatched: Vec<DispatchedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = $2 + lease_ms, \
          dispatched_at = $2, updated_at = $2 \
          where id = (select j.id from jobs j join rollouts r on r.id = j.rollout_id \
@@ -119,7 +119,7 @@ async fn claim_tx(
     .bind(now)
     .fetch_all(&mut **tx)
     .await?;
-    let claim = if let Some(claim) = claimed.into_iter().next() {
+    let claim = if let Some(claim) = dispatched.into_iter().next() {
         claim
     } else {
         // A job dispatched to this agent that it never started means the answer to the poll
@@ -127,7 +127,7 @@ async fn claim_tx(
         // An agent polls only while it holds no job, so the same dispatch, fencing token and
         // all, is handed over again instead of stranding the job until its lease runs out
         // (docs/benchmarks.md, defect 1).
-        let undelivered: Option<(String, String, i64, i64)> = sqlx::query_as(
+        let undelivered: Option<DispatchedRow> = sqlx::query_as(
             "select id, rollout_id, fencing_token, lease_ms from jobs where agent_id = $1 and state = 'dispatched' \
              order by dispatched_at limit 1",
         )
@@ -137,9 +137,18 @@ async fn claim_tx(
         let Some(claim) = undelivered else { return Ok(None) };
         claim
     };
-    let (job_id, rollout_id, fencing_token, lease_ms) = claim;
+    Ok(Some(claimed(tx, plans, claim).await?))
+}
+
+/// A dispatched job as its assignment needs it: (id, rollout id, fencing token, lease ms).
+pub(super) type DispatchedRow = (String, String, i64, i64);
+
+/// The assignment of a job just dispatched (its rollout's plan and package read once per
+/// rollout into `plans`).
+pub(super) async fn claimed(tx: &mut Tx, plans: &mut Plans, row: DispatchedRow) -> StoreResult<ClaimedJob> {
+    let (job_id, rollout_id, fencing_token, lease_ms) = row;
     if !plans.contains_key(&rollout_id) {
-        // The claim has written: a missing package now is corruption, not a refusal.
+        // The dispatch has written: a missing package now is corruption, not a refusal.
         let (spec, package_id): (String, String) =
             sqlx::query_as("select spec, package_id from rollouts where id = $1")
                 .bind(&rollout_id)
@@ -149,14 +158,14 @@ async fn claim_tx(
         plans.insert(rollout_id.clone(), (from_json(&spec, "rollout spec")?, package));
     }
     let (spec, package) = plans[&rollout_id].clone();
-    Ok(Some(ClaimedJob {
+    Ok(ClaimedJob {
         job_id: stored_id(&job_id)?,
         rollout_id: stored_id(&rollout_id)?,
         fencing_token: fencing_token as u64,
         spec,
         package,
         lease_ms,
-    }))
+    })
 }
 
 /// Records one report's events. Refusals (unknown job, another agent's job, a stale fencing

@@ -8,10 +8,15 @@ use super::audit::record;
 use super::events::emit_job;
 use super::rollouts::apply_effect;
 use super::rows::RolloutRow;
-use super::{Dialect, NewAudit, Store, StoreError, StoreResult, Tx, stored_id};
+use super::agent_protocol::{DispatchedRow, Plans, claimed};
+use super::{ClaimedJob, Dialect, NewAudit, Store, StoreError, StoreResult, Tx, numbered, stored_id};
 use crate::domain::schedule::{Counts, RolloutView, Step};
 use crate::model::{AgentId, JobId, JobState, RolloutId};
 use fleetup_proto::PhaseId;
+use std::collections::HashSet;
+
+/// Jobs dispatched per statement by [`SchedulerPass::dispatch`] (one placeholder each).
+const DISPATCH_CHUNK: usize = 500;
 
 /// Advisory lock key of the scheduler ("fleetup" in ASCII).
 const SCHEDULER_LOCK: i64 = 0x0066_6c65_6574_7570;
@@ -20,7 +25,10 @@ const SCHEDULER_LOCK: i64 = 0x0066_6c65_6574_7570;
 #[derive(Debug)]
 pub struct SchedulerPass {
     pub(super) tx: Tx,
+    dialect: Dialect,
     now: i64,
+    /// Jobs this pass queued, with their agents, in the order queued.
+    queued: Vec<(String, AgentId)>,
     /// Rollouts with a job this pass ended (lost, timed out): an ending one may settle.
     ended: std::collections::BTreeSet<String>,
 }
@@ -67,7 +75,13 @@ impl Store {
                 return Ok(None);
             }
         }
-        Ok(Some(SchedulerPass { tx, now, ended: std::collections::BTreeSet::new() }))
+        Ok(Some(SchedulerPass {
+            tx,
+            dialect: self.dialect,
+            now,
+            queued: Vec::new(),
+            ended: std::collections::BTreeSet::new(),
+        }))
     }
 }
 
@@ -339,11 +353,11 @@ impl SchedulerPass {
             Step::Queue(w, n) => {
                 // One statement for the whole step, not one per job: a 10,000-server wave is
                 // queued in one round trip (docs/benchmarks.md, P1).
-                let ready: Vec<(String,)> = sqlx::query_as(
+                let ready: Vec<(String, String)> = sqlx::query_as(
                     "update jobs set state = 'queued', queued_at = $4, updated_at = $4 where id in \
                      (select id from jobs where rollout_id = $1 and wave = $2 and state = 'pending' \
                       and (not_before is null or not_before <= $4) order by position limit $3) \
-                     returning agent_id",
+                     returning id, agent_id",
                 )
                 .bind(rid)
                 .bind(i64::from(*w))
@@ -351,7 +365,11 @@ impl SchedulerPass {
                 .bind(now)
                 .fetch_all(&mut **tx)
                 .await?;
-                wake = ready.iter().map(|(a,)| stored_id(a)).collect::<StoreResult<_>>()?;
+                for (job, agent) in ready {
+                    let agent: AgentId = stored_id(&agent)?;
+                    wake.push(agent.clone());
+                    self.queued.push((job, agent));
+                }
             }
             Step::Unqueue(w) => {
                 sqlx::query(
@@ -366,6 +384,61 @@ impl SchedulerPass {
             }
         }
         Ok(wake)
+    }
+
+    /// The agents of the jobs this pass queued.
+    pub fn queued_agents(&self) -> impl Iterator<Item = &AgentId> {
+        self.queued.iter().map(|(_, agent)| agent)
+    }
+
+    /// Dispatches, in this pass's transaction, the jobs it queued for the agents in `held`
+    /// (those whose long-poll this process holds): each gets its fencing token and lease as
+    /// a claim would give them, at most one job per agent and none to an agent that already
+    /// has one in flight. Returns the assignments, to hand to the held polls once the pass
+    /// has committed ([`crate::mailbox`]); the jobs of other agents stay queued for their
+    /// polls to claim.
+    pub async fn dispatch(&mut self, held: &HashSet<AgentId>) -> StoreResult<Vec<(AgentId, ClaimedJob)>> {
+        let mut agents = HashSet::new();
+        let picked: Vec<(&str, &AgentId)> = self
+            .queued
+            .iter()
+            .filter(|(_, agent)| held.contains(agent) && agents.insert(agent))
+            .map(|(job, agent)| (job.as_str(), agent))
+            .collect();
+        let mut out = Vec::with_capacity(picked.len());
+        let mut plans = Plans::new();
+        for chunk in picked.chunks(DISPATCH_CHUNK) {
+            if self.dialect == Dialect::Postgres {
+                // The agents' rows first, in id order, as a claim locks its agent's: a claim
+                // on another replica and this dispatch take turns per agent, and the second
+                // one's `not exists` sees the first one's job in flight.
+                let mut ids: Vec<&str> = chunk.iter().map(|(_, agent)| agent.as_str()).collect();
+                ids.sort_unstable();
+                let lock = format!("select id from agents where id in ({}) order by id for update", numbered(1, ids.len()));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(lock));
+                for id in &ids {
+                    q = q.bind(*id);
+                }
+                q.fetch_all(&mut *self.tx).await?;
+            }
+            let sql = format!(
+                "update jobs set state = 'dispatched', fencing_token = fencing_token + 1, \
+                 lease_expires_at = $1 + lease_ms, dispatched_at = $1, updated_at = $1 \
+                 where id in ({}) and state = 'queued' and not exists (select 1 from jobs b \
+                 where b.agent_id = jobs.agent_id and b.state in ('dispatched', 'running', 'waiting')) \
+                 returning id, rollout_id, fencing_token, lease_ms, agent_id",
+                numbered(2, chunk.len())
+            );
+            let mut q = sqlx::query_as::<_, (String, String, i64, i64, String)>(sqlx::AssertSqlSafe(sql)).bind(self.now);
+            for (job, _) in chunk {
+                q = q.bind(*job);
+            }
+            for (job, rollout, token, lease_ms, agent) in q.fetch_all(&mut *self.tx).await? {
+                let row: DispatchedRow = (job, rollout, token, lease_ms);
+                out.push((stored_id(&agent)?, claimed(&mut self.tx, &mut plans, row).await?));
+            }
+        }
+        Ok(out)
     }
 
     /// Settles the ending rollouts whose last job this pass ended, then commits everything
