@@ -27,8 +27,8 @@ pub struct SchedulerPass {
     pub(super) tx: Tx,
     dialect: Dialect,
     now: i64,
-    /// Jobs this pass queued, with their agents, in the order queued.
-    queued: Vec<(String, AgentId)>,
+    /// The agents of the jobs this pass queued.
+    queued: Vec<AgentId>,
     /// Rollouts with a job this pass ended (lost, timed out): an ending one may settle.
     ended: std::collections::BTreeSet<String>,
 }
@@ -353,11 +353,11 @@ impl SchedulerPass {
             Step::Queue(w, n) => {
                 // One statement for the whole step, not one per job: a 10,000-server wave is
                 // queued in one round trip (docs/benchmarks.md, P1).
-                let ready: Vec<(String, String)> = sqlx::query_as(
+                let ready: Vec<(String,)> = sqlx::query_as(
                     "update jobs set state = 'queued', queued_at = $4, updated_at = $4 where id in \
                      (select id from jobs where rollout_id = $1 and wave = $2 and state = 'pending' \
                       and (not_before is null or not_before <= $4) order by position limit $3) \
-                     returning id, agent_id",
+                     returning agent_id",
                 )
                 .bind(rid)
                 .bind(i64::from(*w))
@@ -365,11 +365,8 @@ impl SchedulerPass {
                 .bind(now)
                 .fetch_all(&mut **tx)
                 .await?;
-                for (job, agent) in ready {
-                    let agent: AgentId = stored_id(&agent)?;
-                    wake.push(agent.clone());
-                    self.queued.push((job, agent));
-                }
+                wake = ready.iter().map(|(a,)| stored_id(a)).collect::<StoreResult<_>>()?;
+                self.queued.extend(wake.iter().cloned());
             }
             Step::Unqueue(w) => {
                 sqlx::query(
@@ -388,50 +385,49 @@ impl SchedulerPass {
 
     /// The agents of the jobs this pass queued.
     pub fn queued_agents(&self) -> impl Iterator<Item = &AgentId> {
-        self.queued.iter().map(|(_, agent)| agent)
+        self.queued.iter()
     }
 
-    /// Dispatches, in this pass's transaction, the jobs it queued for the agents in `held`
-    /// (those whose long-poll this process holds): each gets its fencing token and lease as
-    /// a claim would give them, at most one job per agent and none to an agent that already
-    /// has one in flight. Returns the assignments, to hand to the held polls once the pass
-    /// has committed ([`crate::mailbox`]); the jobs of other agents stay queued for their
-    /// polls to claim.
+    /// Dispatches, in this pass's transaction, a job to each agent in `held` (agents of the
+    /// jobs it queued whose long-poll this process holds): each agent's next job, the one
+    /// its claim would take, with its fencing token and lease as a claim would give them;
+    /// none to an agent that already has one in flight. Returns the assignments, to hand to
+    /// the held polls once the pass has committed ([`crate::mailbox`]); the other agents'
+    /// jobs stay queued for their polls to claim.
     pub async fn dispatch(&mut self, held: &HashSet<AgentId>) -> StoreResult<Vec<(AgentId, ClaimedJob)>> {
-        let mut agents = HashSet::new();
-        let picked: Vec<(&str, &AgentId)> = self
-            .queued
-            .iter()
-            .filter(|(_, agent)| held.contains(agent) && agents.insert(agent))
-            .map(|(job, agent)| (job.as_str(), agent))
-            .collect();
-        let mut out = Vec::with_capacity(picked.len());
+        let mut agents: Vec<&str> = held.iter().map(AgentId::as_str).collect();
+        agents.sort_unstable();
+        agents.dedup();
+        let mut out = Vec::with_capacity(agents.len());
         let mut plans = Plans::new();
-        for chunk in picked.chunks(DISPATCH_CHUNK) {
+        for chunk in agents.chunks(DISPATCH_CHUNK) {
             if self.dialect == Dialect::Postgres {
                 // The agents' rows first, in id order, as a claim locks its agent's: a claim
                 // on another replica and this dispatch take turns per agent, and the second
                 // one's `not exists` sees the first one's job in flight.
-                let mut ids: Vec<&str> = chunk.iter().map(|(_, agent)| agent.as_str()).collect();
-                ids.sort_unstable();
-                let lock = format!("select id from agents where id in ({}) order by id for update", numbered(1, ids.len()));
+                let lock = format!("select id from agents where id in ({}) order by id for update", numbered(1, chunk.len()));
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(lock));
-                for id in &ids {
+                for id in chunk {
                     q = q.bind(*id);
                 }
                 q.fetch_all(&mut *self.tx).await?;
             }
+            // Each agent's job is the one its claim would take: its oldest queued job of a
+            // running rollout (an agent in several rollouts takes them in order).
             let sql = format!(
                 "update jobs set state = 'dispatched', fencing_token = fencing_token + 1, \
                  lease_expires_at = $1 + lease_ms, dispatched_at = $1, updated_at = $1 \
-                 where id in ({}) and state = 'queued' and not exists (select 1 from jobs b \
+                 where id in (select (select j.id from jobs j join rollouts r on r.id = j.rollout_id \
+                     where j.agent_id = a.id and j.state = 'queued' and r.state = 'running' \
+                     order by j.created_at, j.position limit 1) from agents a where a.id in ({})) \
+                 and state = 'queued' and not exists (select 1 from jobs b \
                  where b.agent_id = jobs.agent_id and b.state in ('dispatched', 'running', 'waiting')) \
                  returning id, rollout_id, fencing_token, lease_ms, agent_id",
                 numbered(2, chunk.len())
             );
             let mut q = sqlx::query_as::<_, (String, String, i64, i64, String)>(sqlx::AssertSqlSafe(sql)).bind(self.now);
-            for (job, _) in chunk {
-                q = q.bind(*job);
+            for id in chunk {
+                q = q.bind(*id);
             }
             for (job, rollout, token, lease_ms, agent) in q.fetch_all(&mut *self.tx).await? {
                 let row: DispatchedRow = (job, rollout, token, lease_ms);
