@@ -10,8 +10,8 @@ use crate::auth::AgentCaller;
 use crate::error::{ApiJson, ApiPath, ApiQuery, ApiResult, AppError};
 use crate::model::{JobId, JobState, PackageId, now_ms};
 use crate::ops;
-use crate::store::ClaimedJob;
 use crate::routes::{Access, Routes};
+use crate::store::ClaimedJob;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -19,8 +19,7 @@ use axum::handler::Handler as _;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fleetup_proto::agent_api::{
-    EnrollRequest, EnrollResponse, EventBatch, JobAssignment, LogBatch, LogResponse, PackageRef,
-    ReportResponse,
+    EnrollRequest, EnrollResponse, EventBatch, JobAssignment, LogBatch, LogResponse, PackageRef, ReportResponse,
 };
 use std::time::Duration;
 use tower::ServiceExt as _;

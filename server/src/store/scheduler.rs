@@ -4,11 +4,11 @@
 //! is decided by [`crate::domain::schedule`], called from [`crate::scheduler`]; this file
 //! only reads and writes.
 
+use super::agent_protocol::{DispatchedRow, Plans, claimed};
 use super::audit::record;
 use super::events::emit_job;
 use super::rollouts::apply_effect;
 use super::rows::RolloutRow;
-use super::agent_protocol::{DispatchedRow, Plans, claimed};
 use super::{ClaimedJob, Dialect, NewAudit, Store, StoreError, StoreResult, Tx, numbered, stored_id};
 use crate::domain::schedule::{Counts, RolloutView, Step};
 use crate::model::{AgentId, JobId, JobState, RolloutId};
@@ -405,7 +405,8 @@ impl SchedulerPass {
                 // The agents' rows first, in id order, as a claim locks its agent's: a claim
                 // on another replica and this dispatch take turns per agent, and the second
                 // one's `not exists` sees the first one's job in flight.
-                let lock = format!("select id from agents where id in ({}) order by id for update", numbered(1, chunk.len()));
+                let lock =
+                    format!("select id from agents where id in ({}) order by id for update", numbered(1, chunk.len()));
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(lock));
                 for id in chunk {
                     q = q.bind(*id);
@@ -425,7 +426,8 @@ impl SchedulerPass {
                  returning id, rollout_id, fencing_token, lease_ms, agent_id",
                 numbered(2, chunk.len())
             );
-            let mut q = sqlx::query_as::<_, (String, String, i64, i64, String)>(sqlx::AssertSqlSafe(sql)).bind(self.now);
+            let mut q =
+                sqlx::query_as::<_, (String, String, i64, i64, String)>(sqlx::AssertSqlSafe(sql)).bind(self.now);
             for id in chunk {
                 q = q.bind(*id);
             }
