@@ -31,12 +31,13 @@ async fn poll(server: &Server, agent: &EnrollResponse, wait: u64) -> Option<JobA
     }
 }
 
-/// The value of an unlabelled series on `/metrics` (0 when it was never recorded).
-async fn metric(server: &Server, name: &str) -> f64 {
+/// The value of an unlabelled counter or gauge on `/metrics` (0 when it was never recorded);
+/// the series read here count things, so a fraction is a defect.
+async fn metric(server: &Server, name: &str) -> usize {
     let text = server.client.metrics().await.expect("metrics");
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap_or_else(|e| panic!("{name} = {v}: {e}")))
+        .map_or(0, |v| v.trim().parse().unwrap_or_else(|e| panic!("{name} = {v}: {e}")))
 }
 
 async fn a_held_wave_is_handed_its_jobs_by_push(database_url: Option<&str>) {
@@ -60,7 +61,7 @@ async fn a_held_wave_is_handed_its_jobs_by_push(database_url: Option<&str>) {
         .collect();
     server
         .eventually("every poll held", Duration::from_secs(20), async || {
-            Ok((metric(&server, "fleetup_long_polls_held").await == HELD as f64).then_some(()))
+            Ok((metric(&server, "fleetup_long_polls_held").await == HELD).then_some(()))
         })
         .await;
     let spec: RolloutSpec = serde_json::from_value(json!({ "name": "pushed", "package_id": package,
@@ -79,15 +80,15 @@ async fn a_held_wave_is_handed_its_jobs_by_push(database_url: Option<&str>) {
         assert_eq!(job.fencing_token, 1, "agent {agent}: dispatched once");
         assert!(jobs.insert(job.job_id.clone()), "job {} handed out twice", job.job_id);
     }
-    assert_eq!(metric(&server, "fleetup_jobs_pushed_total").await, HELD as f64, "the held polls ran no claim");
+    assert_eq!(metric(&server, "fleetup_jobs_pushed_total").await, HELD, "the held polls ran no claim");
     // The agent that was not polling: its job waits queued, and its next poll claims it.
     let summaries: Vec<JobSummary> = server.jobs(&rollout).await;
     let queued: Vec<_> = summaries.iter().filter(|j| j.state == JobState::Queued).collect();
     assert_eq!(queued.len(), 1, "{summaries:?}");
     let job = poll(&server, &late, 5).await.expect("the late agent claims its queued job");
     assert_eq!((job.job_id.as_str(), job.fencing_token), (queued[0].id.as_str(), 1));
-    assert_eq!(metric(&server, "fleetup_jobs_pushed_total").await, HELD as f64);
-    assert_eq!(metric(&server, "fleetup_jobs_dispatched_total").await, HELD as f64 + 1.0);
+    assert_eq!(metric(&server, "fleetup_jobs_pushed_total").await, HELD);
+    assert_eq!(metric(&server, "fleetup_jobs_dispatched_total").await, HELD + 1);
     let summaries: Vec<JobSummary> = server.jobs(&rollout).await;
     assert!(summaries.iter().all(|j| j.state == JobState::Dispatched), "{summaries:?}");
 }

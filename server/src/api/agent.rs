@@ -124,7 +124,7 @@ fn assignment(c: &ClaimedJob) -> JobAssignment {
             size: c.package.size,
             download_path: format!("/api/v1/agent/packages/{}", c.package.id),
         },
-        policies: c.spec.policies.clone(),
+        policies: c.spec.policies,
         phase_timeouts: c.spec.phase_timeouts.clone(),
         // Refused at staging unless the rollout allows it (audited with its spec).
         allow_downgrade: c.spec.allow_downgrade,
