@@ -46,7 +46,7 @@ pub use gauges::Gauges;
 pub use rollouts::RolloutFilter;
 pub use scheduler::SchedulerPass;
 pub use types::*;
-pub use views::{FailedJob, MosaicCell, OpenDecision, RunningPhase, WarnedJob};
+pub use views::{FailedJob, MosaicCell, OpenDecision, RunningPhase, StoredWarning, WarnedJob, WarningDetail};
 pub use webhooks::{AttemptOutcome, DueDelivery, NewWebhook, NextStep};
 
 use group_commit::GroupCommit;
@@ -205,7 +205,7 @@ async fn open_sqlite(url: &str) -> StoreResult<AnyPool> {
                 use sqlx::Executor as _;
                 conn.execute(
                     "pragma journal_mode = wal; pragma synchronous = full; pragma busy_timeout = 10000; \
-                     pragma foreign_keys = on",
+                     pragma foreign_keys = on; pragma mmap_size = 1073741824",
                 )
                 .await?;
                 Ok(())

@@ -6,13 +6,19 @@
 //!
 //! These are new functions beside the job listings rather than options on them: the
 //! listings page by key and carry whole jobs; these read every matching row once, narrow.
+//! Servers hit by one cause carry the same stored text (the decision request the engine
+//! asked, the data of the warning it raised), so each distinct text is parsed once and
+//! shared: at 10,000 servers with one unreachable CRL endpoint that is one parse, not
+//! 3,334 (the page's server-time budget, docs/benchmarks.md).
 
 use super::{Store, StoreResult, from_json, stored_id};
 use crate::model::{JobId, JobState, RolloutId, to_time};
 use chrono::{DateTime, Utc};
-use fleetup_proto::api::PhaseState;
-use fleetup_proto::{DecisionRequest, PhaseId};
-use std::collections::BTreeMap;
+use fleetup_proto::{DecisionRequest, PhaseId, PhaseStatus};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// An open decision of a job waiting for it.
 #[derive(Debug, Clone)]
@@ -21,8 +27,8 @@ pub struct OpenDecision {
     pub job_id: JobId,
     /// Its server.
     pub hostname: String,
-    /// The question.
-    pub request: DecisionRequest,
+    /// The question (shared by the decisions whose stored text is the same).
+    pub request: Arc<DecisionRequest>,
 }
 
 /// A job that reported warnings.
@@ -34,8 +40,69 @@ pub struct WarnedJob {
     pub hostname: String,
     /// Its state.
     pub state: JobState,
-    /// Its warnings (phase, message, data), as the report fold stored them.
-    pub warnings: Vec<serde_json::Value>,
+    /// Its warnings, as the report fold stored them.
+    pub warnings: Vec<StoredWarning>,
+}
+
+/// A warning as the report fold stored it (`domain::report`), read for grouping.
+#[derive(Debug, Clone)]
+pub struct StoredWarning {
+    /// The phase that raised it.
+    pub phase: String,
+    /// What it says.
+    pub message: String,
+    /// What its event data says about it (shared by the warnings whose data is the same).
+    pub detail: Arc<WarningDetail>,
+}
+
+/// What a warning's event data says: the decision it asked or the warning it raised.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WarningDetail {
+    /// `crl-unreachable`, `prerequisite`, ...; `None` for a bare warning.
+    pub code: Option<String>,
+    /// How to fix it.
+    pub remediation: Option<String>,
+    /// The workaround the engine applied, if it applied one.
+    pub applied: Option<String>,
+}
+
+impl WarningDetail {
+    /// Reads an event's data, which is the agent's (any shape): fields that are missing or
+    /// not text are `None`.
+    pub fn of(data: &serde_json::Value) -> Self {
+        let detail = data.get("decision").or_else(|| data.get("warning"));
+        let text = |v: Option<&serde_json::Value>, key: &str| v.and_then(|d| d[key].as_str()).map(str::to_owned);
+        Self {
+            code: text(detail, "code"),
+            remediation: text(detail, "remediation"),
+            applied: text(data.get("warning"), "applied"),
+        }
+    }
+}
+
+impl StoredWarning {
+    /// One stored warning, already parsed (a job's page reads the job's warnings whole).
+    pub fn of(w: &serde_json::Value) -> Self {
+        let text = |key: &str| w[key].as_str().unwrap_or_default().to_owned();
+        Self { phase: text("phase"), message: text("message"), detail: Arc::new(WarningDetail::of(&w["data"])) }
+    }
+}
+
+/// A stored warning with its data left unparsed (see the module doc).
+#[derive(Deserialize)]
+struct RawWarning<'a> {
+    #[serde(default, borrow)]
+    phase: Cow<'a, str>,
+    #[serde(default, borrow)]
+    message: Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
+}
+
+/// A phase's status, the rest of what the fold stores for it unread.
+#[derive(Deserialize)]
+struct StatusOnly {
+    status: PhaseStatus,
 }
 
 /// A failed, rolled-back or lost job.
@@ -49,8 +116,8 @@ pub struct FailedJob {
     pub state: JobState,
     /// Phase of its latest event.
     pub current_phase: Option<PhaseId>,
-    /// Latest status of every phase.
-    pub phases: BTreeMap<PhaseId, PhaseState>,
+    /// The first phase, in install order, whose latest status is failed.
+    pub failed_phase: Option<PhaseId>,
     /// Why it failed.
     pub error: Option<String>,
 }
@@ -91,13 +158,18 @@ impl Store {
         .bind(rollout_id.as_str())
         .fetch_all(&self.pool)
         .await?;
+        let mut parsed: HashMap<String, Arc<DecisionRequest>> = HashMap::new();
         rows.into_iter()
-            .map(|(job, hostname, request)| {
-                Ok(OpenDecision {
-                    job_id: stored_id(&job)?,
-                    hostname,
-                    request: from_json(&request, "decision request")?,
-                })
+            .map(|(job, hostname, text)| {
+                let request = match parsed.get(&text) {
+                    Some(r) => Arc::clone(r),
+                    None => {
+                        let r = Arc::new(from_json::<DecisionRequest>(&text, "decision request")?);
+                        parsed.insert(text, Arc::clone(&r));
+                        r
+                    }
+                };
+                Ok(OpenDecision { job_id: stored_id(&job)?, hostname, request })
             })
             .collect()
     }
@@ -113,14 +185,27 @@ impl Store {
         .bind(rollout_id.as_str())
         .fetch_all(&self.pool)
         .await?;
+        let mut details: HashMap<String, Arc<WarningDetail>> = HashMap::new();
         rows.into_iter()
-            .map(|(job, hostname, state, warnings)| {
-                Ok(WarnedJob {
-                    job_id: stored_id(&job)?,
-                    hostname,
-                    state: parse_state(&state)?,
-                    warnings: from_json(&warnings, "job warnings")?,
-                })
+            .map(|(job, hostname, state, text)| {
+                let raw: Vec<RawWarning> =
+                    serde_json::from_str(&text).map_err(|e| super::corrupt(format!("job warnings: {e}")))?;
+                let warnings = raw
+                    .into_iter()
+                    .map(|w| {
+                        let data = w.data.map_or("null", serde_json::value::RawValue::get);
+                        let detail = match details.get(data) {
+                            Some(d) => Arc::clone(d),
+                            None => {
+                                let d = Arc::new(WarningDetail::of(&from_json(data, "warning data")?));
+                                details.insert(data.to_owned(), Arc::clone(&d));
+                                d
+                            }
+                        };
+                        Ok(StoredWarning { phase: w.phase.into_owned(), message: w.message.into_owned(), detail })
+                    })
+                    .collect::<StoreResult<_>>()?;
+                Ok(WarnedJob { job_id: stored_id(&job)?, hostname, state: parse_state(&state)?, warnings })
             })
             .collect()
     }
@@ -143,7 +228,7 @@ impl Store {
                     hostname,
                     state: parse_state(&state)?,
                     current_phase: phase.map(|p| p.parse().map_err(super::corrupt)).transpose()?,
-                    phases: from_json(&phases, "job phases")?,
+                    failed_phase: first_failed(&from_json(&phases, "job phases")?),
                     error,
                 })
             })
@@ -195,6 +280,11 @@ impl Store {
 
 /// id, hostname, state, current phase, phases, error.
 type FailedRow = (String, String, String, Option<String>, String, Option<String>);
+
+/// The first phase, in install order, whose status is failed.
+fn first_failed(phases: &BTreeMap<PhaseId, StatusOnly>) -> Option<PhaseId> {
+    PhaseId::ALL.iter().copied().find(|p| phases.get(p).is_some_and(|s| s.status == PhaseStatus::Failed))
+}
 
 fn parse_state(s: &str) -> StoreResult<JobState> {
     JobState::parse(s).ok_or_else(|| super::StoreError::Corrupt(format!("unknown job state '{s}'")))

@@ -15,7 +15,7 @@ use crate::domain::decide::DecisionFilter;
 use crate::error::AppError;
 use crate::model::{Job, JobId, JobState, Rollout, RolloutId, RolloutState};
 use crate::ops;
-use crate::store::{JobFilter, WarnedJob};
+use crate::store::{JobFilter, StoredWarning, WarnedJob};
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::body::Bytes;
@@ -338,7 +338,7 @@ pub fn warning_items(job: &Job) -> Vec<WarningItem> {
         job_id: job.id.clone(),
         hostname: job.hostname.clone(),
         state: job.state,
-        warnings: job.warnings.clone(),
+        warnings: job.warnings.iter().map(StoredWarning::of).collect(),
     };
     groups::warning_groups(std::slice::from_ref(&warned))
         .into_iter()

@@ -20,11 +20,12 @@
 use crate::domain::decide::{DecisionFilter, holders_signature};
 use crate::model::{JobId, JobState};
 use crate::store::{FailedJob, OpenDecision, WarnedJob};
-use fleetup_proto::{DecisionAnswer, DecisionKind, HoldingProcess, PhaseId, PhaseStatus};
+use fleetup_proto::{DecisionAnswer, DecisionKind, HoldingProcess};
 use sha2::Digest as _;
+use std::collections::HashMap;
 
 /// Which panel a group belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Panel {
     /// Open decisions.
     Decisions,
@@ -164,23 +165,35 @@ impl Group {
     }
 }
 
-/// Groups in first-seen order, found by key.
+/// Groups in first-seen order, found by cause: a hash map, so grouping 10,000 servers is
+/// one lookup per row, and a group's key is hashed once, when the group is new.
 #[derive(Debug, Default)]
-struct Groups(Vec<Group>);
+struct Groups {
+    list: Vec<Group>,
+    by_cause: HashMap<(Panel, String, String, String), usize>,
+}
 
 impl Groups {
-    fn entry(&mut self, g: Group) -> &mut Group {
-        let i = self.0.iter().position(|x| x.key == g.key).unwrap_or_else(|| {
-            self.0.push(g);
-            self.0.len() - 1
-        });
-        &mut self.0[i]
+    /// The group of this cause, new (and empty) the first time.
+    fn entry(&mut self, panel: Panel, code: &str, phase: &str, title: String) -> &mut Group {
+        let cause = (panel, code.to_owned(), phase.to_owned(), title);
+        let i = match self.by_cause.get(&cause) {
+            Some(&i) => i,
+            None => {
+                let (panel, code, phase, title) = cause;
+                self.list.push(Group::new(panel, &code, &phase, title.clone()));
+                let i = self.list.len() - 1;
+                self.by_cause.insert((panel, code, phase, title), i);
+                i
+            }
+        };
+        &mut self.list[i]
     }
 
     /// Biggest first (ties: first seen first).
     fn done(mut self) -> Vec<Group> {
-        self.0.sort_by_key(|g| std::cmp::Reverse(g.members.len()));
-        self.0
+        self.list.sort_by_key(|g| std::cmp::Reverse(g.members.len()));
+        self.list
     }
 }
 
@@ -190,33 +203,36 @@ pub fn decision_groups(open: &[OpenDecision]) -> Vec<Group> {
     for d in open {
         let req = &d.request;
         let phase = req.phase.as_str();
-        let (g, remediation) = match &req.kind {
+        let g = match &req.kind {
             DecisionKind::Warning { code, remediation } => {
-                let mut g = Group::new(Panel::Decisions, code, phase, req.message.clone());
-                g.filter = Some(DecisionFilter {
-                    kind: "warning".into(),
-                    code: Some(code.clone()),
-                    matching: Some(req.message.clone()),
-                    holders: None,
-                });
-                (g, remediation.as_deref())
+                let g = groups.entry(Panel::Decisions, code, phase, req.message.clone());
+                if g.filter.is_none() {
+                    g.filter = Some(DecisionFilter {
+                        kind: "warning".into(),
+                        code: Some(code.clone()),
+                        matching: Some(req.message.clone()),
+                        holders: None,
+                    });
+                    g.remediation = remediation.as_deref().map(Remediation::of);
+                }
+                g
             }
             DecisionKind::FilesInUse { processes } => {
                 let holders = holders_signature(processes);
                 let title = format!("files to replace are in use: {}", holding_text(&holders));
-                let mut g = Group::new(Panel::Decisions, "files-in-use", "", title);
-                g.filter = Some(DecisionFilter {
-                    kind: "files-in-use".into(),
-                    holders: Some(holders),
-                    ..DecisionFilter::default()
-                });
-                (g, None)
+                let g = groups.entry(Panel::Decisions, "files-in-use", "", title);
+                if g.filter.is_none() {
+                    g.filter = Some(DecisionFilter {
+                        kind: "files-in-use".into(),
+                        holders: Some(holders),
+                        ..DecisionFilter::default()
+                    });
+                }
+                g
             }
         };
-        let g = groups.entry(g);
         if g.options.is_empty() {
             g.options.clone_from(&req.options);
-            g.remediation = remediation.map(Remediation::of);
         }
         let holders = match &req.kind {
             DecisionKind::FilesInUse { processes } => processes.as_slice(),
@@ -251,21 +267,15 @@ fn without_pids(text: &str) -> String {
     out
 }
 
-/// What a stored warning says: (code, subject, remediation, applied workaround).
-fn read_warning(w: &serde_json::Value) -> (String, String, Option<String>, Option<String>) {
-    let message = w["message"].as_str().unwrap_or_default();
-    let data = &w["data"];
-    let detail = data.get("decision").or_else(|| data.get("warning"));
-    let code = detail.and_then(|d| d["code"].as_str()).unwrap_or("warning").to_owned();
-    let remediation = detail.and_then(|d| d["remediation"].as_str()).map(str::to_owned);
-    let applied = data.get("warning").and_then(|d| d["applied"].as_str()).map(str::to_owned);
-    // "CRL endpoint URL is unreachable: PROBLEM[; what the workaround does]": the subject
-    // leaves out the workaround's sentence (it names per-server paths).
-    let subject = match message.strip_prefix("CRL endpoint ").and_then(|m| m.split_once(" is unreachable: ")) {
+/// What a stored warning is about: the CRL endpoint and the probe's result, or the
+/// message without its per-server pids. "CRL endpoint URL is unreachable: PROBLEM[; what
+/// the workaround does]": the subject leaves out the workaround's sentence (it names
+/// per-server paths).
+fn warning_subject(message: &str) -> String {
+    match message.strip_prefix("CRL endpoint ").and_then(|m| m.split_once(" is unreachable: ")) {
         Some((url, rest)) => format!("CRL endpoint {url} is unreachable: {}", rest.split("; ").next().unwrap_or(rest)),
         None => without_pids(message),
-    };
-    (code, subject, remediation, applied)
+    }
 }
 
 /// Warnings grouped by code, phase and subject; a server counts once per group.
@@ -273,13 +283,14 @@ pub fn warning_groups(jobs: &[WarnedJob]) -> Vec<Group> {
     let mut groups = Groups::default();
     for job in jobs {
         for w in &job.warnings {
-            let (code, subject, remediation, applied) = read_warning(w);
-            let g = groups.entry(Group::new(Panel::Warnings, &code, w["phase"].as_str().unwrap_or_default(), subject));
+            let detail = &w.detail;
+            let code = detail.code.as_deref().unwrap_or("warning");
+            let g = groups.entry(Panel::Warnings, code, &w.phase, warning_subject(&w.message));
             if g.remediation.is_none() {
-                g.remediation = remediation.as_deref().map(Remediation::of);
+                g.remediation = detail.remediation.as_deref().map(Remediation::of);
             }
             if g.applied.is_none() {
-                g.applied = applied;
+                g.applied.clone_from(&detail.applied);
             }
             g.add(&job.job_id, &job.hostname, job.state);
         }
@@ -287,26 +298,18 @@ pub fn warning_groups(jobs: &[WarnedJob]) -> Vec<Group> {
     groups.done()
 }
 
-/// The phase a failed job failed in (the first failed one, else its latest).
-pub fn failing_phase(
-    phases: &std::collections::BTreeMap<PhaseId, fleetup_proto::api::PhaseState>,
-    current: Option<PhaseId>,
-) -> Option<PhaseId> {
-    PhaseId::ALL.iter().copied().find(|p| phases.get(p).is_some_and(|s| s.status == PhaseStatus::Failed)).or(current)
-}
-
-/// Failures grouped by failing phase and error.
+/// Failures grouped by failing phase (the first failed one, else the latest) and error.
 pub fn failure_groups(jobs: &[FailedJob]) -> Vec<Group> {
     let mut groups = Groups::default();
     for job in jobs {
-        let phase = failing_phase(&job.phases, job.current_phase);
+        let phase = job.failed_phase.or(job.current_phase);
         let title = match (&job.error, phase) {
             (Some(e), _) if !e.is_empty() => e.clone(),
             (_, Some(p)) => format!("failed in {}", p.title()),
             _ => "failed before any phase ran".to_owned(),
         };
         let phase = phase.map_or_else(|| "—".to_owned(), |p| format!("{} ({})", p.title(), p.as_str()));
-        let g = groups.entry(Group::new(Panel::Failures, "failure", &phase, title));
+        let g = groups.entry(Panel::Failures, "failure", &phase, title);
         g.add(&job.job_id, &job.hostname, job.state);
     }
     groups.done()
@@ -315,7 +318,7 @@ pub fn failure_groups(jobs: &[FailedJob]) -> Vec<Group> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleetup_proto::DecisionRequest;
+    use fleetup_proto::{DecisionRequest, PhaseId};
 
     fn crl(id: u32, url: &str) -> DecisionRequest {
         let kind = DecisionKind::Warning {
@@ -336,7 +339,11 @@ mod tests {
     }
 
     fn open(i: usize, request: DecisionRequest) -> OpenDecision {
-        OpenDecision { job_id: format!("job_{i:026}").parse().unwrap(), hostname: format!("web-{i}"), request }
+        OpenDecision {
+            job_id: format!("job_{i:026}").parse().unwrap(),
+            hostname: format!("web-{i}"),
+            request: std::sync::Arc::new(request),
+        }
     }
 
     #[test]
@@ -359,7 +366,7 @@ mod tests {
 
     impl Group {
         fn request_of(&self, open: &[OpenDecision]) -> DecisionRequest {
-            open.iter().find(|d| d.job_id == self.members[0].job_id).unwrap().request.clone()
+            (*open.iter().find(|d| d.job_id == self.members[0].job_id).unwrap().request).clone()
         }
     }
 
@@ -414,7 +421,7 @@ mod tests {
             job_id: format!("job_{i:026}").parse().unwrap(),
             hostname: format!("web-{i}"),
             state: JobState::Succeeded,
-            warnings: ws,
+            warnings: ws.iter().map(crate::store::StoredWarning::of).collect(),
         };
         let jobs =
             vec![job(1, vec![w("http://a"), w("http://a")]), job(2, vec![w("http://a")]), job(3, vec![w("http://b")])];
