@@ -49,9 +49,11 @@ pub(crate) async fn answer_open_decisions(
         }
     }
     for (job_id, _) in &jobs {
+        // Runs again when nothing is left open; changed either way (the live page's stamp).
         sqlx::query(
-            "update jobs set state = 'running', updated_at = $2 where id = $1 and state = 'waiting' \
-             and not exists (select 1 from decisions d where d.job_id = $1 and d.answer is null)",
+            "update jobs set updated_at = $2, state = case when exists \
+             (select 1 from decisions d where d.job_id = $1 and d.answer is null) then state else 'running' end \
+             where id = $1 and state = 'waiting'",
         )
         .bind(job_id)
         .bind(now)
@@ -239,13 +241,15 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        if open.len() == 1 && job.state == "waiting" {
-            sqlx::query("update jobs set state = 'running', updated_at = $2 where id = $1")
-                .bind(job_id.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
+        // The job runs again when this was its last open question; it changed either way
+        // (the live page's stamp).
+        let state = if open.len() == 1 && job.state == "waiting" { "running" } else { job.state.as_str() };
+        sqlx::query("update jobs set state = $2, updated_at = $3 where id = $1")
+            .bind(job_id.as_str())
+            .bind(state)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         super::audit::commit_audited(tx, audit, now).await?;
         Ok((self.get_job(job_id).await?, stored_id(&job.agent_id)?))
     }
@@ -332,18 +336,17 @@ impl Store {
     /// a decision or the rollout's state changes (the dashboard's live updates poll it).
     #[tracing::instrument(skip_all)]
     pub async fn rollout_stamp(&self, rollout_id: &RolloutId) -> StoreResult<String> {
-        let row: Option<(String, String, i64, i64, i64)> = sqlx::query_as(
+        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
             "select r.state, coalesce(r.state_reason, ''), r.current_wave, \
-             (select coalesce(max(j.updated_at), 0) from jobs j where j.rollout_id = r.id), \
-             (select count(*) from decisions d join jobs j on j.id = d.job_id where j.rollout_id = r.id and d.answer is null) \
+             (select coalesce(max(j.updated_at), 0) from jobs j where j.rollout_id = r.id) \
              from rollouts r where r.id = $1",
         )
         .bind(rollout_id.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        let (state, reason, wave, updated, open) =
+        let (state, reason, wave, updated) =
             row.ok_or_else(|| StoreError::NotFound(format!("rollout {rollout_id} not found")))?;
-        Ok(format!("{state}|{wave}|{updated}|{open}|{reason}"))
+        Ok(format!("{state}|{wave}|{updated}|{reason}"))
     }
 
     /// Jobs of a rollout that reported warnings, in dispatch order, and how many there are.

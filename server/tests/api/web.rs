@@ -226,8 +226,31 @@ async fn live_stamp_moves_when_a_job_changes(backend: Backend) {
     let job = agents[0].next_job().await;
     let started = store.rollout_stamp(&rid).await.unwrap();
     assert_ne!(draft, started);
+    // Three questions at once; answering some of them leaves the job waiting, and the page
+    // must still hear of each answer (the stamp is the jobs' last change).
+    let asks = (1..=3u32).map(|n| {
+        let mut e = crate::helpers::warning_ev(u64::from(n), "prerequisite", &format!("question {n}"));
+        e.data["decision"]["id"] = json!(n);
+        e
+    });
+    let (s, v) = agents[0].report(&job.job_id, job.fencing_token, asks.collect()).await;
+    assert_eq!(s, 200, "{v}");
+    let waiting = store.rollout_stamp(&rid).await.unwrap();
+    assert_ne!(waiting, started);
+    app.post(&format!("/api/v1/jobs/{}/decision", job.job_id), json!({ "decision_id": 1, "answer": "continue" })).await;
+    let one_answered = store.rollout_stamp(&rid).await.unwrap();
+    assert_ne!(one_answered, waiting, "answering one of three questions moves the stamp");
+    let bulk = json!({ "kind": "warning", "matching": "question 2", "answer": "continue" });
+    app.post(&format!("/api/v1/rollouts/{id}/decisions"), bulk).await;
+    let two_answered = store.rollout_stamp(&rid).await.unwrap();
+    assert_ne!(two_answered, one_answered, "a bulk answer that leaves the job waiting moves the stamp");
+    let j = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
+    assert_eq!(j["state"], "waiting", "one question is still open: {j}");
+    app.post(&format!("/api/v1/jobs/{}/decision", job.job_id), json!({ "answer": "continue" })).await;
+    let running = store.rollout_stamp(&rid).await.unwrap();
+    assert_ne!(running, two_answered);
     agents[0].finish(&job, fleetup_proto::InstallOutcome::Succeeded).await;
-    assert_ne!(store.rollout_stamp(&rid).await.unwrap(), started);
+    assert_ne!(store.rollout_stamp(&rid).await.unwrap(), running);
     // The SSE stream says so too.
     add_user(&app, "olivia", Role::Operator).await;
     let (cookie, _, _) = login(&app, "olivia").await;
