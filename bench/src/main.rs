@@ -26,6 +26,11 @@ struct Cli {
     /// do; h2 = 100 agents' long-polls per HTTP/2 connection, for a fleet above the open-file limit.
     #[arg(long, value_enum, default_value = "h1", global = true)]
     transport: Transport,
+    /// P1's paced wave: simulated agents send each phase's events when the recorded install
+    /// of the sample rollup did (0.59 s in all), its times multiplied by this. P1 reports the
+    /// wave with the report flood and paced.
+    #[arg(long, default_value_t = coordinator::PACE_SCALE, global = true)]
+    pace_scale: f64,
     #[command(subcommand)]
     figure: Figure,
 }
@@ -62,6 +67,7 @@ async fn main() -> Result<()> {
     results.insert("machine".into(), machine(nofile));
     let coord = matches!(cli.figure, Figure::P1 | Figure::P2 | Figure::P3 | Figure::All);
     let mut sz = coordinator::CoordSize::of(cli.size);
+    sz.pace_scale = cli.pace_scale;
     // Over HTTP/1.1, one descriptor per held long-poll, in this process and in the server: the
     // open-file limit (which this process could not raise past its hard limit) caps the fleet.
     let cap = usize::try_from(nofile.saturating_sub(1500)).unwrap_or(usize::MAX);

@@ -2,6 +2,11 @@
 //! arrives, replay a recorded engine event stream (`bench/fixtures/sample-events.jsonl`, a
 //! real `fleetup-agent install --json` of the sample rollup) with fresh timestamps.
 //!
+//! Agents report as fast as they are acknowledged (the whole stream at once, or one POST per
+//! phase: the report flood), or paced: each phase's events sent when the recorded install
+//! produced them, its times stretched by a scale factor, as a real agent reports an install
+//! whose phases take time. The paced mode measures dispatch apart from the flood.
+//!
 //! Connections are spread over source addresses 127.0.0.2, 127.0.0.3, …: one source address
 //! has about 28,000 ephemeral ports towards one server port, and 50,000 agents need more.
 
@@ -54,6 +59,28 @@ pub fn event_batches(template: &[EngineEvent], per_phase: bool) -> Vec<Vec<Engin
     out
 }
 
+/// The template's phase batches, each with when the recorded install sent it (its last
+/// event's time since the first event, times `scale`), and the events stamped with those
+/// times from now.
+pub fn paced_batches(template: &[EngineEvent], scale: f64) -> Vec<(Duration, Vec<EngineEvent>)> {
+    let Some(first) = template.first().map(|e| e.at) else { return Vec::new() };
+    let now = chrono::Utc::now();
+    let offset = |e: &EngineEvent| (e.at - first).to_std().unwrap_or_default().mul_f64(scale.max(0.0));
+    let mut out: Vec<(Duration, Vec<EngineEvent>)> = Vec::new();
+    for e in template {
+        let at = offset(e);
+        let stamped = EngineEvent { at: now + chrono::Duration::from_std(at).unwrap_or_default(), ..e.clone() };
+        match out.last_mut() {
+            Some((when, b)) if b[0].phase == e.phase => {
+                *when = at;
+                b.push(stamped);
+            }
+            _ => out.push((at, vec![stamped])),
+        }
+    }
+    out
+}
+
 /// How a simulated agent reports a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -62,6 +89,9 @@ pub enum ReportMode {
     OneBatch = 0,
     /// One POST per phase, each sent when the previous one was acknowledged.
     PerPhase = 1,
+    /// One POST per phase, each when the recorded install sent it, its times scaled by
+    /// [`Fleet::pace_scale`].
+    Paced = 2,
 }
 
 /// One enrolled simulated agent.
@@ -116,6 +146,8 @@ pub struct Fleet {
     pub obs: Observed,
     /// Report mode for jobs (a [`ReportMode`] as u8).
     pub mode: AtomicU8,
+    /// How much slower than recorded a [`ReportMode::Paced`] install runs (an `f64`'s bits).
+    pub pace_scale: AtomicU64,
     /// Every `sample_every`-th agent also measures event → API visibility (0 = none).
     pub sample_every: usize,
     /// Time zero of the observations.
@@ -159,6 +191,7 @@ impl Fleet {
             agents_per_client,
             obs: Observed::default(),
             mode: AtomicU8::new(ReportMode::OneBatch as u8),
+            pace_scale: AtomicU64::new(1.0f64.to_bits()),
             sample_every: 10,
             epoch: Mutex::new(Instant::now()),
             poll_wait,
@@ -229,6 +262,17 @@ impl Fleet {
         }
     }
 
+    /// Events one install reports.
+    pub fn events_per_install(&self) -> usize {
+        self.template.len()
+    }
+
+    /// Sets the report mode, and for [`ReportMode::Paced`] its scale.
+    pub fn set_mode(&self, mode: ReportMode, pace_scale: f64) {
+        self.pace_scale.store(pace_scale.to_bits(), Ordering::Relaxed);
+        self.mode.store(mode as u8, Ordering::Relaxed);
+    }
+
     /// Time since the epoch.
     pub fn since_epoch(&self) -> Duration {
         self.epoch.lock().unwrap().elapsed()
@@ -279,9 +323,18 @@ async fn agent_loop(fleet: Arc<Fleet>, agent: SimAgent, first_wait: u64, sample:
 /// Posts the recorded event stream for `job`, as the configured [`ReportMode`] says.
 async fn fake_install(fleet: &Fleet, agent: &SimAgent, job: &JobAssignment, sample: bool) -> Result<()> {
     let client = &fleet.clients[agent.client];
-    let per_phase = fleet.mode.load(Ordering::Relaxed) == ReportMode::PerPhase as u8;
-    for batch in event_batches(&fleet.template, per_phase) {
-        let n = batch.len() as u64;
+    let mode = fleet.mode.load(Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+    let batches: Vec<(Duration, Vec<EngineEvent>)> = if mode == ReportMode::Paced as u8 {
+        paced_batches(&fleet.template, f64::from_bits(fleet.pace_scale.load(Ordering::Relaxed)))
+    } else {
+        let per_phase = mode == ReportMode::PerPhase as u8;
+        event_batches(&fleet.template, per_phase).into_iter().map(|b| (Duration::ZERO, b)).collect()
+    };
+    for (when, batch) in batches {
+        // Paced: the phase's events go when the install produced them (from the job's start,
+        // so time spent in earlier POSTs is not added).
+        tokio::time::sleep_until(started + when).await;
         let last_seq = batch.last().map_or(0, |e| e.seq);
         let body = json!({ "fencing_token": job.fencing_token, "events": batch });
         let t0 = Instant::now();
@@ -324,7 +377,6 @@ async fn fake_install(fleet: &Fleet, agent: &SimAgent, job: &JobAssignment, samp
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        let _ = n;
     }
     fleet.obs.jobs_done.fetch_add(1, Ordering::Relaxed);
     Ok(())
@@ -386,5 +438,20 @@ mod tests {
         let flat: Vec<u64> = batches.concat().iter().map(|e| e.seq).collect();
         assert_eq!(flat, t.iter().map(|e| e.seq).collect::<Vec<_>>());
         assert_eq!(event_batches(&t, false).len(), 1);
+    }
+
+    #[test]
+    fn paced_batches_follow_the_recorded_times_scaled() {
+        let t = event_template();
+        let recorded = (t.last().unwrap().at - t[0].at).to_std().unwrap();
+        let paced = paced_batches(&t, 10.0);
+        assert_eq!(paced.len(), 12, "one batch per phase");
+        let whens: Vec<Duration> = paced.iter().map(|(w, _)| *w).collect();
+        assert!(whens.is_sorted(), "{whens:?}");
+        let end = whens.last().unwrap().abs_diff(recorded * 10);
+        assert!(end < Duration::from_millis(1), "the last batch at the recording's end, scaled: {whens:?}");
+        let flat: Vec<u64> = paced.iter().flat_map(|(_, b)| b.iter().map(|e| e.seq)).collect();
+        assert_eq!(flat, t.iter().map(|e| e.seq).collect::<Vec<_>>());
+        assert!(paced_batches(&t, 0.0).iter().all(|(w, _)| w.is_zero()));
     }
 }

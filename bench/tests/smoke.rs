@@ -1,5 +1,5 @@
-//! Smoke test: a `--size tiny` coordinator run against a real server finishes both rollouts
-//! with every event recorded, and the engine figure produces a sane summary. It asserts
+//! Smoke test: a `--size tiny` coordinator run against a real server finishes its rollouts
+//! (the P1 wave with the report flood and paced, P2) with every event recorded, and the engine figure produces a sane summary. It asserts
 //! outcomes only; no timing is pass/fail.
 
 use fleetup_bench::harness::Backend;
@@ -29,14 +29,23 @@ async fn tiny_coordinator_run_over_http2_finishes_its_rollouts() {
 async fn tiny_coordinator_run(transport: Transport) {
     let bins = bins();
     let work = tempfile::tempdir().unwrap();
-    let sz = coordinator::CoordSize::of(Size::Tiny);
+    // Paced at 2x the recording: about a second per install.
+    let sz = coordinator::CoordSize { pace_scale: 2.0, ..coordinator::CoordSize::of(Size::Tiny) };
     let v = coordinator::run(&bins, Backend::Sqlite, sz, transport, work.path()).await.expect("tiny run");
     assert_eq!(v["p1"]["transport"], json!(transport.as_str()), "{v}");
     assert_eq!(v["p1"]["agents_held_client"], json!(sz.agents), "{v}");
     assert_eq!(v["p1"]["wave_assigned"], json!(sz.wave), "{v}");
     assert_eq!(v["p1"]["wave_counts"], json!({ "succeeded": sz.wave }), "{v}");
-    assert_eq!(v["p2"]["counts"], json!({ "succeeded": sz.p2_jobs }), "{v}");
     let per_job = fleetup_bench::sim::event_template().len();
+    // The paced wave: every agent got its job and delivered every event of its install.
+    let paced = &v["p1"]["wave_paced"];
+    assert_eq!(paced["wave_assigned"], json!(sz.wave), "{v}");
+    assert_eq!(paced["wave_counts"], json!({ "succeeded": sz.wave }), "{v}");
+    assert_eq!(paced["events"], json!(sz.wave * per_job), "every paced event recorded once: {v}");
+    assert_eq!(paced["events_expected"], json!(sz.wave * per_job), "{v}");
+    assert_eq!(paced["report_errors"], json!(0), "{v}");
+    assert!(paced["wave_p99_secs"].as_f64().is_some() && v["p1"]["wave_p99_secs"].as_f64().is_some(), "{v}");
+    assert_eq!(v["p2"]["counts"], json!({ "succeeded": sz.p2_jobs }), "{v}");
     assert_eq!(v["p2"]["events"], json!(sz.p2_jobs * per_job), "every event recorded once: {v}");
     assert_eq!(v["p2"]["report_errors"], json!(0), "{v}");
     // P3 records a part that fails as {"error": …} and goes on: every part must have a figure.

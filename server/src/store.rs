@@ -30,6 +30,7 @@ pub(crate) mod control;
 pub(crate) mod events;
 pub(crate) mod gauges;
 pub(crate) mod idempotency;
+pub(crate) mod ingest;
 pub(crate) mod jobs;
 pub(crate) mod lifecycle;
 pub(crate) mod packages;
@@ -138,6 +139,15 @@ impl Dialect {
         }
     }
 
+    /// Most bind parameters one statement may carry: Postgres counts them in 16 bits;
+    /// SQLite's `SQLITE_MAX_VARIABLE_NUMBER` is 32,766 by default since 3.32.
+    pub(crate) const fn max_binds(self) -> usize {
+        match self {
+            Dialect::Sqlite => 32_766,
+            Dialect::Postgres => 65_535,
+        }
+    }
+
     /// Writer tasks per kind of grouped write. SQLite has one write lock (a second writer
     /// would only wait in its busy handler); on Postgres each batch runs its statements one
     /// round trip at a time, so several batches in parallel keep it busy: four per kind,
@@ -227,7 +237,7 @@ impl Store {
                 agent_protocol::claim_batch(claim_pool.clone(), dialect, reqs)
             }),
             reports: GroupCommit::spawn("report", group_commit::MAX_BATCH, writers, move |reqs| {
-                agent_protocol::report_batch(report_pool.clone(), dialect, reqs)
+                ingest::report_batch(report_pool.clone(), dialect, reqs)
             }),
             pool,
             dialect,
@@ -266,6 +276,17 @@ pub(crate) fn numbered(from: usize, n: usize) -> String {
     (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// `($1, $2, …), ($n+1, …)`: `rows` tuples of `columns` numbered placeholders. Written out
+/// rather than built by `QueryBuilder`, whose `Any` placeholders are `?`, which Postgres
+/// does not accept.
+pub(crate) fn values_placeholders(rows: usize, columns: usize) -> String {
+    let tuple = |r: usize| {
+        let cols: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+        format!("({})", cols.join(", "))
+    };
+    (0..rows).map(tuple).collect::<Vec<_>>().join(", ")
+}
+
 pub(crate) fn to_json<T: Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
@@ -282,4 +303,12 @@ pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
 /// A stored id, typed.
 pub(crate) fn stored_id<T: TryFrom<String, Error = fleetup_proto::id::IdError>>(s: &str) -> StoreResult<T> {
     T::try_from(s.to_owned()).map_err(corrupt)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_are_numbered_across_rows() {
+        assert_eq!(super::values_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
 }

@@ -93,6 +93,12 @@ pub const SERIES: &[Series] = &[
         help: "Requests per group-commit transaction, by kind (claims, reports).",
     },
     Series {
+        name: "fleetup_reports_written_total",
+        kind: Kind::Counter,
+        help: "Agent reports written, by path: batched (the batch's multi-row statements) or per-report (late, \
+               after the end, asking a decision, ending failed, or a second report of a job in one batch).",
+    },
+    Series {
         name: "fleetup_jobs",
         kind: Kind::Stored,
         help: "Jobs by state, from the database (every state, 0 included).",

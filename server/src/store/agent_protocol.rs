@@ -1,9 +1,11 @@
 //! The agent protocol's writes: a poll's claim of its next job, an event report folded into
 //! its job ([`crate::domain::report::fold`] decides what the events mean), log lines, and
 //! what the agent must hear back (cancel, answered decisions). Claims and reports are
-//! group-committed: `claim_batch` and `report_batch` write many requests in one transaction
-//! ([`batch_tx!`]).
+//! group-committed: `claim_batch` writes many claims in one transaction ([`batch_tx!`]);
+//! reports are written by [`super::ingest::report_batch`], in multi-row statements for the
+//! common case and by [`report_tx`] here for the rest.
 
+use super::ingest::{JobUpdate, by_seq, conclude, insert_events, progress_of, split_fresh, update_jobs};
 use super::jobs::lock_job;
 use super::packages::package_on;
 use super::rollouts::settle_if_ending;
@@ -12,7 +14,7 @@ use super::{
     ClaimRequest, ClaimedJob, Dialect, JobMessages, ReportOutcome, ReportRequest, Store, StoreError, StoreResult, Tx,
     begin_write, corrupt, from_json, stored_id, to_json,
 };
-use crate::domain::report::{Progress, auto_answer, fold, settled_state};
+use crate::domain::report::{auto_answer, fold, settled_state};
 use crate::model::{AgentId, InstalledRollup, JobId, JobState, Package, RolloutId, RolloutSpec, now_ms};
 use fleetup_proto::agent_api::{DecisionReply, LogLine};
 use fleetup_proto::{DecisionKind, EngineEvent};
@@ -38,27 +40,9 @@ pub(crate) async fn claim_batch(
     .await)
 }
 
-/// Reports: each request in the batch records its events.
-pub(crate) async fn report_batch(
-    pool: sqlx::AnyPool,
-    dialect: Dialect,
-    reqs: Vec<ReportRequest>,
-) -> StoreResult<Vec<StoreResult<ReportOutcome>>> {
-    // Row locks in one order in every transaction, so none waits on another in a cycle
-    // (Postgres): first the jobs, in id order; then the agents whose install ended, and the
-    // rollouts whose last job ended, each in id order.
-    batch_tx!(
-        begin_write(&pool, dialect),
-        reqs,
-        key = |r| r.job_id.clone(),
-        |tx, r| report_tx(&mut tx, dialect, r).await,
-        then = |results| after_reports(&mut tx, dialect, results, &reqs).await
-    )
-}
-
 /// What follows from a batch's reports, written after all of them: the rollups finished
 /// installs put on their agents, and the ending rollouts whose last job in flight just ended.
-async fn after_reports(
+pub(super) async fn after_reports(
     tx: &mut Tx,
     dialect: Dialect,
     results: &[Option<StoreResult<ReportOutcome>>],
@@ -168,9 +152,11 @@ pub(super) async fn claimed(tx: &mut Tx, plans: &mut Plans, row: DispatchedRow) 
     })
 }
 
-/// Records one report's events. Refusals (unknown job, another agent's job, a stale fencing
-/// token) come before any write, as `batch_tx!` requires.
-async fn report_tx(tx: &mut Tx, dialect: Dialect, r: &ReportRequest) -> StoreResult<ReportOutcome> {
+/// Records one report's events: the per-report path of [`super::ingest`], for the reports
+/// its batched statements leave aside (late, after the end, asking decisions, …). Refusals
+/// (unknown job, another agent's job, a stale fencing token) come before any write, as
+/// `batch_tx!` requires.
+pub(super) async fn report_tx(tx: &mut Tx, dialect: Dialect, r: &ReportRequest) -> StoreResult<ReportOutcome> {
     let row = lock_job(tx, dialect, &r.job_id).await?;
     if let Some(late) = late_outcome(&row, r) {
         return record_late(tx, &row, r, late).await;
@@ -182,56 +168,15 @@ async fn report_tx(tx: &mut Tx, dialect: Dialect, r: &ReportRequest) -> StoreRes
         refuse_after_end(tx, &row, &r.events).await?;
     }
     let mut out = ReportOutcome::default();
-    // One statement per 500 events (a round trip each inside the shared transaction);
-    // `returning` tells which were new.
-    let mut sorted: Vec<&EngineEvent> = r.events.iter().collect();
-    sorted.sort_by_key(|e| e.seq);
-    let mut new_seqs = BTreeSet::new();
-    for chunk in sorted.chunks(500) {
-        let sql = format!(
-            "insert into events (job_id, seq, phase, status, message, data, at) values {} \
-             on conflict (job_id, seq) do nothing returning seq",
-            values_placeholders(chunk.len(), 7)
-        );
-        let mut insert = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(sql));
-        for ev in chunk {
-            insert = insert
-                .bind(job_id)
-                .bind(ev.seq as i64)
-                .bind(ev.phase.as_str())
-                .bind(ev.status.as_str())
-                .bind(ev.message.as_str())
-                .bind(to_json(&ev.data))
-                .bind(ev.at.timestamp_millis());
-        }
-        let rows = insert.fetch_all(&mut **tx).await?;
-        new_seqs.extend(rows.into_iter().map(|(seq,)| seq as u64));
-    }
-    // The first of several events with one seq is the one stored.
-    let mut fresh = Vec::with_capacity(new_seqs.len());
-    for ev in sorted {
-        if new_seqs.remove(&ev.seq) {
-            fresh.push(ev);
-        } else {
-            out.duplicates += 1;
-        }
-    }
-    out.accepted = fresh.len() as u32;
+    let sorted = by_seq(&r.events);
+    let rows: Vec<(&str, &EngineEvent)> = sorted.iter().map(|e| (job_id, *e)).collect();
+    let new = insert_events(tx, dialect, &rows).await?.remove(job_id).unwrap_or_default();
+    let fresh = split_fresh(sorted, new, &mut out);
     if was.is_terminal() {
         // Only resends of what was recorded get this far (`refuse_after_end`).
         return Ok(out);
     }
-    let job = row.to_job()?;
-    let progress = Progress {
-        phases: job.phases,
-        current_phase: job.current_phase,
-        phase_started_at: row.phase_started_at,
-        warnings: job.warnings,
-        outage_secs: job.outage_secs,
-        error: job.error,
-        restart_required: job.restart_required,
-    };
-    let folded = fold(progress, &fresh, r.now);
+    let folded = fold(progress_of(&row)?, &fresh, r.now);
     if !folded.asked.is_empty() {
         record_decisions(tx, &row, &folded.asked, r.now).await?;
     }
@@ -247,58 +192,19 @@ async fn report_tx(tx: &mut Tx, dialect: Dialect, r: &ReportRequest) -> StoreRes
         false
     };
     let state = settled_state(folded.outcome, open);
-    let (lease, finished) =
-        if folded.outcome.is_some() { (None, Some(r.now)) } else { (Some(r.now + row.lease_ms), None) };
-    out.finished = folded.outcome.is_some().then(|| stored_id(&row.rollout_id)).transpose()?;
-    out.ended = folded.install_outcome;
-    let p = &folded.progress;
-    sqlx::query(
-        "update jobs set state = $2, current_phase = $3, phase_started_at = $4, phases = $5, warnings = $6, outage_ms = $7, \
-         error = $8, restart_required = $9, lease_expires_at = $10, finished_at = $11, \
-         cancel_requested = (cancel_requested and $12), updated_at = $13 where id = $1",
-    )
-    .bind(job_id)
-    .bind(state.as_str())
-    .bind(p.current_phase.map(fleetup_proto::PhaseId::as_str))
-    .bind(p.phase_started_at)
-    .bind(to_json(&p.phases))
-    .bind(to_json(&p.warnings))
-    .bind(p.outage_secs.map(|s| (s * 1000.0) as i64))
-    .bind(&p.error)
-    .bind(p.restart_required)
-    .bind(lease)
-    .bind(finished)
-    .bind(folded.outcome.is_none())
-    .bind(r.now)
-    .execute(&mut **tx)
-    .await?;
+    update_jobs(tx, dialect, &[JobUpdate::after(&row, &folded, state, r.now)]).await?;
     let ended_as = match state {
         JobState::Failed => Some(fleetup_proto::webhooks::JOB_FAILED),
         JobState::RolledBack => Some(fleetup_proto::webhooks::JOB_ROLLED_BACK),
         _ => None,
     };
     if let Some(event_type) = ended_as.filter(|_| was != state) {
+        let p = &folded.progress;
         let data = serde_json::json!({ "error": p.error, "phase": p.current_phase });
         super::events::emit_job(tx, event_type, job_id, data, r.now).await?;
     }
-    out.installed = folded.installed.map(|i| InstalledRollup {
-        rollup: i.rollup,
-        version: i.version,
-        job_id: r.job_id.clone(),
-        at: i.at,
-    });
+    conclude(&mut out, &row, r, folded)?;
     Ok(out)
-}
-
-/// `($1, $2, …), ($n+1, …)`: `rows` tuples of `columns` numbered placeholders. Written out
-/// rather than built by `QueryBuilder`, whose `Any` placeholders are `?`, which Postgres
-/// does not accept.
-fn values_placeholders(rows: usize, columns: usize) -> String {
-    let tuple = |r: usize| {
-        let cols: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
-        format!("({})", cols.join(", "))
-    };
-    (0..rows).map(tuple).collect::<Vec<_>>().join(", ")
 }
 
 /// Stores the decisions a report asked, each answered at once when the rollout's policy
@@ -395,7 +301,7 @@ async fn refuse_after_end(tx: &mut Tx, row: &JobRow, events: &[EngineEvent]) -> 
 /// (an install that had begun changing the server ends by the engine's cancel rules). That
 /// outcome is true of the server, so it is recorded on the job as late, though the job stays
 /// `lost` and the agent is told its lease is stale.
-fn late_outcome(row: &JobRow, r: &ReportRequest) -> Option<fleetup_proto::InstallSummary> {
+pub(super) fn late_outcome(row: &JobRow, r: &ReportRequest) -> Option<fleetup_proto::InstallSummary> {
     let lost_dispatch = row.state == "lost" && row.fencing_token as u64 == r.fencing_token.wrapping_add(1);
     if !lost_dispatch || row.agent_id != r.agent_id.as_str() {
         return None;
@@ -434,7 +340,7 @@ async fn record_late(
 }
 
 /// Checks that `agent_id` holds the current lease of the job.
-fn check_lease(row: &JobRow, agent_id: &AgentId, fencing_token: u64) -> StoreResult<()> {
+pub(super) fn check_lease(row: &JobRow, agent_id: &AgentId, fencing_token: u64) -> StoreResult<()> {
     if row.agent_id != agent_id.as_str() {
         return Err(StoreError::Forbidden(format!(
             "job {} belongs to another agent; an agent token reaches only its own jobs",
@@ -539,13 +445,5 @@ impl Store {
             .map(|(id, a)| Ok(DecisionReply { id: id as u32, answer: a.parse().map_err(corrupt)? }))
             .collect::<StoreResult<Vec<_>>>()?;
         Ok(JobMessages { cancel: cancel != 0, decisions })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn placeholders_are_numbered_across_rows() {
-        assert_eq!(super::values_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
     }
 }

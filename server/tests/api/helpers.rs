@@ -349,6 +349,16 @@ impl TestApp {
         }
     }
 
+    /// The value of a counter on `/metrics`, `series` with its labels as rendered
+    /// (`name{label="v"}`); 0 when never recorded. Counters are of the test process (every
+    /// server of it records into one recorder): compare before and after, as a lower bound.
+    pub async fn counter(&self, series: &str) -> u64 {
+        let text = self.client.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0, |v| v.trim().parse().unwrap_or_else(|e| panic!("{series} = {v}: {e}")))
+    }
+
     pub async fn audit_len(&self) -> usize {
         self.get("/api/v1/audit?limit=5000").await["items"].as_array().unwrap().len()
     }

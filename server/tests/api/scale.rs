@@ -9,7 +9,11 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-crate::both_backends!(concurrent_reports_get_their_own_answers, concurrent_polls_dispatch_a_wave_exactly_once);
+crate::both_backends!(
+    concurrent_reports_get_their_own_answers,
+    concurrent_polls_dispatch_a_wave_exactly_once,
+    a_report_flood_is_ingested_in_batches
+);
 
 /// 30 agents report at the same time: a good report (out of order; half of them ending the
 /// install), one with a stale fencing token and one on another agent's job. Each report gets
@@ -71,6 +75,136 @@ async fn concurrent_reports_get_their_own_answers(backend: Backend) {
     }
     let r = app.get(&format!("/api/v1/rollouts/{rollout}")).await;
     assert_eq!((r["counts"]["succeeded"].as_u64(), r["counts"]["running"].as_u64()), (Some(15), Some(15)), "{r}");
+}
+
+/// 50 agents report at once, twice (the store writes such a flood in batched multi-row
+/// statements, with the unusual reports on the per-report path in the same transactions):
+/// first each job's opening phases (half of them ending the install), with resends of some
+/// reports and a stale token in the mix; then the rest of the installs, a quarter failing,
+/// and resends of final events to ended jobs. Every job shows exactly what its agent
+/// reported, each report gets its own answer, and the batched path wrote the common case.
+async fn a_report_flood_is_ingested_in_batches(backend: Backend) {
+    const N: usize = 50;
+    const STALE: usize = 7;
+    let batched = r#"fleetup_reports_written_total{path="batched"}"#;
+    let per_report = r#"fleetup_reports_written_total{path="per-report"}"#;
+    let Some(app) = spawn_app(backend).await else { return };
+    let (rollout, agents) = app.one_wave_of("flood", N).await;
+    let jobs = join_all(agents.iter().map(crate::helpers::FakeAgent::next_job)).await;
+    let (batched_before, per_report_before) = (app.counter(batched).await, app.counter(per_report).await);
+    let opening = |i: usize| {
+        let mut events = vec![
+            ev(2, PhaseId::CheckSystem, PhaseStatus::Succeeded),
+            ev(1, PhaseId::CheckSystem, PhaseStatus::Running),
+            ev(3, PhaseId::PrePrecompile, PhaseStatus::Running),
+        ];
+        if i.is_multiple_of(2) {
+            events.push(final_ev(4, InstallOutcome::Succeeded));
+        }
+        events
+    };
+    let resent = |i: usize| i % 10 == 1 || i % 10 == 4;
+    // (job, what, call) for every report of the first round, all in flight at once.
+    let mut calls = Vec::new();
+    for (i, (agent, job)) in agents.iter().zip(&jobs).enumerate() {
+        calls.push((i, "opening", agent.report(&job.job_id, job.fencing_token, opening(i))));
+        if resent(i) {
+            calls.push((i, "resend", agent.report(&job.job_id, job.fencing_token, opening(i))));
+        }
+        if i == STALE {
+            let late = vec![ev(9, PhaseId::Cleanup, PhaseStatus::Running)];
+            calls.push((i, "stale", agent.report(&job.job_id, job.fencing_token + 1, late)));
+        }
+    }
+    let (labels, calls): (Vec<_>, Vec<_>) = calls.into_iter().map(|(i, what, call)| ((i, what), call)).unzip();
+    let answers = join_all(calls).await;
+    let mut per_job: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    for ((i, what), (status, r)) in labels.iter().zip(&answers) {
+        if *what == "stale" {
+            assert_eq!((*status, r["error"]["code"].as_str()), (409, Some("stale-lease")), "{i}: {r}");
+            assert!(r["error"]["message"].as_str().unwrap().contains("is stale"), "{i}: {r}");
+            continue;
+        }
+        assert_eq!(*status, 200, "{i} {what}: {r}");
+        let seen = per_job.entry(*i).or_default();
+        seen.0 += r["accepted"].as_u64().unwrap();
+        seen.1 += r["duplicates"].as_u64().unwrap();
+    }
+    for (i, (accepted, duplicates)) in &per_job {
+        // A report and its resend: one of them recorded the events, the other found them all there.
+        let sent = opening(*i).len() as u64;
+        let resends = u64::from(resent(*i));
+        assert_eq!((*accepted, *duplicates), (sent, sent * resends), "job {i}: (accepted, duplicates)");
+    }
+    for (i, job) in jobs.iter().enumerate().filter(|(i, _)| !i.is_multiple_of(2)) {
+        let j = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
+        assert_eq!(
+            (j["state"].as_str(), j["current_phase"].as_str()),
+            (Some("running"), Some("pre-precompile")),
+            "{i}: {j}"
+        );
+        assert!(j["lease_expires_at"].is_string(), "job {i}: a report extends the lease: {j}");
+    }
+
+    // The second round: odd jobs finish (every fourth fails: the per-report path, for its
+    // webhook); even jobs, ended, get their final event again (answered as a duplicate).
+    let outcome = |i: usize| if i % 4 == 3 { InstallOutcome::Failed } else { InstallOutcome::Succeeded };
+    let second = agents.iter().zip(&jobs).enumerate().map(|(i, (agent, job))| {
+        let events = if i.is_multiple_of(2) {
+            vec![final_ev(4, InstallOutcome::Succeeded)]
+        } else {
+            vec![final_ev(5, outcome(i)), ev(4, PhaseId::PreHooks, PhaseStatus::Succeeded)]
+        };
+        agent.report(&job.job_id, job.fencing_token, events)
+    });
+    for (i, (status, r)) in join_all(second).await.into_iter().enumerate() {
+        let expected = if i.is_multiple_of(2) { (0, 1) } else { (2, 0) };
+        assert_eq!(
+            (status, r["accepted"].as_u64(), r["duplicates"].as_u64()),
+            (200, Some(expected.0), Some(expected.1)),
+            "{i}: {r}"
+        );
+    }
+
+    for (i, job) in jobs.iter().enumerate() {
+        let j = app.get(&format!("/api/v1/jobs/{}", job.job_id)).await;
+        let (state, phase, last) = match (i % 2, i % 4) {
+            (0, _) => ("succeeded", "cleanup", 4),
+            (_, 3) => ("failed", "rollback", 5),
+            _ => ("succeeded", "cleanup", 5),
+        };
+        assert_eq!((j["state"].as_str(), j["current_phase"].as_str()), (Some(state), Some(phase)), "job {i}: {j}");
+        assert_eq!(j["phases"]["check-system"]["status"], "succeeded", "job {i}: {j}");
+        assert_eq!(j["phases"]["pre-precompile"]["status"], "running", "job {i}: {j}");
+        let pre_hooks = if i.is_multiple_of(2) { None } else { Some("succeeded") };
+        assert_eq!(j["phases"]["pre-hooks"]["status"].as_str(), pre_hooks, "job {i}: {j}");
+        assert!(j["lease_expires_at"].is_null() && j["finished_at"].is_string(), "job {i}: {j}");
+        if state == "failed" {
+            assert_eq!(j["error"], "health check failed", "job {i}: {j}");
+        }
+        let events = app.get(&format!("/api/v1/jobs/{}/events", job.job_id)).await;
+        let seqs: Vec<u64> = events.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "job {i} (the stale report stored nothing)");
+    }
+    let r = app.get(&format!("/api/v1/rollouts/{rollout}")).await;
+    let failed = (0..N).filter(|i| i % 4 == 3).count() as u64;
+    assert_eq!(
+        (r["counts"]["succeeded"].as_u64(), r["counts"]["failed"].as_u64()),
+        (Some(N as u64 - failed), Some(failed)),
+        "{r}"
+    );
+    // Each job's first report of the first round, and the successful finishes, are the
+    // common case; the failures and the reports to ended jobs are not. Other tests of this
+    // process may add to the counters meanwhile, so these are lower bounds.
+    let finished_ok = (0..N).filter(|i| i % 4 == 1).count() as u64;
+    let (batched_now, per_report_now) = (app.counter(batched).await, app.counter(per_report).await);
+    assert!(
+        batched_now - batched_before >= N as u64 + finished_ok,
+        "{} reports went batched, expected at least {}",
+        batched_now - batched_before,
+        N as u64 + finished_ok
+    );
+    assert!(per_report_now - per_report_before >= failed + N as u64 / 2, "per-report path: {per_report_now}");
 }
 
 /// A wave of 40 agents, each with two polls at once (a retried poll): every agent gets its
