@@ -122,16 +122,7 @@ pub async fn run(
     let rid = one_wave_rollout(&server, "p1-wave", &pkg, json!({ "labels": { "bench": "wave" } }), sz.wave).await?;
     fleet.reset();
     eprintln!("[{}] starting a wave of {}", backend.as_str(), sz.wave);
-    let cpu = CpuMeter::start(server.pid());
-    server.client.start(&rid).await?;
-    let deadline = Instant::now() + Duration::from_mins(10);
-    while fleet.obs.assignments.lock().unwrap().len() < sz.wave && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let arrivals: Vec<f64> = fleet.obs.assignments.lock().unwrap().iter().map(Duration::as_secs_f64).collect();
-    let finished = server.wait_rollout_finished(&rid, Duration::from_mins(10)).await?;
-    let wave_total = fleet.since_epoch().as_secs_f64();
-    let wave_cpu = cpu.finish();
+    let wave = run_wave(&server, &fleet, &rid, sz.wave).await?;
     let wave_events = fleet.obs.events_accepted.load(Ordering::Relaxed);
     let wave_ingest = ingest_rate(&fleet, wave_events);
     let mut p1 = json!({
@@ -146,14 +137,8 @@ pub async fn run(
         "server_rss_mib": server_rss_mib,
         "poll_errors": fleet.obs.poll_errors.load(Ordering::Relaxed),
         "wave": sz.wave,
-        "wave_assigned": arrivals.len(),
-        "wave_p99_secs": percentile(&arrivals, 99.0),
-        "wave_p50_secs": percentile(&arrivals, 50.0),
-        "wave_100_secs": percentile(&arrivals, 100.0),
-        "wave_all_finished_secs": wave_total,
-        "wave_cpu_cores": wave_cpu,
-        "wave_counts": finished.counts,
     });
+    merge(&mut p1, wave);
 
     // P3: the jobs of that rollout.
     let p3 = jobs_api(bins, &server, &rid, sz.wave).await?;
@@ -236,22 +221,38 @@ async fn paced_wave(bins: &Bins, server: &BenchServer, fleet: &Fleet, sz: CoordS
         sz.wave,
         sz.pace_scale
     );
-    let cpu = CpuMeter::start(server.pid());
-    server.client.start(&rid).await?;
-    let deadline = Instant::now() + Duration::from_mins(10);
-    while fleet.obs.assignments.lock().unwrap().len() < sz.wave && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let arrivals: Vec<f64> = fleet.obs.assignments.lock().unwrap().iter().map(Duration::as_secs_f64).collect();
-    let finished = server.wait_rollout_finished(&rid, Duration::from_mins(10)).await?;
-    let total = fleet.since_epoch().as_secs_f64();
+    let mut out = run_wave(server, fleet, &rid, sz.wave).await?;
     let deadline = Instant::now() + Duration::from_mins(1);
     while (fleet.obs.jobs_done.load(Ordering::Relaxed) as usize) < sz.wave && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let events = fleet.obs.events_accepted.load(Ordering::Relaxed);
+    merge(
+        &mut out,
+        json!({
+            "pace_scale": sz.pace_scale,
+            "events": events,
+            "events_expected": sz.wave * fleet.events_per_install(),
+            "report_errors": fleet.obs.report_errors.load(Ordering::Relaxed) - errors_before,
+        }),
+    );
+    Ok(out)
+}
+
+/// Starts the rollout `rid` (one wave of `wave` agents of `fleet`) and waits until every
+/// agent holds its job and the rollout finished. Times to 50 / 99 / 100 % of the agents
+/// holding their job and to the end, from the fleet's reset, and the server's CPU meanwhile.
+async fn run_wave(server: &BenchServer, fleet: &Fleet, rid: &RolloutId, wave: usize) -> Result<Value> {
+    let cpu = CpuMeter::start(server.pid());
+    server.client.start(rid).await?;
+    let deadline = Instant::now() + Duration::from_mins(10);
+    while fleet.obs.assignments.lock().unwrap().len() < wave && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let arrivals: Vec<f64> = fleet.obs.assignments.lock().unwrap().iter().map(Duration::as_secs_f64).collect();
+    let finished = server.wait_rollout_finished(rid, Duration::from_mins(10)).await?;
+    let total = fleet.since_epoch().as_secs_f64();
     Ok(json!({
-        "pace_scale": sz.pace_scale,
         "wave_assigned": arrivals.len(),
         "wave_p99_secs": percentile(&arrivals, 99.0),
         "wave_p50_secs": percentile(&arrivals, 50.0),
@@ -259,10 +260,14 @@ async fn paced_wave(bins: &Bins, server: &BenchServer, fleet: &Fleet, sz: CoordS
         "wave_all_finished_secs": total,
         "wave_cpu_cores": cpu.finish(),
         "wave_counts": finished.counts,
-        "events": events,
-        "events_expected": sz.wave * fleet.events_per_install(),
-        "report_errors": fleet.obs.report_errors.load(Ordering::Relaxed) - errors_before,
     }))
+}
+
+/// `extra`'s fields added to the object `into`.
+fn merge(into: &mut Value, extra: Value) {
+    if let (Some(into), Value::Object(extra)) = (into.as_object_mut(), extra) {
+        into.extend(extra);
+    }
 }
 
 /// Accepted events per second between the first report sent and the last acknowledged.
