@@ -161,14 +161,7 @@ impl Store {
         let mut parsed: HashMap<String, Arc<DecisionRequest>> = HashMap::new();
         rows.into_iter()
             .map(|(job, hostname, text)| {
-                let request = match parsed.get(&text) {
-                    Some(r) => Arc::clone(r),
-                    None => {
-                        let r = Arc::new(from_json::<DecisionRequest>(&text, "decision request")?);
-                        parsed.insert(text, Arc::clone(&r));
-                        r
-                    }
-                };
+                let request = parsed_once(&mut parsed, &text, |t| from_json(t, "decision request"))?;
                 Ok(OpenDecision { job_id: stored_id(&job)?, hostname, request })
             })
             .collect()
@@ -194,14 +187,8 @@ impl Store {
                     .into_iter()
                     .map(|w| {
                         let data = w.data.map_or("null", serde_json::value::RawValue::get);
-                        let detail = match details.get(data) {
-                            Some(d) => Arc::clone(d),
-                            None => {
-                                let d = Arc::new(WarningDetail::of(&from_json(data, "warning data")?));
-                                details.insert(data.to_owned(), Arc::clone(&d));
-                                d
-                            }
-                        };
+                        let detail =
+                            parsed_once(&mut details, data, |t| Ok(WarningDetail::of(&from_json(t, "warning data")?)))?;
                         Ok(StoredWarning { phase: w.phase.into_owned(), message: w.message.into_owned(), detail })
                     })
                     .collect::<StoreResult<_>>()?;
@@ -280,6 +267,20 @@ impl Store {
 
 /// id, hostname, state, current phase, phases, error.
 type FailedRow = (String, String, String, Option<String>, String, Option<String>);
+
+/// `text` parsed by `parse`, once per distinct text: later copies share the first's value.
+fn parsed_once<T>(
+    cache: &mut HashMap<String, Arc<T>>,
+    text: &str,
+    parse: impl FnOnce(&str) -> StoreResult<T>,
+) -> StoreResult<Arc<T>> {
+    if let Some(v) = cache.get(text) {
+        return Ok(Arc::clone(v));
+    }
+    let v = Arc::new(parse(text)?);
+    cache.insert(text.to_owned(), Arc::clone(&v));
+    Ok(v)
+}
 
 /// The first phase, in install order, whose status is failed.
 fn first_failed(phases: &BTreeMap<PhaseId, StatusOnly>) -> Option<PhaseId> {

@@ -177,17 +177,13 @@ impl Groups {
     /// The group of this cause, new (and empty) the first time.
     fn entry(&mut self, panel: Panel, code: &str, phase: &str, title: String) -> &mut Group {
         let cause = (panel, code.to_owned(), phase.to_owned(), title);
-        let i = match self.by_cause.get(&cause) {
-            Some(&i) => i,
-            None => {
-                let (panel, code, phase, title) = cause;
-                self.list.push(Group::new(panel, &code, &phase, title.clone()));
-                let i = self.list.len() - 1;
-                self.by_cause.insert((panel, code, phase, title), i);
-                i
-            }
-        };
-        &mut self.list[i]
+        if let Some(&i) = self.by_cause.get(&cause) {
+            return &mut self.list[i];
+        }
+        let (panel, code, phase, title) = cause;
+        self.list.push(Group::new(panel, &code, &phase, title.clone()));
+        self.by_cause.insert((panel, code, phase, title), self.list.len() - 1);
+        self.list.last_mut().expect("just pushed")
     }
 
     /// Biggest first (ties: first seen first).
