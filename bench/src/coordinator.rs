@@ -11,7 +11,7 @@
 
 use crate::harness::{Backend, BenchServer};
 use crate::sim::{Fleet, ReportMode};
-use crate::stats::{CpuMeter, percentile, rss_kib};
+use crate::stats::{CpuMeter, percentile, rss_anon_kib, rss_kib};
 use crate::{Bins, Size, Transport};
 use anyhow::{Context as _, Result};
 use fleetup_client::Method;
@@ -116,6 +116,7 @@ pub async fn run(
         crate::sim::probe_polls(&fleet, &probes, Duration::from_secs(sz.steady_secs), Duration::from_millis(20)).await;
     let steady_cpu = cpu.finish();
     let server_rss_mib = rss_kib(server.pid()) as f64 / 1024.0;
+    let server_rss_anon_mib = rss_anon_kib(server.pid()) as f64 / 1024.0;
 
     // P1 wave: every wave agent is told at once (concurrency = wave size).
     fleet.set_mode(ReportMode::OneBatch, sz.pace_scale);
@@ -135,6 +136,7 @@ pub async fn run(
         "poll_path_ms": { "p50": percentile(&probe_ms, 50.0), "p99": percentile(&probe_ms, 99.0), "n": probe_ms.len() },
         "steady_cpu_cores": steady_cpu,
         "server_rss_mib": server_rss_mib,
+        "server_rss_anon_mib": server_rss_anon_mib,
         "poll_errors": fleet.obs.poll_errors.load(Ordering::Relaxed),
         "wave": sz.wave,
     });

@@ -32,10 +32,21 @@ pub fn cpu_secs(pid: u32) -> f64 {
 
 /// A process's resident set (VmRSS) in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The anonymous part of a process's resident set (RssAnon) in KiB: its heap and stacks,
+/// without file pages it maps (SQLite's `mmap`'d database counts in VmRSS, not here).
+pub fn rss_anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+/// A `/proc/PID/status` line's KiB figure (0 when the process or the line is gone).
+fn status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -86,6 +97,7 @@ mod tests {
     fn reads_own_process() {
         let pid = std::process::id();
         assert!(rss_kib(pid) > 0);
+        assert!((1..=rss_kib(pid)).contains(&rss_anon_kib(pid)), "the anonymous part is part of the whole");
         assert!(cpu_secs(pid) >= 0.0);
     }
 }
