@@ -96,8 +96,16 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
             _ = interval.tick() => {}
             () = app.scheduler_kick.notified() => {}
         }
+        let started = Instant::now();
         match pass(&app, &mut cache, now_ms()).await {
             Ok(report) => {
+                tracing::debug!(
+                    ran = report.ran,
+                    pushed = report.pushed.len(),
+                    woken = report.wake_agents.len(),
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "scheduler pass"
+                );
                 if report.ran {
                     metrics::counter!("fleetup_scheduler_passes_total").increment(1);
                 }

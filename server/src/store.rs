@@ -41,11 +41,12 @@ pub(crate) mod views;
 mod wakeups;
 pub(crate) mod webhooks;
 
+pub use agent_protocol::claim_statement;
 pub use audit::AuditFilter;
 pub use control::Failure;
 pub use gauges::Gauges;
 pub use rollouts::RolloutFilter;
-pub use scheduler::SchedulerPass;
+pub use scheduler::{SchedulerPass, dispatch_statement};
 pub use types::*;
 pub use views::{FailedJob, MosaicCell, OpenDecision, RunningPhase, StoredWarning, WarnedJob, WarningDetail};
 pub use webhooks::{AttemptOutcome, DueDelivery, NewWebhook, NextStep};

@@ -81,28 +81,20 @@ async fn claim_tx(
     // `fetch_all`, not `fetch_optional`, on `returning`: SQLite must step the statement to
     // its end (see docs/decisions.md, SQLite durability). The claim returns what the
     // assignment needs, so a claim is one statement (a wave's claims share the plan and
-    // package read below once per batch). On Postgres, concurrent claims pass over each
-    // other's rows (`skip locked`).
+    // package read below once per batch). A claim only takes its own agent's jobs, so
+    // claims of different agents touch different rows.
     // At most one active job per agent, held by the store: the agent's row is locked first,
     // so two coordinators claiming for one agent at once take turns, and the second one's
     // `not exists` sees the first one's dispatch (each Postgres statement reads what was
     // committed before it began). SQLite's `BEGIN IMMEDIATE` already gives one writer.
     let agent_lock = format!("select id from agents where id = $1{}", dialect.for_update());
     sqlx::query(sqlx::AssertSqlSafe(agent_lock)).bind(agent_id.as_str()).fetch_all(&mut **tx).await?;
-    let skip_locked = if dialect == Dialect::Postgres { " for update of j skip locked" } else { "" };
-    let dispatched: Vec<DispatchedRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = $2 + lease_ms, \
-         dispatched_at = $2, updated_at = $2 \
-         where id = (select j.id from jobs j join rollouts r on r.id = j.rollout_id \
-             where j.agent_id = $1 and j.state = 'queued' and r.state = 'running' \
-             and not exists (select 1 from jobs b where b.agent_id = $1 and b.state in ('dispatched', 'running', 'waiting')) \
-             order by j.created_at, j.position limit 1{skip_locked}) \
-         and state = 'queued' returning id, rollout_id, fencing_token, lease_ms"
-    )))
-    .bind(agent_id.as_str())
-    .bind(now)
-    .fetch_all(&mut **tx)
-    .await?;
+    // The agent's jobs are read through the agent alone (`next_jobs`).
+    let dispatched: Vec<DispatchedRow> = sqlx::query_as(sqlx::AssertSqlSafe(claim_statement()))
+        .bind(agent_id.as_str())
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await?;
     let claim = if let Some(claim) = dispatched.into_iter().next() {
         claim
     } else {
@@ -122,6 +114,46 @@ async fn claim_tx(
         claim
     };
     Ok(Some(claimed(tx, plans, claim).await?))
+}
+
+/// Two common tables: `mine`, the jobs of the agents a claim or a dispatch is for (`which`,
+/// a condition on `agent_id`), and `next (next_id)`, each such agent's next job to dispatch:
+/// its oldest queued job of a running rollout (an agent in several rollouts takes them in
+/// order), for agents with no job dispatched, running or waiting.
+///
+/// The jobs are found through the agents alone: a condition on `state` that the planner can
+/// serve from an index lets Postgres pick `jobs_state_lease` for `state = 'queued'` whenever
+/// its statistics date from before a wave was queued (`analyze jobs` runs after staging,
+/// when every job is `pending`, so `queued` looks empty), and read every queued job of the
+/// fleet for each agent: a 10,000-server wave's dispatch pass took 31.6 s so
+/// (docs/benchmarks.md, issue 17 run 3). `materialized` keeps the state conditions out of
+/// the scan, and the update joins `next` by id with [`STILL_QUEUED`].
+pub(super) fn next_jobs(which: &str) -> String {
+    format!(
+        "mine as materialized (select id, agent_id, rollout_id, state, created_at, position from jobs where {which}), \
+         next (next_id) as (select id from (select m.id, row_number() over \
+         (partition by m.agent_id order by m.created_at, m.position) as n from mine m join rollouts r on r.id = m.rollout_id \
+         where m.state = 'queued' and r.state = 'running' and not exists (select 1 from mine b \
+         where b.agent_id = m.agent_id and b.state in ('dispatched', 'running', 'waiting'))) ranked where n = 1)"
+    )
+}
+
+/// The update's check that the row it takes is still queued (a pause or a cancel of the
+/// rollout may have committed since `mine` was read; Postgres re-evaluates it on the row's
+/// newest version). Written so that no index can serve it (`|| ''`): see [`next_jobs`].
+pub(super) const STILL_QUEUED: &str = "(state || '') = 'queued'";
+
+/// The claim's statement (`$1` the agent, `$2` now): dispatches the agent's next job
+/// ([`next_jobs`]). Public so that its plan can be checked (`explain`).
+pub fn claim_statement() -> String {
+    format!(
+        "with {} \
+         update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = $2 + lease_ms, \
+         dispatched_at = $2, updated_at = $2 \
+         from next where id = next_id and {STILL_QUEUED} \
+         returning id, rollout_id, fencing_token, lease_ms",
+        next_jobs("agent_id = $1")
+    )
 }
 
 /// A dispatched job as its assignment needs it: (id, rollout id, fencing token, lease ms).

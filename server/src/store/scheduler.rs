@@ -4,7 +4,7 @@
 //! is decided by [`crate::domain::schedule`], called from [`crate::scheduler`]; this file
 //! only reads and writes.
 
-use super::agent_protocol::{DispatchedRow, Plans, claimed};
+use super::agent_protocol::{DispatchedRow, Plans, STILL_QUEUED, claimed, next_jobs};
 use super::audit::record;
 use super::events::emit_job;
 use super::rollouts::apply_effect;
@@ -413,21 +413,10 @@ impl SchedulerPass {
                 }
                 q.fetch_all(&mut *self.tx).await?;
             }
-            // Each agent's job is the one its claim would take: its oldest queued job of a
-            // running rollout (an agent in several rollouts takes them in order).
-            let sql = format!(
-                "update jobs set state = 'dispatched', fencing_token = fencing_token + 1, \
-                 lease_expires_at = $1 + lease_ms, dispatched_at = $1, updated_at = $1 \
-                 where id in (select (select j.id from jobs j join rollouts r on r.id = j.rollout_id \
-                     where j.agent_id = a.id and j.state = 'queued' and r.state = 'running' \
-                     order by j.created_at, j.position limit 1) from agents a where a.id in ({})) \
-                 and state = 'queued' and not exists (select 1 from jobs b \
-                 where b.agent_id = jobs.agent_id and b.state in ('dispatched', 'running', 'waiting')) \
-                 returning id, rollout_id, fencing_token, lease_ms, agent_id",
-                numbered(2, chunk.len())
-            );
-            let mut q =
-                sqlx::query_as::<_, (String, String, i64, i64, String)>(sqlx::AssertSqlSafe(sql)).bind(self.now);
+            let mut q = sqlx::query_as::<_, (String, String, i64, i64, String)>(sqlx::AssertSqlSafe(
+                dispatch_statement(chunk.len()),
+            ))
+            .bind(self.now);
             for id in chunk {
                 q = q.bind(*id);
             }
@@ -448,6 +437,20 @@ impl SchedulerPass {
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// The dispatch pass's statement for `agents` agents (`$1` now, `$2…` the agents): each
+/// agent's job is the one its claim would take ([`next_jobs`]). Public so that its plan can
+/// be checked (`explain`).
+pub fn dispatch_statement(agents: usize) -> String {
+    format!(
+        "with {} \
+         update jobs set state = 'dispatched', fencing_token = fencing_token + 1, \
+         lease_expires_at = $1 + lease_ms, dispatched_at = $1, updated_at = $1 \
+         from next where id = next_id and {STILL_QUEUED} \
+         returning id, rollout_id, fencing_token, lease_ms, agent_id",
+        next_jobs(&format!("agent_id in ({})", numbered(2, agents)))
+    )
 }
 
 /// Marks a wave done (once: a soaked wave keeps the time it passed its gate).
