@@ -137,8 +137,32 @@ impl Emitter {
     }
 }
 
+/// When the services stopped by `stop-services` served again:
+/// - after a rollback, at its end (it restarted the old version; any time the new one
+///   served before the rollback counts as outage too, so the figure is never short);
+/// - after `start-services` succeeded, when the last of them first passed its health check
+///   (`serving_since`: the rest of the start window only watches a serving process);
+/// - otherwise at `start-services`' last event (a cancel's restart), or unknown (`None`:
+///   the install has not got there).
+fn outage_end(
+    history: &[EngineEvent],
+    spans: &BTreeMap<PhaseId, (DateTime<Utc>, DateTime<Utc>)>,
+) -> Option<DateTime<Utc>> {
+    if let Some((_, restored)) = spans.get(&PhaseId::Rollback) {
+        return Some(*restored);
+    }
+    let start_events = || history.iter().filter(|e| e.phase == PhaseId::StartServices);
+    let serving =
+        start_events().filter_map(|e| e.data.get("serving_since")?.as_str()?.parse::<DateTime<Utc>>().ok()).max();
+    let started = start_events().any(|e| e.status == PhaseStatus::Succeeded);
+    match serving {
+        Some(at) if started => Some(at),
+        _ => spans.get(&PhaseId::StartServices).map(|s| s.1),
+    }
+}
+
 /// Computes durations from an event history: each phase from its first `running` event
-/// to its last event; the outage from `stop-services` start to `start-services` end.
+/// to its last event; the outage from `stop-services` start to the services serving again ([`outage_end`]).
 pub(crate) fn summarize(
     history: &[EngineEvent],
     outcome: InstallOutcome,
@@ -156,11 +180,7 @@ pub(crate) fn summarize(
     let ms = |a: DateTime<Utc>, b: DateTime<Utc>| (b - a).num_milliseconds().max(0) as u64;
     let phase_ms = spans.iter().map(|(p, (a, b))| (*p, ms(*a, *b))).collect();
     let outage_ms = match spans.get(&PhaseId::StopServices) {
-        Some((start, _)) => {
-            let end =
-                spans.get(&PhaseId::StartServices).map(|s| s.1).or_else(|| spans.get(&PhaseId::Rollback).map(|s| s.1));
-            ms(*start, end.unwrap_or(now))
-        }
+        Some((start, _)) => ms(*start, outage_end(history, &spans).unwrap_or(now)),
         None => 0,
     };
     let total_ms = history.first().map_or(0, |f| ms(f.at, now));

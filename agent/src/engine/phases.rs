@@ -159,12 +159,14 @@ impl Run<'_> {
         let mut started = Vec::new();
         let was_running = self.was_running.clone();
         for s in m.services.iter().filter(|s| was_running.contains(&s.name)) {
-            self.start_service(s, true).map_err(Stop::Failed)?;
+            let serving = self.start_service(s, true).map_err(Stop::Failed)?;
+            // `serving_since`: when it first answered its health check, which ends the
+            // outage (the summary's); the rest of the start window only watches it.
             self.em.emit(
                 p,
                 PhaseStatus::Running,
                 format!("service {} started and healthy", s.name),
-                json!({ "service": s.name }),
+                json!({ "service": s.name, "serving_since": serving }),
             );
             started.push(s.name.clone());
         }

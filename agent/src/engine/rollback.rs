@@ -161,7 +161,7 @@ pub(crate) fn rollback(run: &mut Run<'_>, reason: &str, outcome: InstallOutcome)
                 h.expect = None;
             }
             match run.start_service(&old, true) {
-                Ok(()) => run.em.emit(
+                Ok(_) => run.em.emit(
                     p,
                     PhaseStatus::Running,
                     format!("service {} running again", s.name),

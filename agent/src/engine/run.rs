@@ -8,6 +8,7 @@ use super::journal::{Journal, Record};
 use super::lock::{self, Locks};
 use super::services::{Services, Spawned};
 use super::{CancelHandle, CrlRemediation, Engine, EngineError, InstallRequest, rollback};
+use chrono::{DateTime, Utc};
 use fleetup_proto::manifest::{FileAction, FileChange, Manifest, Service};
 use fleetup_proto::{
     Cancellability, DecisionAnswer, DecisionKind, DecisionRequest, InstallOutcome, InstallSummary, PhaseId,
@@ -168,9 +169,10 @@ impl Run<'_> {
         })
     }
 
-    /// Starts `svc` (with `healthy`, also waits for its health check), journaling the
-    /// exec backend's process group before the service runs (see `orphans`).
-    pub(crate) fn start_service(&mut self, svc: &Service, healthy: bool) -> Result<(), String> {
+    /// Starts `svc` (with `healthy`, also waits for its health check, and returns when it
+    /// first passed), journaling the exec backend's process group before the service runs
+    /// (see `orphans`).
+    pub(crate) fn start_service(&mut self, svc: &Service, healthy: bool) -> Result<Option<DateTime<Utc>>, String> {
         let boot_id = super::orphans::boot_id();
         let (services, journal, hosts) = (&self.services, &mut self.journal, &self.hosts_file);
         let mut record = |sp: Spawned<'_>| {
@@ -179,9 +181,9 @@ impl Run<'_> {
                 .map_err(|e| format!("cannot write the journal: {e}"))
         };
         if healthy {
-            services.start_and_wait_healthy(svc, hosts, &mut record)
+            services.start_and_wait_healthy(svc, hosts, &mut record).map(Some)
         } else {
-            services.start_tracked(svc, &mut record)
+            services.start_tracked(svc, &mut record).map(|()| None)
         }
     }
 

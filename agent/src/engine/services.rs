@@ -6,6 +6,7 @@
 
 use super::exec::{self, Poll, Shell};
 use super::http;
+use chrono::{DateTime, Utc};
 use fleetup_proto::manifest::{HealthCheck, Service};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -144,6 +145,8 @@ impl Services {
     /// of [`Self::start`] and [`Self::wait_healthy`] both hold; they overlap in time: the
     /// health check is polled from the start, a freshly started process must stay alive
     /// for the whole start window, and its death ends the wait at once.
+    /// Returns when the service first passed its health check: it serves from then on,
+    /// while the rest of the start window is only watched (the outage ends there).
     /// Errors read `starting <name>: …` (the start failed or the process died) or
     /// `service <name> unhealthy …`.
     pub(crate) fn start_and_wait_healthy(
@@ -151,7 +154,7 @@ impl Services {
         svc: &Service,
         hosts_file: &Path,
         on_spawn: OnSpawn<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<DateTime<Utc>, String> {
         let starting = |e: String| format!("starting {}: {e}", svc.name);
         let launched = self.launch(svc, on_spawn).map_err(starting)?;
         if let Err(e) = self.healthy(svc, hosts_file, launched.as_ref()) {
@@ -160,10 +163,11 @@ impl Services {
                 _ => format!("service {} {e}", svc.name),
             });
         }
-        match launched {
-            Some(l) => l.alive_for(ALIVE_WINDOW).map_err(starting),
-            None => Ok(()),
+        let serving = Utc::now();
+        if let Some(l) = launched {
+            l.alive_for(ALIVE_WINDOW).map_err(starting)?;
         }
+        Ok(serving)
     }
 
     /// Starts the service unless it runs; for the exec backend, returns the new process.

@@ -38,6 +38,19 @@ fn failing_health_check_rolls_back() {
     assert!(summary.error.as_deref().unwrap().contains("503"), "{summary:?}");
     assert!(events.iter().any(|e| e.phase == PhaseId::Rollback && e.status == PhaseStatus::Succeeded));
     assert!(events.iter().any(|e| e.phase == PhaseId::Rollback && e.message.contains("rollback script")));
+    // The outage lasts until the rollback has the old version running again, not only
+    // until the new one failed to start.
+    let stop = events.iter().find(|e| e.phase == PhaseId::StopServices).unwrap().at;
+    let since_stop = |e: &fleetup_proto::EngineEvent| (e.at - stop).num_milliseconds() as u64;
+    let again = events.iter().find(|e| e.phase == PhaseId::Rollback && e.message.contains("running again")).unwrap();
+    let last = events.iter().rev().find(|e| e.phase == PhaseId::Rollback).unwrap();
+    assert!(
+        (since_stop(again)..=since_stop(last)).contains(&summary.outage_ms),
+        "outage {} ms; the old version ran again at {} ms, the rollback ended at {} ms",
+        summary.outage_ms,
+        since_stop(again),
+        since_stop(last)
+    );
     assert_eq!(tree(&fx.root), before);
     assert!(fx.leftover_staging().is_empty());
     fx.wait_version("1.0.0");

@@ -118,6 +118,15 @@ fn sample_upgrade_succeeds_end_to_end() {
     .map(|p| s.phase_ms[p])
     .sum();
     assert!(s.outage_ms <= outage_phases + 50, "{s:?}");
+    // It ends when the restarted service first answered its health check (the event's
+    // `serving_since`), not at the end of the start window that keeps watching it after.
+    let stop = events.iter().find(|e| e.phase == PhaseId::StopServices).unwrap().at;
+    let started = events.iter().find(|e| e.phase == PhaseId::StartServices && e.data.get("serving_since").is_some());
+    let serving: chrono::DateTime<chrono::Utc> =
+        started.unwrap().data["serving_since"].as_str().unwrap().parse().unwrap();
+    assert_eq!(s.outage_ms, (serving - stop).num_milliseconds() as u64, "{s:?}");
+    let phase_end = events.iter().rev().find(|e| e.phase == PhaseId::StartServices).unwrap().at;
+    assert!(serving < phase_end, "serving since {serving}, start-services ended {phase_end}");
     assert!(s.phase_ms[&PhaseId::UpdateFiles] < 500, "update-files took {} ms", s.phase_ms[&PhaseId::UpdateFiles]);
     let upd = events.iter().find(|e| e.phase == PhaseId::UpdateFiles && e.status == PhaseStatus::Succeeded).unwrap();
     assert!(upd.message.contains("0 bytes copied"), "{}", upd.message);
