@@ -97,7 +97,7 @@ pub struct BenchServer {
 }
 
 impl BenchServer {
-    /// Starts `fleetup-server serve` on a free loopback port. `RUST_LOG=warn`: request
+    /// Starts `fleetup-server serve` on a free loopback port. `FLEETUP_LOG=warn`: request
     /// logging at info would be part of what is measured.
     pub async fn start(bins: &Bins, dir: &Path, backend: Backend, extra: &[&str]) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
@@ -126,7 +126,10 @@ impl BenchServer {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(extra)
-            .env("RUST_LOG", "warn");
+            // The server's levels are FLEETUP_LOG (not RUST_LOG, which runs before 17 set
+            // and the server ignored: it logged at info). FLEETUP_BENCH_SERVER_LOG overrides
+            // it when a run is profiled (`warn,fleetup_server::scheduler=debug`: pass timings).
+            .env("FLEETUP_LOG", std::env::var("FLEETUP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()));
         let proc = Proc::spawn(cmd, dir.join("server.log"));
         let url = format!("http://127.0.0.1:{port}");
         // Rollouts are timed by polling until they finish: poll often, so the poll interval

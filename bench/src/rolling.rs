@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod profile;
+
 /// Hosts per batch.
 pub const BATCH: usize = 5;
 
@@ -76,8 +78,9 @@ pub fn ansible_playbook(bins: &Bins) -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-/// One fleetup roll: a coordinator, one agent per host, waves of five.
-async fn fleetup_once(bins: &Bins, base: &Path, n: usize) -> Result<f64> {
+/// One fleetup roll: a coordinator, one agent per host, waves of five. Its time, and where
+/// each host's time went ([`profile`]).
+async fn fleetup_once(bins: &Bins, base: &Path, n: usize) -> Result<(f64, Value)> {
     let server = BenchServer::start(bins, &base.join("server"), Backend::Sqlite, &[]).await?;
     let hosts = hosts(bins, &base.join("hosts"), n)?;
     let pkg = server.upload(bins, &crate::workspace_root().join("examples/sample-rollup")).await?;
@@ -112,6 +115,7 @@ async fn fleetup_once(bins: &Bins, base: &Path, n: usize) -> Result<f64> {
     // Let every agent's long-poll be held before the clock starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = Instant::now();
+    let started = chrono::Utc::now();
     server.client.start(&rid).await?;
     let done = server.wait_rollout_finished(&rid, Duration::from_mins(10)).await?;
     let secs = t.elapsed().as_secs_f64();
@@ -119,7 +123,7 @@ async fn fleetup_once(bins: &Bins, base: &Path, n: usize) -> Result<f64> {
     anyhow::ensure!(succeeded == Some(n as u64), "p7 rollout: {:?}", done.counts);
     check_updated(&hosts, "fleetup")?;
     drop(agents);
-    Ok(secs)
+    Ok((secs, profile::profile(&server.client, &rid, started).await?))
 }
 
 fn hosts_file(base: &Path, hosts: &[Host]) -> Result<PathBuf> {
@@ -193,14 +197,15 @@ pub async fn p7(bins: &Bins, size: Size, work: &Path) -> Result<Value> {
     };
     let dir = work.join("p7");
     let playbook = ansible_playbook(bins);
-    let (mut fl, mut sh, mut an) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fl, mut sh, mut an, mut profiles) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         let s = shell_once(bins, &dir.join(format!("shell{run}")), n)?;
         eprintln!("[p7] run {run}: shell {s:.2} s");
         sh.push(s);
-        let f = fleetup_once(bins, &dir.join(format!("fleetup{run}")), n).await?;
-        eprintln!("[p7] run {run}: fleetup {f:.2} s");
+        let (f, prof) = fleetup_once(bins, &dir.join(format!("fleetup{run}")), n).await?;
+        eprintln!("[p7] run {run}: fleetup {f:.2} s; where a host's time went (ms): {}", prof["host_median_ms"]);
         fl.push(f);
+        profiles.push(prof);
         // Ansible takes minutes per run at 50 hosts on two cores: one run at full size.
         if let Some(pb) = playbook.as_ref().filter(|_| run == 0) {
             let a = ansible_once(bins, pb, &dir.join(format!("ansible{run}")), n)?;
@@ -217,7 +222,7 @@ pub async fn p7(bins: &Bins, size: Size, work: &Path) -> Result<Value> {
         "fleetup_over_floor": median(&fl) / floor,
         "ansible_over_floor": if an.is_empty() { Value::Null } else { json!(median(&an) / floor) },
         "ansible_over_fleetup": if an.is_empty() { Value::Null } else { json!(median(&an) / median(&fl)) },
-        "shell_all": sh, "fleetup_all": fl, "ansible_all": an,
+        "shell_all": sh, "fleetup_all": fl, "ansible_all": an, "fleetup_profiles": profiles,
         "ansible": playbook.map(|p| p.display().to_string()),
     }))
 }

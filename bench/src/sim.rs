@@ -174,7 +174,12 @@ impl Fleet {
                 let builder = reqwest::Client::builder()
                     .local_address(ip)
                     .pool_max_idle_per_host(usize::MAX)
-                    .pool_idle_timeout(Duration::from_mins(5))
+                    // Short: an agent's re-poll can race its own connection back into the
+                    // pool and open a second one (hyper finishes a started connect and pools
+                    // it). Such spares, kept for minutes, took the server to the open-file
+                    // limit on a 2026-12-07 run (19,987 connections for 18,500 agents); an
+                    // agent's own connection is never idle this long between its requests.
+                    .pool_idle_timeout(Duration::from_secs(2))
                     .timeout(Duration::from_secs(poll_wait + 120));
                 match transport {
                     Transport::H1 => builder.http1_only(),
