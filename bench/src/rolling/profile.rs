@@ -39,7 +39,7 @@ fn host_parts(job: &Job, events: &[EngineEvent]) -> Result<BTreeMap<String, f64>
     // Each phase's first event, in the order the engine ran them.
     let mut starts: Vec<(PhaseId, DateTime<Utc>)> = Vec::new();
     for ev in events {
-        if starts.last().is_none_or(|(p, _)| *p != ev.phase) && !starts.iter().any(|(p, _)| *p == ev.phase) {
+        if !starts.iter().any(|(p, _)| *p == ev.phase) {
             starts.push((ev.phase, ev.at));
         }
     }

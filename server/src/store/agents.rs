@@ -2,9 +2,14 @@
 //! revocation, and the last-seen times flushed in batches.
 
 use super::rows::{AgentRow, EnrollmentRow};
-use super::{NewAgent, NewAudit, Store, StoreError, StoreResult, from_json, to_json};
+use super::{
+    Dialect, NewAgent, NewAudit, Store, StoreError, StoreResult, from_json, numbered, to_json, values_placeholders,
+};
 use crate::model::{Agent, AgentId, Millis, now_ms};
 use std::collections::BTreeMap;
+
+/// Agents per statement of [`Store::touch_agents`] (2 parameters each).
+const TOUCH_CHUNK: usize = 1000;
 
 impl Store {
     /// Uses an enrollment token to create an agent.
@@ -143,22 +148,42 @@ impl Store {
         Ok(())
     }
 
-    /// Writes last-seen times collected in memory, in one transaction.
+    /// Writes last-seen times collected in memory, in one transaction, one statement per
+    /// [`TOUCH_CHUNK`] agents. One statement per agent was, on Postgres, a round trip each
+    /// while the transaction held the rows already updated: after a 10,000-server wave's
+    /// polls, seconds during which the dispatch pass and the reports ending a job (which
+    /// lock their agent's row) waited (docs/benchmarks.md, issue 17 run 3).
     #[tracing::instrument(skip_all)]
     pub async fn touch_agents(&self, seen: &[(AgentId, Millis)]) -> StoreResult<()> {
         if seen.is_empty() {
             return Ok(());
         }
-        // In id order, like report batches (see `report_batch`): no lock-order deadlock.
+        // In id order, like report batches (see `report_batch`) and the dispatch pass: no
+        // lock-order deadlock. On Postgres the rows are locked first, in that order: a
+        // multi-row update locks in the order its plan reads them.
         let mut seen: Vec<&(AgentId, Millis)> = seen.iter().collect();
         seen.sort_unstable();
         let mut tx = self.write_tx().await?;
-        for (id, at) in seen {
-            sqlx::query("update agents set last_seen = $2 where id = $1 and last_seen < $2")
-                .bind(id.as_str())
-                .bind(*at)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in seen.chunks(TOUCH_CHUNK) {
+            if self.dialect == Dialect::Postgres {
+                let lock =
+                    format!("select id from agents where id in ({}) order by id for update", numbered(1, chunk.len()));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(lock));
+                for (id, _) in chunk {
+                    q = q.bind(id.as_str());
+                }
+                q.fetch_all(&mut *tx).await?;
+            }
+            let sql = format!(
+                "with v (id, t) as (values {}) update agents set last_seen = v.t from v \
+                 where agents.id = v.id and agents.last_seen < v.t",
+                values_placeholders(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, at) in chunk {
+                q = q.bind(id.as_str()).bind(*at);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
