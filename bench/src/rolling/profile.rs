@@ -30,9 +30,8 @@ fn ms(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 fn host_parts(job: &Job, events: &[EngineEvent]) -> Result<BTreeMap<String, f64>> {
     let dispatched = job.dispatched_at.with_context(|| format!("job {} has no dispatched_at", job.id))?;
     let finished = job.finished_at.with_context(|| format!("job {} has no finished_at", job.id))?;
-    let (first, last) = match (events.first(), events.last()) {
-        (Some(f), Some(l)) => (f, l),
-        _ => anyhow::bail!("job {} has no events", job.id),
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        anyhow::bail!("job {} has no events", job.id)
     };
     let mut parts = BTreeMap::new();
     parts.insert("dispatch_to_first_event".to_owned(), ms(dispatched, first.at));
