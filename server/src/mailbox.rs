@@ -26,8 +26,8 @@ struct Slot<T> {
     /// Job polls of this agent held now.
     held: u32,
     /// An assignment pushed to those polls, not yet collected. Boxed: every agent that
-    /// ever polled has a slot, and an assignment inline (about a kilobyte: the rollout's
-    /// spec and package) in each of 18,500 slots made the table ~35 MB while empty.
+    /// ever polled has a slot, and inline the assignment (the rollout's spec and package)
+    /// made a slot 648 bytes, a 32,768-bucket table for 18,500 agents ~22 MB while empty.
     pushed: Option<Box<T>>,
 }
 
