@@ -126,9 +126,10 @@ impl BenchServer {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(extra)
-            // The server's levels are FLEETUP_LOG (not RUST_LOG, which runs before 17 set
-            // and the server ignored: it logged at info). FLEETUP_BENCH_SERVER_LOG overrides
-            // it when a run is profiled (`warn,fleetup_server::scheduler=debug`: pass timings).
+            // The server reads its levels from FLEETUP_LOG. Runs before 3678958 set RUST_LOG,
+            // which the server ignores, so they logged at info. FLEETUP_BENCH_SERVER_LOG
+            // overrides it when a run is profiled (`warn,fleetup_server::scheduler=debug`:
+            // pass timings).
             .env("FLEETUP_LOG", std::env::var("FLEETUP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()));
         let proc = Proc::spawn(cmd, dir.join("server.log"));
         let url = format!("http://127.0.0.1:{port}");

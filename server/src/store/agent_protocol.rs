@@ -89,7 +89,7 @@ async fn claim_tx(
     // committed before it began). SQLite's `BEGIN IMMEDIATE` already gives one writer.
     let agent_lock = format!("select id from agents where id = $1{}", dialect.for_update());
     sqlx::query(sqlx::AssertSqlSafe(agent_lock)).bind(agent_id.as_str()).fetch_all(&mut **tx).await?;
-    // The agent's jobs are read through the agent alone (`next_jobs`).
+    // The agent's jobs are read through the agent alone (`dispatch_next`).
     let dispatched: Vec<DispatchedRow> = sqlx::query_as(sqlx::AssertSqlSafe(claim_statement()))
         .bind(agent_id.as_str())
         .bind(now)
@@ -116,8 +116,12 @@ async fn claim_tx(
     Ok(Some(claimed(tx, plans, claim).await?))
 }
 
-/// Two common tables: `mine`, the jobs of the agents a claim or a dispatch is for (`which`,
-/// a condition on `agent_id`), and `next (next_id)`, each such agent's next job to dispatch:
+/// The statement that dispatches their next job to the agents `which` selects (a condition
+/// on `agent_id`) at `now` (a placeholder): state `dispatched`, fencing token + 1, the lease;
+/// it returns `id, rollout_id, fencing_token, lease_ms` and then `returning_more`. Shared by
+/// the claim (one agent) and the dispatch pass (many).
+///
+/// Two common tables: `mine`, the agents' jobs, and `next (next_id)`, each agent's next job:
 /// its oldest queued job of a running rollout (an agent in several rollouts takes them in
 /// order), for agents with no job dispatched, running or waiting.
 ///
@@ -127,33 +131,29 @@ async fn claim_tx(
 /// when every job is `pending`, so `queued` looks empty), and read every queued job of the
 /// fleet for each agent: a 10,000-server wave's dispatch pass took 31.6 s so
 /// (docs/benchmarks.md, issue 17 run 3). `materialized` keeps the state conditions out of
-/// the scan, and the update joins `next` by id with [`STILL_QUEUED`].
-pub(super) fn next_jobs(which: &str) -> String {
+/// the scan, and the update joins `next` by id. Its check that the row is still queued (a
+/// pause or a cancel of the rollout may have committed since `mine` was read; Postgres
+/// re-evaluates it on the row's newest version) is written `(state || '')` so that no index
+/// can serve it either.
+pub(super) fn dispatch_next(which: &str, now: &str, returning_more: &str) -> String {
     format!(
-        "mine as materialized (select id, agent_id, rollout_id, state, created_at, position from jobs where {which}), \
+        "with mine as materialized (select id, agent_id, rollout_id, state, created_at, position from jobs where {which}), \
          next (next_id) as (select id from (select m.id, row_number() over \
          (partition by m.agent_id order by m.created_at, m.position) as n from mine m join rollouts r on r.id = m.rollout_id \
          where m.state = 'queued' and r.state = 'running' and not exists (select 1 from mine b \
-         where b.agent_id = m.agent_id and b.state in ('dispatched', 'running', 'waiting'))) ranked where n = 1)"
+         where b.agent_id = m.agent_id and b.state in ('dispatched', 'running', 'waiting'))) ranked where n = 1) \
+         update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = {now} + lease_ms, \
+         dispatched_at = {now}, updated_at = {now} \
+         from next where id = next_id and (state || '') = 'queued' \
+         returning id, rollout_id, fencing_token, lease_ms{returning_more}"
     )
 }
 
-/// The update's check that the row it takes is still queued (a pause or a cancel of the
-/// rollout may have committed since `mine` was read; Postgres re-evaluates it on the row's
-/// newest version). Written so that no index can serve it (`|| ''`): see [`next_jobs`].
-pub(super) const STILL_QUEUED: &str = "(state || '') = 'queued'";
-
-/// The claim's statement (`$1` the agent, `$2` now): dispatches the agent's next job
-/// ([`next_jobs`]). Public so that its plan can be checked (`explain`).
-pub fn claim_statement() -> String {
-    format!(
-        "with {} \
-         update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = $2 + lease_ms, \
-         dispatched_at = $2, updated_at = $2 \
-         from next where id = next_id and {STILL_QUEUED} \
-         returning id, rollout_id, fencing_token, lease_ms",
-        next_jobs("agent_id = $1")
-    )
+/// The claim's statement (`$1` the agent, `$2` now), built once: every poll that claims
+/// runs it. Public so that its plan can be checked (`explain`).
+pub fn claim_statement() -> &'static str {
+    static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| dispatch_next("agent_id = $1", "$2", ""));
+    &CLAIM
 }
 
 /// A dispatched job as its assignment needs it: (id, rollout id, fencing token, lease ms).

@@ -3,7 +3,7 @@
 
 use super::rows::{AgentRow, EnrollmentRow};
 use super::{
-    Dialect, NewAgent, NewAudit, Store, StoreError, StoreResult, from_json, numbered, to_json, values_placeholders,
+    Dialect, NewAgent, NewAudit, Store, StoreError, StoreResult, Tx, from_json, numbered, to_json, values_placeholders,
 };
 use crate::model::{Agent, AgentId, Millis, now_ms};
 use std::collections::BTreeMap;
@@ -165,15 +165,8 @@ impl Store {
         seen.sort_unstable();
         let mut tx = self.write_tx().await?;
         for chunk in seen.chunks(TOUCH_CHUNK) {
-            if self.dialect == Dialect::Postgres {
-                let lock =
-                    format!("select id from agents where id in ({}) order by id for update", numbered(1, chunk.len()));
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(lock));
-                for (id, _) in chunk {
-                    q = q.bind(id.as_str());
-                }
-                q.fetch_all(&mut *tx).await?;
-            }
+            let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+            lock_agents(&mut tx, self.dialect, &ids).await?;
             let sql = format!(
                 "with v (id, t) as (values {}) update agents set last_seen = v.t from v \
                  where agents.id = v.id and agents.last_seen < v.t",
@@ -188,4 +181,20 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Locks these agents' rows on Postgres, in the order given (callers pass them in id
+/// order, so that two writers locking sets of agents never wait on each other in a
+/// circle); a no-op on SQLite, whose write transaction already has the database to itself.
+pub(super) async fn lock_agents(tx: &mut Tx, dialect: Dialect, ids: &[&str]) -> StoreResult<()> {
+    if dialect != Dialect::Postgres || ids.is_empty() {
+        return Ok(());
+    }
+    let lock = format!("select id from agents where id in ({}) order by id for update", numbered(1, ids.len()));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(lock));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(&mut **tx).await?;
+    Ok(())
 }

@@ -4,7 +4,8 @@
 //! is decided by [`crate::domain::schedule`], called from [`crate::scheduler`]; this file
 //! only reads and writes.
 
-use super::agent_protocol::{DispatchedRow, Plans, STILL_QUEUED, claimed, next_jobs};
+use super::agent_protocol::{DispatchedRow, Plans, claimed, dispatch_next};
+use super::agents::lock_agents;
 use super::audit::record;
 use super::events::emit_job;
 use super::rollouts::apply_effect;
@@ -401,18 +402,10 @@ impl SchedulerPass {
         let mut out = Vec::with_capacity(agents.len());
         let mut plans = Plans::new();
         for chunk in agents.chunks(DISPATCH_CHUNK) {
-            if self.dialect == Dialect::Postgres {
-                // The agents' rows first, in id order, as a claim locks its agent's: a claim
-                // on another replica and this dispatch take turns per agent, and the second
-                // one's `not exists` sees the first one's job in flight.
-                let lock =
-                    format!("select id from agents where id in ({}) order by id for update", numbered(1, chunk.len()));
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(lock));
-                for id in chunk {
-                    q = q.bind(*id);
-                }
-                q.fetch_all(&mut *self.tx).await?;
-            }
+            // The agents' rows first, in id order, as a claim locks its agent's: a claim on
+            // another replica and this dispatch take turns per agent, and the second one's
+            // `not exists` sees the first one's job in flight.
+            lock_agents(&mut self.tx, self.dialect, chunk).await?;
             let mut q = sqlx::query_as::<_, (String, String, i64, i64, String)>(sqlx::AssertSqlSafe(
                 dispatch_statement(chunk.len()),
             ))
@@ -440,17 +433,10 @@ impl SchedulerPass {
 }
 
 /// The dispatch pass's statement for `agents` agents (`$1` now, `$2…` the agents): each
-/// agent's job is the one its claim would take ([`next_jobs`]). Public so that its plan can
+/// agent's job is the one its claim would take ([`dispatch_next`]). Public so that its plan can
 /// be checked (`explain`).
 pub fn dispatch_statement(agents: usize) -> String {
-    format!(
-        "with {} \
-         update jobs set state = 'dispatched', fencing_token = fencing_token + 1, \
-         lease_expires_at = $1 + lease_ms, dispatched_at = $1, updated_at = $1 \
-         from next where id = next_id and {STILL_QUEUED} \
-         returning id, rollout_id, fencing_token, lease_ms, agent_id",
-        next_jobs(&format!("agent_id in ({})", numbered(2, agents)))
-    )
+    dispatch_next(&format!("agent_id in ({})", numbered(2, agents)), "$1", ", agent_id")
 }
 
 /// Marks a wave done (once: a soaked wave keeps the time it passed its gate).
