@@ -56,6 +56,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
+use std::sync::Arc;
 
 /// Why a store call failed. The user-facing variants carry a sentence a person can act on.
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +111,81 @@ impl StoreError {
 /// Result of store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A transaction on either backend.
-pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A write transaction on either backend; on SQLite it also holds the process's write gate
+/// ([`Writes`]) until it commits, rolls back or is dropped. Derefs to the connection, so
+/// `&mut *tx` is an executor as with a plain `sqlx::Transaction`.
+#[derive(Debug)]
+pub(crate) struct Tx {
+    // Declared first, dropped first: a transaction dropped unfinished queues its rollback
+    // before the gate opens.
+    inner: sqlx::Transaction<'static, sqlx::Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Tx {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.inner.commit().await
+    }
+
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.inner.rollback().await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
+}
+
+/// Where write transactions begin: the pool and, on SQLite, the process's write gate.
+///
+/// SQLite has one write lock per database. Writers that find it taken wait in SQLite's busy
+/// handler, which sleeps and retries (1, 2, 5 … 100 ms): not in turn, and the lock stays
+/// idle until a sleeper wakes. Under the report flood of a wave the report writer, which
+/// begins its next batch the instant it commits, took the lock again and again while a claim
+/// slept, so agents that polled between two reports waited seconds for their job. The gate
+/// is a FIFO async mutex taken before `BEGIN IMMEDIATE`: writers of this process take the
+/// lock in the order they asked, and the next one is handed it at once
+/// (docs/decisions.md, "SQLite writers take turns"). Postgres locks rows and needs none.
+#[derive(Clone)]
+pub(crate) struct Writes {
+    pool: AnyPool,
+    dialect: Dialect,
+    gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Writes {
+    fn new(pool: AnyPool, dialect: Dialect) -> Self {
+        let gate = (dialect == Dialect::Sqlite).then(Arc::default);
+        Self { pool, dialect, gate }
+    }
+
+    /// A transaction that may write: SQLite begins it `IMMEDIATE`, taking the write lock up
+    /// front instead of failing to upgrade a read lock later.
+    pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        let gate = match &self.gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        };
+        let inner = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        };
+        Ok(Tx { inner, _gate: gate })
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
 
 /// What differs between the two databases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +242,7 @@ pub struct Store {
     dialect: Dialect,
     /// The database URL (Postgres LISTEN opens its own connection).
     url: String,
+    writes: Writes,
     claims: GroupCommit<ClaimRequest, Option<ClaimedJob>>,
     reports: GroupCommit<ReportRequest, ReportOutcome>,
 }
@@ -231,15 +306,17 @@ async fn open_sqlite(url: &str) -> StoreResult<AnyPool> {
 impl Store {
     /// The store over `pool`, with the group commits of claims and reports started.
     fn with_writers(pool: AnyPool, dialect: Dialect, url: &str) -> Self {
-        let (claim_pool, report_pool) = (pool.clone(), pool.clone());
+        let writes = Writes::new(pool.clone(), dialect);
+        let (claim_writes, report_writes) = (writes.clone(), writes.clone());
         let writers = dialect.writers();
         Self {
             claims: GroupCommit::spawn("claim", group_commit::MAX_BATCH, writers, move |reqs| {
-                agent_protocol::claim_batch(claim_pool.clone(), dialect, reqs)
+                agent_protocol::claim_batch(claim_writes.clone(), reqs)
             }),
             reports: GroupCommit::spawn("report", group_commit::MAX_BATCH, writers, move |reqs| {
-                ingest::report_batch(report_pool.clone(), dialect, reqs)
+                ingest::report_batch(report_writes.clone(), reqs)
             }),
+            writes,
             pool,
             dialect,
             url: url.to_owned(),
@@ -251,24 +328,15 @@ impl Store {
         self.dialect.name()
     }
 
-    /// A transaction that may write (see [`begin_write`]).
+    /// A transaction that may write (see [`Writes::begin`]).
     async fn write_tx(&self) -> Result<Tx, sqlx::Error> {
-        begin_write(&self.pool, self.dialect).await
+        self.writes.begin().await
     }
 
     /// A cheap query that fails when the database is unreachable (`/healthz`).
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query("select 1").execute(&self.pool).await?;
         Ok(())
-    }
-}
-
-/// A transaction that may write: SQLite begins it `IMMEDIATE`, taking the write lock up
-/// front instead of failing to upgrade a read lock later.
-pub(crate) async fn begin_write(pool: &AnyPool, dialect: Dialect) -> Result<Tx, sqlx::Error> {
-    match dialect {
-        Dialect::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
-        Dialect::Postgres => pool.begin().await,
     }
 }
 
@@ -311,5 +379,42 @@ mod tests {
     #[test]
     fn placeholders_are_numbered_across_rows() {
         assert_eq!(super::values_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+
+    /// A writer waiting for SQLite's write lock gets it when the holder commits, before the
+    /// holder's next transaction: writers take turns instead of racing from the busy handler
+    /// (where a writer that begins again at once, as the report writer under a flood does,
+    /// kept the lock from a sleeping claim).
+    #[tokio::test(flavor = "current_thread")]
+    async fn sqlite_writers_take_the_lock_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            super::connect(&format!("sqlite:{}", dir.path().join("t.db").display())).await.unwrap(),
+        );
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = store.write_tx().await.unwrap();
+        let waiter = tokio::spawn({
+            let (store, order) = (store.clone(), order.clone());
+            async move {
+                let tx = store.write_tx().await.unwrap();
+                order.lock().unwrap().push("waiter");
+                tx.commit().await.unwrap();
+            }
+        });
+        // One turn of this thread's runtime: the waiter asks for the lock and waits.
+        tokio::task::yield_now().await;
+        held.commit().await.unwrap();
+        for _ in 0..20 {
+            let tx = store.write_tx().await.unwrap();
+            order.lock().unwrap().push("holder");
+            tx.commit().await.unwrap();
+        }
+        waiter.await.unwrap();
+        let order = order.lock().unwrap();
+        assert_eq!(
+            order.first(),
+            Some(&"waiter"),
+            "the lock went to the waiter first, then the holder again: {order:?}"
+        );
     }
 }

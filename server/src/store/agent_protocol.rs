@@ -12,7 +12,7 @@ use super::rollouts::settle_if_ending;
 use super::rows::JobRow;
 use super::{
     ClaimRequest, ClaimedJob, Dialect, JobMessages, ReportOutcome, ReportRequest, Store, StoreError, StoreResult, Tx,
-    begin_write, corrupt, from_json, stored_id, to_json,
+    Writes, corrupt, from_json, stored_id, to_json,
 };
 use crate::domain::report::{auto_answer, fold, settled_state};
 use crate::model::{AgentId, InstalledRollup, JobId, JobState, Package, RolloutId, RolloutSpec, now_ms};
@@ -25,12 +25,12 @@ pub(super) type Plans = HashMap<String, (RolloutSpec, Package)>;
 
 /// Claims: each request in the batch claims its agent's next job.
 pub(crate) async fn claim_batch(
-    pool: sqlx::AnyPool,
-    dialect: Dialect,
+    writes: Writes,
     reqs: Vec<ClaimRequest>,
 ) -> StoreResult<Vec<StoreResult<Option<ClaimedJob>>>> {
+    let dialect = writes.dialect();
     let mut plans = Plans::new();
-    batch_tx!(begin_write(&pool, dialect), reqs, key = |r| r.agent_id.clone(), |tx, r| claim_tx(
+    batch_tx!(writes.begin(), reqs, key = |r| r.agent_id.clone(), |tx, r| claim_tx(
         &mut tx,
         dialect,
         &mut plans,

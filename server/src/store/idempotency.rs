@@ -35,10 +35,8 @@ impl Store {
         hash: &str,
         now: Millis,
     ) -> StoreResult<Claim> {
-        sqlx::query("delete from idempotency_keys where created_at < $1")
-            .bind(now - KEEP_MS)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.write_tx().await?;
+        sqlx::query("delete from idempotency_keys where created_at < $1").bind(now - KEEP_MS).execute(&mut *tx).await?;
         let inserted = sqlx::query(
             "insert into idempotency_keys (actor, key, route, request_hash, status, created_at) \
              values ($1, $2, $3, $4, 0, $5) on conflict (actor, key) do nothing",
@@ -48,9 +46,10 @@ impl Store {
         .bind(route)
         .bind(hash)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         if inserted == 1 {
             return Ok(Claim::Run);
         }
@@ -74,23 +73,27 @@ impl Store {
 
     /// Keeps the answer of the request that claimed `key`.
     pub async fn finish_idempotency_key(&self, actor: &str, key: &str, status: u16, body: &str) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
         sqlx::query("update idempotency_keys set status = $3, body = $4 where actor = $1 and key = $2")
             .bind(actor)
             .bind(key)
             .bind(i64::from(status))
             .bind(body)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Forgets `key` (its request failed: a retry may run it again).
     pub async fn release_idempotency_key(&self, actor: &str, key: &str) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
         sqlx::query("delete from idempotency_keys where actor = $1 and key = $2 and status = 0")
             .bind(actor)
             .bind(key)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

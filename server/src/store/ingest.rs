@@ -30,7 +30,7 @@
 use super::agent_protocol::{after_reports, check_lease, late_outcome, report_tx};
 use super::rows::JobRow;
 use super::{
-    Dialect, ReportOutcome, ReportRequest, StoreError, StoreResult, Tx, begin_write, numbered, stored_id, to_json,
+    Dialect, ReportOutcome, ReportRequest, StoreError, StoreResult, Tx, Writes, numbered, stored_id, to_json,
     values_placeholders,
 };
 use crate::domain::report::{Fold, Progress, fold, outcome_state, settled_state};
@@ -42,10 +42,10 @@ use std::collections::{HashMap, HashSet};
 /// Writes a group-commit batch of reports in one transaction (see the module's comment);
 /// one result per request, in the requests' order.
 pub(crate) async fn report_batch(
-    pool: sqlx::AnyPool,
-    dialect: Dialect,
+    writes: Writes,
     reqs: Vec<ReportRequest>,
 ) -> StoreResult<Vec<StoreResult<ReportOutcome>>> {
+    let dialect = writes.dialect();
     // Row locks in one order in every transaction, so none waits on another in a cycle
     // (Postgres): first the jobs, in id order (byte order: the locking select sorts with
     // `collate "C"`); then the agents whose install ended, and the rollouts whose last job
@@ -60,7 +60,7 @@ pub(crate) async fn report_batch(
     // against 5,758-7,623 events/s), so SQLite keeps the per-report path.
     let mut batched = dialect == Dialect::Postgres;
     'attempt: loop {
-        let mut tx = begin_write(&pool, dialect).await?;
+        let mut tx = writes.begin().await?;
         let mut results: Vec<Option<StoreResult<ReportOutcome>>> = Vec::new();
         results.resize_with(reqs.len(), || None);
         let mut written_batched = 0u64;
