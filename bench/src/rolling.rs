@@ -102,7 +102,7 @@ async fn fleetup_once(bins: &Bins, base: &Path, n: usize) -> Result<(f64, Value)
             .args(["--var", &format!("demo_service_bin={}", bins.path("fleetup-demo-service").display())])
             // A CRL endpoint that refuses at once: the warning is answered by the rollout policy.
             .args(["--var", "crl_base=http://127.0.0.1:1"])
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", std::env::var("FLEETUP_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()));
         agents.push(Proc::spawn(cmd, h.dir.join("agent.log")));
     }
     server.wait_enrolled(n, Duration::from_mins(1), "the agents to enroll").await?;

@@ -97,14 +97,17 @@ pub async fn run(ctx: &Ctx, job: JobAssignment) -> anyhow::Result<Option<Install
                 return None;
             }
             let package = fetch_package(ctx, &job, &bridge).await?;
+            tracing::debug!(job = %job.job_id, "package downloaded");
             if let Err(why) = matches_job(ctx, &package, &job).await {
                 bridge.emit_final(&job, &why);
                 return None;
             }
+            tracing::debug!(job = %job.job_id, "package matches the job");
             if bridge.lease.confirm().await == Confirmed::Lost {
                 tracing::warn!(job = %job.job_id, "the coordinator took this job back; it is not started");
                 return None;
             }
+            tracing::debug!(job = %job.job_id, "lease confirmed: starting the engine");
             let req = ctx.install_request(package, &job);
             let install_id = job.job_id.clone();
             let handle = tokio::task::spawn_blocking(move || engine.install_as(&req, &install_id).map(Some));
