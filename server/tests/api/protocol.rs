@@ -319,3 +319,30 @@ async fn an_outcome_after_the_lease_was_lost_is_recorded_as_late(backend: Backen
         agents[0].report(&job.job_id, job.fencing_token + 5, vec![final_ev(2, InstallOutcome::Succeeded)]).await;
     assert_eq!((s, r["error"]["code"].as_str()), (409, Some("stale-lease")), "{r}");
 }
+
+/// Every connection the coordinator accepts sends at once (`TCP_NODELAY`): with Nagle's
+/// algorithm a streamed package download held its last segment until the agent's delayed
+/// acknowledgement, 40 ms per download. The server runs in this process, so its accepted
+/// sockets are among this test's descriptors (copied here by `pidfd_getfd`): those whose
+/// local port is the server's and that have a peer.
+#[tokio::test]
+async fn accepted_connections_send_without_delay() {
+    use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
+    let Some(app) = spawn_app(Backend::Sqlite).await else { return };
+    let port: u16 = app.base.rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
+    // A request on a kept-alive connection: its server side stays open.
+    app.get("/api/v1/rollouts").await;
+    let me = pidfd_open(getpid(), PidfdFlags::empty()).unwrap();
+    let mut accepted = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(raw) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(fd) = pidfd_getfd(&me, raw, PidfdGetfdFlags::empty()) else { continue };
+        let Ok(local) = rustix::net::getsockname(&fd).map(std::net::SocketAddr::try_from) else { continue };
+        if local.ok().map(|a| a.port()) != Some(port) || !matches!(rustix::net::getpeername(&fd), Ok(Some(_))) {
+            continue;
+        }
+        accepted += 1;
+        assert!(rustix::net::sockopt::tcp_nodelay(&fd).unwrap(), "an accepted connection has Nagle's algorithm on");
+    }
+    assert!(accepted > 0, "no accepted connection of the server on port {port} found among this process's descriptors");
+}
