@@ -121,9 +121,13 @@ async fn claim_tx(
 /// it returns `id, rollout_id, fencing_token, lease_ms` and then `returning_more`. Shared by
 /// the claim (one agent) and the dispatch pass (many).
 ///
-/// Two common tables: `mine`, the agents' jobs, and `next (next_id)`, each agent's next job:
+/// Three common tables: `mine`, the agents' jobs; `flagged`, the same with `busy` for agents
+/// with a job dispatched, running or waiting; and `next (next_id)`, each agent's next job:
 /// its oldest queued job of a running rollout (an agent in several rollouts takes them in
-/// order), for agents with no job dispatched, running or waiting.
+/// order), for agents that are not busy. `busy` is a window over the agent's jobs, not a
+/// `not exists` over `mine`: Postgres ran that as a nested loop over the common table, one
+/// scan of all of `mine` per job, quadratic in the statement's agents (a 5,000-agent
+/// dispatch took seconds; docs/benchmarks.md, issue 17 run 4).
 ///
 /// The jobs are found through the agents alone: a condition on `state` that the planner can
 /// serve from an index lets Postgres pick `jobs_state_lease` for `state = 'queued'` whenever
@@ -138,10 +142,11 @@ async fn claim_tx(
 pub(super) fn dispatch_next(which: &str, now: &str, returning_more: &str) -> String {
     format!(
         "with mine as materialized (select id, agent_id, rollout_id, state, created_at, position from jobs where {which}), \
-         next (next_id) as (select id from (select m.id, row_number() over \
-         (partition by m.agent_id order by m.created_at, m.position) as n from mine m join rollouts r on r.id = m.rollout_id \
-         where m.state = 'queued' and r.state = 'running' and not exists (select 1 from mine b \
-         where b.agent_id = m.agent_id and b.state in ('dispatched', 'running', 'waiting'))) ranked where n = 1) \
+         flagged as (select m.*, max(case when m.state in ('dispatched', 'running', 'waiting') then 1 else 0 end) \
+         over (partition by m.agent_id) as busy from mine m), \
+         next (next_id) as (select id from (select f.id, row_number() over \
+         (partition by f.agent_id order by f.created_at, f.position) as n from flagged f join rollouts r on r.id = f.rollout_id \
+         where f.state = 'queued' and r.state = 'running' and f.busy = 0) ranked where n = 1) \
          update jobs set state = 'dispatched', fencing_token = fencing_token + 1, lease_expires_at = {now} + lease_ms, \
          dispatched_at = {now}, updated_at = {now} \
          from next where id = next_id and (state || '') = 'queued' \
