@@ -145,6 +145,9 @@ impl std::ops::DerefMut for Tx {
     }
 }
 
+/// Longest a writer waits for SQLite's write gate (sqlx's default wait for a pool connection).
+const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where write transactions begin: the pool and, on SQLite, the process's write gate.
 ///
 /// SQLite has one write lock per database. Writers that find it taken wait in SQLite's busy
@@ -172,7 +175,13 @@ impl Writes {
     /// front instead of failing to upgrade a read lock later.
     pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let gate = match &self.gate {
-            Some(gate) => Some(gate.clone().lock_owned().await),
+            // A deadline as for a pool connection: the busy handler's 10 s bounded this wait
+            // before the gate; a writer of this process holding it that long is a fault.
+            Some(gate) => Some(
+                tokio::time::timeout(GATE_WAIT, gate.clone().lock_owned())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)?,
+            ),
             None => None,
         };
         let inner = match self.dialect {
