@@ -5,12 +5,6 @@ use clap::Parser as _;
 use fleetup_server::cli::{Cli, Command, EnrollmentTokenCommand, TlsCommand, TokenCommand, UserCommand};
 use std::process::ExitCode;
 
-/// jemalloc, not glibc's malloc: during a 10,000-server wave glibc's allocator took 29 % of
-/// the coordinator's CPU (perf); jemalloc took less CPU than mimalloc for 250 MiB less
-/// memory with 18,500 polls held (docs/decisions.md, "The coordinator allocates with jemalloc").
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -342,6 +342,15 @@ impl Store {
         self.writes.begin().await
     }
 
+    /// Runs one writing statement in a write transaction of its own, so that it takes its
+    /// turn at SQLite's write gate like every other writer; the rows it affected.
+    async fn write_one(&self, query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>) -> StoreResult<u64> {
+        let mut tx = self.write_tx().await?;
+        let affected = query.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(affected)
+    }
+
     /// A cheap query that fails when the database is unreachable (`/healthz`).
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query("select 1").execute(&self.pool).await?;

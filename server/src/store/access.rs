@@ -65,13 +65,12 @@ impl Store {
     /// change; [`crate::auth::api_caller`] calls it at most once a minute per token.
     #[tracing::instrument(skip_all)]
     pub async fn touch_api_token(&self, id: &TokenId, now: Millis) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("update api_tokens set last_used_at = $1 where id = $2 and coalesce(last_used_at, 0) < $1")
-            .bind(now)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        self.write_one(
+            sqlx::query("update api_tokens set last_used_at = $1 where id = $2 and coalesce(last_used_at, 0) < $1")
+                .bind(now)
+                .bind(id.as_str()),
+        )
+        .await?;
         Ok(())
     }
 
@@ -202,13 +201,12 @@ impl Store {
     /// Marks a session used at `now` (the idle timeout counts from here).
     #[tracing::instrument(skip_all)]
     pub async fn touch_session(&self, id: &str, now: i64) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("update sessions set last_used_at = $1 where id = $2 and coalesce(last_used_at, 0) < $1")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        self.write_one(
+            sqlx::query("update sessions set last_used_at = $1 where id = $2 and coalesce(last_used_at, 0) < $1")
+                .bind(now)
+                .bind(id),
+        )
+        .await?;
         Ok(())
     }
 

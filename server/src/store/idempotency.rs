@@ -73,27 +73,25 @@ impl Store {
 
     /// Keeps the answer of the request that claimed `key`.
     pub async fn finish_idempotency_key(&self, actor: &str, key: &str, status: u16, body: &str) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("update idempotency_keys set status = $3, body = $4 where actor = $1 and key = $2")
-            .bind(actor)
-            .bind(key)
-            .bind(i64::from(status))
-            .bind(body)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        self.write_one(
+            sqlx::query("update idempotency_keys set status = $3, body = $4 where actor = $1 and key = $2")
+                .bind(actor)
+                .bind(key)
+                .bind(i64::from(status))
+                .bind(body),
+        )
+        .await?;
         Ok(())
     }
 
     /// Forgets `key` (its request failed: a retry may run it again).
     pub async fn release_idempotency_key(&self, actor: &str, key: &str) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("delete from idempotency_keys where actor = $1 and key = $2 and status = 0")
-            .bind(actor)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        self.write_one(
+            sqlx::query("delete from idempotency_keys where actor = $1 and key = $2 and status = 0")
+                .bind(actor)
+                .bind(key),
+        )
+        .await?;
         Ok(())
     }
 }
